@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make plan` and `make test`. Both build .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FLEET ?= examples/fleet.yaml
+OUT ?= out
+
+.PHONY: venv plan test lint bench clean
+
+$(BIN)/hashpivot: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/hashpivot
+
+plan: venv
+	$(BIN)/hashpivot plan $(FLEET) --out $(OUT)
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+bench: venv
+	$(BIN)/python bench/bench_formulation.py
+
+clean:
+	rm -rf $(VENV) $(OUT)

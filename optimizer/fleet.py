@@ -1,0 +1,287 @@
+"""The fleet file: sites, machines, rack groups, lease offers, markets, risk and solver settings.
+
+Everything a planner writes is validated here, and every error names the field path
+and the bad value (pydantic's `loc`), so a fleet file never fails silently.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from optimizer.constants import DAYS_PER_MONTH, DAYS_PER_YEAR, KW_PER_MW
+from optimizer.market import BitcoinMarket, Horizon, PowerMarket, StrictModel
+
+Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+# ASIC efficiency range: the S21 XP class is ~13.5 J/TH, S19j Pro ~30 J/TH (DESIGN.md section 1);
+# the bounds leave room for next-generation and legacy machines, and catch unit mistakes (W/TH vs J/GH).
+MIN_EFFICIENCY_J_PER_TH = 5.0
+MAX_EFFICIENCY_J_PER_TH = 150.0
+
+
+class Machine(StrictModel):
+    id: Id
+    hashrate_ths: float = Field(gt=0, le=10_000)
+    efficiency_j_per_th: float = Field(ge=MIN_EFFICIENCY_J_PER_TH, le=MAX_EFFICIENCY_J_PER_TH)
+
+    @property
+    def power_kw(self) -> float:
+        return self.hashrate_ths * self.efficiency_j_per_th / 1_000
+
+
+class ContractType(str, enum.Enum):
+    FIXED = "fixed"  # fixed price per MWh drawn
+    INDEX = "index"  # spot price of the site's market plus an adder
+
+
+class PowerContract(StrictModel):
+    type: ContractType
+    price_usd_per_mwh: float | None = Field(None, ge=0, le=5_000)
+    adder_usd_per_mwh: float = Field(0.0, ge=-100, le=1_000)
+
+    @model_validator(mode="after")
+    def _fixed_needs_price(self) -> PowerContract:
+        if self.type is ContractType.FIXED and self.price_usd_per_mwh is None:
+            raise ValueError("price_usd_per_mwh is required for a fixed-price contract")
+        return self
+
+
+class AiConversion(StrictModel):
+    """Converting (part of) a site to AI/HPC colocation: a site-level yes/no with fixed and per-MW capex."""
+
+    fixed_capex_usd: float = Field(0.0, ge=0)
+    capex_usd_per_mw: float = Field(ge=0)
+    amortization_years: float = Field(5.0, gt=0, le=30)
+    lead_time_days: int = Field(ge=0, le=3_650)
+    min_mw: float = Field(0.0, ge=0)
+    max_mw: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> AiConversion:
+        if self.min_mw > self.max_mw:
+            raise ValueError(f"min_mw ({self.min_mw}) exceeds max_mw ({self.max_mw})")
+        return self
+
+    def capex_share_of_horizon(self, horizon_days: int) -> float:
+        """Fraction of the capex the horizon bears under straight-line amortization."""
+        return horizon_days / (self.amortization_years * DAYS_PER_YEAR)
+
+    def ready_fraction(self, horizon_days: int) -> float:
+        """Fraction of the horizon the converted capacity earns: nothing during the lead time."""
+        return max(0.0, horizon_days - self.lead_time_days) / horizon_days
+
+
+class Site(StrictModel):
+    id: Id
+    market: Id = Field(description="Power market whose spot price the site sees.")
+    capacity_mw: float = Field(gt=0, le=5_000, description="Grid import capacity at the meter.")
+    pue_mining: float = Field(1.05, ge=1, le=3)
+    pue_ai: float = Field(1.3, ge=1, le=3)
+    contract: PowerContract
+    ai: AiConversion | None = Field(None, description="AI/HPC conversion terms; absent when the site is not AI-ready.")
+
+
+class RackGroup(StrictModel):
+    """Identical racks at one site: counted, never one binary per rack."""
+
+    id: Id
+    site: Id
+    machine: Id
+    racks: int = Field(ge=0, le=1_000_000)
+    machines_per_rack: int = Field(ge=1, le=1_000)
+    opex_usd_per_rack_day: float = Field(0.0, ge=0, description="Mining-mode opex: maintenance, staff, pool.")
+    idle_cost_usd_per_rack_day: float = Field(0.0, ge=0)
+    convertible: bool = Field(True, description="Whether the rack slot can host AI/HPC load after conversion.")
+
+
+class LeaseOffer(StrictModel):
+    """An AI/HPC colocation offer: per kW of critical IT load per month, firm, power passed through."""
+
+    id: Id
+    rate_usd_per_kw_month: float = Field(gt=0, le=10_000)
+    term_months: int = Field(ge=1, le=360)
+    min_mw: float = Field(0.0, ge=0)
+    max_mw: float = Field(gt=0)
+    sites: list[Id] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> LeaseOffer:
+        if self.min_mw > self.max_mw:
+            raise ValueError(f"min_mw ({self.min_mw}) exceeds max_mw ({self.max_mw})")
+        return self
+
+
+class Objective(str, enum.Enum):
+    EXPECTED = "expected"
+    CVAR = "cvar"
+    WORST = "worst"
+
+
+class RiskSettings(StrictModel):
+    objective: Objective = Objective.EXPECTED
+    alpha: float = Field(0.95, gt=0, lt=1, description="CVaR level: the mean of the worst (1-alpha) share.")
+    weight: float = Field(0.5, ge=0, le=1, description="Weight of CVaR against expected profit.")
+
+
+class SolverSettings(StrictModel):
+    time_limit_s: float = Field(120.0, gt=0, le=86_400)
+    mip_rel_gap: float = Field(1e-6, ge=0, le=1)
+    threads: int = Field(1, ge=1, le=256)
+
+
+class ScenarioSettings(StrictModel):
+    count: int = Field(200, ge=1, le=1_000_000)
+    seed: int = Field(2026, ge=0)
+    batch_size: int = Field(50, ge=1, le=100_000)
+
+
+class Fleet(StrictModel):
+    name: str = "fleet"
+    horizon: Horizon = Horizon()
+    bitcoin: BitcoinMarket = BitcoinMarket()
+    pool_fee_fraction: float = Field(0.02, ge=0, le=0.2, description="Pool fee; typically 0-4%.")
+    markets: list[PowerMarket] = Field(min_length=1)
+    machines: list[Machine] = Field(min_length=1)
+    sites: list[Site] = Field(min_length=1)
+    rack_groups: list[RackGroup] = Field(min_length=1)
+    lease_offers: list[LeaseOffer] = Field(default_factory=list)
+    capital_budget_usd: float | None = Field(None, ge=0)
+    risk: RiskSettings = RiskSettings()
+    solver: SolverSettings = SolverSettings()
+    scenarios: ScenarioSettings = ScenarioSettings()
+
+    @field_validator("markets", "machines", "sites", "rack_groups", "lease_offers")
+    @classmethod
+    def _unique_ids(cls, items: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:
+                raise ValueError(f"duplicate id {item.id!r}")
+            seen.add(item.id)
+        return items
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Fleet:
+        _check_references(self)
+        _check_firm_capacity(self)
+        return self
+
+    def site(self, site_id: str) -> Site:
+        return next(s for s in self.sites if s.id == site_id)
+
+    def machine(self, machine_id: str) -> Machine:
+        return next(m for m in self.machines if m.id == machine_id)
+
+    def rack_power_kw(self, group: RackGroup) -> float:
+        return group.machines_per_rack * self.machine(group.machine).power_kw
+
+    def rack_hashrate_ths(self, group: RackGroup) -> float:
+        return group.machines_per_rack * self.machine(group.machine).hashrate_ths
+
+    def can_convert(self, group: RackGroup) -> bool:
+        return group.convertible and self.site(group.site).ai is not None
+
+    @property
+    def total_racks(self) -> int:
+        return sum(g.racks for g in self.rack_groups)
+
+
+class FleetError(ValueError):
+    """A fleet that does not validate; `violations` holds (field path, message) pairs."""
+
+    def __init__(self, violations: list[tuple[str, str]]):
+        self.violations = violations
+        super().__init__("; ".join(f"{path}: {msg}" for path, msg in violations))
+
+
+def _fail(path: str, message: str) -> None:
+    # Raised inside a model validator: pydantic reports it at the model's root, so the path goes in the text.
+    raise ValueError(f"{path}: {message}")
+
+
+def _check_references(fleet: Fleet) -> None:
+    market_ids = {m.id for m in fleet.markets}
+    site_ids = {s.id for s in fleet.sites}
+    machine_ids = {m.id for m in fleet.machines}
+    for i, site in enumerate(fleet.sites):
+        if site.market not in market_ids:
+            _fail(f"sites.{i}.market", f"unknown market {site.market!r} (known: {sorted(market_ids)})")
+    for i, group in enumerate(fleet.rack_groups):
+        if group.site not in site_ids:
+            _fail(f"rack_groups.{i}.site", f"unknown site {group.site!r} (known: {sorted(site_ids)})")
+        if group.machine not in machine_ids:
+            _fail(f"rack_groups.{i}.machine", f"unknown machine {group.machine!r} (known: {sorted(machine_ids)})")
+    for i, offer in enumerate(fleet.lease_offers):
+        for j, site_id in enumerate(offer.sites):
+            if site_id not in site_ids:
+                _fail(f"lease_offers.{i}.sites.{j}", f"unknown site {site_id!r}")
+            elif fleet.site(site_id).ai is None:
+                _fail(f"lease_offers.{i}.sites.{j}", f"site {site_id!r} is not AI-ready (it has no `ai` section)")
+
+
+def _check_firm_capacity(fleet: Fleet) -> None:
+    """AI load is firm, so the smallest AI block a site commits to must fit its grid capacity."""
+    for i, site in enumerate(fleet.sites):
+        if site.ai is None:
+            continue
+        firm_kw = site.ai.min_mw * KW_PER_MW * site.pue_ai
+        if firm_kw > site.capacity_mw * KW_PER_MW + 1e-9:
+            _fail(
+                f"sites.{i}.ai.min_mw",
+                f"firm AI load {site.ai.min_mw} MW x PUE {site.pue_ai} exceeds capacity_mw {site.capacity_mw}",
+            )
+
+
+def lease_months(days: float) -> float:
+    return days / DAYS_PER_MONTH
+
+
+def parse_fleet(data: dict[str, Any]) -> Fleet:
+    try:
+        return Fleet.model_validate(data)
+    except ValidationError as exc:
+        raise FleetError(_violations(exc)) from None
+
+
+def with_overrides(fleet: Fleet, patch: dict[str, dict[str, Any]]) -> Fleet:
+    """A copy of the fleet with some settings sections patched, validated like the file itself."""
+    data = fleet.model_dump(mode="json")
+    for section, values in patch.items():
+        data[section] = {**data[section], **values}
+    return parse_fleet(data)
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """Read a fleet from YAML or JSON; errors name the file, the field path and the bad value."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise FleetError([("<file>", f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}")]) from None
+    if not isinstance(data, dict):
+        raise FleetError([("<root>", f"{path}: expected a mapping at the top level")])
+    return parse_fleet(data)
+
+
+def _violations(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = err["msg"].removeprefix("Value error, ")
+        if ": " in msg and not err["loc"]:
+            path, msg = msg.split(": ", 1)  # root validators carry their path in the message
+        if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append((path, msg))
+    return out
+
+
+def fleet_json_schema() -> dict[str, Any]:
+    return Fleet.model_json_schema()

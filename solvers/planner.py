@@ -1,0 +1,195 @@
+"""The planning pipeline: scenarios and per-rack economics on Ray, then the compact MIP on HiGHS.
+
+mpi-sppy style: workers receive plain numbers (fleet, scenario indices, seeds) and build what
+they need; Pyomo models are built inside the worker that solves them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from optimizer.allocation import Allocation, scenario_profits_usd
+from optimizer.economics import GroupEconomics, concat_economics, group_economics
+from optimizer.fleet import Fleet, RiskSettings, SolverSettings
+from optimizer.formulation import build_compact_model, extract_allocation
+from optimizer.plan_result import (
+    PlanResult,
+    SolverReport,
+    ai_results,
+    group_allocations,
+    machine_breakevens,
+    site_breakdowns,
+)
+from optimizer.risk import profit_stats
+from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios
+from solvers.highs import SolveOutcome, solve
+from solvers.ray_pool import batches, ensure_ray, fan_out
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+OPTIMIZATION_STREAM = 0  # seed streams: see optimizer.scenarios.scenario_rng
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    """Where a run's scenarios come from: drawn from the fleet's market model, or given by the user."""
+
+    count: int
+    seed: int
+    stream: int = OPTIMIZATION_STREAM
+    provided: ScenarioSet | None = None
+
+
+def select_rows(scenarios: ScenarioSet, rows: range) -> ScenarioSet:
+    sl = slice(rows.start, rows.stop)
+    fields = {f.name: getattr(scenarios, f.name) for f in dataclasses.fields(scenarios)}
+    for name, value in fields.items():
+        if isinstance(value, np.ndarray) and value.ndim >= 1:
+            fields[name] = value[:, sl] if name == "power_price_usd_per_mwh" else value[sl]
+    return ScenarioSet(**fields)
+
+
+@ray.remote(num_cpus=1)
+def _economics_batch(fleet: Fleet, rows: range, spec: ScenarioSpec, provided, keep: bool):
+    if provided is None:
+        scenarios = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, spec.seed, spec.stream)
+    else:
+        scenarios = select_rows(provided, rows)
+    return group_economics(fleet, scenarios), (scenarios if keep else None)
+
+
+def compute_economics(
+    fleet: Fleet,
+    spec: ScenarioSpec,
+    batch_size: int,
+    workers: int | None = None,
+    keep_scenarios: bool = False,
+    progress: Progress = _no_progress,
+) -> tuple[GroupEconomics, ScenarioSet | None]:
+    """Per-rack economics of every scenario, computed in Ray batches; identical for any batching."""
+    fleet_ref = ray.put(fleet)
+    provided_ref = None if spec.provided is None else ray.put(spec.provided)  # put once, pass references
+    parts = batches(spec.count, batch_size)
+    done = [0]
+
+    def tick(_: int) -> None:
+        done[0] += len(parts[_])
+        progress("scenarios", done[0], spec.count)
+
+    progress("scenarios", 0, spec.count)
+    results = fan_out(
+        _economics_batch, [(fleet_ref, rows, dataclasses.replace(spec, provided=None), provided_ref, keep_scenarios) for rows in parts], workers, tick
+    )
+    economics = concat_economics([econ for econ, _ in results])
+    scenarios = concat_scenarios([s for _, s in results]) if keep_scenarios else None
+    return economics, scenarios
+
+
+@dataclass(frozen=True)
+class SolvedPlan:
+    allocation: Allocation
+    outcome: SolveOutcome
+    build_s: float
+    variables: int
+    constraints: int
+
+
+def solve_allocation(fleet: Fleet, economics: GroupEconomics, risk: RiskSettings, solver: SolverSettings) -> SolvedPlan:
+    """Build the compact MIP and solve it here; called inside a Ray worker by `solve_remote`."""
+    start = time.perf_counter()
+    model = build_compact_model(fleet, economics, risk)
+    build_s = time.perf_counter() - start
+    outcome = solve(model, solver.time_limit_s, solver.mip_rel_gap, solver.threads)
+    return SolvedPlan(
+        allocation=extract_allocation(model, fleet),
+        outcome=outcome,
+        build_s=build_s,
+        variables=model.nvariables(),
+        constraints=model.nconstraints(),
+    )
+
+
+solve_remote = ray.remote(num_cpus=1)(solve_allocation)
+
+
+def plan_fleet(
+    fleet: Fleet,
+    provided: ScenarioSet | None = None,
+    workers: int | None = None,
+    keep_scenarios: bool = False,
+    progress: Progress = _no_progress,
+) -> tuple[PlanResult, ScenarioSet | None]:
+    """Plan the fleet end to end; returns the plan and, if asked, the scenarios it used."""
+    ensure_ray()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    count = fleet.scenarios.count if provided is None else provided.n_scenarios
+    spec = ScenarioSpec(count=count, seed=fleet.scenarios.seed, provided=provided)
+    economics, scenarios = compute_economics(fleet, spec, fleet.scenarios.batch_size, workers, keep_scenarios, progress)
+    timings["scenarios_s"] = time.perf_counter() - start
+
+    progress("solve", 0, 1)
+    solved: SolvedPlan = ray.get(solve_remote.remote(fleet, economics, fleet.risk, fleet.solver))
+    progress("solve", 1, 1)
+    timings["model_build_s"] = solved.build_s
+    timings["solve_s"] = solved.outcome.wall_s
+    result = assemble_plan(fleet, economics, solved, spec, source="file" if provided is not None else "generated")
+    timings["total_s"] = time.perf_counter() - start
+    return result.model_copy(update={"timings_s": timings}), scenarios
+
+
+def assemble_plan(fleet: Fleet, economics: GroupEconomics, solved: SolvedPlan, spec: ScenarioSpec, source: str) -> PlanResult:
+    profits = scenario_profits_usd(fleet, economics, solved.allocation)
+    stats = profit_stats(profits, fleet.risk.alpha)
+    ai_sites, offers = ai_results(fleet, solved.allocation)
+    hashprice = float(economics.mean_hashprice_usd_per_ph_day.mean())
+    return PlanResult(
+        fleet=fleet.name,
+        objective=fleet.risk.objective.value,
+        alpha=fleet.risk.alpha,
+        weight=fleet.risk.weight,
+        horizon_days=fleet.horizon.days,
+        expected_hashprice_usd_per_ph_day=hashprice,
+        allocation=group_allocations(fleet, economics, solved.allocation),
+        ai_sites=ai_sites,
+        offers=offers,
+        profit=stats.as_dict(),
+        sites=site_breakdowns(fleet, economics, solved.allocation),
+        breakeven=machine_breakevens(fleet, hashprice),
+        solver=SolverReport(
+            status=solved.outcome.status,
+            objective_usd=solved.outcome.objective_usd,
+            bound_usd=solved.outcome.bound_usd,
+            mip_gap=solved.outcome.mip_gap,
+            wall_s=solved.outcome.wall_s,
+            variables=solved.variables,
+            constraints=solved.constraints,
+        ),
+        scenarios={"count": spec.count, "seed": spec.seed, "stream": spec.stream, "source": source, "batch_size": fleet.scenarios.batch_size},
+        timings_s={},
+        versions=software_versions(),
+    )
+
+
+def software_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("hashpivot", "pyomo", "highspy", "ray", "numpy", "pydantic"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+

@@ -1,0 +1,68 @@
+"""Ray plumbing: start or join a cluster, and fan batches out with bounded concurrency."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import ray
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray once."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get(RAY_ADDRESS_ENV)
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def batches(count: int, batch_size: int) -> list[range]:
+    return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
+
+
+def fan_out(
+    remote_fn: Any,
+    arg_lists: Sequence[tuple],
+    max_in_flight: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> list[Any]:
+    """Run `remote_fn.remote(*args)` for each args tuple; results in submission order.
+
+    At most `max_in_flight` tasks run at once (None: all submitted together), so the
+    number of workers is a setting that never changes the result.
+    """
+    results: list[Any] = [None] * len(arg_lists)
+    pending: dict[Any, int] = {}
+    queue: Iterable[tuple[int, tuple]] = iter(enumerate(arg_lists))
+    limit = max_in_flight or len(arg_lists)
+    try:
+        for index, args in queue:
+            pending[remote_fn.remote(*args)] = index
+            if len(pending) >= limit:
+                _collect_one(pending, results, on_done)
+        while pending:
+            _collect_one(pending, results, on_done)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return results
+
+
+def _collect_one(pending: dict[Any, int], results: list[Any], on_done: Callable[[int], None] | None) -> None:
+    [ready], _ = ray.wait(list(pending), num_returns=1)
+    index = pending.pop(ready)
+    results[index] = ray.get(ready)
+    if on_done:
+        on_done(index)
