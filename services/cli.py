@@ -73,7 +73,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     if args.export_scenarios:
         save_scenarios(args.export_scenarios, scenarios)
-    print_plan(plan, Console())
+    print_plan(plan, Console(width=None if sys.stdout.isatty() else 160))
     paths = write_plan_outputs(plan, args.out)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

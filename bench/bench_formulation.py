@@ -1,0 +1,89 @@
+"""Compact MIP against the textbook extensive form, side by side in one run.
+
+Prints, for growing scenario counts on a small fleet, the model size, build and solve time
+of both formulations, their ratio and whether the optima agree; then the compact model on the
+bundled example fleet (3,500 racks, one quarter hourly) at several scenario counts.
+
+    .venv/bin/python bench/bench_formulation.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optimizer.economics import group_economics  # noqa: E402
+from optimizer.extensive import build_extensive_model  # noqa: E402
+from optimizer.fleet import load_fleet, parse_fleet  # noqa: E402
+from optimizer.formulation import build_compact_model  # noqa: E402
+from optimizer.scenarios import generate_scenarios  # noqa: E402
+from solvers.highs import solve  # noqa: E402
+from tests.conftest import small_fleet_data  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def timed(fn):
+    start = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - start
+
+
+def compare(days: int, n_scenarios: int) -> None:
+    data = small_fleet_data(days=days, scenarios=n_scenarios)
+    for group in data["rack_groups"]:
+        group["racks"] *= 20
+    data["sites"][0]["capacity_mw"], data["sites"][1]["capacity_mw"] = 2.0, 3.0
+    data["sites"][1]["ai"].update(min_mw=0.5, max_mw=1.5)
+    data["lease_offers"][0].update(min_mw=0.4, max_mw=1.2)
+    data["capital_budget_usd"] = 3_000_000
+    data["risk"] = {"objective": "cvar", "alpha": 0.9, "weight": 0.5}
+    fleet = parse_fleet(data)
+    scen = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, range(n_scenarios), 11)
+    (compact, econ_build_s) = timed(lambda: build_compact_model(fleet, group_economics(fleet, scen), fleet.risk))
+    extensive, ext_build_s = timed(lambda: build_extensive_model(fleet, scen, fleet.risk))
+    c = solve(compact, 600, 0.0)
+    e = solve(extensive, 600, 0.0)
+    agree = abs(c.objective_usd - e.objective_usd) <= 1e-7 * max(1.0, abs(e.objective_usd))
+    print(
+        f"{days:>4}d {n_scenarios:>5} | {compact.nvariables():>8} {extensive.nvariables():>9} | "
+        f"{econ_build_s:7.3f} {ext_build_s:8.2f} | {c.wall_s:7.3f} {e.wall_s:8.2f} | "
+        f"{(ext_build_s + e.wall_s) / (econ_build_s + c.wall_s):7.0f}x | {'yes' if agree else 'NO'}"
+    )
+
+
+def example_fleet(n_scenarios: int) -> None:
+    fleet = load_fleet(ROOT / "examples/fleet.yaml")
+    scen, gen_s = timed(
+        lambda: generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, range(n_scenarios), 2026)
+    )
+    econ, econ_s = timed(lambda: group_economics(fleet, scen))
+    model, build_s = timed(lambda: build_compact_model(fleet, econ, fleet.risk))
+    outcome = solve(model, 600, fleet.solver.mip_rel_gap)
+    print(
+        f"{n_scenarios:>6} | {fleet.horizon.n_steps:>5} | {model.nvariables():>6} {model.nconstraints():>6} | "
+        f"{gen_s:7.2f} {econ_s:6.2f} {build_s:6.2f} {outcome.wall_s:6.2f} | {outcome.status} gap {outcome.mip_gap:.1e}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    args = parser.parse_args()
+    print("compact vs extensive form (small fleet, hourly, mean-CVaR objective alpha 0.9 weight 0.5)")
+    print("days scen |  vars(c)  vars(ext) | build(c) build(e) | solve(c) solve(e) |  speedup | same optimum")
+    sizes = [(2, 5), (3, 10)] if args.quick else [(2, 5), (3, 10), (7, 20), (14, 40)]
+    for days, n in sizes:
+        compare(days, n)
+    print("\ncompact model on examples/fleet.yaml (single process, no Ray)")
+    print(" scen | steps |   vars   cons | gen(s) econ(s) build(s) solve(s) | status")
+    for n in [50, 200] if args.quick else [50, 200, 1000]:
+        example_fleet(n)
+
+
+if __name__ == "__main__":
+    main()

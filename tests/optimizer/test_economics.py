@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from optimizer.economics import breakeven_power_price_usd_per_mwh, concat_economics, group_economics
+from optimizer.fleet import parse_fleet
+from optimizer.scenarios import ScenarioSet
+from tests.conftest import small_fleet_data
+
+
+def flat_scenarios(hashprice: np.ndarray, spot_usd_per_mwh: np.ndarray, indices=None) -> ScenarioSet:
+    """Hand-made paths: [S, T] hashprice and ERCOT spot, everything else irrelevant to the economics."""
+    s, t = hashprice.shape
+    ones = np.ones((s, t))
+    return ScenarioSet(
+        indices=np.arange(s) if indices is None else np.asarray(indices),
+        step_hours=1,
+        btc_price_usd=ones * 67_800,
+        network_hashrate_ehs=ones * 900,
+        fees_btc_per_block=ones * 0.025,
+        subsidy_btc=ones * 3.125,
+        hashprice_usd_per_ph_day=hashprice,
+        markets=("ercot",),
+        power_price_usd_per_mwh=spot_usd_per_mwh[None],
+    )
+
+
+def test_rack_value_by_hand():
+    fleet = parse_fleet(small_fleet_data(days=1))
+    hashprice = np.full((1, 24), 36.0)
+    spot = np.full((1, 24), 30.0)
+    spot[0, :4] = 500.0  # four spike hours: the spot site curtails, the fixed-price site does not see them
+    econ = group_economics(fleet, flat_scenarios(hashprice, spot))
+
+    # s-new: 10 x 200 TH/s = 2,000 TH/s; 36 $/PH/day -> 0.0015 $/TH/h; pool fee 2% -> 2.94 $/h.
+    # Power: 10 x 3.5 kW x PUE 1.05 = 36.75 kW; at 30 + 2 = 32 $/MWh -> 1.176 $/h; runs 20 of 24 hours.
+    revenue_per_hour = 2000 * 36 / 1000 / 24 * 0.98
+    cost_per_hour = 36.75 * 32 / 1000
+    assert econ.hash_revenue_usd[2, 0] == pytest.approx(20 * revenue_per_hour)
+    assert econ.power_cost_usd[2, 0] == pytest.approx(20 * cost_per_hour)
+    assert econ.run_fraction[2, 0] == pytest.approx(20 / 24)
+    assert econ.mine_value_usd[2, 0] == pytest.approx(20 * (revenue_per_hour - cost_per_hour) - 4.0)
+    assert econ.energy_mwh[2, 0] == pytest.approx(20 * 36.75 / 1000)
+
+    # f-old at the fixed 44 $/MWh site: 1,040 TH/s earns 1.5288 $/h, draws 31.96 kW -> 1.40624 $/h: runs all day.
+    old_revenue = 1040 * 36 / 1000 / 24 * 0.98
+    old_cost = 10 * 104 * 29.5 / 1000 * 1.05 * 44 / 1000
+    assert econ.mine_value_usd[0, 0] == pytest.approx(24 * (old_revenue - old_cost) - 3.0)
+
+
+def test_loss_making_rack_never_runs():
+    fleet = parse_fleet(small_fleet_data(days=1))
+    econ = group_economics(fleet, flat_scenarios(np.full((1, 24), 20.0), np.full((1, 24), 30.0)))
+    # At 20 $/PH/day the old machines at 44 $/MWh lose money every hour: value is minus opex only.
+    assert econ.run_fraction[0, 0] == 0.0
+    assert econ.mine_value_usd[0, 0] == pytest.approx(-3.0)
+
+
+def test_batches_rejoin_in_index_order():
+    fleet = parse_fleet(small_fleet_data(days=1))
+    hashprice = np.linspace(30, 40, 3 * 24).reshape(3, 24)
+    spot = np.full((3, 24), 35.0)
+    whole = group_economics(fleet, flat_scenarios(hashprice, spot))
+    late = group_economics(fleet, flat_scenarios(hashprice[2:], spot[2:], indices=[2]))
+    early = group_economics(fleet, flat_scenarios(hashprice[:2], spot[:2], indices=[0, 1]))
+    joined = concat_economics([late, early])
+    np.testing.assert_array_equal(joined.indices, [0, 1, 2])
+    np.testing.assert_allclose(joined.mine_value_usd, whole.mine_value_usd)
+
+
+def test_breakeven_by_hand():
+    # S21 at 17.5 J/TH, hashprice 35 $/PH/day: 35/1000/24 $/TH-h over 17.5e-6 MWh/TH-h = 83.33 $/MWh.
+    assert breakeven_power_price_usd_per_mwh(35.0, 17.5) == pytest.approx(35 / 1000 / 24 / 17.5e-6)
+    assert breakeven_power_price_usd_per_mwh(35.0, 17.5) == pytest.approx(83.333, rel=1e-4)
+    # PUE and pool fee lower it proportionally.
+    assert breakeven_power_price_usd_per_mwh(35.0, 17.5, pue=1.25, pool_fee_fraction=0.02) == pytest.approx(
+        83.333 * 0.98 / 1.25, rel=1e-4
+    )
