@@ -16,7 +16,7 @@ from optimizer.economics import GroupEconomics
 from optimizer.fleet import Fleet, LeaseOffer, RackGroup, lease_months
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     MINE = "mine"
     AI = "ai"
     IDLE = "idle"
@@ -109,7 +109,7 @@ def scenario_profits_usd(fleet: Fleet, economics: GroupEconomics, allocation: Al
 def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[tuple[str, str]]:
     """Constraint violations of a given allocation as (field path, message); empty when feasible."""
     problems = []
-    for i, group in enumerate(fleet.rack_groups):
+    for _i, group in enumerate(fleet.rack_groups):
         counts = allocation.racks.get(group.id)
         if counts is None:
             problems.append((f"allocation.{group.id}", "rack group missing"))

@@ -87,8 +87,7 @@ def group_economics(fleet: Fleet, scenarios: ScenarioSet) -> GroupEconomics:
 def concat_economics(parts: Sequence[GroupEconomics]) -> GroupEconomics:
     """Join batches along the scenario axis, in global index order whatever order they finished in."""
     joined = {
-        name: np.concatenate([getattr(p, name) for p in parts], axis=-1)
-        for name in GroupEconomics.__dataclass_fields__
+        name: np.concatenate([getattr(p, name) for p in parts], axis=-1) for name in GroupEconomics.__dataclass_fields__
     }
     order = np.argsort(joined["indices"], kind="stable")
     return GroupEconomics(**{name: value[..., order] for name, value in joined.items()})

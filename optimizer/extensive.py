@@ -33,10 +33,12 @@ def build_extensive_model(fleet: Fleet, scenarios: ScenarioSet, risk: RiskSettin
     model.profit = pyo.Var(model.S, domain=pyo.Reals)
     model.profit_def = pyo.Constraint(
         model.S,
-        rule=lambda m, w: m.profit[w]
-        == m.first_stage_usd
-        + sum(float(margins[g][w, t]) * m.run[g, w, t] for g in m.G for t in m.T)
-        - sum(opex[g] * m.x[g, Mode.MINE.value] for g in m.G),
+        rule=lambda m, w: (
+            m.profit[w]
+            == m.first_stage_usd
+            + sum(float(margins[g][w, t]) * m.run[g, w, t] for g in m.G for t in m.T)
+            - sum(opex[g] * m.x[g, Mode.MINE.value] for g in m.G)
+        ),
     )
     add_risk_objective(model, risk, np.full(scenarios.n_scenarios, 1.0 / scenarios.n_scenarios))
     return model

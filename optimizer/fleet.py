@@ -35,7 +35,7 @@ class Machine(StrictModel):
         return self.hashrate_ths * self.efficiency_j_per_th / 1_000
 
 
-class ContractType(str, enum.Enum):
+class ContractType(enum.StrEnum):
     FIXED = "fixed"  # fixed price per MWh drawn
     INDEX = "index"  # spot price of the site's market plus an adder
 
@@ -117,7 +117,7 @@ class LeaseOffer(StrictModel):
         return self
 
 
-class Objective(str, enum.Enum):
+class Objective(enum.StrEnum):
     EXPECTED = "expected"
     CVAR = "cvar"
     WORST = "worst"

@@ -49,18 +49,17 @@ def add_first_stage(model: pyo.ConcreteModel, fleet: Fleet) -> None:
     model.ai_min_block = pyo.Constraint(
         model.AI_SITES, rule=lambda m, s: m.ai_mw[s] >= fleet.site(s).ai.min_mw * m.convert[s]
     )
-    model.ai_max = pyo.Constraint(model.AI_SITES, rule=lambda m, s: m.ai_mw[s] <= fleet.site(s).ai.max_mw * m.convert[s])
-    model.lease_fits_conversion = pyo.Constraint(
-        model.AI_SITES, rule=lambda m, s: _site_lease_mw(m, s) <= m.ai_mw[s]
+    model.ai_max = pyo.Constraint(
+        model.AI_SITES, rule=lambda m, s: m.ai_mw[s] <= fleet.site(s).ai.max_mw * m.convert[s]
     )
+    model.lease_fits_conversion = pyo.Constraint(model.AI_SITES, rule=lambda m, s: _site_lease_mw(m, s) <= m.ai_mw[s])
     offers = {o.id: o for o in fleet.lease_offers}
-    model.offer_min = pyo.Constraint(
-        model.OFFERS, rule=lambda m, o: _offer_mw(m, o) >= offers[o].min_mw * m.accept[o]
+    model.offer_min = pyo.Constraint(model.OFFERS, rule=lambda m, o: _offer_mw(m, o) >= offers[o].min_mw * m.accept[o])
+    model.offer_max = pyo.Constraint(model.OFFERS, rule=lambda m, o: _offer_mw(m, o) <= offers[o].max_mw * m.accept[o])
+    model.site_capacity = pyo.Constraint(
+        [s.id for s in fleet.sites],
+        rule=lambda m, s: _site_load_kw(m, fleet, s) <= fleet.site(s).capacity_mw * KW_PER_MW,
     )
-    model.offer_max = pyo.Constraint(
-        model.OFFERS, rule=lambda m, o: _offer_mw(m, o) <= offers[o].max_mw * m.accept[o]
-    )
-    model.site_capacity = pyo.Constraint([s.id for s in fleet.sites], rule=lambda m, s: _site_load_kw(m, fleet, s) <= fleet.site(s).capacity_mw * KW_PER_MW)
     if fleet.capital_budget_usd is not None:
         model.capital_budget = pyo.Constraint(
             expr=sum(_full_capex_expr(model, fleet, s) for s in model.AI_SITES) <= fleet.capital_budget_usd
@@ -104,10 +103,11 @@ def _first_stage_profit_expr(m, fleet: Fleet):
     offers = {o.id: o for o in fleet.lease_offers}
     rent = sum(lease_revenue_usd_per_mw(fleet, offers[o], s) * m.lease_mw[o, s] for (o, s) in m.PAIRS)
     capex = sum(
-        _full_capex_expr(m, fleet, s) * fleet.site(s).ai.capex_share_of_horizon(fleet.horizon.days)
-        for s in m.AI_SITES
+        _full_capex_expr(m, fleet, s) * fleet.site(s).ai.capex_share_of_horizon(fleet.horizon.days) for s in m.AI_SITES
     )
-    idle = sum(idle_cost_usd_per_rack(fleet, group) * m.x[g, Mode.IDLE.value] for g, group in enumerate(fleet.rack_groups))
+    idle = sum(
+        idle_cost_usd_per_rack(fleet, group) * m.x[g, Mode.IDLE.value] for g, group in enumerate(fleet.rack_groups)
+    )
     return rent - capex - idle
 
 
@@ -124,7 +124,9 @@ def add_risk_objective(model: pyo.ConcreteModel, risk: RiskSettings, weights: np
         model.cvar_usd = pyo.Expression(
             expr=model.var_usd - sum(p[w] * model.shortfall[w] for w in model.S) / (1.0 - risk.alpha)
         )
-        model.objective = pyo.Objective(expr=(1 - risk.weight) * expected + risk.weight * model.cvar_usd, sense=pyo.maximize)
+        model.objective = pyo.Objective(
+            expr=(1 - risk.weight) * expected + risk.weight * model.cvar_usd, sense=pyo.maximize
+        )
     else:
         model.worst_usd = pyo.Var(domain=pyo.Reals)
         model.worst_def = pyo.Constraint(model.S, rule=lambda m, w: m.worst_usd <= m.profit[w])
@@ -142,8 +144,9 @@ def build_compact_model(
     value = economics.mine_value_usd
     model.profit_def = pyo.Constraint(
         model.S,
-        rule=lambda m, w: m.profit[w]
-        == m.first_stage_usd + sum(float(value[g, w]) * m.x[g, Mode.MINE.value] for g in m.G),
+        rule=lambda m, w: (
+            m.profit[w] == m.first_stage_usd + sum(float(value[g, w]) * m.x[g, Mode.MINE.value] for g in m.G)
+        ),
     )
     add_risk_objective(model, risk, _weights(weights, n_scen))
     return model

@@ -150,7 +150,11 @@ def ai_results(fleet: Fleet, allocation: Allocation) -> tuple[list[SiteAi], list
     offers = []
     for offer in fleet.lease_offers:
         by_site = {s: mw for (o, s), mw in allocation.lease_mw.items() if o == offer.id}
-        offers.append(OfferResult(offer=offer.id, accepted=sum(by_site.values()) > 0, mw=sum(by_site.values()), mw_by_site=by_site))
+        offers.append(
+            OfferResult(
+                offer=offer.id, accepted=sum(by_site.values()) > 0, mw=sum(by_site.values()), mw_by_site=by_site
+            )
+        )
     return sites, offers
 
 
@@ -167,7 +171,9 @@ def site_breakdowns(fleet: Fleet, economics: GroupEconomics, allocation: Allocat
 
         ai_mw = converted_mw(fleet, allocation, site.id)
         rent = sum(
-            lease_revenue_usd_per_mw(fleet, offers[o], s) * mw for (o, s), mw in allocation.lease_mw.items() if s == site.id
+            lease_revenue_usd_per_mw(fleet, offers[o], s) * mw
+            for (o, s), mw in allocation.lease_mw.items()
+            if s == site.id
         )
         capex = capex_charge_usd(fleet, site.id, ai_mw) if site.id in allocation.converted_sites else 0.0
         opex = sum(grp.opex_usd_per_rack_day * days * mine[grp.id] for _, grp in members)
@@ -177,7 +183,8 @@ def site_breakdowns(fleet: Fleet, economics: GroupEconomics, allocation: Allocat
             SiteBreakdown(
                 site=site.id,
                 **{f"racks_{m.value}": sum(allocation.count(grp.id, m) for _, grp in members) for m in MODES},
-                mining_mw=sum(fleet.rack_power_kw(grp) * site.pue_mining * mine[grp.id] for _, grp in members) / KW_PER_MW,
+                mining_mw=sum(fleet.rack_power_kw(grp) * site.pue_mining * mine[grp.id] for _, grp in members)
+                / KW_PER_MW,
                 ai_mw=ai_mw,
                 expected_hash_revenue_usd=revenue,
                 expected_power_cost_usd=cost,
@@ -197,7 +204,9 @@ def machine_breakevens(fleet: Fleet, hashprice_usd_per_ph_day: float) -> list[Ma
         MachineBreakeven(
             machine=m.id,
             efficiency_j_per_th=m.efficiency_j_per_th,
-            breakeven_power_price_usd_per_mwh=breakeven_power_price_usd_per_mwh(hashprice_usd_per_ph_day, m.efficiency_j_per_th),
+            breakeven_power_price_usd_per_mwh=breakeven_power_price_usd_per_mwh(
+                hashprice_usd_per_ph_day, m.efficiency_j_per_th
+            ),
         )
         for m in fleet.machines
     ]

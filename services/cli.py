@@ -69,7 +69,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             bar.update(tasks[stage], completed=done)
 
         plan, scenarios = plan_fleet(
-            fleet, provided=provided, workers=args.workers, keep_scenarios=bool(args.export_scenarios), progress=progress
+            fleet,
+            provided=provided,
+            workers=args.workers,
+            keep_scenarios=bool(args.export_scenarios),
+            progress=progress,
         )
     if args.export_scenarios:
         save_scenarios(args.export_scenarios, scenarios)

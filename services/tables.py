@@ -22,8 +22,14 @@ def print_plan(plan: PlanResult, console: Console) -> None:
         table.add_column(column, justify="right" if column not in ("group", "site", "machine") else "left")
     for g in plan.allocation:
         table.add_row(
-            g.group, g.site, g.machine, str(g.racks_mine), str(g.racks_ai), str(g.racks_idle),
-            f"{100 * g.run_fraction:.0f}", f"{g.breakeven_power_price_usd_per_mwh:.1f}",
+            g.group,
+            g.site,
+            g.machine,
+            str(g.racks_mine),
+            str(g.racks_ai),
+            str(g.racks_idle),
+            f"{100 * g.run_fraction:.0f}",
+            f"{g.breakeven_power_price_usd_per_mwh:.1f}",
             f"{g.expected_mine_value_usd_per_rack:,.0f}",
         )
     console.print(table)
@@ -33,9 +39,15 @@ def print_plan(plan: PlanResult, console: Console) -> None:
         sites.add_column(column, justify="left" if column == "site" else "right")
     for s in plan.sites:
         sites.add_row(
-            s.site, f"{s.mining_mw:.1f}", f"{s.ai_mw:.1f}", _usd(s.expected_hash_revenue_usd),
-            _usd(s.expected_power_cost_usd), _usd(s.mining_opex_usd + s.idle_cost_usd),
-            _usd(s.lease_revenue_usd), _usd(s.capex_charge_usd), _usd(s.expected_profit_usd),
+            s.site,
+            f"{s.mining_mw:.1f}",
+            f"{s.ai_mw:.1f}",
+            _usd(s.expected_hash_revenue_usd),
+            _usd(s.expected_power_cost_usd),
+            _usd(s.mining_opex_usd + s.idle_cost_usd),
+            _usd(s.lease_revenue_usd),
+            _usd(s.capex_charge_usd),
+            _usd(s.expected_profit_usd),
         )
     console.print(sites)
 

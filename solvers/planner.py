@@ -90,7 +90,10 @@ def compute_economics(
 
     progress("scenarios", 0, spec.count)
     results = fan_out(
-        _economics_batch, [(fleet_ref, rows, dataclasses.replace(spec, provided=None), provided_ref, keep_scenarios) for rows in parts], workers, tick
+        _economics_batch,
+        [(fleet_ref, rows, dataclasses.replace(spec, provided=None), provided_ref, keep_scenarios) for rows in parts],
+        workers,
+        tick,
     )
     economics = concat_economics([econ for econ, _ in results])
     scenarios = concat_scenarios([s for _, s in results]) if keep_scenarios else None
@@ -150,7 +153,9 @@ def plan_fleet(
     return result.model_copy(update={"timings_s": timings}), scenarios
 
 
-def assemble_plan(fleet: Fleet, economics: GroupEconomics, solved: SolvedPlan, spec: ScenarioSpec, source: str) -> PlanResult:
+def assemble_plan(
+    fleet: Fleet, economics: GroupEconomics, solved: SolvedPlan, spec: ScenarioSpec, source: str
+) -> PlanResult:
     profits = scenario_profits_usd(fleet, economics, solved.allocation)
     stats = profit_stats(profits, fleet.risk.alpha)
     ai_sites, offers = ai_results(fleet, solved.allocation)
@@ -177,7 +182,13 @@ def assemble_plan(fleet: Fleet, economics: GroupEconomics, solved: SolvedPlan, s
             variables=solved.variables,
             constraints=solved.constraints,
         ),
-        scenarios={"count": spec.count, "seed": spec.seed, "stream": spec.stream, "source": source, "batch_size": fleet.scenarios.batch_size},
+        scenarios={
+            "count": spec.count,
+            "seed": spec.seed,
+            "stream": spec.stream,
+            "source": source,
+            "batch_size": fleet.scenarios.batch_size,
+        },
         timings_s={},
         versions=software_versions(),
     )
@@ -191,5 +202,3 @@ def software_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "unknown"
     return versions
-
-

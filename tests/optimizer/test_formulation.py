@@ -59,7 +59,9 @@ def brute_force(fleet: Fleet, economics, risk: RiskSettings) -> float:
     for combo in itertools.product(*per_group):
         racks = {g.id: c for g, c in zip(fleet.rack_groups, combo, strict=True)}
         for converted in (False, True):
-            allocation = Allocation(racks, frozenset({"spot"} if converted else ()), best_lease(fleet, racks, converted))
+            allocation = Allocation(
+                racks, frozenset({"spot"} if converted else ()), best_lease(fleet, racks, converted)
+            )
             if check_feasible(fleet, allocation):
                 continue
             profits = scenario_profits_usd(fleet, economics, allocation)

@@ -56,7 +56,9 @@ def test_profit_stats_match_allocation_evaluation(ray_session, fleet):
 
     plan, _ = plan_fleet(fleet)
     allocation = Allocation(
-        racks={g.group: {Mode.MINE: g.racks_mine, Mode.AI: g.racks_ai, Mode.IDLE: g.racks_idle} for g in plan.allocation},
+        racks={
+            g.group: {Mode.MINE: g.racks_mine, Mode.AI: g.racks_ai, Mode.IDLE: g.racks_idle} for g in plan.allocation
+        },
         converted_sites=frozenset(s.site for s in plan.ai_sites if s.converted),
         lease_mw={(o.offer, site): mw for o in plan.offers for site, mw in o.mw_by_site.items()},
     )

@@ -1,0 +1,220 @@
+"""Scenario files: users' own price paths in, the scenarios a plan used out. One NPZ format.
+
+The format is documented in docs/scenarios.md. Every [S, T] array has one row per scenario
+and one column per step of `step_hours`. On load a file may carry the hashprice itself, or
+the BTC price and network hashrate to derive it from (treating the network hashrate as the
+hashrate the difficulty is tuned to). Every problem raises ScenarioFileError naming the array.
+Files are read with allow_pickle=False: a scenario file can never run code.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from optimizer.constants import block_subsidy_btc
+from optimizer.market import STEP_HOURS_ALLOWED, BitcoinMarket
+from optimizer.scenarios import ScenarioSet, hashprice_usd_per_ph_day
+
+POWER_PRICE_PREFIX = "power_price_usd_per_mwh__"
+BTC_PRICE = "btc_price_usd"
+HASHRATE = "network_hashrate_ehs"
+FEES = "fees_btc_per_block"
+SUBSIDY = "subsidy_btc"
+HASHPRICE = "hashprice_usd_per_ph_day"
+STEP_HOURS = "step_hours"
+INDICES = "indices"
+PATH_ARRAYS = (HASHPRICE, BTC_PRICE, HASHRATE, FEES, SUBSIDY)
+
+# Defaults for files that leave out fees or subsidy: the calibrated market of early 2026
+# (0.025 BTC fees per block; 3.125 BTC subsidy until block 1,050,000).
+DEFAULT_FEES_BTC_PER_BLOCK = BitcoinMarket.model_fields["fees_btc_per_block"].default
+DEFAULT_SUBSIDY_BTC = float(block_subsidy_btc(BitcoinMarket.model_fields["start_block_height"].default))
+
+
+class ScenarioFileError(ValueError):
+    """A scenario file is unusable; `field` names the offending array (None: the file itself)."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+def power_price_array_name(market_id: str) -> str:
+    return POWER_PRICE_PREFIX + market_id
+
+
+def save_scenarios(path: str | os.PathLike, scenarios: ScenarioSet) -> None:
+    """Write `scenarios` to `path` (exactly that name: no .npz is appended)."""
+    arrays = {name: getattr(scenarios, name) for name in PATH_ARRAYS}
+    for market_id in scenarios.markets:
+        arrays[power_price_array_name(market_id)] = scenarios.power_price(market_id)
+    arrays[STEP_HOURS] = np.int64(scenarios.step_hours)
+    arrays[INDICES] = np.asarray(scenarios.indices, dtype=np.int64)
+    # uncompressed: random float paths barely compress, and saving stays fast for big sets
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
+
+
+def load_scenarios(
+    path: str | os.PathLike,
+    required_markets: Sequence[str] | None = None,
+    expected_steps: int | None = None,
+    expected_step_hours: int | None = None,
+) -> ScenarioSet:
+    """Read and validate a scenario file; power markets keep the file's order."""
+    arrays = _read_arrays(path)
+    _reject_unknown_arrays(arrays)
+    step_hours = _step_hours(arrays, expected_step_hours)
+    market_names = [name for name in arrays if name.startswith(POWER_PRICE_PREFIX)]
+    shape = _common_shape(arrays, [*PATH_ARRAYS, *market_names], expected_steps)
+    bitcoin = _bitcoin_paths(arrays, shape)
+    for market_id in required_markets or ():
+        if power_price_array_name(market_id) not in arrays:
+            present = [name[len(POWER_PRICE_PREFIX) :] for name in market_names]
+            raise ScenarioFileError(
+                power_price_array_name(market_id),
+                f"missing: the fleet buys power in market {market_id!r}, the file has markets {present}",
+            )
+    power = [_finite(arrays, name) for name in market_names]
+    return ScenarioSet(
+        indices=_indices(arrays, shape[0]),
+        step_hours=step_hours,
+        markets=tuple(name[len(POWER_PRICE_PREFIX) :] for name in market_names),
+        power_price_usd_per_mwh=np.array(power, dtype=np.float64).reshape(len(power), *shape),
+        **bitcoin,
+    )
+
+
+def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ScenarioFileError(None, f"cannot read {os.fspath(path)} as an NPZ archive: {error}") from error
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ScenarioFileError(None, f"{os.fspath(path)} holds a single array, not an NPZ archive of named arrays")
+    with loaded:
+        return {name: _read_member(loaded, name) for name in loaded.files}
+
+
+def _read_member(archive: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    try:
+        return archive[name]
+    except ValueError as error:  # object arrays need pickle, which is refused
+        raise ScenarioFileError(name, f"unreadable without pickle ({error}); store plain numbers") from error
+
+
+def _reject_unknown_arrays(arrays: Mapping[str, np.ndarray]) -> None:
+    known = {*PATH_ARRAYS, STEP_HOURS, INDICES}
+    for name in arrays:
+        if name == POWER_PRICE_PREFIX:
+            raise ScenarioFileError(name, "power price array without a market id after the '__'")
+        if name not in known and not name.startswith(POWER_PRICE_PREFIX):
+            raise ScenarioFileError(
+                name, f"unknown array; expected {sorted(known)} and {POWER_PRICE_PREFIX}<market_id>"
+            )
+
+
+def _step_hours(arrays: Mapping[str, np.ndarray], expected: int | None) -> int:
+    if STEP_HOURS not in arrays:
+        raise ScenarioFileError(STEP_HOURS, f"missing: the length of a step in hours, one of {STEP_HOURS_ALLOWED}")
+    value = arrays[STEP_HOURS]
+    if value.size != 1 or value.dtype.kind not in "iuf" or not float(value.item()).is_integer():
+        raise ScenarioFileError(STEP_HOURS, f"must be a single whole number of hours, got {value!r}")
+    step_hours = int(value.item())
+    if step_hours not in STEP_HOURS_ALLOWED:
+        raise ScenarioFileError(STEP_HOURS, f"must be one of {STEP_HOURS_ALLOWED}, got {step_hours}")
+    if expected is not None and step_hours != expected:
+        raise ScenarioFileError(STEP_HOURS, f"is {step_hours} h but the horizon uses {expected} h steps")
+    return step_hours
+
+
+def _common_shape(arrays: Mapping[str, np.ndarray], names: Sequence[str], expected_steps: int | None):
+    """The [S, T] shape every path array shares, checked against the first one present."""
+    present = [name for name in names if name in arrays]
+    if not present:
+        raise ScenarioFileError(HASHPRICE, f"missing: give {HASHPRICE}, or {BTC_PRICE} and {HASHRATE}")
+    reference = present[0]
+    for name in present:
+        array = arrays[name]
+        if array.ndim != 2:
+            raise ScenarioFileError(name, f"must be 2-D [scenarios, steps], got shape {array.shape}")
+        if array.dtype.kind not in "iuf":
+            raise ScenarioFileError(name, f"must hold numbers, got dtype {array.dtype}")
+        if array.shape != arrays[reference].shape:
+            raise ScenarioFileError(
+                name, f"has shape {array.shape} but {reference} has {arrays[reference].shape}; all must agree"
+            )
+    n_scenarios, n_steps = arrays[reference].shape
+    if n_scenarios == 0 or n_steps == 0:
+        raise ScenarioFileError(reference, f"is empty (shape {arrays[reference].shape})")
+    if expected_steps is not None and n_steps != expected_steps:
+        raise ScenarioFileError(reference, f"has {n_steps} steps but the horizon has {expected_steps}")
+    return n_scenarios, n_steps
+
+
+def _bitcoin_paths(arrays: Mapping[str, np.ndarray], shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    fees = _non_negative(arrays, FEES) if FEES in arrays else np.full(shape, DEFAULT_FEES_BTC_PER_BLOCK)
+    subsidy = _non_negative(arrays, SUBSIDY) if SUBSIDY in arrays else np.full(shape, DEFAULT_SUBSIDY_BTC)
+    if HASHPRICE in arrays:
+        # with the hashprice given, price and hashrate are informational: absent or NaN means unknown
+        hashprice = _positive(arrays, HASHPRICE)
+        btc = _positive(arrays, BTC_PRICE, nan_allowed=True) if BTC_PRICE in arrays else np.full(shape, np.nan)
+        hashrate = _positive(arrays, HASHRATE, nan_allowed=True) if HASHRATE in arrays else np.full(shape, np.nan)
+    else:
+        for name in (BTC_PRICE, HASHRATE):
+            if name not in arrays:
+                raise ScenarioFileError(name, f"missing: give {HASHPRICE}, or {BTC_PRICE} and {HASHRATE}")
+        btc, hashrate = _positive(arrays, BTC_PRICE), _positive(arrays, HASHRATE)
+        hashprice = hashprice_usd_per_ph_day(btc, hashrate, subsidy, fees)
+    return {
+        BTC_PRICE: btc,
+        HASHRATE: hashrate,
+        FEES: fees,
+        SUBSIDY: subsidy,
+        HASHPRICE: hashprice,
+    }
+
+
+def _finite(arrays: Mapping[str, np.ndarray], name: str, nan_allowed: bool = False) -> np.ndarray:
+    values = np.asarray(arrays[name], dtype=np.float64)
+    bad = np.isinf(values) if nan_allowed else ~np.isfinite(values)
+    if bad.any():
+        scenario, step = np.argwhere(bad)[0]
+        raise ScenarioFileError(
+            name, f"has {values[scenario, step]} at scenario {scenario}, step {step}; every value must be finite"
+        )
+    return values
+
+
+def _positive(arrays: Mapping[str, np.ndarray], name: str, nan_allowed: bool = False) -> np.ndarray:
+    values = _finite(arrays, name, nan_allowed)
+    return _check_bound(name, values, values <= 0, "must be positive")
+
+
+def _non_negative(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    values = _finite(arrays, name)
+    return _check_bound(name, values, values < 0, "must not be negative")
+
+
+def _check_bound(name: str, values: np.ndarray, bad: np.ndarray, rule: str) -> np.ndarray:
+    if bad.any():
+        scenario, step = np.argwhere(bad)[0]
+        raise ScenarioFileError(name, f"{rule}, got {values[scenario, step]} at scenario {scenario}, step {step}")
+    return values
+
+
+def _indices(arrays: Mapping[str, np.ndarray], n_scenarios: int) -> np.ndarray:
+    if INDICES not in arrays:
+        return np.arange(n_scenarios, dtype=np.int64)
+    indices = arrays[INDICES]
+    if indices.shape != (n_scenarios,) or indices.dtype.kind not in "iu":
+        raise ScenarioFileError(
+            INDICES, f"must be {n_scenarios} integers, one per scenario; got {indices.dtype} of shape {indices.shape}"
+        )
+    if np.any(indices < 0) or len(np.unique(indices)) != n_scenarios:
+        raise ScenarioFileError(INDICES, "must be distinct non-negative scenario numbers")
+    return indices.astype(np.int64)

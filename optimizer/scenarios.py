@@ -1,0 +1,492 @@
+"""Monte Carlo price scenarios: BTC price, network hashrate, difficulty, fees and power prices.
+
+Every value at step t is the value over the step starting t * step_hours after midnight of
+`horizon.start`; step 0 starts from the market's current figures (BTC price, hashrate, fees,
+chain height), so the first hashprice is the hand-computed one.
+
+Reproducibility (DESIGN.md section 4): the scenario with global index i is drawn only from
+`scenario_rng(seed, stream, i)`, one numpy `SeedSequence` child per scenario. Any split of the
+indices into batches, on any number of workers, gives bit-identical rows. Within a scenario
+the bitcoin paths are drawn first, then the power markets in the order given.
+
+Models
+------
+BTC price - Merton (1976) jump diffusion on the log price, per step of dt years:
+    d log P = (mu - sigma^2/2 - lambda*k) dt + sigma dW + sum_{N ~ Poisson(lambda dt)} J,
+    J ~ Normal(jump_mean_log, jump_std_log^2), k = E[e^J] - 1,
+so `price_drift_per_year` is the expected total return and jumps do not bias it.
+
+Network hashrate H - geometric growth plus a margin response (miners plug in above the
+network breakeven hashprice and unplug below it):
+    d log H = (g - v^2/2) dt + response * log(hashprice / breakeven) dt + v dW.
+
+Difficulty - expressed as the hashrate H_D at which blocks come every 600 s. Expected blocks
+in a step = BLOCKS_PER_HOUR * step_hours * H / H_D, accumulated into the chain height. When
+the height crosses a multiple of RETARGET_INTERVAL_BLOCKS, H_D becomes the time-weighted mean
+of H over the epoch just finished. This is Bitcoin's rule (src/pow.cpp: new difficulty = old
+* target timespan / actual timespan, clamped to a factor of 4) restated in hashrate: 2016
+blocks took sum(H dt) / H_D * 600 s, so the new H_D is sum(H dt) / sum(dt). The epoch under
+way at the start began at the last multiple of 2016 below the start height; its blocks before
+the horizon are assumed mined on schedule at the initial hashrate, which is also the initial
+H_D. A new difficulty applies from the first step starting at or past the boundary.
+
+Hashprice - what one TH/s earns per day:
+    BLOCKS_PER_DAY * (H / H_D) * (subsidy + fees) * price / H  =  BLOCKS_PER_DAY * reward * price / H_D,
+so it moves with difficulty, not with the instantaneous hashrate. Derived, never an input.
+With 67,800 USD, 900 EH/s and 3.125 + 0.025 BTC it is ~34.2 USD per PH per day.
+
+Subsidy - `block_subsidy_btc` at the chain height at the start of each step (halving every
+210,000 blocks: 3.125 BTC until block 1,050,000, then 1.5625).
+
+Fees per block - stationary AR(1) on log fees with daily persistence FEES_PERSISTENCE_PER_DAY
+and stationary std `fees_vol`, centred so the long-run mean equals `fees_btc_per_block`;
+it starts at `fees_btc_per_block`.
+
+Power price per market (step averages, USD/MWh):
+    base = mean * daily(hour) * seasonal(day) * exp(X),
+    daily    ~ exp(a_d cos(2 pi (hour - peak_hour) / 24)), averaged over the hours of the step,
+    seasonal ~ exp(a_s cos(2 pi (year fraction - mid peak_month))),
+    X        = Ornstein-Uhlenbeck (reversion kappa per day, vol sigma per sqrt day), exact
+               discretisation, started from its stationary law.
+Each factor is normalised to mean one (the daily one over the day's hours, the seasonal one
+by the Bessel function I0(a_s), X by centring at -var/2), so the long-run mean of the base is
+`mean_price_usd_per_mwh`. Spikes come on top: a spike starts in a step with probability
+1 - (1 - spike_prob_per_hour)^step_hours, has an exponential size with mean
+`spike_mean_usd_per_mwh` and decays as exp(-hours / spike_decay_hours); the step value is its
+average over the step. Spikes add spike_prob_per_hour * spike_mean * spike_decay_hours to the
+long-run mean (see `expected_spike_usd_per_mwh`). The sum is clipped to [floor, cap].
+Markets are independent of each other and of bitcoin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.constants import (
+    BLOCKS_PER_DAY,
+    BLOCKS_PER_HOUR,
+    DAYS_PER_YEAR,
+    HALVING_INTERVAL_BLOCKS,
+    HOURS_PER_DAY,
+    RETARGET_INTERVAL_BLOCKS,
+    TH_PER_EH,
+    TH_PER_PH,
+    block_subsidy_btc,
+)
+from optimizer.market import BitcoinMarket, Horizon, PowerMarket
+
+# Stream ids for scenario_rng: optimisation, out-of-sample evaluation, then SAA replications.
+OPTIMIZATION_STREAM = 0
+EVALUATION_STREAM = 1
+SAA_FIRST_STREAM = 2
+
+FEES_PERSISTENCE_PER_DAY = 0.9  # fee spikes (mempool congestion) fade over days, not hours
+MAX_RETARGET_FACTOR = 4.0  # src/pow.cpp clamps the timespan to [1/4, 4] of the target
+MONTHS_PER_YEAR = 12
+MAX_LOG_GROWTH = 600.0  # exp(600) ~ 1e260, below the float64 maximum ~1.8e308
+NEGLIGIBLE_DECAY = 1e-16  # below double precision: the previous step no longer matters
+
+
+@dataclass(frozen=True)
+class ScenarioSet:
+    """A batch of S scenarios of T steps; rows are scenarios, `indices` their global numbers."""
+
+    indices: np.ndarray  # int64 [S]
+    step_hours: int
+    btc_price_usd: np.ndarray  # [S, T]
+    network_hashrate_ehs: np.ndarray  # [S, T] actual network hashrate
+    fees_btc_per_block: np.ndarray  # [S, T]
+    subsidy_btc: np.ndarray  # [S, T] subsidy at the chain height at the start of each step
+    hashprice_usd_per_ph_day: np.ndarray  # [S, T] derived from price, reward and difficulty
+    markets: tuple[str, ...]  # power market ids, order of axis 0 of power_price_usd_per_mwh
+    power_price_usd_per_mwh: np.ndarray  # [M, S, T]
+
+    def __post_init__(self) -> None:
+        shape = self.hashprice_usd_per_ph_day.shape
+        if len(shape) != 2:
+            raise ValueError(f"hashprice_usd_per_ph_day must be [S, T], got shape {shape}")
+        for name in ("btc_price_usd", "network_hashrate_ehs", "fees_btc_per_block", "subsidy_btc"):
+            if getattr(self, name).shape != shape:
+                raise ValueError(f"{name} has shape {getattr(self, name).shape}, expected {shape}")
+        if self.indices.shape != (shape[0],):
+            raise ValueError(f"indices has shape {self.indices.shape}, expected ({shape[0]},)")
+        if self.power_price_usd_per_mwh.shape != (len(self.markets), *shape):
+            raise ValueError(
+                f"power_price_usd_per_mwh has shape {self.power_price_usd_per_mwh.shape}, "
+                f"expected {(len(self.markets), *shape)}"
+            )
+        if len(set(self.markets)) != len(self.markets):
+            raise ValueError(f"duplicate market ids in {self.markets}")
+
+    @property
+    def n_scenarios(self) -> int:
+        return self.hashprice_usd_per_ph_day.shape[0]
+
+    @property
+    def n_steps(self) -> int:
+        return self.hashprice_usd_per_ph_day.shape[1]
+
+    @property
+    def hashprice_usd_per_th_hour(self) -> np.ndarray:
+        return self.hashprice_usd_per_ph_day / TH_PER_PH / HOURS_PER_DAY
+
+    def power_price(self, market_id: str) -> np.ndarray:
+        """[S, T] power price of one market."""
+        try:
+            position = self.markets.index(market_id)
+        except ValueError:
+            raise KeyError(f"no power market {market_id!r} in scenarios; have {list(self.markets)}") from None
+        return self.power_price_usd_per_mwh[position]
+
+
+def concat_scenarios(parts: Sequence[ScenarioSet]) -> ScenarioSet:
+    """Stack scenario sets along the scenario axis; they must share markets, step and length."""
+    if not parts:
+        raise ValueError("concat_scenarios needs at least one ScenarioSet")
+    first = parts[0]
+    for part in parts[1:]:
+        if part.markets != first.markets:
+            raise ValueError(f"markets differ: {part.markets} vs {first.markets}")
+        if part.step_hours != first.step_hours:
+            raise ValueError(f"step_hours differ: {part.step_hours} vs {first.step_hours}")
+        if part.n_steps != first.n_steps:
+            raise ValueError(f"step counts differ: {part.n_steps} vs {first.n_steps}")
+
+    def stack(name: str, axis: int = 0) -> np.ndarray:
+        return np.concatenate([getattr(part, name) for part in parts], axis=axis)
+
+    return ScenarioSet(
+        indices=stack("indices"),
+        step_hours=first.step_hours,
+        btc_price_usd=stack("btc_price_usd"),
+        network_hashrate_ehs=stack("network_hashrate_ehs"),
+        fees_btc_per_block=stack("fees_btc_per_block"),
+        subsidy_btc=stack("subsidy_btc"),
+        hashprice_usd_per_ph_day=stack("hashprice_usd_per_ph_day"),
+        markets=first.markets,
+        power_price_usd_per_mwh=stack("power_price_usd_per_mwh", axis=1),
+    )
+
+
+def scenario_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The only source of randomness of scenario `index` in `stream` (0 optimisation, 1 evaluation, 2+k SAA k)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
+
+
+def hashprice_usd_per_ph_day(btc_price_usd, difficulty_hashrate_ehs, subsidy_btc, fees_btc_per_block):
+    """Revenue of one PH/s per day: BLOCKS_PER_DAY * (subsidy + fees) * price / difficulty hashrate."""
+    reward_usd_per_day = BLOCKS_PER_DAY * (subsidy_btc + fees_btc_per_block) * btc_price_usd
+    return reward_usd_per_day / (difficulty_hashrate_ehs * TH_PER_EH) * TH_PER_PH
+
+
+def expected_spike_usd_per_mwh(market: PowerMarket) -> float:
+    """Long-run mean that spikes add to the base price (before the cap clips them)."""
+    return market.spike_prob_per_hour * market.spike_mean_usd_per_mwh * market.spike_decay_hours
+
+
+def generate_scenarios(
+    bitcoin: BitcoinMarket,
+    markets: Sequence[PowerMarket],
+    horizon: Horizon,
+    indices: Sequence[int],
+    seed: int,
+    stream: int = OPTIMIZATION_STREAM,
+) -> ScenarioSet:
+    """Draw the scenarios with the given global indices; row i depends only on (seed, stream, indices[i])."""
+    market_ids = tuple(market.id for market in markets)
+    if len(set(market_ids)) != len(market_ids):
+        raise ValueError(f"duplicate power market ids: {market_ids}")
+    index_array = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if np.any(index_array < 0):
+        raise ValueError("scenario indices must be non-negative")
+    calendar = _Calendar.of(horizon)
+    base_prices = [_base_price_usd_per_mwh(market, calendar) for market in markets]  # same for every scenario
+    rows = [
+        _draw_scenario(scenario_rng(seed, stream, int(i)), bitcoin, markets, base_prices, calendar) for i in index_array
+    ]
+    n_steps = horizon.n_steps
+
+    def stack(name: str) -> np.ndarray:
+        return np.array([row[name] for row in rows]).reshape(len(rows), n_steps)
+
+    power = np.array([row["power"] for row in rows]).reshape(len(rows), len(markets), n_steps)
+    return ScenarioSet(
+        indices=index_array,
+        step_hours=horizon.step_hours,
+        btc_price_usd=stack("btc"),
+        network_hashrate_ehs=stack("hashrate"),
+        fees_btc_per_block=stack("fees"),
+        subsidy_btc=stack("subsidy"),
+        hashprice_usd_per_ph_day=stack("hashprice"),
+        markets=market_ids,
+        power_price_usd_per_mwh=np.ascontiguousarray(power.transpose(1, 0, 2)),
+    )
+
+
+@dataclass(frozen=True)
+class _Calendar:
+    """Time grid shared by all scenarios of a horizon."""
+
+    step_hours: int
+    n_steps: int
+    dt_years: float
+    hour_slot: np.ndarray  # [T] which step of the day each step is (0 .. 24/step_hours - 1)
+    year_fraction: np.ndarray  # [T] position of the step's middle in the calendar year
+
+    @staticmethod
+    def of(horizon: Horizon) -> _Calendar:
+        step_hours, n_steps = horizon.step_hours, horizon.n_steps
+        hours_from_start = np.arange(n_steps) * step_hours
+        steps_per_day = HOURS_PER_DAY // step_hours
+        start_day_of_year = horizon.start.timetuple().tm_yday - 1
+        middle_days = start_day_of_year + (hours_from_start + step_hours / 2) / HOURS_PER_DAY
+        return _Calendar(
+            step_hours=step_hours,
+            n_steps=n_steps,
+            dt_years=step_hours / HOURS_PER_DAY / DAYS_PER_YEAR,
+            hour_slot=np.arange(n_steps) % steps_per_day,
+            year_fraction=(middle_days / DAYS_PER_YEAR) % 1.0,
+        )
+
+
+def _draw_scenario(
+    rng: np.random.Generator,
+    bitcoin: BitcoinMarket,
+    markets: Sequence[PowerMarket],
+    base_prices: Sequence[np.ndarray],
+    calendar: _Calendar,
+) -> dict:
+    btc = _btc_price_path(rng, bitcoin, calendar)
+    fees = _fees_path(rng, bitcoin, calendar)
+    network = simulate_network(bitcoin, btc, fees, rng.standard_normal(calendar.n_steps), calendar.step_hours)
+    power = [_power_price_path(rng, market, base, calendar) for market, base in zip(markets, base_prices, strict=True)]
+    return {
+        "btc": btc,
+        "fees": fees,
+        "hashrate": network.hashrate_ehs,
+        "subsidy": network.subsidy_btc,
+        "hashprice": network.hashprice_usd_per_ph_day,
+        "power": power,
+    }
+
+
+def _btc_price_path(rng: np.random.Generator, bitcoin: BitcoinMarket, calendar: _Calendar) -> np.ndarray:
+    n_moves, dt = calendar.n_steps - 1, calendar.dt_years
+    sigma, intensity = bitcoin.price_vol_per_year, bitcoin.jump_intensity_per_year
+    mean_jump_return = np.expm1(bitcoin.jump_mean_log + bitcoin.jump_std_log**2 / 2)
+    drift = (bitcoin.price_drift_per_year - sigma**2 / 2 - intensity * mean_jump_return) * dt
+    diffusion = sigma * np.sqrt(dt) * rng.standard_normal(n_moves)
+    jump_counts = rng.poisson(intensity * dt, n_moves)
+    jump_noise = rng.standard_normal(n_moves)
+    # the sum of n normal jumps is normal with n times the mean and the variance
+    jumps = jump_counts * bitcoin.jump_mean_log + np.sqrt(jump_counts) * bitcoin.jump_std_log * jump_noise
+    log_moves = np.concatenate(([0.0], np.cumsum(drift + diffusion + jumps)))
+    return bitcoin.btc_price_usd * np.exp(log_moves)
+
+
+def _fees_path(rng: np.random.Generator, bitcoin: BitcoinMarket, calendar: _Calendar) -> np.ndarray:
+    noise = rng.standard_normal(calendar.n_steps)
+    if bitcoin.fees_btc_per_block == 0 or bitcoin.fees_vol == 0:
+        return np.full(calendar.n_steps, bitcoin.fees_btc_per_block)
+    persistence = FEES_PERSISTENCE_PER_DAY ** (calendar.step_hours / HOURS_PER_DAY)
+    log_std = bitcoin.fees_vol
+    # centre at -var/2 so the mean fee is fees_btc_per_block; start at today's level
+    innovations = log_std * np.sqrt(1 - persistence**2) * noise
+    innovations[0] = log_std**2 / 2
+    deviation = _linear_recursion(persistence, innovations)
+    return bitcoin.fees_btc_per_block * np.exp(deviation - log_std**2 / 2)
+
+
+@dataclass(frozen=True)
+class NetworkPath:
+    """Per-step network state of one scenario; heights are expected (fractional) block counts."""
+
+    hashrate_ehs: np.ndarray  # [T] actual hashrate
+    difficulty_hashrate_ehs: np.ndarray  # [T] hashrate the current difficulty is tuned to
+    height: np.ndarray  # [T] chain height at the start of each step
+    subsidy_btc: np.ndarray  # [T]
+    hashprice_usd_per_ph_day: np.ndarray  # [T]
+
+
+def simulate_network(
+    bitcoin: BitcoinMarket,
+    btc_price_usd: np.ndarray,
+    fees_btc_per_block: np.ndarray,
+    hashrate_noise: np.ndarray,
+    step_hours: int,
+) -> NetworkPath:
+    """Hashrate, difficulty, height and hashprice along one price path ([T] arrays).
+
+    Loops over segments in which the difficulty and the subsidy are constant (between retargets
+    and halvings), vectorised over the steps within: within a segment the hashprice, and so the
+    hashrate drift, is known without the hashrate.
+    """
+    n_steps = len(btc_price_usd)
+    out = {name: np.empty(n_steps) for name in ("hashrate", "difficulty", "height", "subsidy", "hashprice")}
+    state = _NetworkState.start(bitcoin)
+    dt = step_hours / HOURS_PER_DAY / DAYS_PER_YEAR
+    drift_per_step = (bitcoin.hashrate_growth_per_year - bitcoin.hashrate_vol_per_year**2 / 2) * dt
+    shocks = bitcoin.hashrate_vol_per_year * np.sqrt(dt) * hashrate_noise
+    blocks_per_step_at_target = BLOCKS_PER_HOUR * step_hours
+    # long enough that most epochs end inside one window, short enough not to redo much work
+    window_steps = max(1, int(2 * RETARGET_INTERVAL_BLOCKS / blocks_per_step_at_target))
+    t = 0
+    while t < n_steps:
+        end = min(n_steps, t + window_steps)
+        subsidy = float(block_subsidy_btc(int(state.height)))
+        hashprice = hashprice_usd_per_ph_day(
+            btc_price_usd[t:end], state.difficulty_ehs, subsidy, fees_btc_per_block[t:end]
+        )
+        margin = bitcoin.hashrate_margin_response_per_year * np.log(
+            hashprice / bitcoin.network_breakeven_hashprice_usd_per_ph_day
+        )
+        log_moves = drift_per_step + margin * dt + shocks[t:end]
+        log_hashrate = state.log_hashrate_ehs + np.concatenate(([0.0], np.cumsum(log_moves[:-1])))
+        hashrate = np.exp(log_hashrate)
+        height_after = state.height + np.cumsum(blocks_per_step_at_target * hashrate / state.difficulty_ehs)
+        boundary = min(state.next_retarget_height, state.next_halving_height)
+        n_taken = min(int(np.searchsorted(height_after, boundary)) + 1, end - t)
+        taken = slice(t, t + n_taken)
+        out["hashrate"][taken] = hashrate[:n_taken]
+        out["difficulty"][taken] = state.difficulty_ehs
+        out["height"][taken] = np.concatenate(([state.height], height_after[: n_taken - 1]))
+        out["subsidy"][taken] = subsidy
+        out["hashprice"][taken] = hashprice[:n_taken]
+        state = state.advance(
+            log_hashrate_ehs=log_hashrate[n_taken - 1] + log_moves[n_taken - 1],
+            height=float(height_after[n_taken - 1]),
+            hashrate_hours_ehs=float(np.sum(hashrate[:n_taken])) * step_hours,
+            hours=n_taken * step_hours,
+        )
+        t += n_taken
+    return NetworkPath(
+        hashrate_ehs=out["hashrate"],
+        difficulty_hashrate_ehs=out["difficulty"],
+        height=out["height"],
+        subsidy_btc=out["subsidy"],
+        hashprice_usd_per_ph_day=out["hashprice"],
+    )
+
+
+@dataclass(frozen=True)
+class _NetworkState:
+    log_hashrate_ehs: float
+    height: float
+    difficulty_ehs: float
+    epoch_hashrate_hours_ehs: float  # sum of H * hours since the epoch began
+    epoch_hours: float
+    next_retarget_height: int
+    next_halving_height: int
+
+    @staticmethod
+    def start(bitcoin: BitcoinMarket) -> _NetworkState:
+        height = bitcoin.start_block_height
+        hashrate = bitcoin.network_hashrate_ehs
+        # blocks of the current epoch before the horizon: mined on schedule at today's hashrate
+        hours_before = (height % RETARGET_INTERVAL_BLOCKS) / BLOCKS_PER_HOUR
+        return _NetworkState(
+            log_hashrate_ehs=float(np.log(hashrate)),
+            height=float(height),
+            difficulty_ehs=hashrate,
+            epoch_hashrate_hours_ehs=hashrate * hours_before,
+            epoch_hours=hours_before,
+            next_retarget_height=_next_multiple(height, RETARGET_INTERVAL_BLOCKS),
+            next_halving_height=_next_multiple(height, HALVING_INTERVAL_BLOCKS),
+        )
+
+    def advance(self, log_hashrate_ehs: float, height: float, hashrate_hours_ehs: float, hours: float):
+        epoch_hashrate_hours = self.epoch_hashrate_hours_ehs + hashrate_hours_ehs
+        epoch_hours = self.epoch_hours + hours
+        difficulty, next_retarget = self.difficulty_ehs, self.next_retarget_height
+        if height >= self.next_retarget_height:
+            epoch_mean = epoch_hashrate_hours / epoch_hours
+            difficulty = min(max(epoch_mean, difficulty / MAX_RETARGET_FACTOR), difficulty * MAX_RETARGET_FACTOR)
+            epoch_hashrate_hours, epoch_hours = 0.0, 0.0
+            next_retarget = _next_multiple(int(height), RETARGET_INTERVAL_BLOCKS)
+        return _NetworkState(
+            log_hashrate_ehs=float(log_hashrate_ehs),
+            height=height,
+            difficulty_ehs=difficulty,
+            epoch_hashrate_hours_ehs=epoch_hashrate_hours,
+            epoch_hours=epoch_hours,
+            next_retarget_height=next_retarget,
+            next_halving_height=_next_multiple(int(height), HALVING_INTERVAL_BLOCKS),
+        )
+
+
+def _next_multiple(height: int, interval: int) -> int:
+    return (height // interval + 1) * interval
+
+
+def _base_price_usd_per_mwh(market: PowerMarket, calendar: _Calendar) -> np.ndarray:
+    """Mean price shaped by hour of day and season: [T], averaging mean_price_usd_per_mwh."""
+    return market.mean_price_usd_per_mwh * _daily_factor(market, calendar) * _seasonal_factor(market, calendar)
+
+
+def _power_price_path(
+    rng: np.random.Generator, market: PowerMarket, base_price: np.ndarray, calendar: _Calendar
+) -> np.ndarray:
+    price = base_price * np.exp(_ou_log_deviation(rng, market, calendar)) + _spikes(rng, market, calendar)
+    return np.clip(price, market.floor_usd_per_mwh, market.cap_usd_per_mwh)
+
+
+def _daily_factor(market: PowerMarket, calendar: _Calendar) -> np.ndarray:
+    hours = np.arange(HOURS_PER_DAY)
+    hourly = np.exp(market.daily_shape_amplitude * np.cos(2 * np.pi * (hours - market.peak_hour) / HOURS_PER_DAY))
+    hourly /= hourly.mean()  # mean one over the day
+    per_slot = hourly.reshape(-1, calendar.step_hours).mean(axis=1)  # a step is the average of its hours
+    return per_slot[calendar.hour_slot]
+
+
+def _seasonal_factor(market: PowerMarket, calendar: _Calendar) -> np.ndarray:
+    amplitude = market.seasonal_amplitude
+    peak_fraction = (market.peak_month - 0.5) / MONTHS_PER_YEAR  # middle of the peak month
+    phase = 2 * np.pi * (calendar.year_fraction - peak_fraction)
+    # the mean of exp(a cos(phase)) over a year is the modified Bessel function I0(a)
+    return np.exp(amplitude * np.cos(phase)) / np.i0(amplitude)
+
+
+def _ou_log_deviation(rng: np.random.Generator, market: PowerMarket, calendar: _Calendar) -> np.ndarray:
+    dt_days = calendar.step_hours / HOURS_PER_DAY
+    decay = np.exp(-market.reversion_per_day * dt_days)
+    stationary_var = market.vol_per_sqrt_day**2 / (2 * market.reversion_per_day)
+    innovations = np.sqrt(stationary_var * (1 - decay**2)) * rng.standard_normal(calendar.n_steps)
+    innovations[0] = np.sqrt(stationary_var) * rng.standard_normal()  # start from the stationary law
+    # centred at -var/2 so E[exp(X)] = 1 and the base keeps its mean
+    return _linear_recursion(decay, innovations) - stationary_var / 2
+
+
+def _spikes(rng: np.random.Generator, market: PowerMarket, calendar: _Calendar) -> np.ndarray:
+    step_hours, tau = calendar.step_hours, market.spike_decay_hours
+    start_prob = 1 - (1 - market.spike_prob_per_hour) ** step_hours
+    starts = rng.random(calendar.n_steps) < start_prob
+    sizes = rng.exponential(market.spike_mean_usd_per_mwh, calendar.n_steps)
+    decay = np.exp(-step_hours / tau)
+    level_at_step_start = _linear_recursion(decay, np.where(starts, sizes, 0.0))
+    # average of level * exp(-h / tau) over the step's hours
+    return level_at_step_start * tau / step_hours * (1 - decay)
+
+
+def _linear_recursion(decay: float, inputs: np.ndarray) -> np.ndarray:
+    """y[t] = decay * y[t-1] + inputs[t] with y[-1] = 0, without a loop over steps.
+
+    Within a chunk y[k] = decay**k * (decay * carry + cumsum(inputs[j] * decay**-j)); chunks are
+    cut so decay**-k stays far below float overflow. The rounding error stays relative to the
+    recent inputs because the growing weights favour them. One chunk covers a quarter at the
+    default parameters.
+    """
+    if decay < NEGLIGIBLE_DECAY:
+        return inputs.astype(float, copy=True)
+    log_growth = -np.log(decay)
+    chunk = len(inputs) if log_growth == 0 else max(1, int(MAX_LOG_GROWTH / log_growth))
+    out = np.empty(len(inputs))
+    carry = 0.0
+    for start in range(0, len(inputs), chunk):
+        block = inputs[start : start + chunk]
+        growth = np.exp(np.arange(len(block)) * log_growth)
+        out[start : start + len(block)] = (decay * carry + np.cumsum(block * growth)) / growth
+        carry = out[start + len(block) - 1]
+    return out
