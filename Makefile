@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FLEET ?= examples/fleet.yaml
 OUT ?= out
 
-.PHONY: venv plan test lint bench clean
+.PHONY: venv plan test lint bench clean schema
 
 $(BIN)/hashpivot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,6 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) $(OUT)
+
+schema: venv
+	$(BIN)/hashpivot schema > schemas/fleet.schema.json

@@ -74,3 +74,9 @@ def test_overrides_are_validated():
 def test_schema_is_published():
     schema = fleet_json_schema()
     assert {"sites", "rack_groups", "lease_offers", "markets"} <= set(schema["properties"])
+
+
+def test_published_schema_is_fresh():
+    """schemas/fleet.schema.json is what `hashpivot schema` prints; `make schema` refreshes it."""
+    published = json.loads((EXAMPLES.parent / "schemas" / "fleet.schema.json").read_text())
+    assert published == fleet_json_schema()
