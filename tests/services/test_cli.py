@@ -60,3 +60,13 @@ def test_schema_command_prints_json_schema(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "rack_groups" in schema["properties"]
+
+
+def test_scenario_file_missing_a_market_names_the_array(tmp_path, capsys):
+    import numpy as np
+
+    path = tmp_path / "desk.npz"
+    hashprice = np.full((2, 14 * 24), 35.0)
+    np.savez(path, hashprice_usd_per_ph_day=hashprice, step_hours=1)
+    assert main(["plan", str(EXAMPLES / "tiny.yaml"), "--scenario-file", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "power_price_usd_per_mwh__ercot_west" in capsys.readouterr().err
