@@ -21,7 +21,6 @@ from optimizer.allocation import (
 from optimizer.constants import KW_PER_MW
 from optimizer.economics import GroupEconomics, breakeven_power_price_usd_per_mwh
 from optimizer.fleet import Fleet
-from optimizer.risk import ProfitStats
 
 
 class GroupAllocation(BaseModel):
@@ -210,7 +209,3 @@ def machine_breakevens(fleet: Fleet, hashprice_usd_per_ph_day: float) -> list[Ma
         )
         for m in fleet.machines
     ]
-
-
-def profit_dict(stats: ProfitStats) -> dict[str, float]:
-    return stats.as_dict()

@@ -62,9 +62,9 @@ def select_rows(scenarios: ScenarioSet, rows: range) -> ScenarioSet:
 
 
 @ray.remote(num_cpus=1)
-def _economics_batch(fleet: Fleet, rows: range, spec: ScenarioSpec, provided, keep: bool):
+def _economics_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, keep: bool):
     if provided is None:
-        scenarios = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, spec.seed, spec.stream)
+        scenarios = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream)
     else:
         scenarios = select_rows(provided, rows)
     return group_economics(fleet, scenarios), (scenarios if keep else None)
@@ -91,7 +91,7 @@ def compute_economics(
     progress("scenarios", 0, spec.count)
     results = fan_out(
         _economics_batch,
-        [(fleet_ref, rows, dataclasses.replace(spec, provided=None), provided_ref, keep_scenarios) for rows in parts],
+        [(fleet_ref, rows, spec.seed, spec.stream, provided_ref, keep_scenarios) for rows in parts],
         workers,
         tick,
     )
