@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FLEET ?= examples/fleet.yaml
 OUT ?= out
 
-.PHONY: venv plan test lint bench clean schema
+.PHONY: venv plan test lint bench clean schema protos
 
 $(BIN)/hashpivot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,8 @@ clean:
 
 schema: venv
 	$(BIN)/hashpivot schema > schemas/fleet.schema.json
+
+# Regenerate the gRPC code and stubs from protos/hashpivot/v1/*.proto, then lint the contract.
+protos: venv
+	PYTHON=$(BIN)/python scripts/gen_protos.sh
+	$(BIN)/buf lint

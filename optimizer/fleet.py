@@ -35,21 +35,69 @@ class Machine(StrictModel):
         return self.hashrate_ths * self.efficiency_j_per_th / 1_000
 
 
+# Default SLA penalty for AI/HPC load a site fails to serve, per MWh of critical IT load lost. An
+# assumption, to be replaced by the lease's SLA schedule: about five times the pro-rata rent of a
+# $140/kW-month lease (~$190/MWh), i.e. the rent of the lost hours refunded plus service credits.
+DEFAULT_SLA_PENALTY_USD_PER_MWH = 1_000.0
+
+
 class ContractType(enum.StrEnum):
     FIXED = "fixed"  # fixed price per MWh drawn
     INDEX = "index"  # spot price of the site's market plus an adder
+    # Fixed price for the site's whole capacity_mw block, paid whether used or not (take-or-pay);
+    # every MWh the site does not draw is sold back at spot minus resale_fee_usd_per_mwh.
+    TAKE_OR_PAY = "take_or_pay"
 
 
 class PowerContract(StrictModel):
+    """How a site buys power.
+
+    - `fixed`: `price_usd_per_mwh` for every MWh drawn.
+    - `index`: the spot price of the site's market plus `adder_usd_per_mwh`.
+    - `take_or_pay`: the site buys its whole `capacity_mw` at `price_usd_per_mwh` every hour, used or
+      not, and every MWh it does not draw is resold at spot minus `resale_fee_usd_per_mwh`. Drawing a
+      MWh therefore costs the resale it forgoes (spot - fee): a mining rack runs when its hash revenue
+      beats that, and the contract adds a scenario-dependent constant (resale of the whole block minus
+      the fixed payment).
+
+    AI/HPC tenants are billed their power at the contract's price (spot + adder for `index`, the fixed
+    price otherwise), so under `fixed` and `index` lease power nets to zero; under `take_or_pay` each
+    MWh a tenant draws earns the fixed price but forgoes its resale at spot.
+    """
+
     type: ContractType
-    price_usd_per_mwh: float | None = Field(None, ge=0, le=5_000)
-    adder_usd_per_mwh: float = Field(0.0, ge=-100, le=1_000)
+    price_usd_per_mwh: float | None = Field(
+        None, ge=0, le=5_000, description="Fixed price per MWh; required for fixed and take_or_pay."
+    )
+    adder_usd_per_mwh: float = Field(0.0, ge=-100, le=1_000, description="index: added to spot.")
+    resale_fee_usd_per_mwh: float = Field(
+        0.0, ge=0, le=1_000, description="take_or_pay: deducted from spot on every MWh sold back."
+    )
 
     @model_validator(mode="after")
-    def _fixed_needs_price(self) -> PowerContract:
-        if self.type is ContractType.FIXED and self.price_usd_per_mwh is None:
-            raise ValueError("price_usd_per_mwh is required for a fixed-price contract")
+    def _fields_fit_type(self) -> PowerContract:
+        if self.type in (ContractType.FIXED, ContractType.TAKE_OR_PAY) and self.price_usd_per_mwh is None:
+            raise ValueError(f"price_usd_per_mwh is required for a {self.type.value} contract")
+        if self.type is not ContractType.TAKE_OR_PAY and self.resale_fee_usd_per_mwh:
+            raise ValueError("resale_fee_usd_per_mwh applies only to a take_or_pay contract")
         return self
+
+    @property
+    def resells(self) -> bool:
+        return self.type is ContractType.TAKE_OR_PAY
+
+
+class DemandResponse(StrictModel):
+    """A demand-response programme the site may enrol mining load in.
+
+    The committed MW (a first-stage decision, continuous, at most `max_mw` and at most the site's planned
+    mining load at the meter) earns `credit_usd_per_mw_month` for the horizon. Whenever the site's market
+    calls demand response (`markets[].demand_response_calls`), the site's mining load must sit at least the
+    committed MW below its planned mining load. AI/HPC load is firm and never counts.
+    """
+
+    credit_usd_per_mw_month: float = Field(gt=0, le=1_000_000)
+    max_mw: float = Field(gt=0, le=5_000)
 
 
 class AiConversion(StrictModel):
@@ -85,6 +133,9 @@ class Site(StrictModel):
     pue_ai: float = Field(1.3, ge=1, le=3)
     contract: PowerContract
     ai: AiConversion | None = Field(None, description="AI/HPC conversion terms; absent when the site is not AI-ready.")
+    demand_response: DemandResponse | None = Field(
+        None, description="Demand-response programme; its market must define demand_response_calls."
+    )
 
 
 class RackGroup(StrictModel):
@@ -109,6 +160,12 @@ class LeaseOffer(StrictModel):
     min_mw: float = Field(0.0, ge=0)
     max_mw: float = Field(gt=0)
     sites: list[Id] = Field(min_length=1)
+    sla_penalty_usd_per_mwh: float = Field(
+        DEFAULT_SLA_PENALTY_USD_PER_MWH,
+        ge=0,
+        le=1_000_000,
+        description="Paid per MWh of critical IT load not served when a curtailment event cuts the site below it.",
+    )
 
     @model_validator(mode="after")
     def _min_below_max(self) -> LeaseOffer:
@@ -217,6 +274,15 @@ def _check_references(fleet: Fleet) -> None:
             _fail(f"rack_groups.{i}.site", f"unknown site {group.site!r} (known: {sorted(site_ids)})")
         if group.machine not in machine_ids:
             _fail(f"rack_groups.{i}.machine", f"unknown machine {group.machine!r} (known: {sorted(machine_ids)})")
+    markets = {m.id: m for m in fleet.markets}
+    for i, site in enumerate(fleet.sites):
+        if site.demand_response is not None and site.market in markets:
+            calls = markets[site.market].demand_response_calls
+            if calls is None or calls.calls_per_year == 0:
+                _fail(
+                    f"sites.{i}.demand_response",
+                    f"market {site.market!r} has no demand_response_calls, so the programme would never be called",
+                )
     for i, offer in enumerate(fleet.lease_offers):
         for j, site_id in enumerate(offer.sites):
             if site_id not in site_ids:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STEP_HOURS_ALLOWED = (1, 2, 3, 4, 6, 8, 12, 24)  # divisors of a day, so every step sits inside one day
 
@@ -59,6 +59,56 @@ class BitcoinMarket(StrictModel):
     fees_vol: float = Field(0.3, ge=0, le=5, description="Std of log fees (stationary).")
 
 
+ALL_MONTHS = list(range(1, 13))
+
+
+def _check_months(months: list[int]) -> list[int]:
+    if not months or any(not 1 <= m <= 12 for m in months) or len(set(months)) != len(months):
+        raise ValueError(f"must be distinct calendar months 1-12, got {months}")
+    return sorted(months)
+
+
+class CurtailmentEvents(StrictModel):
+    """One kind of grid event in which sites of the market can draw only part of their capacity.
+
+    Events arrive as a Poisson process at `events_per_year`, spread evenly over `months`, last an
+    exponential time with mean `mean_duration_hours` (at least one step), and cap every site of the
+    market at `available_fraction` of its capacity_mw; overlapping events take the lowest fraction.
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    events_per_year: float = Field(ge=0, le=365)
+    months: list[int] = Field(default_factory=lambda: list(ALL_MONTHS), description="Months events start in.")
+    mean_duration_hours: float = Field(gt=0, le=24 * 30)
+    available_fraction: float = Field(ge=0, lt=1, description="Share of capacity_mw a site may draw in the event.")
+    price_floor_usd_per_mwh: float | None = Field(
+        None, ge=0, description="Spot price during the event is at least this (grid emergencies clear near the cap)."
+    )
+
+    @field_validator("months")
+    @classmethod
+    def _months_valid(cls, months: list[int]) -> list[int]:
+        return _check_months(months)
+
+
+class DemandResponseCalls(StrictModel):
+    """When the grid operator calls demand response in this market (system-wide, every enrolled site at once).
+
+    Calls arrive as a Poisson process at `calls_per_year`, spread evenly over `months`; a call starts at
+    the step with the day's highest spot price (the grid is tightest at the net-load peak) and lasts
+    `call_hours`.
+    """
+
+    calls_per_year: float = Field(ge=0, le=365)
+    months: list[int] = Field(default_factory=lambda: list(ALL_MONTHS), description="Months calls come in.")
+    call_hours: float = Field(gt=0, le=24, description="Length of one call.")
+
+    @field_validator("months")
+    @classmethod
+    def _months_valid(cls, months: list[int]) -> list[int]:
+        return _check_months(months)
+
+
 class PowerMarket(StrictModel):
     """A wholesale power market: shaped, mean-reverting log price with spikes up to a cap."""
 
@@ -75,3 +125,21 @@ class PowerMarket(StrictModel):
     spike_decay_hours: float = Field(3.0, gt=0)
     floor_usd_per_mwh: float = Field(-50.0, le=0)
     cap_usd_per_mwh: float = Field(5_000.0, gt=0, description="Offer cap, e.g. ERCOT's $5,000/MWh.")
+    curtailment_events: list[CurtailmentEvents] = Field(
+        default_factory=list,
+        description="Kinds of grid event (storms, emergencies) that cut the power sites in this market can draw.",
+    )
+    demand_response_calls: DemandResponseCalls | None = Field(
+        None, description="How often the grid operator calls demand response; needed by sites with a programme."
+    )
+
+    @model_validator(mode="after")
+    def _event_floors_below_cap(self) -> PowerMarket:
+        for i, kind in enumerate(self.curtailment_events):
+            floor = kind.price_floor_usd_per_mwh
+            if floor is not None and floor > self.cap_usd_per_mwh:
+                raise ValueError(
+                    f"curtailment_events.{i}.price_floor_usd_per_mwh {floor} exceeds cap_usd_per_mwh "
+                    f"{self.cap_usd_per_mwh}"
+                )
+        return self

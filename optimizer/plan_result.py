@@ -12,15 +12,14 @@ from optimizer.allocation import (
     MODES,
     Allocation,
     Mode,
-    capex_charge_usd,
     converted_mw,
-    idle_cost_usd_per_rack,
-    lease_revenue_usd_per_mw,
     rack_ids,
+    site_profits,
 )
 from optimizer.constants import KW_PER_MW
-from optimizer.economics import GroupEconomics, breakeven_power_price_usd_per_mwh
+from optimizer.economics import NO_SITE, GroupEconomics, breakeven_power_price_usd_per_mwh
 from optimizer.fleet import Fleet
+from optimizer.robustness import RobustnessReport
 
 
 class GroupAllocation(BaseModel):
@@ -33,8 +32,8 @@ class GroupAllocation(BaseModel):
     rack_ids_mine: list[str]
     rack_ids_ai: list[str]
     rack_ids_idle: list[str]
-    expected_mine_value_usd_per_rack: float
-    run_fraction: float  # mean share of hours a mining rack of the group runs
+    expected_mine_value_usd_per_rack: float  # at the plan's dispatch (caps, DR calls); the price rule if none mine
+    run_fraction: float  # mean share of hours a mining rack of the group runs by the price rule
     breakeven_power_price_usd_per_mwh: float  # at the expected hashprice, site PUE, pool fee
 
 
@@ -53,19 +52,31 @@ class OfferResult(BaseModel):
 
 
 class SiteBreakdown(BaseModel):
+    """Expected economics of one site. expected_profit_usd = hash revenue - power cost + resale revenue
+    + demand-response credit - SLA penalty - opex - idle cost + lease revenue - capex charge."""
+
     site: str
+    contract: str = ""  # fixed | index | take_or_pay
     racks_mine: int
     racks_ai: int
     racks_idle: int
     mining_mw: float  # at the meter, PUE included
     ai_mw: float
     expected_hash_revenue_usd: float
-    expected_power_cost_usd: float
+    expected_power_cost_usd: float  # cash for power net of tenant pass-through; take_or_pay: the block payment
     mining_opex_usd: float
     idle_cost_usd: float
     lease_revenue_usd: float
     capex_charge_usd: float
-    expected_energy_mwh: float
+    expected_energy_mwh: float  # drawn by mining racks at the meter
+    expected_resale_revenue_usd: float = 0.0  # take_or_pay: every MWh of the block not drawn, sold at spot - fee
+    dr_commitment_mw: float = 0.0  # committed curtailable mining MW at the meter
+    demand_response_credit_usd: float = 0.0
+    expected_curtailed_mwh: float = 0.0  # mining energy the planned racks did not draw (price, events, DR calls)
+    expected_event_curtailed_mwh: float = 0.0  # of which forced by curtailment events and DR calls
+    expected_lost_ai_mwh: float = 0.0  # critical IT energy not served when an event cut the site below its AI load
+    expected_lost_ai_hours: float = 0.0  # hours with some AI load shed
+    expected_sla_penalty_usd: float = 0.0
     expected_profit_usd: float
 
 
@@ -102,6 +113,7 @@ class PlanResult(BaseModel):
     scenarios: dict[str, object]
     timings_s: dict[str, float]
     versions: dict[str, str]
+    robustness: RobustnessReport | None = None  # out-of-sample, SAA gap, baselines (optimizer/robustness.py)
 
     def totals(self) -> dict[Mode, int]:
         return {
@@ -113,8 +125,12 @@ class PlanResult(BaseModel):
 
 def group_allocations(fleet: Fleet, economics: GroupEconomics, allocation: Allocation) -> list[GroupAllocation]:
     hashprice = float(economics.mean_hashprice_usd_per_ph_day.mean())
+    dispatched = site_profits(fleet, economics, allocation).group_mine_value_usd
+    price_rule = price_rule_value_usd(economics)
     out = []
     for g, group in enumerate(fleet.rack_groups):
+        mining = allocation.count(group.id, Mode.MINE)
+        value = dispatched[g].mean() / mining if mining else price_rule[g].mean()
         ids = rack_ids(group, allocation)
         efficiency = fleet.machine(group.machine).efficiency_j_per_th
         pue = fleet.site(group.site).pue_mining
@@ -125,7 +141,7 @@ def group_allocations(fleet: Fleet, economics: GroupEconomics, allocation: Alloc
                 machine=group.machine,
                 **{f"racks_{m.value}": allocation.count(group.id, m) for m in MODES},
                 **{f"rack_ids_{m.value}": ids[m] for m in MODES},
-                expected_mine_value_usd_per_rack=float(economics.mine_value_usd[g].mean()),
+                expected_mine_value_usd_per_rack=float(value),
                 run_fraction=float(economics.run_fraction[g].mean()),
                 breakeven_power_price_usd_per_mwh=breakeven_power_price_usd_per_mwh(
                     hashprice, efficiency, pue, fleet.pool_fee_fraction
@@ -157,42 +173,53 @@ def ai_results(fleet: Fleet, allocation: Allocation) -> tuple[list[SiteAi], list
     return sites, offers
 
 
+def price_rule_value_usd(economics: GroupEconomics) -> np.ndarray:
+    """[G, S] value of one mining rack by the price rule alone (every positive-margin step, no cap or call)."""
+    value = economics.mine_value_usd.copy()
+    item_p, item_s = np.nonzero(economics.item_slot != NO_SITE)
+    margin = economics.item_hash_revenue_usd[item_p, item_s] - economics.item_power_cost_usd[item_p, item_s]
+    np.add.at(value, (economics.item_group[item_p, item_s], item_s), margin)
+    return value
+
+
 def site_breakdowns(fleet: Fleet, economics: GroupEconomics, allocation: Allocation) -> list[SiteBreakdown]:
-    offers = {o.id: o for o in fleet.lease_offers}
+    profits = site_profits(fleet, economics, allocation)
+    horizon_hours = fleet.horizon.days * 24
+
+    def expected(field: np.ndarray, n: int) -> float:
+        return float(field[n].mean())
+
     out = []
-    for site in fleet.sites:
-        members = [(g, grp) for g, grp in enumerate(fleet.rack_groups) if grp.site == site.id]
-        mine = {grp.id: allocation.count(grp.id, Mode.MINE) for _, grp in members}
-        days = fleet.horizon.days
-
-        def expected(field: np.ndarray, members=members, mine=mine) -> float:
-            return float(sum(field[g].mean() * mine[grp.id] for g, grp in members))
-
-        ai_mw = converted_mw(fleet, allocation, site.id)
-        rent = sum(
-            lease_revenue_usd_per_mw(fleet, offers[o], s) * mw
-            for (o, s), mw in allocation.lease_mw.items()
-            if s == site.id
+    for n, site in enumerate(fleet.sites):
+        members = [grp for grp in fleet.rack_groups if grp.site == site.id]
+        mining_mw = (
+            sum(fleet.rack_power_kw(grp) * site.pue_mining * allocation.count(grp.id, Mode.MINE) for grp in members)
+            / KW_PER_MW
         )
-        capex = capex_charge_usd(fleet, site.id, ai_mw) if site.id in allocation.converted_sites else 0.0
-        opex = sum(grp.opex_usd_per_rack_day * days * mine[grp.id] for _, grp in members)
-        idle = sum(idle_cost_usd_per_rack(fleet, grp) * allocation.count(grp.id, Mode.IDLE) for _, grp in members)
-        revenue, cost = expected(economics.hash_revenue_usd), expected(economics.power_cost_usd)
+        energy = expected(profits.mining_energy_mwh, n)
         out.append(
             SiteBreakdown(
                 site=site.id,
-                **{f"racks_{m.value}": sum(allocation.count(grp.id, m) for _, grp in members) for m in MODES},
-                mining_mw=sum(fleet.rack_power_kw(grp) * site.pue_mining * mine[grp.id] for _, grp in members)
-                / KW_PER_MW,
-                ai_mw=ai_mw,
-                expected_hash_revenue_usd=revenue,
-                expected_power_cost_usd=cost,
-                mining_opex_usd=opex,
-                idle_cost_usd=idle,
-                lease_revenue_usd=rent,
-                capex_charge_usd=capex,
-                expected_energy_mwh=expected(economics.energy_mwh),
-                expected_profit_usd=revenue - cost - opex - idle + rent - capex,
+                contract=site.contract.type.value,
+                **{f"racks_{m.value}": sum(allocation.count(grp.id, m) for grp in members) for m in MODES},
+                mining_mw=mining_mw,
+                ai_mw=converted_mw(fleet, allocation, site.id),
+                expected_hash_revenue_usd=expected(profits.hash_revenue_usd, n),
+                expected_power_cost_usd=expected(profits.power_cost_usd, n),
+                mining_opex_usd=expected(profits.mining_opex_usd, n),
+                idle_cost_usd=expected(profits.idle_cost_usd, n),
+                lease_revenue_usd=expected(profits.rent_usd, n),
+                capex_charge_usd=expected(profits.capex_charge_usd, n),
+                expected_energy_mwh=energy,
+                expected_resale_revenue_usd=expected(profits.resale_revenue_usd, n),
+                dr_commitment_mw=allocation.site_dr_mw(site.id),
+                demand_response_credit_usd=expected(profits.dr_credit_usd, n),
+                expected_curtailed_mwh=mining_mw * horizon_hours - energy,
+                expected_event_curtailed_mwh=expected(profits.event_curtailed_mwh, n),
+                expected_lost_ai_mwh=expected(profits.lost_ai_mwh, n),
+                expected_lost_ai_hours=expected(profits.lost_ai_hours, n),
+                expected_sla_penalty_usd=expected(profits.sla_penalty_usd, n),
+                expected_profit_usd=expected(profits.profit_usd, n),
             )
         )
     return out

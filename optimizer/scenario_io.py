@@ -3,7 +3,8 @@
 The format is documented in docs/scenarios.md. Every [S, T] array has one row per scenario
 and one column per step of `step_hours`. On load a file may carry the hashprice itself, or
 the BTC price and network hashrate to derive it from (treating the network hashrate as the
-hashrate the difficulty is tuned to). Every problem raises ScenarioFileError naming the array.
+hashrate the difficulty is tuned to). Grid events and demand-response calls are optional per-market
+arrays; absent means none. Every problem raises ScenarioFileError naming the array.
 Files are read with allow_pickle=False: a scenario file can never run code.
 """
 
@@ -20,6 +21,9 @@ from optimizer.market import STEP_HOURS_ALLOWED, BitcoinMarket
 from optimizer.scenarios import ScenarioSet, hashprice_usd_per_ph_day
 
 POWER_PRICE_PREFIX = "power_price_usd_per_mwh__"
+AVAILABLE_PREFIX = "available_power_fraction__"  # optional per market: share of capacity available (1: no event)
+DR_CALL_PREFIX = "dr_call__"  # optional per market: 1 where demand response is called, else 0
+MARKET_PREFIXES = (POWER_PRICE_PREFIX, AVAILABLE_PREFIX, DR_CALL_PREFIX)
 BTC_PRICE = "btc_price_usd"
 HASHRATE = "network_hashrate_ehs"
 FEES = "fees_btc_per_block"
@@ -52,6 +56,10 @@ def save_scenarios(path: str | os.PathLike, scenarios: ScenarioSet) -> None:
     arrays = {name: getattr(scenarios, name) for name in PATH_ARRAYS}
     for market_id in scenarios.markets:
         arrays[power_price_array_name(market_id)] = scenarios.power_price(market_id)
+        if scenarios.available_power_fraction is not None:
+            arrays[AVAILABLE_PREFIX + market_id] = scenarios.available_fraction(market_id)
+        if scenarios.dr_call is not None:
+            arrays[DR_CALL_PREFIX + market_id] = scenarios.dr_called(market_id)
     arrays[STEP_HOURS] = np.int64(scenarios.step_hours)
     arrays[INDICES] = np.asarray(scenarios.indices, dtype=np.int64)
     # uncompressed: random float paths barely compress, and saving stays fast for big sets
@@ -80,13 +88,44 @@ def load_scenarios(
                 f"missing: the fleet buys power in market {market_id!r}, the file has markets {present}",
             )
     power = [_finite(arrays, name) for name in market_names]
+    markets = tuple(name[len(POWER_PRICE_PREFIX) :] for name in market_names)
     return ScenarioSet(
         indices=_indices(arrays, shape[0]),
         step_hours=step_hours,
-        markets=tuple(name[len(POWER_PRICE_PREFIX) :] for name in market_names),
+        markets=markets,
         power_price_usd_per_mwh=np.array(power, dtype=np.float64).reshape(len(power), *shape),
+        available_power_fraction=_event_arrays(arrays, AVAILABLE_PREFIX, markets, shape, _fraction, 1.0),
+        dr_call=_event_arrays(arrays, DR_CALL_PREFIX, markets, shape, _zero_one, False),
         **bitcoin,
     )
+
+
+def _event_arrays(
+    arrays: Mapping[str, np.ndarray], prefix: str, markets: tuple[str, ...], shape: tuple[int, int], read, default
+) -> np.ndarray | None:
+    """[M, S, T] from the optional per-market arrays; markets without one get the no-event default."""
+    names = [name for name in arrays if name.startswith(prefix)]
+    if not names:
+        return None
+    for name in names:
+        if name[len(prefix) :] not in markets:
+            raise ScenarioFileError(name, f"names market {name[len(prefix) :]!r}, which has no power price array")
+        if arrays[name].shape != shape or arrays[name].dtype.kind not in "iufb":
+            raise ScenarioFileError(
+                name, f"must be numbers of shape {shape} like the paths, got {arrays[name].dtype} {arrays[name].shape}"
+            )
+    return np.array([read(arrays, prefix + m) if prefix + m in arrays else np.full(shape, default) for m in markets])
+
+
+def _fraction(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    values = _finite(arrays, name)
+    return _check_bound(name, values, (values < 0) | (values > 1), "must lie in [0, 1] (1: no event)")
+
+
+def _zero_one(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    values = _finite(arrays, name)
+    _check_bound(name, values, (values != 0) & (values != 1), "must be 0 or 1 (1: demand response called)")
+    return values == 1
 
 
 def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -110,12 +149,11 @@ def _read_member(archive: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 def _reject_unknown_arrays(arrays: Mapping[str, np.ndarray]) -> None:
     known = {*PATH_ARRAYS, STEP_HOURS, INDICES}
     for name in arrays:
-        if name == POWER_PRICE_PREFIX:
-            raise ScenarioFileError(name, "power price array without a market id after the '__'")
-        if name not in known and not name.startswith(POWER_PRICE_PREFIX):
-            raise ScenarioFileError(
-                name, f"unknown array; expected {sorted(known)} and {POWER_PRICE_PREFIX}<market_id>"
-            )
+        if name in MARKET_PREFIXES:
+            raise ScenarioFileError(name, "per-market array without a market id after the '__'")
+        if name not in known and not name.startswith(MARKET_PREFIXES):
+            per_market = ", ".join(prefix + "<market_id>" for prefix in MARKET_PREFIXES)
+            raise ScenarioFileError(name, f"unknown array; expected {sorted(known)} and {per_market}")
 
 
 def _step_hours(arrays: Mapping[str, np.ndarray], expected: int | None) -> int:

@@ -56,6 +56,21 @@ by the Bessel function I0(a_s), X by centring at -var/2), so the long-run mean o
 average over the step. Spikes add spike_prob_per_hour * spike_mean * spike_decay_hours to the
 long-run mean (see `expected_spike_usd_per_mwh`). The sum is clipped to [floor, cap].
 Markets are independent of each other and of bitcoin.
+
+Grid events and demand-response calls (per market, drawn AFTER every path above, market by
+market, so adding them never changes the other paths of a scenario):
+- Curtailment events, one kind at a time (`PowerMarket.curtailment_events`): the number of events
+  in the horizon is Poisson with mean events_per_year x (horizon hours in the kind's months) /
+  (hours of those months in a year); each starts at a step drawn uniformly among the steps in
+  those months and lasts an exponential time with mean `mean_duration_hours`, rounded up to whole
+  steps (at least one), cut at the horizon's end. During it `available_power_fraction` is at most
+  the kind's `available_fraction` (overlaps take the lowest) and, if the kind has a price floor, the
+  spot price is at least the floor (still at most the cap).
+- Demand-response calls (`PowerMarket.demand_response_calls`): a Poisson number of calls with mean
+  calls_per_year x (horizon hours in the calls' months) / (hours of those months in a year); each
+  falls on a day drawn uniformly among the horizon's days in those months, starts at that day's
+  highest-price step (after event floors) and covers ceil(call_hours / step_hours) steps.
+`available_power_fraction` and `dr_call` are None when no market has events (calls): no events.
 """
 
 from __future__ import annotations
@@ -89,6 +104,9 @@ MONTHS_PER_YEAR = 12
 MAX_LOG_GROWTH = 600.0  # exp(600) ~ 1e260, below the float64 maximum ~1.8e308
 NEGLIGIBLE_DECAY = 1e-16  # below double precision: the previous step no longer matters
 
+# ScenarioSet arrays laid out [M, S, T] (market first): sliced and stacked along axis 1.
+MARKET_AXIS_FIELDS = ("power_price_usd_per_mwh", "available_power_fraction", "dr_call")
+
 
 @dataclass(frozen=True)
 class ScenarioSet:
@@ -103,6 +121,12 @@ class ScenarioSet:
     hashprice_usd_per_ph_day: np.ndarray  # [S, T] derived from price, reward and difficulty
     markets: tuple[str, ...]  # power market ids, order of axis 0 of power_price_usd_per_mwh
     power_price_usd_per_mwh: np.ndarray  # [M, S, T]
+    # [M, S, T] share of capacity a site of the market may draw (1 outside curtailment events);
+    # None: no events anywhere.
+    available_power_fraction: np.ndarray | None = None
+    # [M, S, T] bool, the market calls demand response in the step; None: no calls anywhere. A numeric
+    # array is read as a call where >= 0.5 (a mean over scenarios calls where most scenarios do).
+    dr_call: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         shape = self.hashprice_usd_per_ph_day.shape
@@ -120,6 +144,19 @@ class ScenarioSet:
             )
         if len(set(self.markets)) != len(self.markets):
             raise ValueError(f"duplicate market ids in {self.markets}")
+        market_shape = (len(self.markets), *shape)
+        if self.available_power_fraction is not None:
+            fraction = np.asarray(self.available_power_fraction, dtype=np.float64)
+            if fraction.shape != market_shape:
+                raise ValueError(f"available_power_fraction has shape {fraction.shape}, expected {market_shape}")
+            if not np.all((fraction >= 0) & (fraction <= 1)):
+                raise ValueError("available_power_fraction must lie in [0, 1]")
+            object.__setattr__(self, "available_power_fraction", fraction)
+        if self.dr_call is not None:
+            calls = np.asarray(self.dr_call)
+            if calls.shape != market_shape:
+                raise ValueError(f"dr_call has shape {calls.shape}, expected {market_shape}")
+            object.__setattr__(self, "dr_call", calls if calls.dtype == bool else calls >= 0.5)
 
     @property
     def n_scenarios(self) -> int:
@@ -135,11 +172,27 @@ class ScenarioSet:
 
     def power_price(self, market_id: str) -> np.ndarray:
         """[S, T] power price of one market."""
+        return self.power_price_usd_per_mwh[self._position(market_id)]
+
+    def available_fraction(self, market_id: str) -> np.ndarray:
+        """[S, T] share of capacity sites of the market may draw (1 outside curtailment events)."""
+        if self.available_power_fraction is None:
+            self._position(market_id)
+            return np.ones(self.hashprice_usd_per_ph_day.shape)
+        return self.available_power_fraction[self._position(market_id)]
+
+    def dr_called(self, market_id: str) -> np.ndarray:
+        """[S, T] bool: the market calls demand response in the step."""
+        if self.dr_call is None:
+            self._position(market_id)
+            return np.zeros(self.hashprice_usd_per_ph_day.shape, dtype=bool)
+        return self.dr_call[self._position(market_id)]
+
+    def _position(self, market_id: str) -> int:
         try:
-            position = self.markets.index(market_id)
+            return self.markets.index(market_id)
         except ValueError:
             raise KeyError(f"no power market {market_id!r} in scenarios; have {list(self.markets)}") from None
-        return self.power_price_usd_per_mwh[position]
 
 
 def concat_scenarios(parts: Sequence[ScenarioSet]) -> ScenarioSet:
@@ -158,6 +211,14 @@ def concat_scenarios(parts: Sequence[ScenarioSet]) -> ScenarioSet:
     def stack(name: str, axis: int = 0) -> np.ndarray:
         return np.concatenate([getattr(part, name) for part in parts], axis=axis)
 
+    def stack_optional(name: str, fill) -> np.ndarray | None:
+        if all(getattr(part, name) is None for part in parts):
+            return None
+        arrays = [getattr(part, name) for part in parts]
+        shapes = [part.power_price_usd_per_mwh.shape for part in parts]
+        filled = [np.full(shape, fill) if a is None else a for a, shape in zip(arrays, shapes, strict=True)]
+        return np.concatenate(filled, axis=1)
+
     return ScenarioSet(
         indices=stack("indices"),
         step_hours=first.step_hours,
@@ -168,6 +229,8 @@ def concat_scenarios(parts: Sequence[ScenarioSet]) -> ScenarioSet:
         hashprice_usd_per_ph_day=stack("hashprice_usd_per_ph_day"),
         markets=first.markets,
         power_price_usd_per_mwh=stack("power_price_usd_per_mwh", axis=1),
+        available_power_fraction=stack_optional("available_power_fraction", 1.0),
+        dr_call=stack_optional("dr_call", False),
     )
 
 
@@ -212,7 +275,12 @@ def generate_scenarios(
     def stack(name: str) -> np.ndarray:
         return np.array([row[name] for row in rows]).reshape(len(rows), n_steps)
 
-    power = np.array([row["power"] for row in rows]).reshape(len(rows), len(markets), n_steps)
+    def by_market(name: str) -> np.ndarray:
+        values = np.array([row[name] for row in rows]).reshape(len(rows), len(markets), n_steps)
+        return np.ascontiguousarray(values.transpose(1, 0, 2))
+
+    has_events = any(market.curtailment_events for market in markets)
+    has_calls = any(market.demand_response_calls is not None for market in markets)
     return ScenarioSet(
         indices=index_array,
         step_hours=horizon.step_hours,
@@ -222,7 +290,9 @@ def generate_scenarios(
         subsidy_btc=stack("subsidy"),
         hashprice_usd_per_ph_day=stack("hashprice"),
         markets=market_ids,
-        power_price_usd_per_mwh=np.ascontiguousarray(power.transpose(1, 0, 2)),
+        power_price_usd_per_mwh=by_market("power"),
+        available_power_fraction=by_market("available") if has_events else None,
+        dr_call=by_market("dr_call").astype(bool) if has_calls else None,
     )
 
 
@@ -235,6 +305,7 @@ class _Calendar:
     dt_years: float
     hour_slot: np.ndarray  # [T] which step of the day each step is (0 .. 24/step_hours - 1)
     year_fraction: np.ndarray  # [T] position of the step's middle in the calendar year
+    month: np.ndarray  # [T] calendar month (1-12) of the step
 
     @staticmethod
     def of(horizon: Horizon) -> _Calendar:
@@ -243,13 +314,24 @@ class _Calendar:
         steps_per_day = HOURS_PER_DAY // step_hours
         start_day_of_year = horizon.start.timetuple().tm_yday - 1
         middle_days = start_day_of_year + (hours_from_start + step_hours / 2) / HOURS_PER_DAY
+        step_starts = np.datetime64(horizon.start, "h") + hours_from_start.astype("timedelta64[h]")
         return _Calendar(
             step_hours=step_hours,
             n_steps=n_steps,
             dt_years=step_hours / HOURS_PER_DAY / DAYS_PER_YEAR,
             hour_slot=np.arange(n_steps) % steps_per_day,
             year_fraction=(middle_days / DAYS_PER_YEAR) % 1.0,
+            month=step_starts.astype("datetime64[M]").astype(np.int64) % MONTHS_PER_YEAR + 1,
         )
+
+    def in_months(self, months: Sequence[int]) -> np.ndarray:
+        """[T] bool: the step lies in one of the calendar months."""
+        return np.isin(self.month, months)
+
+    def expected_count(self, per_year: float, months: Sequence[int]) -> float:
+        """Mean number of arrivals in the horizon of a process at `per_year`, spread evenly over `months`."""
+        season_hours_per_year = HOURS_PER_DAY * DAYS_PER_YEAR * len(months) / MONTHS_PER_YEAR
+        return per_year * self.in_months(months).sum() * self.step_hours / season_hours_per_year
 
 
 def _draw_scenario(
@@ -263,6 +345,11 @@ def _draw_scenario(
     fees = _fees_path(rng, bitcoin, calendar)
     network = simulate_network(bitcoin, btc, fees, rng.standard_normal(calendar.n_steps), calendar.step_hours)
     power = [_power_price_path(rng, market, base, calendar) for market, base in zip(markets, base_prices, strict=True)]
+    # grid events after every existing draw, so they leave the paths above untouched
+    available, calls = [], []
+    for market, price in zip(markets, power, strict=True):
+        available.append(_curtailment_events(rng, market, price, calendar))  # may raise price to event floors
+        calls.append(_demand_response_calls(rng, market, price, calendar))
     return {
         "btc": btc,
         "fees": fees,
@@ -270,6 +357,8 @@ def _draw_scenario(
         "subsidy": network.subsidy_btc,
         "hashprice": network.hashprice_usd_per_ph_day,
         "power": power,
+        "available": available,
+        "dr_call": calls,
     }
 
 
@@ -468,6 +557,43 @@ def _spikes(rng: np.random.Generator, market: PowerMarket, calendar: _Calendar) 
     level_at_step_start = _linear_recursion(decay, np.where(starts, sizes, 0.0))
     # average of level * exp(-h / tau) over the step's hours
     return level_at_step_start * tau / step_hours * (1 - decay)
+
+
+def _curtailment_events(
+    rng: np.random.Generator, market: PowerMarket, price: np.ndarray, calendar: _Calendar
+) -> np.ndarray:
+    """[T] available share of capacity; raises `price` in place to each event's floor."""
+    available = np.ones(calendar.n_steps)
+    for kind in market.curtailment_events:
+        season = np.flatnonzero(calendar.in_months(kind.months))
+        count = rng.poisson(calendar.expected_count(kind.events_per_year, kind.months)) if len(season) else 0
+        starts = rng.choice(season, size=count) if count else np.empty(0, dtype=np.int64)
+        hours = rng.exponential(kind.mean_duration_hours, count)
+        for start, duration_hours in zip(starts, hours, strict=True):
+            steps = slice(start, start + max(1, int(np.ceil(duration_hours / calendar.step_hours))))
+            available[steps] = np.minimum(available[steps], kind.available_fraction)
+            if kind.price_floor_usd_per_mwh is not None:
+                price[steps] = np.maximum(price[steps], kind.price_floor_usd_per_mwh)
+    return available
+
+
+def _demand_response_calls(
+    rng: np.random.Generator, market: PowerMarket, price: np.ndarray, calendar: _Calendar
+) -> np.ndarray:
+    """[T] bool: steps in which the market calls demand response."""
+    called = np.zeros(calendar.n_steps, dtype=bool)
+    calls = market.demand_response_calls
+    if calls is None:
+        return called
+    steps_per_day = HOURS_PER_DAY // calendar.step_hours
+    days_in_season = np.flatnonzero(calendar.in_months(calls.months)[::steps_per_day])
+    count = rng.poisson(calendar.expected_count(calls.calls_per_year, calls.months)) if len(days_in_season) else 0
+    length = int(np.ceil(calls.call_hours / calendar.step_hours))
+    for day in rng.choice(days_in_season, size=count) if count else ():
+        first = day * steps_per_day
+        peak = first + int(np.argmax(price[first : first + steps_per_day]))
+        called[peak : peak + length] = True
+    return called
 
 
 def _linear_recursion(decay: float, inputs: np.ndarray) -> np.ndarray:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
+from services.service_cli import add_client_parser, add_serve_parser
 from services.tables import print_plan, write_plan_outputs
 
 console = Console(stderr=True)
@@ -30,6 +31,10 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="at most this many Ray tasks at once (never changes the plan)")
     p.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder for plan.json and CSV tables")
+    p.add_argument("--oos-scenarios", type=int, default=500, help="fresh scenarios every plan is scored on (500)")
+    p.add_argument("--replications", type=int, default=5, help="SAA replications for the optimality-gap interval (5)")
+    p.add_argument("--wait-and-see", type=int, default=100, help="out-of-sample scenarios solved with foresight (100)")
+    p.add_argument("--no-robustness", action="store_true", help="skip baselines, out-of-sample scoring and report.html")
     p.set_defaults(func=cmd_plan)
 
 
@@ -75,12 +80,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
             keep_scenarios=bool(args.export_scenarios),
             progress=progress,
         )
+        run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
     if args.export_scenarios:
         save_scenarios(args.export_scenarios, scenarios)
-    print_plan(plan, Console(width=None if sys.stdout.isatty() else 160))
+    out_console = Console(width=None if sys.stdout.isatty() else 160)
+    print_plan(plan, out_console)
+    if run is not None:
+        from services.report import print_robustness, write_report
+
+        plan = plan.model_copy(update={"robustness": run.report})
+        print_robustness(run.report, out_console)
     paths = write_plan_outputs(plan, args.out)
+    if run is not None:
+        paths += write_report(fleet, plan, run, args.out)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _assess(args: argparse.Namespace, fleet, plan, provided, progress):
+    from optimizer.robustness import RobustnessSettings
+    from solvers.robustness import assess_plan
+
+    settings = RobustnessSettings(
+        oos_scenarios=args.oos_scenarios, replications=args.replications, wait_and_see_scenarios=args.wait_and_see
+    )
+    return assess_plan(fleet, plan, provided=provided, settings=settings, workers=args.workers, progress=progress)
 
 
 def _progress_bar() -> Progress:
@@ -100,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_parser(sub)
     schema = sub.add_parser("schema", help="print the fleet file's JSON Schema")
     schema.set_defaults(func=cmd_schema)
+    add_serve_parser(sub)
+    add_client_parser(sub)
     return parser
 
 

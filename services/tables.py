@@ -35,7 +35,9 @@ def print_plan(plan: PlanResult, console: Console) -> None:
     console.print(table)
 
     sites = Table(title="Per site (expected over the horizon)")
-    for column in ("site", "mining MW", "AI MW", "hash revenue", "power", "opex", "lease", "capex", "profit"):
+    site_columns = ("site", "mining MW", "AI MW", "hash revenue", "power", "resale", "DR MW", "DR credit")
+    site_columns += ("opex", "lease", "capex", "SLA", "curtailed MWh", "lost AI MWh", "profit")
+    for column in site_columns:
         sites.add_column(column, justify="left" if column == "site" else "right")
     for s in plan.sites:
         sites.add_row(
@@ -44,9 +46,15 @@ def print_plan(plan: PlanResult, console: Console) -> None:
             f"{s.ai_mw:.1f}",
             _usd(s.expected_hash_revenue_usd),
             _usd(s.expected_power_cost_usd),
+            _usd(s.expected_resale_revenue_usd),
+            f"{s.dr_commitment_mw:.1f}",
+            _usd(s.demand_response_credit_usd),
             _usd(s.mining_opex_usd + s.idle_cost_usd),
             _usd(s.lease_revenue_usd),
             _usd(s.capex_charge_usd),
+            _usd(s.expected_sla_penalty_usd),
+            f"{s.expected_curtailed_mwh:,.0f}",
+            f"{s.expected_lost_ai_mwh:,.1f}",
             _usd(s.expected_profit_usd),
         )
     console.print(sites)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyomo.environ as pyo
@@ -13,6 +14,20 @@ from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondi
 
 class InfeasiblePlanError(RuntimeError):
     """No plan satisfies the constraints."""
+
+
+class NoSolutionInTimeError(InfeasiblePlanError):
+    """The time limit hit before HiGHS found any plan: not a proof that none exists."""
+
+
+@dataclass(frozen=True)
+class MipProgress:
+    """What HiGHS knows mid-solve (callbacks): best objective found, proven bound, their gap."""
+
+    incumbent_usd: float  # -inf (maximizing) until the first plan is found
+    bound_usd: float  # +inf until the first bound
+    mip_gap: float
+    running_s: float
 
 
 @dataclass(frozen=True)
@@ -31,10 +46,21 @@ _STATUS = {
 }
 
 
-def solve(model: pyo.ConcreteModel, time_limit_s: float, mip_rel_gap: float, threads: int = 1) -> SolveOutcome:
-    """Solve to the gap or the time limit and load the best solution found into the model."""
+def solve(
+    model: pyo.ConcreteModel,
+    time_limit_s: float,
+    mip_rel_gap: float,
+    threads: int = 1,
+    on_progress: Callable[[MipProgress], None] | None = None,
+) -> SolveOutcome:
+    """Solve to the gap or the time limit and load the best solution found into the model.
+
+    `on_progress` hears each improving solution and each MIP log line (incumbent and bound).
+    """
     solver = SolverFactory("highs")
     start = time.perf_counter()
+    if on_progress is not None:
+        _subscribe_progress(solver, model, on_progress)
     results = solver.solve(
         model,
         time_limit=time_limit_s,
@@ -51,6 +77,8 @@ def solve(model: pyo.ConcreteModel, time_limit_s: float, mip_rel_gap: float, thr
     ):
         raise InfeasiblePlanError(f"the plan is infeasible ({results.termination_condition.name})")
     if results.solution_status in (SolutionStatus.noSolution, SolutionStatus.infeasible):
+        if results.termination_condition is TerminationCondition.maxTimeLimit:
+            raise NoSolutionInTimeError(f"no plan found within the time limit of {time_limit_s:.3g} s")
         raise InfeasiblePlanError(f"no feasible plan found ({results.termination_condition.name})")
     results.solution_loader.load_vars()
     objective, bound = float(results.incumbent_objective), float(results.objective_bound)
@@ -68,3 +96,22 @@ def relative_gap(objective: float, bound: float) -> float:
     if not math.isfinite(bound):
         return math.inf
     return abs(bound - objective) / max(abs(objective), 1e-9)
+
+
+def _subscribe_progress(solver, model: pyo.ConcreteModel, on_progress: Callable[[MipProgress], None]) -> None:
+    """Hook HiGHS's MIP callbacks. Pyomo's persistent HiGHS interface creates the highspy object when
+    the model is loaded and `solve` reuses it for the same model, so loading first exposes it."""
+    solver.set_instance(model)
+    highs = getattr(solver, "_solver_model", None)
+    if highs is None:  # another Pyomo layout: solve without progress rather than fail
+        return
+
+    def relay(event) -> None:
+        out = event.data_out
+        try:
+            on_progress(MipProgress(out.mip_primal_bound, out.mip_dual_bound, out.mip_gap, out.running_time))
+        except Exception:  # noqa: BLE001 - a progress sink must never break the solve
+            pass
+
+    highs.cbMipImprovingSolution += relay
+    highs.cbMipLogging += relay

@@ -29,8 +29,9 @@ from optimizer.plan_result import (
     site_breakdowns,
 )
 from optimizer.risk import profit_stats
-from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios
-from solvers.highs import SolveOutcome, solve
+from optimizer.scenarios import MARKET_AXIS_FIELDS, ScenarioSet, concat_scenarios, generate_scenarios
+from solvers.diagnose import Commitments, apply_commitments, explain_infeasible
+from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, solve
 from solvers.ray_pool import batches, ensure_ray, fan_out
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -57,7 +58,7 @@ def select_rows(scenarios: ScenarioSet, rows: range) -> ScenarioSet:
     fields = {f.name: getattr(scenarios, f.name) for f in dataclasses.fields(scenarios)}
     for name, value in fields.items():
         if isinstance(value, np.ndarray) and value.ndim >= 1:
-            fields[name] = value[:, sl] if name == "power_price_usd_per_mwh" else value[sl]
+            fields[name] = value[:, sl] if name in MARKET_AXIS_FIELDS else value[sl]
     return ScenarioSet(**fields)
 
 
@@ -109,12 +110,29 @@ class SolvedPlan:
     constraints: int
 
 
-def solve_allocation(fleet: Fleet, economics: GroupEconomics, risk: RiskSettings, solver: SolverSettings) -> SolvedPlan:
-    """Build the compact MIP and solve it here; called inside a Ray worker by `solve_remote`."""
+def solve_allocation(
+    fleet: Fleet,
+    economics: GroupEconomics,
+    risk: RiskSettings,
+    solver: SolverSettings,
+    on_mip_progress: Callable[[MipProgress], None] | None = None,
+    commitments: Commitments | None = None,
+) -> SolvedPlan:
+    """Build the compact MIP and solve it here; called inside a Ray worker by `solve_remote`.
+
+    `commitments` fix decisions first; an infeasible model raises an error naming the constraints at fault.
+    """
     start = time.perf_counter()
     model = build_compact_model(fleet, economics, risk)
+    if commitments is not None:
+        apply_commitments(model, commitments)
     build_s = time.perf_counter() - start
-    outcome = solve(model, solver.time_limit_s, solver.mip_rel_gap, solver.threads)
+    try:
+        outcome = solve(model, solver.time_limit_s, solver.mip_rel_gap, solver.threads, on_mip_progress)
+    except NoSolutionInTimeError:
+        raise
+    except InfeasiblePlanError:
+        raise explain_infeasible(model) from None
     return SolvedPlan(
         allocation=extract_allocation(model, fleet),
         outcome=outcome,
@@ -133,8 +151,13 @@ def plan_fleet(
     workers: int | None = None,
     keep_scenarios: bool = False,
     progress: Progress = _no_progress,
+    solve_plan: Callable[[Fleet, GroupEconomics], SolvedPlan] | None = None,
 ) -> tuple[PlanResult, ScenarioSet | None]:
-    """Plan the fleet end to end; returns the plan and, if asked, the scenarios it used."""
+    """Plan the fleet end to end; returns the plan and, if asked, the scenarios it used.
+
+    `solve_plan` replaces the default MIP solve (one `solve_remote` task), e.g. by one a caller can
+    cancel, bound by a deadline or follow (services/runs.py).
+    """
     ensure_ray()
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -144,13 +167,17 @@ def plan_fleet(
     timings["scenarios_s"] = time.perf_counter() - start
 
     progress("solve", 0, 1)
-    solved: SolvedPlan = ray.get(solve_remote.remote(fleet, economics, fleet.risk, fleet.solver))
+    solved: SolvedPlan = (solve_plan or _solve_on_ray)(fleet, economics)
     progress("solve", 1, 1)
     timings["model_build_s"] = solved.build_s
     timings["solve_s"] = solved.outcome.wall_s
     result = assemble_plan(fleet, economics, solved, spec, source="file" if provided is not None else "generated")
     timings["total_s"] = time.perf_counter() - start
     return result.model_copy(update={"timings_s": timings}), scenarios
+
+
+def _solve_on_ray(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
+    return ray.get(solve_remote.remote(fleet, economics, fleet.risk, fleet.solver))
 
 
 def assemble_plan(

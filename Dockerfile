@@ -1,0 +1,48 @@
+# hashpivot gRPC planning service.
+#
+#   docker build -t hashpivot .
+#   docker run -p 50051:50051 --shm-size=2g -v hashpivot-data:/data hashpivot
+#
+# Ray keeps its object store in /dev/shm: give the container a few GB (--shm-size), or Ray falls
+# back to /tmp and is slower. Set RAY_ADDRESS to join an existing Ray cluster instead of starting an
+# embedded one. Jobs and plans live in the SQLite file $HASHPIVOT_DB on the /data volume, so a new
+# container on the same volume resumes queued jobs and serves stored plans.
+
+ARG PYTHON_VERSION=3.11
+
+# --- build: install the package and its dependencies into a self-contained virtualenv ---------
+FROM python:${PYTHON_VERSION}-slim AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY optimizer/ optimizer/
+COPY solvers/ solvers/
+COPY services/ services/
+COPY protos/ protos/
+RUN pip install --no-cache-dir .
+
+# --- runtime: the virtualenv only, run as an unprivileged user ------------------------------
+FROM python:${PYTHON_VERSION}-slim AS runtime
+RUN groupadd --system --gid 10001 hashpivot \
+    && useradd --system --uid 10001 --gid hashpivot --no-create-home --shell /usr/sbin/nologin hashpivot \
+    && mkdir /data \
+    && chown hashpivot:hashpivot /data
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    HASHPIVOT_PORT=50051 \
+    HASHPIVOT_DB=/data/hashpivot.sqlite
+WORKDIR /data
+VOLUME ["/data"]
+USER 10001:10001
+EXPOSE ${HASHPIVOT_PORT}
+# Standard gRPC health check (grpc.health.v1) on $HASHPIVOT_PORT; imports grpc only, so it is cheap.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=90s --retries=3 \
+    CMD ["python", "-m", "services.healthcheck"]
+# Serves on $HASHPIVOT_PORT. SIGTERM (docker stop) drains in-flight calls for up to --grace seconds
+# and re-queues running jobs; 8 s fits docker's default 10 s before SIGKILL (raise both together).
+STOPSIGNAL SIGTERM
+CMD ["hashpivot", "serve", "--grace", "8"]

@@ -1,0 +1,115 @@
+"""Dispatch latency and Optimize wall time of a real `hashpivot serve` on loopback.
+
+    .venv/bin/python bench/bench_dispatch.py [--calls 5000] [--fleet examples/fleet.yaml]
+
+Starts `hashpivot serve` as a separate process (its own embedded Ray, a temporary database), plans
+examples/tiny.yaml with Optimize, then sends `--calls` Dispatch calls one after another with random
+site prices and hashprices, and reports:
+- client-side latency: the whole unary call seen by a Python client (serialisation, HTTP/2 on
+  loopback, the handler, the reply);
+- server-side latency: the handler alone, from the `hashpivot-server-time-us` trailing metadata.
+Then Optimize wall time for `--fleet` (client-side, and the server's own stage timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from services.client import PlannerClient  # noqa: E402
+from services.servicer import SERVER_TIME_METADATA  # noqa: E402
+
+
+def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+    hashpivot = str(Path(sys.executable).parent / "hashpivot")
+    process = subprocess.Popen(
+        [hashpivot, "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in process.stderr:
+        found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+            return process, f"127.0.0.1:{found.group(1)}"
+    raise RuntimeError("the server did not start")
+
+
+def percentiles_us(samples_s: list[float]) -> str:
+    a = np.asarray(samples_s) * 1e6
+    return f"p50 {np.percentile(a, 50):7.1f} us   p99 {np.percentile(a, 99):7.1f} us   max {a.max():8.1f} us"
+
+
+def bench_dispatch(client: PlannerClient, plan_id: str, sites: list[str], calls: int, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    requests = [
+        client.dispatch_request(
+            plan_id,
+            {site: float(p) for site, p in zip(sites, rng.uniform(10, 150, len(sites)), strict=True)},
+            hashprice_usd_per_ph_day=float(rng.uniform(20, 60)),
+        )
+        for _ in range(calls)
+    ]
+    for request in requests[:200]:  # warm the channel and the server's plan cache
+        client.stub.Dispatch(request, timeout=5)
+    client_s, server_s = [], []
+    for request in requests:
+        start = time.perf_counter()
+        _, call = client.stub.Dispatch.with_call(request, timeout=5)
+        client_s.append(time.perf_counter() - start)
+        server_s.append(int(dict(call.trailing_metadata())[SERVER_TIME_METADATA]) / 1e6)
+    print(f"Dispatch x {calls} (tiny plan, sequential unary calls on loopback)")
+    print(f"  server-side (handler): {percentiles_us(server_s)}")
+    print(f"  client-side (round trip): {percentiles_us(client_s)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--fleet", type=Path, default=ROOT / "examples" / "fleet.yaml")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        process, target = start_server(Path(tmp) / "bench.sqlite")
+        print(f"server up on {target} in {time.perf_counter() - start:.1f} s (embedded Ray start included)")
+        try:
+            with PlannerClient(target, timeout_s=600) as client:
+                start = time.perf_counter()
+                tiny = client.optimize(ROOT / "examples" / "tiny.yaml")
+                first_s = time.perf_counter() - start
+                print(f"Optimize examples/tiny.yaml (first call, Ray workers start): {first_s:.2f} s")
+                start = time.perf_counter()
+                tiny = client.optimize(ROOT / "examples" / "tiny.yaml")
+                print(f"Optimize examples/tiny.yaml (warm): {time.perf_counter() - start:.2f} s")
+                sites = sorted({g.site for g in tiny.plan.allocation})
+                bench_dispatch(client, tiny.plan_id, sites, args.calls)
+
+                start = time.perf_counter()
+                big = client.optimize(args.fleet)
+                wall_s = time.perf_counter() - start
+                plan = big.plan
+                print(f"Optimize {args.fleet.name}: {wall_s:.2f} s wall (client-side), "
+                      f"{sum(g.racks_mine + g.racks_ai + g.racks_idle for g in plan.allocation)} racks, "
+                      f"{plan.scenarios['count']} scenarios x {plan.horizon_days} days, solver {plan.solver.status}, "
+                      f"gap {plan.solver.mip_gap:.1e}")
+                print("  server stages: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.timings_s.items()))
+        finally:
+            process.terminate()
+            process.wait(60)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

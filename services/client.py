@@ -1,0 +1,245 @@
+"""A small Python client of the PlannerService, for planning tools and scripts.
+
+    from services.client import PlannerClient
+    with PlannerClient("planner.internal:50051") as client:
+        reply = client.optimize("examples/tiny.yaml", timeout_s=60)
+        print(reply.plan_id, reply.plan.profit["mean_usd"])
+        now = client.dispatch(reply.plan_id, {"texas": 41.0}, hashprice_usd_per_ph_day=35.0)
+
+Fleets are given as a fleet file path (the same YAML/JSON as `hashpivot plan`), a validated
+`optimizer.fleet.Fleet`, a fleet mapping, or a `hashpivot.v1.Fleet` message. Plans come back as
+`optimizer.plan_result.PlanResult` (what plan.json holds). Errors raise `PlannerError` with the
+status code and the field or constraint violations the server sent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from optimizer.allocation import Allocation
+from optimizer.fleet import Fleet, load_fleet, parse_fleet
+from optimizer.plan_result import PlanResult
+from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, planner_service_pb2, planner_service_pb2_grpc
+from services import convert
+from solvers.diagnose import Commitments
+
+TARGET_ENV = "HASHPIVOT_TARGET"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+FleetLike = Fleet | str | Path | Mapping[str, Any] | fleet_pb2.Fleet
+
+
+def default_target() -> str:
+    """$HASHPIVOT_TARGET, else localhost on $HASHPIVOT_PORT (default 50051)."""
+    return os.environ.get(TARGET_ENV) or f"localhost:{os.environ.get('HASHPIVOT_PORT', '50051')}"
+
+
+@dataclass
+class PlannerError(Exception):
+    """A failed call: status code, message, and the rich details the server attached."""
+
+    code: grpc.StatusCode
+    message: str
+    field_violations: list[tuple[str, str]] = field(default_factory=list)  # (field path, description)
+    constraint_violations: list[tuple[str, str]] = field(default_factory=list)  # (subject, description)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    @classmethod
+    def from_rpc_error(cls, error: grpc.RpcError) -> PlannerError:
+        out = cls(error.code(), error.details() or "")
+        status = rpc_status.from_call(error)
+        for detail in status.details if status is not None else ():
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                out.field_violations += [(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                failure = error_details_pb2.PreconditionFailure()
+                detail.Unpack(failure)
+                out.constraint_violations += [(v.subject, v.description) for v in failure.violations]
+        return out
+
+
+@dataclass(frozen=True)
+class PlanReply:
+    plan_id: str
+    plan: PlanResult
+    message: Any  # the hashpivot.v1.Plan as received
+
+
+def fleet_message(fleet: FleetLike) -> fleet_pb2.Fleet:
+    """A fleet file path, Fleet, mapping or message as the request message (files validated locally first)."""
+    if isinstance(fleet, fleet_pb2.Fleet):
+        return fleet
+    if isinstance(fleet, str | Path):
+        fleet = load_fleet(fleet)
+    elif isinstance(fleet, Mapping):
+        fleet = parse_fleet(dict(fleet))
+    return convert.fleet_to_message(fleet)
+
+
+class PlannerClient:
+    def __init__(self, target: str | None = None, timeout_s: float | None = None, channel: grpc.Channel | None = None):
+        self.target = target or default_target()
+        self.timeout_s = timeout_s  # default deadline of every call; None: none
+        self._channel = channel or grpc.insecure_channel(
+            self.target,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = planner_service_pb2_grpc.PlannerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> PlannerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method, request, timeout_s: float | None = None):
+        try:
+            return method(request, timeout=timeout_s if timeout_s is not None else self.timeout_s)
+        except grpc.RpcError as error:
+            raise PlannerError.from_rpc_error(error) from None
+
+    # plans
+
+    def optimize(
+        self, fleet: FleetLike, commitments: Commitments | None = None, timeout_s: float | None = None
+    ) -> PlanReply:
+        """Plan within the call; the deadline bounds the solve (best plan so far, with its gap)."""
+        request = planner_service_pb2.OptimizeRequest(fleet=fleet_message(fleet))
+        if commitments is not None:
+            request.commitments.CopyFrom(convert.commitments_to_message(commitments))
+        plan = self._call(self.stub.Optimize, request, timeout_s).plan
+        return PlanReply(plan.plan_id, convert.plan_from_message(plan), plan)
+
+    def get_plan(self, plan_id: str) -> PlanReply:
+        plan = self._call(self.stub.GetPlan, planner_service_pb2.GetPlanRequest(plan_id=plan_id)).plan
+        return PlanReply(plan.plan_id, convert.plan_from_message(plan), plan)
+
+    # jobs
+
+    def submit(
+        self, fleet: FleetLike, commitments: Commitments | None = None, request_id: str = ""
+    ) -> jobs_pb2.PlanJob:
+        request = planner_service_pb2.SubmitPlanJobRequest(fleet=fleet_message(fleet), request_id=request_id)
+        if commitments is not None:
+            request.commitments.CopyFrom(convert.commitments_to_message(commitments))
+        return self._call(self.stub.SubmitPlanJob, request).job
+
+    def get(self, job_id: str) -> tuple[jobs_pb2.PlanJob, PlanReply | None]:
+        response = self._call(self.stub.GetPlanJob, planner_service_pb2.GetPlanJobRequest(job_id=job_id))
+        plan = None
+        if response.HasField("plan"):
+            plan = PlanReply(response.plan.plan_id, convert.plan_from_message(response.plan), response.plan)
+        return response.job, plan
+
+    def list_jobs(self, state: int = 0, page_size: int = 50) -> Iterator[jobs_pb2.PlanJob]:
+        """Every job (optionally in one PlanJobState), newest first, page by page."""
+        token = ""
+        while True:
+            request = planner_service_pb2.ListPlanJobsRequest(page_size=page_size, page_token=token, state=state)
+            response = self._call(self.stub.ListPlanJobs, request)
+            yield from response.jobs
+            token = response.next_page_token
+            if not token:
+                return
+
+    def cancel(self, job_id: str) -> jobs_pb2.PlanJob:
+        return self._call(self.stub.CancelPlanJob, planner_service_pb2.CancelPlanJobRequest(job_id=job_id)).job
+
+    def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[jobs_pb2.PlanJob]:
+        """The job at every change until it ends."""
+        stream = self.stub.WatchPlanJob(planner_service_pb2.WatchPlanJobRequest(job_id=job_id), timeout=timeout_s)
+        try:
+            for event in stream:
+                yield event.job
+        except grpc.RpcError as error:
+            raise PlannerError.from_rpc_error(error) from None
+
+    # what-if and dispatch
+
+    def evaluate(
+        self,
+        plan_id: str = "",
+        fleet: FleetLike | None = None,
+        allocation: Allocation | PlanResult | None = None,
+        count: int | None = None,
+        seed: int | None = None,
+        stream: int | None = None,
+        include_scenario_profits: bool = False,
+        timeout_s: float | None = None,
+    ) -> planner_service_pb2.EvaluateResponse:
+        request = planner_service_pb2.EvaluateRequest(
+            plan_id=plan_id, include_scenario_profits=include_scenario_profits
+        )
+        if fleet is not None:
+            request.fleet.CopyFrom(fleet_message(fleet))
+        if isinstance(allocation, PlanResult):
+            allocation = convert.plan_allocation(allocation)
+        if allocation is not None:
+            request.allocation.CopyFrom(convert.allocation_to_message(allocation))
+        for name, value in (("count", count), ("seed", seed), ("stream", stream)):
+            if value is not None:
+                setattr(request.scenarios, name, value)
+        return self._call(self.stub.Evaluate, request, timeout_s)
+
+    def dispatch(
+        self,
+        plan_id: str,
+        power_price_usd_per_mwh_by_site: Mapping[str, float],
+        hashprice_usd_per_ph_day: float | None = None,
+        btc_price_usd: float | None = None,
+        network_hashrate_ehs: float | None = None,
+        include_rack_ids: bool = False,
+    ) -> planner_service_pb2.DispatchResponse:
+        request = self.dispatch_request(
+            plan_id, power_price_usd_per_mwh_by_site, hashprice_usd_per_ph_day, btc_price_usd, network_hashrate_ehs
+        )
+        request.include_rack_ids = include_rack_ids
+        return self._call(self.stub.Dispatch, request)
+
+    @staticmethod
+    def dispatch_request(
+        plan_id: str,
+        prices: Mapping[str, float],
+        hashprice_usd_per_ph_day: float | None = None,
+        btc_price_usd: float | None = None,
+        network_hashrate_ehs: float | None = None,
+    ) -> planner_service_pb2.DispatchRequest:
+        request = planner_service_pb2.DispatchRequest(plan_id=plan_id, power_price_usd_per_mwh_by_site=dict(prices))
+        if hashprice_usd_per_ph_day is not None:
+            request.hashprice_usd_per_ph_day = hashprice_usd_per_ph_day
+        elif btc_price_usd is not None and network_hashrate_ehs is not None:
+            request.network.btc_price_usd = btc_price_usd
+            request.network.network_hashrate_ehs = network_hashrate_ehs
+        else:
+            raise ValueError("give hashprice_usd_per_ph_day, or btc_price_usd and network_hashrate_ehs")
+        return request
+
+    # health
+
+    def health(self, service: str = "", timeout_s: float = 5.0) -> str:
+        """SERVING, NOT_SERVING, ... as the standard health service reports it."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError as error:
+            raise PlannerError.from_rpc_error(error) from None
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -1,0 +1,328 @@
+"""Protobuf <-> domain objects, generically by field name.
+
+The contract (protos/hashpivot/v1) mirrors the pydantic models field for field, so translation walks
+the message descriptor and the model together instead of copying fields by hand: a field added to
+both sides needs no code here. Conventions:
+- enums: a domain value "time_limit" is the proto value SOLVE_STATUS_TIME_LIMIT (enum name in
+  UPPER_SNAKE as prefix); the *_UNSPECIFIED zero means "not set".
+- presence: `optional` scalars and message fields left unset are left out of the dict, so the
+  pydantic default applies; plain proto3 scalars are always copied.
+- field paths: pydantic's "sites.1.capacity_mw" is the request's "fleet.sites[1].capacity_mw".
+Domain fields the proto lacks are reported (never silently lost in tests: test_contract.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.message import Message
+from pydantic import BaseModel
+
+from optimizer.allocation import MODES, Allocation, Mode
+from optimizer.fleet import Fleet, FleetError, parse_fleet
+from optimizer.plan_result import PlanResult
+from protos.hashpivot.v1 import fleet_pb2, plan_pb2, planner_service_pb2
+from solvers.diagnose import Commitments
+
+log = logging.getLogger(__name__)
+
+_ID_LISTS = ("markets", "machines", "sites", "rack_groups", "lease_offers")  # fleet lists keyed by `id`
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic walk
+
+
+def enum_prefix(descriptor: EnumDescriptor) -> str:
+    """CONTRACT_TYPE_ for ContractType: the Google API style prefix of every value."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", descriptor.name).upper() + "_"
+
+
+def enum_number(descriptor: EnumDescriptor, value: Any) -> int | None:
+    """Proto enum number of a domain value ("cvar", Objective.CVAR, or already a number)."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, int):
+        return value
+    found = descriptor.values_by_name.get(enum_prefix(descriptor) + str(value).upper())
+    return None if found is None else found.number
+
+
+def enum_value(descriptor: EnumDescriptor, number: int) -> str | None:
+    """Domain value of a proto enum number; None for *_UNSPECIFIED (not set)."""
+    if number == 0:
+        return None
+    found = descriptor.values_by_number.get(number)
+    if found is None:
+        return None
+    return found.name.removeprefix(enum_prefix(descriptor)).lower()
+
+
+def _items(data: Any) -> Iterable[tuple[str, Any]]:
+    if isinstance(data, BaseModel):
+        return ((name, getattr(data, name)) for name in type(data).model_fields)
+    if isinstance(data, Mapping):
+        return data.items()
+    raise TypeError(f"cannot convert {type(data).__name__} to a message")
+
+
+def _scalar(field: FieldDescriptor, value: Any, path: str, dropped: list[str]) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        number = enum_number(field.enum_type, value)
+        if number is None:
+            dropped.append(f"{path}={value!r}")
+            return 0
+        return number
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        return float(value)
+    if field.cpp_type in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64):
+        return int(value)
+    return value
+
+
+def fill_message(message: Message, data: Any, path: str = "", dropped: list[str] | None = None) -> list[str]:
+    """Copy a pydantic model or dict into `message` by field name; returns the paths it had no field for."""
+    dropped = [] if dropped is None else dropped
+    fields = message.DESCRIPTOR.fields_by_name
+    for key, value in _items(data):
+        if value is None:
+            continue  # unset: nothing to carry
+        here = f"{path}.{key}" if path else key
+        field = fields.get(key)
+        if field is None:
+            dropped.append(here)
+            continue
+        target = getattr(message, key)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            for k, v in value.items():
+                if value_field.message_type is not None:
+                    fill_message(target[k], v, f"{here}[{k}]", dropped)
+                else:
+                    target[k] = _scalar(value_field, v, f"{here}[{k}]", dropped)
+        elif field.is_repeated:
+            for i, item in enumerate(value):
+                if field.message_type is not None:
+                    fill_message(target.add(), item, f"{here}[{i}]", dropped)
+                else:
+                    target.append(_scalar(field, item, f"{here}[{i}]", dropped))
+        elif field.message_type is not None:
+            target.SetInParent()
+            fill_message(target, value, here, dropped)
+        else:
+            setattr(message, key, _scalar(field, value, here, dropped))
+    return dropped
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """The fields of `message` that are set, as plain Python values with domain enum values."""
+    out: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            out[field.name] = {
+                k: (message_to_dict(v) if value_field.message_type is not None else _plain(value_field, v))
+                for k, v in value.items()
+            }
+        elif field.is_repeated:
+            out[field.name] = [
+                message_to_dict(v) if field.message_type is not None else _plain(field, v) for v in value
+            ]
+        elif field.has_presence and not message.HasField(field.name):
+            continue
+        elif field.message_type is not None:
+            out[field.name] = message_to_dict(value)
+        else:
+            plain = _plain(field, value)
+            if plain is not None:
+                out[field.name] = plain
+    return out
+
+
+def _plain(field: FieldDescriptor, value: Any) -> Any:
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return enum_value(field.enum_type, value)
+    return value
+
+
+def missing_fields(model: type[BaseModel], descriptor: Descriptor, path: str = "") -> list[str]:
+    """Fields of the pydantic model (recursively) that the message lacks: the contract's gaps."""
+    gaps = []
+    for name, info in model.model_fields.items():
+        here = f"{path}.{name}" if path else name
+        field = descriptor.fields_by_name.get(name)
+        if field is None:
+            gaps.append(here)
+            continue
+        nested = _nested_model(info.annotation)
+        if nested is not None and field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            gaps.extend(missing_fields(nested, field.message_type, here))
+    return gaps
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside X, list[X], X | None, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Fleet
+
+
+def fleet_to_message(fleet: Fleet | Mapping[str, Any]) -> fleet_pb2.Fleet:
+    """A fleet (validated, or a raw fleet-file mapping) as a message; unknown keys raise naming the field.
+
+    Settings left at their defaults are left out: the server applies the same defaults, and a field
+    the contract does not carry yet only matters when a fleet actually uses it.
+    """
+    message = fleet_pb2.Fleet()
+    if isinstance(fleet, Fleet):
+        fleet = fleet.model_dump(mode="python", exclude_defaults=True)
+    dropped = fill_message(message, fleet)
+    if dropped:
+        raise FleetError([(path.split("=")[0], "no such field in the fleet contract") for path in dropped])
+    return message
+
+
+def fleet_from_message(message: fleet_pb2.Fleet) -> Fleet:
+    """Validate a fleet message exactly as a fleet file; FleetError paths are proto field paths."""
+    return parse_fleet(message_to_dict(message))
+
+
+def field_path(path: str, prefix: str = "") -> str:
+    """pydantic's "sites.1.ai.min_mw" as the proto path "fleet.sites[1].ai.min_mw" (with prefix "fleet")."""
+    if path in ("<root>", "<file>", ""):
+        return prefix or "<root>"
+    out = ""
+    for part in path.split("."):
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return f"{prefix}.{out}" if prefix else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan
+
+
+def plan_to_message(plan: PlanResult, plan_id: str = "", created: dt.datetime | None = None) -> plan_pb2.Plan:
+    message = plan_pb2.Plan(plan_id=plan_id)
+    if created is not None:
+        message.create_time.CopyFrom(timestamp(created))
+    dropped = fill_message(message, plan)
+    if dropped:
+        log.warning("plan fields the contract does not carry yet: %s", ", ".join(dropped))
+    return message
+
+
+def plan_from_message(message: plan_pb2.Plan) -> PlanResult:
+    data = message_to_dict(message)
+    for extra in ("plan_id", "create_time"):
+        data.pop(extra, None)
+    data["solver"].setdefault("status", "other")  # a status this contract version does not know
+    return PlanResult.model_validate(data)
+
+
+def plan_allocation(plan: PlanResult) -> Allocation:
+    """The first-stage decision a plan holds."""
+    racks = {g.group: {Mode.MINE: g.racks_mine, Mode.AI: g.racks_ai, Mode.IDLE: g.racks_idle} for g in plan.allocation}
+    converted = frozenset(s.site for s in plan.ai_sites if s.converted)
+    lease = {(o.offer, site): mw for o in plan.offers for site, mw in o.mw_by_site.items() if mw > 0}
+    return Allocation(racks=racks, converted_sites=converted, lease_mw=lease)
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocation and commitments (request inputs checked against the fleet)
+
+
+def allocation_from_message(message: planner_service_pb2.Allocation, fleet: Fleet) -> Allocation:
+    """The allocation of a request; ids that are not in the fleet raise FleetError naming the field."""
+    problems: list[tuple[str, str]] = []
+    groups = {g.id for g in fleet.rack_groups}
+    racks: dict[str, dict[Mode, int]] = {}
+    for i, counts in enumerate(message.racks):
+        if counts.group not in groups:
+            problems.append((f"allocation.racks[{i}].group", f"unknown rack group {counts.group!r}"))
+        elif counts.group in racks:
+            problems.append((f"allocation.racks[{i}].group", f"rack group {counts.group!r} given twice"))
+        racks[counts.group] = {m: getattr(counts, f"racks_{m.value}") for m in MODES}
+    for group in fleet.rack_groups:
+        if group.id not in racks:
+            problems.append(("allocation.racks", f"rack group {group.id!r} missing"))
+    ai_sites = {s.id for s in fleet.sites if s.ai is not None}
+    for i, site in enumerate(message.converted_sites):
+        if site not in ai_sites:
+            problems.append((f"allocation.converted_sites[{i}]", f"{site!r} is not an AI-ready site of the fleet"))
+    offers = {o.id: o for o in fleet.lease_offers}
+    lease: dict[tuple[str, str], float] = {}
+    for i, item in enumerate(message.leases):
+        if item.offer not in offers:
+            problems.append((f"allocation.leases[{i}].offer", f"unknown lease offer {item.offer!r}"))
+        elif item.site not in offers[item.offer].sites:
+            problems.append((f"allocation.leases[{i}].site", f"offer {item.offer!r} is not open at {item.site!r}"))
+        if not (item.mw >= 0 and math.isfinite(item.mw)):
+            problems.append((f"allocation.leases[{i}].mw", f"must be a finite number >= 0 (got {item.mw})"))
+        lease[(item.offer, item.site)] = lease.get((item.offer, item.site), 0.0) + item.mw
+    if problems:
+        raise FleetError(problems)
+    return Allocation(racks=racks, converted_sites=frozenset(message.converted_sites), lease_mw=lease)
+
+
+def commitments_from_message(message: planner_service_pb2.Commitments, fleet: Fleet) -> Commitments:
+    problems = []
+    offers = {o.id for o in fleet.lease_offers}
+    for i, offer in enumerate(message.accept_offers):
+        if offer not in offers:
+            problems.append((f"commitments.accept_offers[{i}]", f"unknown lease offer {offer!r}"))
+    ai_sites = {s.id for s in fleet.sites if s.ai is not None}
+    for i, site in enumerate(message.convert_sites):
+        if site not in ai_sites:
+            problems.append((f"commitments.convert_sites[{i}]", f"{site!r} is not an AI-ready site of the fleet"))
+    if problems:
+        raise FleetError(problems)
+    return Commitments(accept_offers=tuple(message.accept_offers), convert_sites=tuple(message.convert_sites))
+
+
+def commitments_to_message(commitments: Commitments) -> planner_service_pb2.Commitments:
+    return planner_service_pb2.Commitments(
+        accept_offers=list(commitments.accept_offers), convert_sites=list(commitments.convert_sites)
+    )
+
+
+def allocation_to_message(allocation: Allocation) -> planner_service_pb2.Allocation:
+    return planner_service_pb2.Allocation(
+        racks=[
+            planner_service_pb2.GroupCounts(group=g, **{f"racks_{m.value}": counts.get(m, 0) for m in MODES})
+            for g, counts in allocation.racks.items()
+        ],
+        converted_sites=sorted(allocation.converted_sites),
+        leases=[
+            planner_service_pb2.LeaseAssignment(offer=o, site=s, mw=mw) for (o, s), mw in allocation.lease_mw.items()
+        ],
+    )
+
+
+def timestamp(moment: dt.datetime | float) -> timestamp_pb2.Timestamp:
+    out = timestamp_pb2.Timestamp()
+    if isinstance(moment, dt.datetime):
+        out.FromDatetime(moment)
+    else:
+        out.FromNanoseconds(int(moment * 1e9))
+    return out

@@ -1,0 +1,189 @@
+"""Errors of the service as canonical gRPC status codes with rich details (google.rpc.Status).
+
+- INVALID_ARGUMENT + google.rpc.BadRequest: one field violation per bad field, named by its path
+  in the request ("fleet.sites[1].capacity_mw").
+- FAILED_PRECONDITION + google.rpc.PreconditionFailure: no plan meets the constraints, or a given
+  allocation breaks one; each violation has type "CONSTRAINT" and names the constraint as subject.
+- DEADLINE_EXCEEDED: no plan found before the deadline; NOT_FOUND: an unknown id; CANCELLED.
+The same information is stored with a failed job (JobError), so GetPlanJob explains it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from optimizer.dispatch import DispatchInputError
+from optimizer.fleet import FleetError
+from protos.hashpivot.v1 import jobs_pb2
+from services.convert import field_path
+from solvers.diagnose import InfeasibleConstraintError
+from solvers.highs import InfeasiblePlanError, NoSolutionInTimeError
+
+CONSTRAINT = "CONSTRAINT"  # PreconditionFailure.Violation.type of a plan constraint
+
+
+@dataclass(frozen=True)
+class ConstraintViolation:
+    constraint: str  # family, e.g. "site_capacity"
+    subject: str  # e.g. "site_capacity[texas]"
+    description: str
+
+
+@dataclass
+class ServiceError(Exception):
+    """An error a call (or a job) ends with."""
+
+    code: grpc.StatusCode
+    message: str
+    field_violations: list[tuple[str, str]] = field(default_factory=list)  # (field path, description)
+    constraint_violations: list[ConstraintViolation] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_status(self) -> grpc.Status:
+        details = []
+        if self.field_violations:
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                        for f, d in self.field_violations
+                    ]
+                )
+            )
+        if self.constraint_violations:
+            details.append(
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type=CONSTRAINT, subject=v.subject, description=v.description
+                        )
+                        for v in self.constraint_violations
+                    ]
+                )
+            )
+        packed = []
+        for detail in details:
+            any_detail = any_pb2.Any()
+            any_detail.Pack(detail)
+            packed.append(any_detail)
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+        return rpc_status.to_status(status)
+
+    def to_job_error(self) -> jobs_pb2.JobError:
+        return jobs_pb2.JobError(
+            code=self.code.value[0],
+            message=self.message,
+            field_violations=[jobs_pb2.FieldViolation(field=f, description=d) for f, d in self.field_violations],
+            constraint_violations=[
+                jobs_pb2.ConstraintViolation(constraint=v.constraint, subject=v.subject, description=v.description)
+                for v in self.constraint_violations
+            ],
+        )
+
+    def as_dict(self) -> dict:
+        """JSON-able form, for the job store."""
+        return {
+            "code": self.code.name,
+            "message": self.message,
+            "field_violations": [list(v) for v in self.field_violations],
+            "constraint_violations": [[v.constraint, v.subject, v.description] for v in self.constraint_violations],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ServiceError:
+        return cls(
+            code=grpc.StatusCode[data["code"]],
+            message=data["message"],
+            field_violations=[tuple(v) for v in data.get("field_violations", [])],
+            constraint_violations=[ConstraintViolation(*v) for v in data.get("constraint_violations", [])],
+        )
+
+
+def invalid_argument(violations: Iterable[tuple[str, str]], prefix: str = "") -> ServiceError:
+    """INVALID_ARGUMENT naming every bad field; pydantic-style paths become request field paths."""
+    paths = [(field_path(path, prefix), message) for path, message in violations]
+    summary = "; ".join(f"{p}: {m}" for p, m in paths)
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", paths)
+
+
+def not_found(kind: str, identifier: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.NOT_FOUND, f"no {kind} {identifier!r}")
+
+
+def failed_precondition(message: str, violations: Iterable[ConstraintViolation] = ()) -> ServiceError:
+    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message, constraint_violations=list(violations))
+
+
+def infeasible(exc: InfeasiblePlanError) -> ServiceError:
+    """FAILED_PRECONDITION naming the constraints whose relaxation alone would allow a plan."""
+    violations = []
+    for culprit in getattr(exc, "culprits", ()):
+        for subject in culprit.subjects:
+            reason = f"relaxing the {culprit.label} alone allows a plan"
+            violations.append(ConstraintViolation(culprit.family, subject, reason))
+    return failed_precondition(str(exc), violations)
+
+
+def allocation_error(problems: list[tuple[str, str]], group_position: dict[str, int]) -> ServiceError:
+    """The error for `optimizer.allocation.check_feasible` problems of a requested allocation.
+
+    Counts that do not add up are a malformed request (INVALID_ARGUMENT on "allocation.racks[i]");
+    a well-formed allocation that breaks a constraint of the fleet (site capacity, AI block, offer
+    bounds, capital budget) is FAILED_PRECONDITION naming the constraint.
+    """
+    malformed = [(path, msg) for path, msg in problems if path.startswith("allocation.")]
+    if malformed:
+        fields = []
+        for path, msg in malformed:
+            group, _, rest = path.removeprefix("allocation.").partition(".")
+            where = f"allocation.racks[{group_position[group]}]" if group in group_position else "allocation.racks"
+            fields.append((f"{where}.racks_{rest}" if rest else where, msg))
+        return invalid_argument(fields)
+    violations = [ConstraintViolation(*_constraint_of(path), msg) for path, msg in problems]
+    summary = "; ".join(f"{v.subject}: {v.description}" for v in violations)
+    return failed_precondition(f"the allocation breaks constraints of the fleet: {summary}", violations)
+
+
+def _constraint_of(path: str) -> tuple[str, str]:
+    """("site_capacity", "site_capacity[texas]") for check_feasible's "sites.texas.capacity_mw"."""
+    head, _, rest = path.partition(".")
+    if head == "sites" and rest:
+        site, _, what = rest.rpartition(".")  # ids may hold dots; the field name does not
+        family = {"capacity_mw": "site_capacity", "ai": "site_ai"}.get(what, f"site_{what}")
+        return family, f"{family}[{site}]"
+    if head == "lease_offers" and rest:
+        return "offer_bounds", f"offer_bounds[{rest}]"
+    if head == "capital_budget_usd":
+        return "capital_budget", "capital_budget"
+    return head, path
+
+
+def to_service_error(exc: BaseException, fleet_prefix: str = "fleet") -> ServiceError:
+    """The status a domain or solver exception ends a call with."""
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, FleetError):
+        return invalid_argument(exc.violations, fleet_prefix)
+    if isinstance(exc, DispatchInputError):
+        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, str(exc))])
+    if isinstance(exc, NoSolutionInTimeError):
+        return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    if isinstance(exc, InfeasibleConstraintError | InfeasiblePlanError):
+        return infeasible(exc)
+    return ServiceError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+    await context.abort_with_status(error.to_status())
+
+
+def code_name(code: int) -> str:
+    return code_pb2.Code.Name(code)

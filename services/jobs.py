@@ -1,0 +1,513 @@
+"""Plan jobs and stored plans: an SQLite store, and the runner that works the queue.
+
+Persistence (stdlib sqlite3, WAL): a job is written before SubmitPlanJob answers, and a finished
+job's plan is written in the same transaction as its final state, so a restart loses no submitted
+job and no finished result. Jobs found QUEUED or RUNNING at start-up (the server stopped under
+them) are queued again and re-run from the start: a run is deterministic (seeded scenarios), so a
+re-run gives the plan the first run would have.
+
+The runner lives on the server's event loop: it claims queued jobs up to `max_concurrent_jobs`,
+runs each in a worker thread (services/runs.py), relays progress to watchers, and stops runs on
+cancel or shutdown. All database access happens on the event-loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import enum
+import json
+import logging
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import platformdirs
+
+from optimizer.fleet import Fleet, parse_fleet
+from optimizer.plan_result import PlanResult
+from services.errors import ServiceError, failed_precondition, not_found, to_service_error
+from services.runs import STOP_CANCELLED, STOP_SHUTDOWN, ProgressSnapshot, RunControl, RunStopped, run_plan
+from solvers.diagnose import Commitments
+
+log = logging.getLogger(__name__)
+
+DB_ENV = "HASHPIVOT_DB"
+SCHEMA_VERSION = 1
+PROGRESS_WRITE_INTERVAL_S = 1.0  # progress is persisted at most this often (state changes always)
+WATCH_QUEUE_SIZE = 16  # per watcher; a slow watcher skips intermediate events, never the last
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def default_db_path() -> Path:
+    """$HASHPIVOT_DB, else hashpivot.sqlite in the user's data directory."""
+    configured = os.environ.get(DB_ENV)
+    if configured:
+        return Path(configured)
+    return Path(platformdirs.user_data_dir("hashpivot")) / "hashpivot.sqlite"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    request_id: str
+    state: JobState
+    fleet_name: str
+    fleet_json: str
+    commitments: Commitments
+    created_at: float
+    started_at: float | None
+    ended_at: float | None
+    attempts: int
+    cancel_requested: bool
+    progress: ProgressSnapshot
+    error: ServiceError | None
+    plan_id: str
+
+    def fleet(self) -> Fleet:
+        return parse_fleet(json.loads(self.fleet_json))
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    plan_id: str
+    job_id: str
+    created_at: float
+    fleet_json: str
+    plan: PlanResult
+
+    def fleet(self) -> Fleet:
+        return parse_fleet(json.loads(self.fleet_json))
+
+    @property
+    def created(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.created_at, tz=dt.UTC)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    request_id TEXT UNIQUE,
+    state TEXT NOT NULL,
+    fleet_name TEXT NOT NULL,
+    fleet_json TEXT NOT NULL,
+    commitments_json TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    progress_json TEXT,
+    error_json TEXT,
+    plan_id TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
+CREATE TABLE IF NOT EXISTS plans (
+    plan_id TEXT PRIMARY KEY,
+    job_id TEXT,
+    created_at REAL NOT NULL,
+    fleet_json TEXT NOT NULL,
+    plan_json TEXT NOT NULL
+);
+"""
+
+
+def fleet_json(fleet: Fleet) -> str:
+    return fleet.model_dump_json()
+
+
+def plan_json(plan: PlanResult) -> str:
+    # Python's json keeps inf (a MIP gap without a bound), which pydantic's JSON mode would turn into null.
+    return json.dumps(plan.model_dump(mode="python"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+class JobStore:
+    """SQLite tables `jobs` and `plans`; one connection, used from one thread at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        self._db.execute("PRAGMA busy_timeout=5000")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: database schema {version} is newer than this server ({SCHEMA_VERSION})")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # jobs
+
+    def create_job(self, fleet: Fleet, commitments: Commitments, request_id: str = "") -> tuple[JobRecord, bool]:
+        """Insert a queued job; with a request_id seen before, return that job instead. -> (job, created)."""
+        if request_id:
+            existing = self._db.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+            if existing is not None:
+                return _job(existing), False
+        job_id = new_id("job")
+        self._db.execute(
+            "INSERT INTO jobs (job_id, request_id, state, fleet_name, fleet_json, commitments_json, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                request_id or None,
+                JobState.QUEUED.value,
+                fleet.name,
+                fleet_json(fleet),
+                json.dumps(dataclasses.asdict(commitments)),
+                time.time(),
+            ),
+        )
+        return self.get_job(job_id), True
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else _job(row)
+
+    def list_jobs(self, state: JobState | None, limit: int, offset: int) -> list[JobRecord]:
+        where, args = ("WHERE state = ?", [state.value]) if state else ("", [])
+        rows = self._db.execute(
+            f"SELECT * FROM jobs {where} ORDER BY created_at DESC, job_id DESC LIMIT ? OFFSET ?", (*args, limit, offset)
+        ).fetchall()
+        return [_job(r) for r in rows]
+
+    def requeue_unfinished(self) -> int:
+        """At start-up: jobs a previous server left running go back to the queue."""
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = ?, progress_json = NULL WHERE state = ?",
+            (JobState.QUEUED.value, JobState.RUNNING.value),
+        )
+        return cursor.rowcount
+
+    def requeue(self, job_id: str) -> None:
+        self._db.execute(
+            "UPDATE jobs SET state = ?, progress_json = NULL WHERE job_id = ? AND state = ?",
+            (JobState.QUEUED.value, job_id, JobState.RUNNING.value),
+        )
+
+    def claim_next(self) -> JobRecord | None:
+        """Mark the oldest queued job running and return it."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT job_id FROM jobs WHERE state = ? ORDER BY created_at, job_id LIMIT 1", (JobState.QUEUED.value,)
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE jobs SET state = ?, started_at = ?, attempts = attempts + 1, progress_json = NULL"
+                " WHERE job_id = ?",
+                (JobState.RUNNING.value, time.time(), row["job_id"]),
+            )
+        return self.get_job(row["job_id"])
+
+    def cancel_queued(self, job_id: str) -> bool:
+        cursor = self._db.execute(
+            "UPDATE jobs SET state = ?, cancel_requested = 1, ended_at = ? WHERE job_id = ? AND state = ?",
+            (JobState.CANCELLED.value, time.time(), job_id, JobState.QUEUED.value),
+        )
+        return cursor.rowcount == 1
+
+    def request_cancel(self, job_id: str) -> None:
+        self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE job_id = ?", (job_id,))
+
+    def set_progress(self, job_id: str, progress: ProgressSnapshot) -> None:
+        self._db.execute("UPDATE jobs SET progress_json = ? WHERE job_id = ?", (json.dumps(progress.as_dict()), job_id))
+
+    def finish_job(
+        self,
+        job_id: str,
+        state: JobState,
+        progress: ProgressSnapshot,
+        plan: tuple[str, Fleet, PlanResult] | None = None,
+        error: ServiceError | None = None,
+    ) -> None:
+        """Final state, and the plan with it, in one transaction."""
+        with self._transaction():
+            plan_id = None
+            if plan is not None:
+                plan_id, fleet, result = plan
+                self._insert_plan(plan_id, fleet, result, job_id)
+            self._db.execute(
+                "UPDATE jobs SET state = ?, ended_at = ?, progress_json = ?, error_json = ?, plan_id = ?"
+                " WHERE job_id = ?",
+                (
+                    state.value,
+                    time.time(),
+                    json.dumps(progress.as_dict()),
+                    None if error is None else json.dumps(error.as_dict()),
+                    plan_id,
+                    job_id,
+                ),
+            )
+
+    # plans
+
+    def save_plan(self, fleet: Fleet, plan: PlanResult, job_id: str = "", created_at: float | None = None) -> str:
+        plan_id = new_id("plan")
+        self._insert_plan(plan_id, fleet, plan, job_id, created_at)
+        return plan_id
+
+    def _insert_plan(
+        self, plan_id: str, fleet: Fleet, plan: PlanResult, job_id: str, created_at: float | None = None
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO plans (plan_id, job_id, created_at, fleet_json, plan_json) VALUES (?, ?, ?, ?, ?)",
+            (plan_id, job_id or None, created_at or time.time(), fleet_json(fleet), plan_json(plan)),
+        )
+
+    def get_plan(self, plan_id: str) -> PlanRecord | None:
+        row = self._db.execute("SELECT * FROM plans WHERE plan_id = ?", (plan_id,)).fetchone()
+        if row is None:
+            return None
+        return PlanRecord(
+            plan_id=row["plan_id"],
+            job_id=row["job_id"] or "",
+            created_at=row["created_at"],
+            fleet_json=row["fleet_json"],
+            plan=PlanResult.model_validate(json.loads(row["plan_json"])),
+        )
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    commitments = json.loads(row["commitments_json"])
+    progress = json.loads(row["progress_json"]) if row["progress_json"] else {}
+    return JobRecord(
+        job_id=row["job_id"],
+        request_id=row["request_id"] or "",
+        state=JobState(row["state"]),
+        fleet_name=row["fleet_name"],
+        fleet_json=row["fleet_json"],
+        commitments=Commitments(tuple(commitments["accept_offers"]), tuple(commitments["convert_sites"])),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        attempts=row["attempts"],
+        cancel_requested=bool(row["cancel_requested"]),
+        progress=ProgressSnapshot(**progress),
+        error=None if row["error_json"] is None else ServiceError.from_dict(json.loads(row["error_json"])),
+        plan_id=row["plan_id"] or "",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Runner
+
+
+@dataclass
+class _ActiveJob:
+    control: RunControl
+    task: asyncio.Task | None = None
+    last_write: float = 0.0
+
+
+@dataclass
+class JobRunner:
+    """Works the queue on the running event loop. `on_plan` hears every plan a job stores."""
+
+    store: JobStore
+    max_concurrent_jobs: int = 1
+    relay: Any = None  # services.runs.ProgressRelay handle, for MIP progress
+    on_plan: Any = None  # callable(plan_id, fleet, plan)
+    _active: dict[str, _ActiveJob] = field(default_factory=dict)
+    _watchers: dict[str, set[asyncio.Queue]] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _closing: bool = False
+    _dispatcher: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        requeued = self.store.requeue_unfinished()
+        if requeued:
+            log.info("re-queued %d job(s) left unfinished by the previous server", requeued)
+        self._dispatcher = asyncio.create_task(self._dispatch_loop())
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop claiming jobs; running ones stop and go back to the queue for the next server."""
+        self._closing = True
+        self._wake.set()
+        for active in self._active.values():
+            active.control.stop(STOP_SHUTDOWN)
+        tasks = [a.task for a in self._active.values() if a.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for job_id in list(self._watchers):  # watch streams end now rather than at the grace deadline
+            self._publish_view(job_id)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+
+    # queries
+
+    def view(self, job_id: str) -> JobRecord | None:
+        """The job, with live progress while it runs."""
+        job = self.store.get_job(job_id)
+        active = self._active.get(job_id)
+        if job is not None and active is not None and job.state is JobState.RUNNING:
+            job = dataclasses.replace(job, progress=active.control.snapshot)
+        return job
+
+    async def submit(self, fleet: Fleet, commitments: Commitments, request_id: str = "") -> JobRecord:
+        job, created = self.store.create_job(fleet, commitments, request_id)
+        if created:
+            self._wake.set()
+        return job
+
+    async def cancel(self, job_id: str, wait_s: float) -> JobRecord:
+        """Cancel a queued job at once, or stop a running one and wait (up to wait_s) until it has stopped."""
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        if job.state is JobState.CANCELLED:
+            return job
+        if job.state.final:
+            raise failed_precondition(
+                f"job {job_id} already {job.state.value}; only a queued or running job can be cancelled"
+            )
+        if self.store.cancel_queued(job_id):
+            self._publish_view(job_id)
+            return self.view(job_id)
+        active = self._active.get(job_id)
+        self.store.request_cancel(job_id)
+        if active is not None:
+            active.control.stop(STOP_CANCELLED)
+            if active.task is not None:
+                await asyncio.wait([active.task], timeout=wait_s)
+        return self.view(job_id)
+
+    async def watch(self, job_id: str) -> AsyncIterator[JobRecord]:
+        """The job now, then at every change, until its final state."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=WATCH_QUEUE_SIZE)
+        self._watchers.setdefault(job_id, set()).add(queue)
+        try:
+            job = self.view(job_id)
+            if job is None:
+                raise not_found("job", job_id)
+            yield job
+            while not job.state.final:
+                if self._closing and job_id not in self._active:
+                    raise ServiceError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "server shutting down; the job is queued and resumes when a server starts on its database",
+                    )
+                job = await queue.get()
+                yield job
+        finally:
+            self._watchers[job_id].discard(queue)
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
+
+    # internals
+
+    async def _dispatch_loop(self) -> None:
+        while not self._closing:
+            while len(self._active) < self.max_concurrent_jobs and not self._closing:
+                job = self.store.claim_next()
+                if job is None:
+                    break
+                self._launch(job)
+            await self._wake.wait()
+            self._wake.clear()
+
+    def _launch(self, job: JobRecord) -> None:
+        loop = self._loop
+
+        def on_progress(snapshot: ProgressSnapshot) -> None:  # called from the run's thread
+            loop.call_soon_threadsafe(self._on_progress, job.job_id, snapshot)
+
+        active = _ActiveJob(RunControl(on_progress=on_progress))
+        self._active[job.job_id] = active
+        active.task = asyncio.create_task(self._run(job, active))
+        self._publish_view(job.job_id)
+
+    async def _run(self, job: JobRecord, active: _ActiveJob) -> None:
+        control = active.control
+        try:
+            fleet = job.fleet()
+            plan = await asyncio.to_thread(run_plan, fleet, job.commitments, control, self.relay)
+            plan_id = new_id("plan")
+            self.store.finish_job(job.job_id, JobState.SUCCEEDED, control.snapshot, plan=(plan_id, fleet, plan))
+            if self.on_plan is not None:
+                self.on_plan(plan_id, fleet, plan)
+        except RunStopped as stop:
+            if stop.reason == STOP_SHUTDOWN:
+                self.store.requeue(job.job_id)
+            else:
+                self.store.finish_job(job.job_id, JobState.CANCELLED, control.snapshot)
+        except Exception as exc:  # a job ends FAILED with the status a unary call would have returned
+            error = to_service_error(exc)
+            if error.code is grpc.StatusCode.INTERNAL:
+                log.exception("job %s failed", job.job_id)
+            self.store.finish_job(job.job_id, JobState.FAILED, control.snapshot, error=error)
+        finally:
+            del self._active[job.job_id]
+            self._publish_view(job.job_id)
+            self._wake.set()
+
+    def _on_progress(self, job_id: str, snapshot: ProgressSnapshot) -> None:
+        active = self._active.get(job_id)
+        if active is None:
+            return
+        now = time.monotonic()
+        if now - active.last_write >= PROGRESS_WRITE_INTERVAL_S:
+            self.store.set_progress(job_id, snapshot)
+            active.last_write = now
+        self._publish_view(job_id)
+
+    def _publish_view(self, job_id: str) -> None:
+        queues = self._watchers.get(job_id)
+        if not queues:
+            return
+        job = self.view(job_id)
+        for queue in queues:
+            if queue.full():  # drop the oldest intermediate event, keep the newest
+                queue.get_nowait()
+            queue.put_nowait(job)

@@ -1,0 +1,237 @@
+"""One planning or evaluation run as the service drives it: cancellable, deadline-bound, observable.
+
+The pipeline is solvers.planner's (`plan_fleet`, `compute_economics`); this module adds what a
+server needs around it:
+- stop: `RunControl.stop()` from any thread. The next progress tick raises `RunStopped`, which
+  makes `fan_out` cancel the pending Ray batches; during the MIP the solve task is polled and
+  `ray.cancel(ref, force=True)` kills the worker running HiGHS.
+- deadline: the time left on the call becomes the HiGHS time limit (minus a margin for the
+  reply), so a plan with its gap comes back before the caller gives up.
+- progress: stage and scenarios done from the pipeline; incumbent and bound from the HiGHS MIP
+  callbacks inside the Ray worker, relayed through a small Ray actor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from optimizer.allocation import Allocation, scenario_profits_usd
+from optimizer.economics import GroupEconomics
+from optimizer.fleet import Fleet
+from optimizer.plan_result import PlanResult, SiteBreakdown, site_breakdowns
+from optimizer.risk import ProfitStats, profit_stats, risk_objective_value
+from solvers.diagnose import Commitments
+from solvers.highs import MipProgress, NoSolutionInTimeError
+from solvers.planner import ScenarioSpec, SolvedPlan, compute_economics, plan_fleet, solve_remote
+
+# Of the time left on a call, the solve gets all but this share and this margin: the reply still
+# has to assemble the plan, store it and travel back.
+DEADLINE_SHARE_KEPT = 0.1
+DEADLINE_MARGIN_S = 0.3
+MIN_SOLVE_S = 0.05  # less than this left: no point starting HiGHS
+POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP progress
+
+STOP_CANCELLED = "cancelled"  # a user cancelled: the job ends CANCELLED
+STOP_SHUTDOWN = "shutdown"  # the server is stopping: the job goes back to the queue
+
+
+class RunStopped(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(f"run stopped ({reason})")
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    stage: str = "queued"
+    stage_done: int = 0
+    stage_total: int = 0
+    scenarios_done: int = 0
+    scenarios_total: int = 0
+    incumbent_usd: float | None = None
+    bound_usd: float | None = None
+    mip_gap: float | None = None
+    elapsed_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class RunControl:
+    """Shared between the thread running the pipeline and the server: stop flag, deadline, progress."""
+
+    def __init__(
+        self, deadline: float | None = None, on_progress: Callable[[ProgressSnapshot], None] | None = None
+    ):
+        self.deadline = deadline  # time.monotonic() value, or None
+        self.stop_reason: str | None = None
+        self._stopped = threading.Event()
+        self._on_progress = on_progress
+        self._start = time.monotonic()
+        self.snapshot = ProgressSnapshot()
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stopped.set()
+
+    def check(self) -> None:
+        if self.stop_reason is not None:
+            raise RunStopped(self.stop_reason)
+
+    def remaining_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def update(self, **fields) -> None:
+        self.snapshot = dataclasses.replace(self.snapshot, elapsed_s=time.monotonic() - self._start, **fields)
+        if self._on_progress is not None:
+            self._on_progress(self.snapshot)
+
+    def pipeline_progress(self, stage: str, done: int, total: int) -> None:
+        """The `progress` callback of solvers.planner: report, then stop here if asked to."""
+        self.check()
+        fields = {"stage": stage, "stage_done": done, "stage_total": total}
+        if stage == "scenarios":
+            fields.update(scenarios_done=done, scenarios_total=total)
+        self.update(**fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# MIP progress out of the Ray worker
+
+
+@ray.remote(num_cpus=0)
+class ProgressRelay:
+    """Holds the latest MIP progress of each running solve until the driver picks it up."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, tuple[float, float, float, float]] = {}
+
+    def report(self, key: str, incumbent: float, bound: float, gap: float, running_s: float) -> None:
+        self._latest[key] = (incumbent, bound, gap, running_s)
+
+    def take(self, key: str) -> tuple[float, float, float, float] | None:
+        return self._latest.pop(key, None)
+
+
+class MipReporter:
+    """The `on_mip_progress` callback shipped to the solve task: forwards to the relay, fire and forget."""
+
+    def __init__(self, relay, key: str):
+        self.relay, self.key = relay, key
+
+    def __call__(self, progress: MipProgress) -> None:
+        p = progress
+        self.relay.report.remote(self.key, p.incumbent_usd, p.bound_usd, p.mip_gap, p.running_s)
+
+
+def new_relay():
+    return ProgressRelay.remote()
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Plan
+
+
+def run_plan(fleet: Fleet, commitments: Commitments | None, control: RunControl, relay=None) -> PlanResult:
+    """Plan the fleet with solvers.planner.plan_fleet, stoppable and deadline-bound through `control`."""
+
+    def solve_plan(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
+        return _solve_stoppable(fleet, economics, commitments, control, relay)
+
+    control.check()
+    plan, _ = plan_fleet(fleet, progress=control.pipeline_progress, solve_plan=solve_plan)
+    control.update(stage="done", stage_done=1, stage_total=1)
+    return plan
+
+
+def solve_time_limit_s(configured_s: float, remaining_s: float | None) -> float:
+    """The fleet's time limit, shortened to fit the time left on the call."""
+    if remaining_s is None:
+        return configured_s
+    usable = remaining_s * (1.0 - DEADLINE_SHARE_KEPT) - DEADLINE_MARGIN_S
+    if usable < MIN_SOLVE_S:
+        raise NoSolutionInTimeError(f"the call deadline leaves no time to solve ({remaining_s:.2f} s left)")
+    return min(configured_s, usable)
+
+
+def _solve_stoppable(
+    fleet: Fleet, economics: GroupEconomics, commitments: Commitments | None, control: RunControl, relay
+) -> SolvedPlan:
+    control.check()
+    limit_s = solve_time_limit_s(fleet.solver.time_limit_s, control.remaining_s())
+    solver = fleet.solver.model_copy(update={"time_limit_s": limit_s})
+    key = uuid.uuid4().hex
+    reporter = MipReporter(relay, key) if relay is not None else None
+    ref = solve_remote.remote(fleet, economics, fleet.risk, solver, on_mip_progress=reporter, commitments=commitments)
+    while True:
+        ready, _ = ray.wait([ref], timeout=POLL_S)
+        if relay is not None:
+            _relay_progress(relay, key, control)
+        if ready:
+            return unwrap_ray(lambda: ray.get(ref))
+        if control.stop_reason is not None:
+            ray.cancel(ref, force=True)  # kills the worker process, and HiGHS with it
+            raise RunStopped(control.stop_reason)
+
+
+def _relay_progress(relay, key: str, control: RunControl) -> None:
+    try:
+        latest = ray.get(relay.take.remote(key), timeout=POLL_S)
+    except (ray.exceptions.RayError, TimeoutError):  # progress is best effort; the plan is not
+        return
+    if latest is not None:
+        incumbent, bound, gap, _ = latest
+        control.update(incumbent_usd=_finite(incumbent), bound_usd=_finite(bound), mip_gap=_finite(gap))
+
+
+def unwrap_ray(fetch: Callable):
+    """Call `fetch` and re-raise a task's own exception rather than Ray's wrapper of it."""
+    try:
+        return fetch()
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluate
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    profits_usd: np.ndarray  # [S]
+    stats: ProfitStats
+    risk_objective_usd: float
+    sites: list[SiteBreakdown]
+
+
+def run_evaluation(
+    fleet: Fleet, allocation: Allocation, spec: ScenarioSpec, batch_size: int, control: RunControl
+) -> Evaluation:
+    """Score an allocation on scenarios: per-rack economics on Ray, then plain numpy (no MIP)."""
+    control.check()
+    economics, _ = compute_economics(fleet, spec, batch_size, progress=control.pipeline_progress)
+    profits = scenario_profits_usd(fleet, economics, allocation)
+    risk = fleet.risk
+    return Evaluation(
+        profits_usd=profits,
+        stats=profit_stats(profits, risk.alpha),
+        risk_objective_usd=risk_objective_value(profits, risk.objective.value, risk.alpha, risk.weight),
+        sites=site_breakdowns(fleet, economics, allocation),
+    )

@@ -1,0 +1,349 @@
+"""`hashpivot serve` and `hashpivot client ...`: the command line of the gRPC service.
+
+    hashpivot serve --port 50051 --db /var/lib/hashpivot/hashpivot.sqlite
+    hashpivot client optimize examples/tiny.yaml --target localhost:50051 --out out/
+    hashpivot client submit examples/fleet.yaml --watch
+    hashpivot client dispatch PLAN_ID --price texas=41.5 --hashprice 35
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the gRPC planning service")
+    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default $HASHPIVOT_PORT or 50051)")
+    p.add_argument("--db", type=Path, help="SQLite file of jobs and plans (default $HASHPIVOT_DB or the user data dir)")
+    p.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument("--max-jobs", type=int, default=1, help="plan jobs run at once (default 1)")
+    p.add_argument("--grace", type=float, help="seconds in-flight calls get to finish on SIGTERM (default 10)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.server import ServerConfig, serve
+    from solvers.ray_pool import ensure_ray
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_ray(args.ray_address)  # from the main thread, where Ray installs its own signal handling
+    config = ServerConfig(host=args.host, ray_address=args.ray_address, max_concurrent_jobs=args.max_jobs)
+    if args.grace is not None:
+        config.grace_s = args.grace
+    if args.port is not None:
+        config.port = args.port
+    if args.db is not None:
+        config.db_path = args.db
+    asyncio.run(serve(config))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# client
+
+
+def add_client_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("client", help="call a hashpivot server")
+    p.add_argument("--target", help="HOST:PORT of the server (default $HASHPIVOT_TARGET or localhost:50051)")
+    p.add_argument("--timeout", type=float, help="deadline of the call in seconds")
+    calls = p.add_subparsers(dest="call", required=True)
+
+    def fleet_call(name: str, help_text: str):
+        c = calls.add_parser(name, help=help_text)
+        c.add_argument("fleet", type=Path, help="fleet file (YAML or JSON), as for `hashpivot plan`")
+        c.add_argument("--scenarios", type=int, help="number of Monte Carlo scenarios (default: the fleet file's)")
+        c.add_argument("--time-limit", type=float, help="solver time limit in seconds")
+        c.add_argument("--accept-offer", action="append", default=[], help="commit to this lease offer (repeatable)")
+        c.add_argument("--convert-site", action="append", default=[], help="commit to converting a site (repeatable)")
+        c.add_argument(
+            "--print-request", action="store_true", help="print the request as JSON (for grpcurl) instead of calling"
+        )
+        return c
+
+    c = fleet_call("optimize", "plan a fleet within the call")
+    c.add_argument("--out", type=Path, help="write plan.json and CSV tables here")
+    c.set_defaults(func=cmd_optimize)
+    c = fleet_call("submit", "queue a plan job")
+    c.add_argument("--request-id", default="", help="idempotency key: resubmitting returns the same job")
+    c.add_argument("--watch", action="store_true", help="follow the job's progress until it ends")
+    c.set_defaults(func=cmd_submit)
+    c = calls.add_parser("watch", help="follow a job's progress until it ends")
+    c.add_argument("job_id")
+    c.set_defaults(func=cmd_watch)
+    c = calls.add_parser("get", help="show a job, and its plan once done")
+    c.add_argument("job_id")
+    c.add_argument("--out", type=Path, help="write plan.json and CSV tables here")
+    c.set_defaults(func=cmd_get)
+    c = calls.add_parser("list", help="list jobs, newest first")
+    c.add_argument("--state", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    c.set_defaults(func=cmd_list)
+    c = calls.add_parser("cancel", help="cancel a queued or running job")
+    c.add_argument("job_id")
+    c.set_defaults(func=cmd_cancel)
+    c = calls.add_parser("evaluate", help="score a plan (or a what-if allocation) on scenarios")
+    c.add_argument("--plan-id", default="", help="a stored plan: its fleet and allocation are the defaults")
+    c.add_argument("--fleet", type=Path, help="fleet file to score on (default: the plan's)")
+    c.add_argument("--allocation", type=Path, help="plan.json whose allocation to score (default: the plan's)")
+    c.add_argument("--scenarios", type=int, help="number of scenarios")
+    c.add_argument("--seed", type=int, help="random seed")
+    c.add_argument("--stream", type=int, help="0 the plan's scenarios, 1 out-of-sample, 2+k SAA replication k")
+    c.add_argument("--json", action="store_true", help="print the response as JSON")
+    c.set_defaults(func=cmd_evaluate)
+    c = calls.add_parser("dispatch", help="which racks of a plan to run or curtail now")
+    c.add_argument("plan_id")
+    c.add_argument(
+        "--price", action="append", default=[], metavar="SITE=USD_PER_MWH", help="current site price (repeatable)"
+    )
+    c.add_argument("--hashprice", type=float, help="current hashprice, USD per PH/s per day")
+    c.add_argument("--btc-price", type=float, help="BTC price, USD (with --network-hashrate, instead of --hashprice)")
+    c.add_argument("--network-hashrate", type=float, help="network hashrate, EH/s")
+    c.add_argument("--rack-ids", action="store_true", help="list the rack ids of each group")
+    c.add_argument("--json", action="store_true", help="print the response as JSON")
+    c.set_defaults(func=cmd_dispatch)
+    c = calls.add_parser("health", help="standard gRPC health check; exit 0 when SERVING")
+    c.add_argument("--service", default="", help="service name (default: the whole server)")
+    c.set_defaults(func=cmd_health)
+
+
+def _client(args: argparse.Namespace):
+    from services.client import PlannerClient
+
+    return PlannerClient(args.target, timeout_s=args.timeout)
+
+
+def _fleet(args: argparse.Namespace):
+    from optimizer.fleet import load_fleet, with_overrides
+
+    patch: dict = {}
+    if args.scenarios is not None:
+        patch["scenarios"] = {"count": args.scenarios}
+    if args.time_limit is not None:
+        patch["solver"] = {"time_limit_s": args.time_limit}
+    return with_overrides(load_fleet(args.fleet), patch)
+
+
+def _commitments(args: argparse.Namespace):
+    from solvers.diagnose import Commitments
+
+    return Commitments(accept_offers=tuple(args.accept_offer), convert_sites=tuple(args.convert_site))
+
+
+def _rpc(fn):
+    """Run a client call; a failed call prints its status and details and exits 1."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from services.client import PlannerError
+
+        try:
+            return fn(args)
+        except PlannerError as error:
+            console.print(f"[red]{error.code.name}[/red] {error.message}")
+            for path, description in error.field_violations:
+                console.print(f"  field {path}: {description}")
+            for subject, description in error.constraint_violations:
+                console.print(f"  constraint {subject}: {description}")
+            return 1
+
+    return wrapped
+
+
+def _show_plan(plan, out: Path | None) -> None:
+    from services.tables import print_plan, write_plan_outputs
+
+    print_plan(plan, Console(width=None if sys.stdout.isatty() else 160))
+    if out is not None:
+        paths = write_plan_outputs(plan, out)
+        console.print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _print_request(args: argparse.Namespace, request_type) -> int:
+    from google.protobuf import json_format
+
+    from services import convert
+    from services.client import fleet_message
+
+    request = request_type(fleet=fleet_message(_fleet(args)))
+    request.commitments.CopyFrom(convert.commitments_to_message(_commitments(args)))
+    print(json_format.MessageToJson(request, preserving_proto_field_name=True))
+    return 0
+
+
+@_rpc
+def cmd_optimize(args: argparse.Namespace) -> int:
+    if args.print_request:
+        from protos.hashpivot.v1.planner_service_pb2 import OptimizeRequest
+
+        return _print_request(args, OptimizeRequest)
+    with _client(args) as client:
+        reply = client.optimize(_fleet(args), _commitments(args))
+    _show_plan(reply.plan, args.out)
+    print(f"plan_id {reply.plan_id}")
+    return 0
+
+
+@_rpc
+def cmd_submit(args: argparse.Namespace) -> int:
+    if args.print_request:
+        from protos.hashpivot.v1.planner_service_pb2 import SubmitPlanJobRequest
+
+        return _print_request(args, SubmitPlanJobRequest)
+    with _client(args) as client:
+        job = client.submit(_fleet(args), _commitments(args), args.request_id)
+        print(f"job_id {job.job_id}")
+        if args.watch:
+            return _follow(client, job.job_id)
+    return 0
+
+
+@_rpc
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _follow(client, args.job_id)
+
+
+def _follow(client, job_id: str) -> int:
+    from protos.hashpivot.v1 import jobs_pb2
+
+    tasks: dict[str, int] = {}
+    job = None
+    with Progress(
+        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[mip]}"), console=console,
+    ) as bar:
+        for job in client.watch(job_id):
+            p = job.progress
+            if p.stage and p.stage_total:
+                if p.stage not in tasks:
+                    tasks[p.stage] = bar.add_task(p.stage, total=p.stage_total, mip="")
+                mip = ""
+                if p.HasField("incumbent_usd"):
+                    mip = f"incumbent ${p.incumbent_usd:,.0f}"
+                    if p.HasField("bound_usd"):
+                        mip += f" bound ${p.bound_usd:,.0f}"
+                bar.update(tasks[p.stage], completed=p.stage_done, mip=mip)
+    state = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
+    print(f"job {job_id} {state}" + (f" plan_id {job.plan_id}" if job.plan_id else ""))
+    if job.HasField("error"):
+        console.print(f"[red]{job.error.message}[/red]")
+    return 0 if job.state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED else 1
+
+
+@_rpc
+def cmd_get(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    with _client(args) as client:
+        job, plan = client.get(args.job_id)
+    print(json_format.MessageToJson(job, preserving_proto_field_name=True))
+    if plan is not None:
+        _show_plan(plan.plan, args.out)
+    return 0
+
+
+@_rpc
+def cmd_list(args: argparse.Namespace) -> int:
+    from protos.hashpivot.v1 import jobs_pb2
+
+    state = jobs_pb2.PlanJobState.Value(f"PLAN_JOB_STATE_{args.state.upper()}") if args.state else 0
+    table = Table(title="plan jobs")
+    for column in ("job_id", "state", "fleet", "stage", "plan_id"):
+        table.add_column(column)
+    with _client(args) as client:
+        for job in client.list_jobs(state):
+            name = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
+            table.add_row(job.job_id, name, job.fleet_name, job.progress.stage, job.plan_id)
+    Console().print(table)
+    return 0
+
+
+@_rpc
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from protos.hashpivot.v1 import jobs_pb2
+
+    with _client(args) as client:
+        job = client.cancel(args.job_id)
+    print(f"job {job.job_id} {jobs_pb2.PlanJobState.Name(job.state).removeprefix('PLAN_JOB_STATE_').lower()}")
+    return 0
+
+
+@_rpc
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from optimizer.fleet import load_fleet
+    from optimizer.plan_result import PlanResult
+
+    allocation = None
+    if args.allocation is not None:
+        allocation = PlanResult.model_validate(json.loads(args.allocation.read_text()))
+    fleet = load_fleet(args.fleet) if args.fleet else None
+    with _client(args) as client:
+        response = client.evaluate(
+            args.plan_id, fleet, allocation, count=args.scenarios, seed=args.seed, stream=args.stream
+        )
+    if args.json:
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        return 0
+    table = Table(title=f"profit over {response.scenario_count} scenarios (USD)")
+    for column in ("mean", "std", "P5", "P50", "P95", "VaR", "CVaR", "worst", "risk objective"):
+        table.add_column(column, justify="right")
+    p = response.profit
+    values = (p.mean_usd, p.std_usd, p.p5_usd, p.p50_usd, p.p95_usd, p.var_usd, p.cvar_usd, p.worst_usd)
+    table.add_row(*(f"{v:,.0f}" for v in (*values, response.risk_objective_usd)))
+    Console().print(table)
+    return 0
+
+
+@_rpc
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from protos.hashpivot.v1 import planner_service_pb2
+
+    prices = {}
+    for item in args.price:
+        site, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--price {item!r}: expected SITE=USD_PER_MWH")
+        prices[site] = float(value)
+    with _client(args) as client:
+        response = client.dispatch(
+            args.plan_id, prices, args.hashprice, args.btc_price, args.network_hashrate, include_rack_ids=args.rack_ids
+        )
+    if args.json:
+        print(json_format.MessageToJson(response, preserving_proto_field_name=True))
+        return 0
+    table = Table(title=f"dispatch at {response.hashprice_usd_per_ph_day:.2f} $/PH/day")
+    for column in ("group", "site", "action", "racks", "MW", "price $/MWh", "breakeven $/MWh", "margin $/rack-h"):
+        table.add_column(column, justify="left" if column in ("group", "site", "action") else "right")
+    for g in response.groups:
+        action = "run" if g.action == planner_service_pb2.RACK_ACTION_RUN else "curtail"
+        table.add_row(
+            g.group, g.site, action, str(g.racks), f"{g.mw:.2f}", f"{g.power_price_usd_per_mwh:.1f}",
+            f"{g.breakeven_power_price_usd_per_mwh:.1f}", f"{g.margin_usd_per_rack_hour:.2f}",
+        )
+    Console().print(table)
+    print(f"run {response.racks_run} racks ({response.run_mw:.2f} MW), curtail {response.racks_curtailed} "
+          f"({response.curtailed_mw:.2f} MW)")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from services.healthcheck import check
+
+    status = check(args.target, args.service, timeout_s=args.timeout or 5.0)
+    print(status)
+    return 0 if status == "SERVING" else 1

