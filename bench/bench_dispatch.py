@@ -27,7 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.client import PlannerClient  # noqa: E402
+from optimizer.fleet import FleetError  # noqa: E402
+from services.client import PlannerClient, fleet_message  # noqa: E402
 from services.servicer import SERVER_TIME_METADATA  # noqa: E402
 
 
@@ -96,14 +97,21 @@ def main() -> int:
                 sites = sorted({g.site for g in tiny.plan.allocation})
                 bench_dispatch(client, tiny.plan_id, sites, args.calls)
 
+                try:
+                    request_fleet = fleet_message(args.fleet)
+                except FleetError as exc:
+                    print(f"Optimize {args.fleet}: not sent, the contract cannot carry this fleet yet: {exc}")
+                    return 1
                 start = time.perf_counter()
-                big = client.optimize(args.fleet)
+                big = client.optimize(request_fleet)
                 wall_s = time.perf_counter() - start
                 plan = big.plan
-                print(f"Optimize {args.fleet.name}: {wall_s:.2f} s wall (client-side), "
-                      f"{sum(g.racks_mine + g.racks_ai + g.racks_idle for g in plan.allocation)} racks, "
-                      f"{plan.scenarios['count']} scenarios x {plan.horizon_days} days, solver {plan.solver.status}, "
-                      f"gap {plan.solver.mip_gap:.1e}")
+                print(
+                    f"Optimize {args.fleet.name}: {wall_s:.2f} s wall (client-side), "
+                    f"{sum(g.racks_mine + g.racks_ai + g.racks_idle for g in plan.allocation)} racks, "
+                    f"{plan.scenarios['count']} scenarios x {plan.horizon_days} days, solver {plan.solver.status}, "
+                    f"gap {plan.solver.mip_gap:.1e}"
+                )
                 print("  server stages: " + ", ".join(f"{k} {v:.2f}" for k, v in plan.timings_s.items()))
         finally:
             process.terminate()

@@ -25,6 +25,9 @@ from optimizer.constants import KW_PER_MW
 from optimizer.economics import NO_SITE, GroupEconomics, rack_meter_kw
 from optimizer.fleet import Fleet, LeaseOffer, RackGroup, Site, lease_months
 
+# Shed AI below this counts no lost hour: a lease sized exactly at a cap leaves float dust, not an outage.
+LOST_LOAD_TOL_KW = 1e-6
+
 
 class Mode(enum.StrEnum):
     MINE = "mine"
@@ -98,17 +101,6 @@ def capex_charge_usd(fleet: Fleet, site_id: str, ai_mw: float) -> float:
 
 def idle_cost_usd_per_rack(fleet: Fleet, group: RackGroup) -> float:
     return group.idle_cost_usd_per_rack_day * fleet.horizon.days
-
-
-def lease_income_usd(fleet: Fleet, allocation: Allocation) -> dict[str, float]:
-    """Horizon rent per site, net of the capex charge."""
-    offers = {o.id: o for o in fleet.lease_offers}
-    income = {s.id: 0.0 for s in fleet.sites}
-    for (offer_id, site_id), mw in allocation.lease_mw.items():
-        income[site_id] += lease_revenue_usd_per_mw(fleet, offers[offer_id], site_id) * mw
-    for site_id in allocation.converted_sites:
-        income[site_id] -= capex_charge_usd(fleet, site_id, converted_mw(fleet, allocation, site_id))
-    return income
 
 
 def dr_credit_usd_per_mw(fleet: Fleet, site: Site) -> float:
@@ -196,10 +188,13 @@ def site_profits(fleet: Fleet, economics: GroupEconomics, allocation: Allocation
     days = fleet.horizon.days
     for g, group in enumerate(fleet.rack_groups):
         n, mine = site_index[group.site], allocation.count(group.id, Mode.MINE)
-        out["hash_revenue_usd"][n] += economics.hash_revenue_usd[g] * mine
+        opex_usd = group.opex_usd_per_rack_day * days
+        # The separable value is mine_value_usd, the MIP's coefficient (callers may shift it, e.g. for a
+        # hashprice sensitivity); hash revenue is what that value implies, equal to hash_revenue_usd otherwise.
+        out["hash_revenue_usd"][n] += (economics.mine_value_usd[g] + economics.power_cost_usd[g] + opex_usd) * mine
         out["mining_power_cost_usd"][n] += economics.power_cost_usd[g] * mine
         out["mining_energy_mwh"][n] += economics.energy_mwh[g] * mine
-        out["mining_opex_usd"][n] += group.opex_usd_per_rack_day * days * mine
+        out["mining_opex_usd"][n] += opex_usd * mine
         out["idle_cost_usd"][n] += idle_cost_usd_per_rack(fleet, group) * allocation.count(group.id, Mode.IDLE)
         group_value[g] = economics.mine_value_usd[g] * mine
     offers = {o.id: o for o in fleet.lease_offers}
@@ -266,7 +261,7 @@ def _knapsack(fleet, economics, allocation, slot_k, slot_s, allowance_kw, out, g
     before_slot = (total - load_kw)[first][np.cumsum(first) - 1]
     load_before_kw = total - load_kw - before_slot  # load of better items of the same slot
     run_kw = np.clip(allowance_at[k[order], item_s[order]] - load_before_kw, 0.0, load_kw)
-    racks = np.divide(run_kw, meter_kw[order], out=np.zeros_like(run_kw), where=meter_kw[order] > 0)
+    racks = run_kw / meter_kw[order]
 
     site_index = {s.id: n for n, s in enumerate(fleet.sites)}
     site_n = np.array([site_index[grp.site] for grp in fleet.rack_groups])[g[order]]
@@ -287,7 +282,7 @@ def _shed_ai(fleet, economics, allocation, slot_k, slot_s, site_n, lost_kw, hour
         scen, remaining_kw = slot_s[here], lost_kw[here].copy()
         lost_meter_mwh = remaining_kw * hours / KW_PER_MW
         np.add.at(out["lost_ai_mwh"][n], scen, lost_meter_mwh / site.pue_ai)
-        np.add.at(out["lost_ai_hours"][n], scen, hours)
+        np.add.at(out["lost_ai_hours"][n], scen, np.where(remaining_kw > LOST_LOAD_TOL_KW, hours, 0.0))
         leases = sorted(
             ((o.sla_penalty_usd_per_mwh, allocation.lease_mw.get((o.id, site.id), 0.0)) for o in fleet.lease_offers),
             key=lambda pair: pair[0],

@@ -96,8 +96,8 @@ class DemandResponse(StrictModel):
     committed MW below its planned mining load. AI/HPC load is firm and never counts.
     """
 
-    credit_usd_per_mw_month: float = Field(gt=0, le=1_000_000)
-    max_mw: float = Field(gt=0, le=5_000)
+    credit_usd_per_mw_month: float = Field(gt=0, le=1_000_000, description="Paid per committed MW per month.")
+    max_mw: float = Field(gt=0, le=5_000, description="Most curtailable MW the programme takes, at the meter.")
 
 
 class AiConversion(StrictModel):

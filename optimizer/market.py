@@ -76,10 +76,10 @@ class CurtailmentEvents(StrictModel):
     market at `available_fraction` of its capacity_mw; overlapping events take the lowest fraction.
     """
 
-    name: str = Field(min_length=1, max_length=64)
-    events_per_year: float = Field(ge=0, le=365)
+    name: str = Field(min_length=1, max_length=64, description="E.g. winter_storm; for people, not the model.")
+    events_per_year: float = Field(ge=0, le=365, description="Mean number of events a year, all in `months`.")
     months: list[int] = Field(default_factory=lambda: list(ALL_MONTHS), description="Months events start in.")
-    mean_duration_hours: float = Field(gt=0, le=24 * 30)
+    mean_duration_hours: float = Field(gt=0, le=24 * 30, description="Mean of the exponential event length.")
     available_fraction: float = Field(ge=0, lt=1, description="Share of capacity_mw a site may draw in the event.")
     price_floor_usd_per_mwh: float | None = Field(
         None, ge=0, description="Spot price during the event is at least this (grid emergencies clear near the cap)."
@@ -99,7 +99,7 @@ class DemandResponseCalls(StrictModel):
     `call_hours`.
     """
 
-    calls_per_year: float = Field(ge=0, le=365)
+    calls_per_year: float = Field(ge=0, le=365, description="Mean number of calls a year, all in `months`.")
     months: list[int] = Field(default_factory=lambda: list(ALL_MONTHS), description="Months calls come in.")
     call_hours: float = Field(gt=0, le=24, description="Length of one call.")
 

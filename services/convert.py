@@ -78,7 +78,7 @@ def _scalar(field: FieldDescriptor, value: Any, path: str, dropped: list[str]) -
     if field.type == FieldDescriptor.TYPE_ENUM:
         number = enum_number(field.enum_type, value)
         if number is None:
-            dropped.append(f"{path}={value!r}")
+            dropped.append(f"{path}={getattr(value, 'value', value)!r}")
             return 0
         return number
     if isinstance(value, enum.Enum):
@@ -199,8 +199,15 @@ def fleet_to_message(fleet: Fleet | Mapping[str, Any]) -> fleet_pb2.Fleet:
         fleet = fleet.model_dump(mode="python", exclude_defaults=True)
     dropped = fill_message(message, fleet)
     if dropped:
-        raise FleetError([(path.split("=")[0], "no such field in the fleet contract") for path in dropped])
+        raise FleetError([_contract_gap(path) for path in dropped])
     return message
+
+
+def _contract_gap(dropped: str) -> tuple[str, str]:
+    path, _, value = dropped.partition("=")
+    if value:
+        return path, f"value {value} is not in this version of the fleet contract"
+    return path, "no such field in this version of the fleet contract"
 
 
 def fleet_from_message(message: fleet_pb2.Fleet) -> Fleet:

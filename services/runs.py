@@ -69,9 +69,7 @@ class ProgressSnapshot:
 class RunControl:
     """Shared between the thread running the pipeline and the server: stop flag, deadline, progress."""
 
-    def __init__(
-        self, deadline: float | None = None, on_progress: Callable[[ProgressSnapshot], None] | None = None
-    ):
+    def __init__(self, deadline: float | None = None, on_progress: Callable[[ProgressSnapshot], None] | None = None):
         self.deadline = deadline  # time.monotonic() value, or None
         self.stop_reason: str | None = None
         self._stopped = threading.Event()

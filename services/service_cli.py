@@ -1,9 +1,9 @@
 """`hashpivot serve` and `hashpivot client ...`: the command line of the gRPC service.
 
-    hashpivot serve --port 50051 --db /var/lib/hashpivot/hashpivot.sqlite
-    hashpivot client optimize examples/tiny.yaml --target localhost:50051 --out out/
-    hashpivot client submit examples/fleet.yaml --watch
-    hashpivot client dispatch PLAN_ID --price texas=41.5 --hashprice 35
+hashpivot serve --port 50051 --db /var/lib/hashpivot/hashpivot.sqlite
+hashpivot client optimize examples/tiny.yaml --target localhost:50051 --out out/
+hashpivot client submit examples/fleet.yaml --watch
+hashpivot client dispatch PLAN_ID --price texas=41.5 --hashprice 35
 """
 
 from __future__ import annotations
@@ -220,8 +220,12 @@ def _follow(client, job_id: str) -> int:
     tasks: dict[str, int] = {}
     job = None
     with Progress(
-        TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.fields[mip]}"), console=console,
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[mip]}"),
+        console=console,
     ) as bar:
         for job in client.watch(job_id):
             p = job.progress
@@ -332,12 +336,20 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     for g in response.groups:
         action = "run" if g.action == planner_service_pb2.RACK_ACTION_RUN else "curtail"
         table.add_row(
-            g.group, g.site, action, str(g.racks), f"{g.mw:.2f}", f"{g.power_price_usd_per_mwh:.1f}",
-            f"{g.breakeven_power_price_usd_per_mwh:.1f}", f"{g.margin_usd_per_rack_hour:.2f}",
+            g.group,
+            g.site,
+            action,
+            str(g.racks),
+            f"{g.mw:.2f}",
+            f"{g.power_price_usd_per_mwh:.1f}",
+            f"{g.breakeven_power_price_usd_per_mwh:.1f}",
+            f"{g.margin_usd_per_rack_hour:.2f}",
         )
     Console().print(table)
-    print(f"run {response.racks_run} racks ({response.run_mw:.2f} MW), curtail {response.racks_curtailed} "
-          f"({response.curtailed_mw:.2f} MW)")
+    print(
+        f"run {response.racks_run} racks ({response.run_mw:.2f} MW), curtail {response.racks_curtailed} "
+        f"({response.curtailed_mw:.2f} MW)"
+    )
     return 0
 
 

@@ -35,8 +35,8 @@ def print_plan(plan: PlanResult, console: Console) -> None:
     console.print(table)
 
     sites = Table(title="Per site (expected over the horizon)")
-    site_columns = ("site", "mining MW", "AI MW", "hash revenue", "power", "resale", "DR MW", "DR credit")
-    site_columns += ("opex", "lease", "capex", "SLA", "curtailed MWh", "lost AI MWh", "profit")
+    site_columns = ("site", "mining MW", "AI MW", "hash revenue", "power", "resale", "DR credit")
+    site_columns += ("opex", "lease", "capex", "SLA", "profit")
     for column in site_columns:
         sites.add_column(column, justify="left" if column == "site" else "right")
     for s in plan.sites:
@@ -47,17 +47,15 @@ def print_plan(plan: PlanResult, console: Console) -> None:
             _usd(s.expected_hash_revenue_usd),
             _usd(s.expected_power_cost_usd),
             _usd(s.expected_resale_revenue_usd),
-            f"{s.dr_commitment_mw:.1f}",
             _usd(s.demand_response_credit_usd),
             _usd(s.mining_opex_usd + s.idle_cost_usd),
             _usd(s.lease_revenue_usd),
             _usd(s.capex_charge_usd),
             _usd(s.expected_sla_penalty_usd),
-            f"{s.expected_curtailed_mwh:,.0f}",
-            f"{s.expected_lost_ai_mwh:,.1f}",
             _usd(s.expected_profit_usd),
         )
     console.print(sites)
+    _print_power(plan, console)
 
     for offer in plan.offers:
         where = ", ".join(f"{site} {mw:.1f} MW" for site, mw in offer.mw_by_site.items()) or "declined"
@@ -78,6 +76,27 @@ def print_plan(plan: PlanResult, console: Console) -> None:
         f"solver: {s.status}, gap {s.mip_gap:.2e}, {s.variables} variables, {s.constraints} constraints, "
         f"solve {s.wall_s:.2f}s, total {plan.timings_s.get('total_s', 0):.1f}s"
     )
+
+
+def _print_power(plan: PlanResult, console: Console) -> None:
+    """Contracts, demand response, curtailment and lost AI uptime per site, when any site has them."""
+    if not any(s.contract == "take_or_pay" or s.dr_commitment_mw or s.expected_event_curtailed_mwh for s in plan.sites):
+        return
+    power = Table(title="Power per site (expected over the horizon)")
+    columns = ("site", "contract", "DR MW", "curtailed MWh", "by events/DR MWh", "lost AI MWh", "lost AI h")
+    for column in columns:
+        power.add_column(column, justify="left" if column in ("site", "contract") else "right")
+    for s in plan.sites:
+        power.add_row(
+            s.site,
+            s.contract,
+            f"{s.dr_commitment_mw:.1f}",
+            f"{s.expected_curtailed_mwh:,.0f}",
+            f"{s.expected_event_curtailed_mwh:,.0f}",
+            f"{s.expected_lost_ai_mwh:,.1f}",
+            f"{s.expected_lost_ai_hours:,.1f}",
+        )
+    console.print(power)
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:

@@ -403,7 +403,8 @@ def assess_plan(
     stochastic = allocation_from_plan(plan)
 
     # SAA replications are the largest independent chunk: submit first, collect last
-    replication_count = settings.replication_scenarios or fleet.scenarios.count
+    count = fleet.scenarios.count if provided is None else provided.n_scenarios  # the plan's sample size
+    replication_count = settings.replication_scenarios or count
     replication_refs = []
     if settings.replications >= 2:
         replication_refs = submit_replications(
@@ -413,7 +414,6 @@ def assess_plan(
         notes.append("one SAA replication cannot give an interval: the gap was not estimated")
 
     start = time.perf_counter()
-    count = fleet.scenarios.count if provided is None else provided.n_scenarios
     opt = optimization_pass(
         fleet,
         ScenarioSpec(count=count, seed=seed, provided=provided),

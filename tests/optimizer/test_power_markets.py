@@ -327,6 +327,19 @@ def test_evaluation_equals_the_dispatch_lp_for_any_plan(events_case):
             np.testing.assert_allclose(profits, lp, rtol=1e-9, atol=1e-6)
 
 
+def test_evaluation_follows_the_mip_coefficient(events_case):
+    """A shifted mine_value_usd (as a hashprice sensitivity does) moves profits by shift x mining racks."""
+    import dataclasses
+
+    fleet, _, economics = events_case
+    plan = random_plans(fleet, np.random.default_rng(3), 1)[0]
+    shift = np.arange(economics.mine_value_usd.size, dtype=float).reshape(economics.mine_value_usd.shape)
+    shifted = dataclasses.replace(economics, mine_value_usd=economics.mine_value_usd + shift)
+    mining = np.array([plan.count(g.id, Mode.MINE) for g in fleet.rack_groups])
+    change = scenario_profits_usd(fleet, shifted, plan) - scenario_profits_usd(fleet, economics, plan)
+    np.testing.assert_allclose(change, mining @ shift, rtol=1e-9)
+
+
 # --- compact = extensive ----------------------------------------------------------------------
 
 

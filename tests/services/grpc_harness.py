@@ -123,8 +123,13 @@ def hard_fleet_data(time_limit_s: float = 60.0, groups_per_site: int = 16, sites
                 "market": "ercot",
                 "capacity_mw": 1.0 + 0.37 * s,
                 "contract": {"type": "index", "adder_usd_per_mwh": 2 + s},
-                "ai": {"capex_usd_per_mw": 1_500_000, "fixed_capex_usd": 30_000, "lead_time_days": 0,
-                       "min_mw": 0.2, "max_mw": 0.9},
+                "ai": {
+                    "capex_usd_per_mw": 1_500_000,
+                    "fixed_capex_usd": 30_000,
+                    "lead_time_days": 0,
+                    "min_mw": 0.2,
+                    "max_mw": 0.9,
+                },
             }
         )
         for g in range(groups_per_site):
@@ -148,8 +153,14 @@ def hard_fleet_data(time_limit_s: float = 60.0, groups_per_site: int = 16, sites
         "sites": site_list,
         "rack_groups": groups,
         "lease_offers": [
-            {"id": "o1", "rate_usd_per_kw_month": 60, "term_months": 36, "min_mw": 0.3, "max_mw": 1.5,
-             "sites": [s["id"] for s in site_list]}
+            {
+                "id": "o1",
+                "rate_usd_per_kw_month": 60,
+                "term_months": 36,
+                "min_mw": 0.3,
+                "max_mw": 1.5,
+                "sites": [s["id"] for s in site_list],
+            }
         ],
         "capital_budget_usd": 2_000_000,
         "risk": {"objective": "cvar", "alpha": 0.9, "weight": 0.5},

@@ -21,8 +21,20 @@ def start_serve(db: Path) -> tuple[subprocess.Popen, str, list[str]]:
     """`hashpivot serve` on a free loopback port, joining this session's Ray (no second Ray to start)."""
     address = ray.get_runtime_context().gcs_address
     process = subprocess.Popen(
-        [HASHPIVOT, "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db), "--ray-address", address,
-         "--grace", "20"],
+        [
+            HASHPIVOT,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--ray-address",
+            address,
+            "--grace",
+            "20",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
