@@ -9,7 +9,8 @@ from tests.conftest import EXAMPLES
 
 @pytest.fixture
 def tiny_args(tmp_path):
-    return ["plan", str(EXAMPLES / "tiny.yaml"), "--scenarios", "8", "--seed", "3"]
+    # Robustness has its own tests (tests/services/test_report.py); here only the plan itself.
+    return ["plan", str(EXAMPLES / "tiny.yaml"), "--scenarios", "8", "--seed", "3", "--no-robustness"]
 
 
 def test_plan_writes_json_and_csv(ray_session, tmp_path, tiny_args, capsys):
@@ -34,7 +35,8 @@ def test_plan_writes_json_and_csv(ray_session, tmp_path, tiny_args, capsys):
 def test_exported_scenarios_replay_to_the_same_plan(ray_session, tmp_path, tiny_args):
     paths = tmp_path / "used.npz"
     assert main([*tiny_args, "--out", str(tmp_path / "a"), "--export-scenarios", str(paths)]) == 0
-    assert main(["plan", str(EXAMPLES / "tiny.yaml"), "--scenario-file", str(paths), "--out", str(tmp_path / "b")]) == 0
+    replay = ["plan", str(EXAMPLES / "tiny.yaml"), "--scenario-file", str(paths), "--no-robustness"]
+    assert main([*replay, "--out", str(tmp_path / "b")]) == 0
     a = json.loads((tmp_path / "a" / "plan.json").read_text())
     b = json.loads((tmp_path / "b" / "plan.json").read_text())
     assert b["scenarios"]["source"] == "file" and b["scenarios"]["count"] == 8
