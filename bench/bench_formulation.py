@@ -10,37 +10,20 @@ bundled example fleet (3,500 racks, one quarter hourly) at several scenario coun
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, solve_compact, timed
 
-from optimizer.economics import group_economics  # noqa: E402
-from optimizer.extensive import build_extensive_model  # noqa: E402
-from optimizer.fleet import load_fleet, parse_fleet  # noqa: E402
-from optimizer.formulation import build_compact_model  # noqa: E402
-from optimizer.scenarios import generate_scenarios  # noqa: E402
-from solvers.highs import solve  # noqa: E402
-from tests.conftest import small_fleet_data  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
+from optimizer.economics import group_economics
+from optimizer.extensive import build_extensive_model
+from optimizer.fleet import load_fleet, parse_fleet
+from optimizer.formulation import build_compact_model
+from optimizer.scenarios import generate_scenarios
+from solvers.highs import solve
+from tests.conftest import medium_fleet_data
 
 
 def compare(days: int, n_scenarios: int) -> None:
-    data = small_fleet_data(days=days, scenarios=n_scenarios)
-    for group in data["rack_groups"]:
-        group["racks"] *= 20
-    data["sites"][0]["capacity_mw"], data["sites"][1]["capacity_mw"] = 2.0, 3.0
-    data["sites"][1]["ai"].update(min_mw=0.5, max_mw=1.5)
-    data["lease_offers"][0].update(min_mw=0.4, max_mw=1.2)
-    data["capital_budget_usd"] = 3_000_000
+    data = medium_fleet_data(days=days, scenarios=n_scenarios)
     data["risk"] = {"objective": "cvar", "alpha": 0.9, "weight": 0.5}
     fleet = parse_fleet(data)
     scen = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, range(n_scenarios), 11)
@@ -58,15 +41,10 @@ def compare(days: int, n_scenarios: int) -> None:
 
 def example_fleet(n_scenarios: int) -> None:
     fleet = load_fleet(ROOT / "examples/fleet.yaml")
-    scen, gen_s = timed(
-        lambda: generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, range(n_scenarios), 2026)
-    )
-    econ, econ_s = timed(lambda: group_economics(fleet, scen))
-    model, build_s = timed(lambda: build_compact_model(fleet, econ, fleet.risk))
-    outcome = solve(model, 600, fleet.solver.mip_rel_gap)
+    r = solve_compact(fleet, n_scenarios)
     print(
-        f"{n_scenarios:>6} | {fleet.horizon.n_steps:>5} | {model.nvariables():>6} {model.nconstraints():>6} | "
-        f"{gen_s:7.2f} {econ_s:6.2f} {build_s:6.2f} {outcome.wall_s:6.2f} | {outcome.status} gap {outcome.mip_gap:.1e}"
+        f"{n_scenarios:>6} | {fleet.horizon.n_steps:>5} | {r['vars']:>6} {r['cons']:>6} | {r['gen_s']:7.2f} "
+        f"{r['econ_s']:6.2f} {r['build_s']:6.2f} {r['solve_s']:6.2f} | {r['status']} gap {r['gap']:.1e}"
     )
 
 

@@ -15,29 +15,17 @@ Prints, in one run (single process, no Ray):
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import ROOT, solve_compact, timed
 
-from optimizer.allocation import scenario_profits_usd  # noqa: E402
-from optimizer.economics import group_economics  # noqa: E402
-from optimizer.extensive import build_extensive_model  # noqa: E402
-from optimizer.fleet import Fleet, load_fleet, parse_fleet  # noqa: E402
-from optimizer.formulation import build_compact_model, extract_allocation  # noqa: E402
-from optimizer.plan_result import site_breakdowns  # noqa: E402
-from optimizer.scenarios import generate_scenarios  # noqa: E402
-from solvers.highs import solve  # noqa: E402
-from tests.conftest import small_fleet_data  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
+from optimizer.economics import group_economics
+from optimizer.extensive import build_extensive_model
+from optimizer.fleet import Fleet, load_fleet, parse_fleet
+from optimizer.formulation import build_compact_model
+from optimizer.plan_result import site_breakdowns
+from optimizer.scenarios import generate_scenarios
+from solvers.highs import solve
+from tests.conftest import events_fleet_data
 
 
 def without_events(fleet: Fleet) -> Fleet:
@@ -66,39 +54,10 @@ def texas_fixed(fleet: Fleet) -> Fleet:
     return parse_fleet(data)
 
 
-def run(fleet: Fleet, n_scenarios: int):
-    scenarios, gen_s = timed(
-        lambda: generate_scenarios(
-            fleet.bitcoin, fleet.markets, fleet.horizon, range(n_scenarios), fleet.scenarios.seed
-        )
-    )
-    economics, econ_s = timed(lambda: group_economics(fleet, scenarios))
-    model, build_s = timed(lambda: build_compact_model(fleet, economics, fleet.risk))
-    outcome = solve(model, 600, fleet.solver.mip_rel_gap)
-    allocation = extract_allocation(model, fleet)
-    profits = scenario_profits_usd(fleet, economics, allocation)
-    return {
-        "economics": economics,
-        "allocation": allocation,
-        "gen_s": gen_s,
-        "econ_s": econ_s,
-        "build_s": build_s,
-        "solve_s": outcome.wall_s,
-        "vars": model.nvariables(),
-        "cons": model.nconstraints(),
-        "binaries": len(getattr(model, "ai_over_cap", ())),
-        "coupled": economics.n_coupled,
-        "objective": outcome.objective_usd,
-        "mean": float(profits.mean()),
-        "status": outcome.status,
-        "gap": outcome.mip_gap,
-    }
-
-
 def example_fleet(n_scenarios: int) -> None:
     fleet = load_fleet(ROOT / "examples/fleet.yaml")
     variants = {"with events+DR": fleet, "events off": without_events(fleet)}
-    results = {name: run(f, n_scenarios) for name, f in variants.items()}
+    results = {name: solve_compact(f, n_scenarios) for name, f in variants.items()}
     steps = fleet.horizon.n_steps
     print(f"examples/fleet.yaml, {n_scenarios} scenarios x {steps} steps, objective {fleet.risk.objective.value}")
     print(
@@ -133,8 +92,8 @@ def example_fleet(n_scenarios: int) -> None:
         f"DR credits {credit:,.0f} = {credit / mean:.1%}"
     )
 
-    no_dr = run(without_dr(fleet), n_scenarios)
-    fixed = run(texas_fixed(fleet), n_scenarios)
+    no_dr = solve_compact(without_dr(fleet), n_scenarios)
+    fixed = solve_compact(texas_fixed(fleet), n_scenarios)
     print("re-optimised counterfactuals (same scenarios):")
     print(
         f"  without the DR programme: objective {no_dr['objective']:,.0f}, mean {no_dr['mean']:,.0f} -> DR adds "
@@ -148,21 +107,8 @@ def example_fleet(n_scenarios: int) -> None:
 
 
 def small_events_fleet(days: int, n_scenarios: int) -> Fleet:
-    data = small_fleet_data(days=days, scenarios=n_scenarios)
-    for group in data["rack_groups"]:
-        group["racks"] *= 20
-    data["sites"][0]["capacity_mw"], data["sites"][1]["capacity_mw"] = 2.0, 3.0
-    data["sites"][1]["ai"].update(min_mw=0.5, max_mw=1.5)
-    data["lease_offers"][0].update(min_mw=0.4, max_mw=1.2, sla_penalty_usd_per_mwh=400)
-    data["capital_budget_usd"] = 3_000_000
+    data = events_fleet_data(days=days, scenarios=n_scenarios, events_per_year=60)
     data["risk"] = {"objective": "cvar", "alpha": 0.9, "weight": 0.5}
-    storm = {"name": "storm", "events_per_year": 60, "mean_duration_hours": 12, "available_fraction": 0.2}
-    emergency = {"name": "emergency", "events_per_year": 80, "mean_duration_hours": 3, "available_fraction": 0.7}
-    data["markets"][0]["curtailment_events"] = [storm, {**emergency, "price_floor_usd_per_mwh": 300}]
-    data["markets"][0]["demand_response_calls"] = {"calls_per_year": 100, "call_hours": 3}
-    data["sites"][1]["contract"] = {"type": "take_or_pay", "price_usd_per_mwh": 38, "resale_fee_usd_per_mwh": 2}
-    data["sites"][1]["demand_response"] = {"credit_usd_per_mw_month": 8_000, "max_mw": 1.0}
-    data["sites"][0]["demand_response"] = {"credit_usd_per_mw_month": 6_000, "max_mw": 1.0}
     return parse_fleet(data)
 
 

@@ -3,25 +3,7 @@ import pytest
 
 from optimizer.economics import breakeven_power_price_usd_per_mwh, concat_economics, group_economics
 from optimizer.fleet import parse_fleet
-from optimizer.scenarios import ScenarioSet
-from tests.conftest import small_fleet_data
-
-
-def flat_scenarios(hashprice: np.ndarray, spot_usd_per_mwh: np.ndarray, indices=None) -> ScenarioSet:
-    """Hand-made paths: [S, T] hashprice and ERCOT spot, everything else irrelevant to the economics."""
-    s, t = hashprice.shape
-    ones = np.ones((s, t))
-    return ScenarioSet(
-        indices=np.arange(s) if indices is None else np.asarray(indices),
-        step_hours=1,
-        btc_price_usd=ones * 67_800,
-        network_hashrate_ehs=ones * 900,
-        fees_btc_per_block=ones * 0.025,
-        subsidy_btc=ones * 3.125,
-        hashprice_usd_per_ph_day=hashprice,
-        markets=("ercot",),
-        power_price_usd_per_mwh=spot_usd_per_mwh[None],
-    )
+from tests.conftest import hand_scenarios, small_fleet_data
 
 
 def test_rack_value_by_hand():
@@ -29,7 +11,7 @@ def test_rack_value_by_hand():
     hashprice = np.full((1, 24), 36.0)
     spot = np.full((1, 24), 30.0)
     spot[0, :4] = 500.0  # four spike hours: the spot site curtails, the fixed-price site does not see them
-    econ = group_economics(fleet, flat_scenarios(hashprice, spot))
+    econ = group_economics(fleet, hand_scenarios(hashprice, spot))
 
     # s-new: 10 x 200 TH/s = 2,000 TH/s; 36 $/PH/day -> 0.0015 $/TH/h; pool fee 2% -> 2.94 $/h.
     # Power: 10 x 3.5 kW x PUE 1.05 = 36.75 kW; at 30 + 2 = 32 $/MWh -> 1.176 $/h; runs 20 of 24 hours.
@@ -49,7 +31,7 @@ def test_rack_value_by_hand():
 
 def test_loss_making_rack_never_runs():
     fleet = parse_fleet(small_fleet_data(days=1))
-    econ = group_economics(fleet, flat_scenarios(np.full((1, 24), 20.0), np.full((1, 24), 30.0)))
+    econ = group_economics(fleet, hand_scenarios(np.full((1, 24), 20.0), np.full((1, 24), 30.0)))
     # At 20 $/PH/day the old machines at 44 $/MWh lose money every hour: value is minus opex only.
     assert econ.run_fraction[0, 0] == 0.0
     assert econ.mine_value_usd[0, 0] == pytest.approx(-3.0)
@@ -59,9 +41,9 @@ def test_batches_rejoin_in_index_order():
     fleet = parse_fleet(small_fleet_data(days=1))
     hashprice = np.linspace(30, 40, 3 * 24).reshape(3, 24)
     spot = np.full((3, 24), 35.0)
-    whole = group_economics(fleet, flat_scenarios(hashprice, spot))
-    late = group_economics(fleet, flat_scenarios(hashprice[2:], spot[2:], indices=[2]))
-    early = group_economics(fleet, flat_scenarios(hashprice[:2], spot[:2], indices=[0, 1]))
+    whole = group_economics(fleet, hand_scenarios(hashprice, spot))
+    late = group_economics(fleet, hand_scenarios(hashprice[2:], spot[2:], indices=[2]))
+    early = group_economics(fleet, hand_scenarios(hashprice[:2], spot[:2], indices=[0, 1]))
     joined = concat_economics([late, early])
     np.testing.assert_array_equal(joined.indices, [0, 1, 2])
     np.testing.assert_allclose(joined.mine_value_usd, whole.mine_value_usd)

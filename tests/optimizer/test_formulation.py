@@ -14,7 +14,7 @@ from optimizer.formulation import build_compact_model, extract_allocation
 from optimizer.risk import risk_objective_value
 from optimizer.scenarios import generate_scenarios
 from solvers.highs import solve
-from tests.conftest import small_fleet_data
+from tests.conftest import medium_fleet_data, small_fleet_data
 
 RISKS = [
     RiskSettings(objective="expected"),
@@ -99,15 +99,7 @@ def test_brute_force_instance_is_not_trivial():
 
 @pytest.mark.parametrize("risk", RISKS, ids=lambda r: r.objective.value)
 def test_compact_equals_extensive_form(risk):
-    data = small_fleet_data(days=2, scenarios=5)
-    for group in data["rack_groups"]:
-        group["racks"] *= 20
-    data["sites"][0]["capacity_mw"] = 2.0
-    data["sites"][1].update(capacity_mw=3.0)
-    data["sites"][1]["ai"].update(min_mw=0.5, max_mw=1.5)
-    data["lease_offers"][0].update(min_mw=0.4, max_mw=1.2)
-    data["capital_budget_usd"] = 3_000_000
-    fleet = parse_fleet(data)
+    fleet = parse_fleet(medium_fleet_data(days=2, scenarios=5))
     scenarios = scenarios_for(fleet)
     compact = build_compact_model(fleet, group_economics(fleet, scenarios), risk)
     extensive = build_extensive_model(fleet, scenarios, risk)

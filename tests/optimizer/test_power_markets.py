@@ -29,9 +29,10 @@ from optimizer.market import BitcoinMarket, Horizon, PowerMarket
 from optimizer.plan_result import site_breakdowns
 from optimizer.risk import risk_objective_value
 from optimizer.scenario_io import ScenarioFileError, load_scenarios, save_scenarios
-from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios
+from optimizer.scenarios import concat_scenarios, generate_scenarios
 from solvers.highs import solve
-from tests.conftest import EXAMPLES, small_fleet_data
+from tests.conftest import EXAMPLES, hand_scenarios, small_fleet_data
+from tests.conftest import events_fleet_data as shared_events_fleet_data
 
 RISKS = [
     RiskSettings(objective="expected"),
@@ -40,25 +41,6 @@ RISKS = [
 ]
 
 # --- hand-made paths --------------------------------------------------------------------------
-
-
-def hand_scenarios(hashprice, spot, available=None, dr_call=None) -> ScenarioSet:
-    """[S, T] hashprice and spot of the one market 'ercot'; optional [S, T] event fraction and calls."""
-    hashprice, spot = np.atleast_2d(hashprice), np.atleast_2d(spot)
-    ones = np.ones(hashprice.shape)
-    return ScenarioSet(
-        indices=np.arange(hashprice.shape[0]),
-        step_hours=1,
-        btc_price_usd=ones * 67_800,
-        network_hashrate_ehs=ones * 900,
-        fees_btc_per_block=ones * 0.025,
-        subsidy_btc=ones * 3.125,
-        hashprice_usd_per_ph_day=hashprice,
-        markets=("ercot",),
-        power_price_usd_per_mwh=spot[None],
-        available_power_fraction=None if available is None else np.atleast_2d(available)[None],
-        dr_call=None if dr_call is None else np.atleast_2d(dr_call)[None],
-    )
 
 
 def one_day_fleet(contract: dict, dr: bool = False, offers: int = 1, ai_lead_days: int = 1):
@@ -231,32 +213,11 @@ def test_demand_response_needs_a_programme_and_planned_mining_load():
 
 
 def events_fleet_data(days: int = 2, scenarios: int = 5) -> dict:
-    """Racks x20, a take-or-pay AI site with DR, a fixed site with DR, frequent events and calls."""
-    data = small_fleet_data(days=days, scenarios=scenarios)
-    for group in data["rack_groups"]:
-        group["racks"] *= 20
-    data["sites"][0]["capacity_mw"] = 2.0
-    data["sites"][1]["capacity_mw"] = 3.0
-    data["sites"][1]["ai"].update(min_mw=0.5, max_mw=1.5)  # lead time 1 day: AI is live on day 2
-    data["lease_offers"][0].update(min_mw=0.4, max_mw=1.2, sla_penalty_usd_per_mwh=400)
+    """The shared events fleet plus a second, cheaper-SLA offer, so AI shedding has an order."""
+    data = shared_events_fleet_data(days=days, scenarios=scenarios)
     data["lease_offers"].append(
         {**data["lease_offers"][0], "id": "neo", "min_mw": 0.0, "max_mw": 0.6, "sla_penalty_usd_per_mwh": 150}
     )
-    data["capital_budget_usd"] = 3_000_000
-    data["markets"][0]["curtailment_events"] = [
-        {"name": "storm", "events_per_year": 200, "mean_duration_hours": 6, "available_fraction": 0.2},
-        {
-            "name": "emergency",
-            "events_per_year": 250,
-            "mean_duration_hours": 3,
-            "available_fraction": 0.7,
-            "price_floor_usd_per_mwh": 300,
-        },
-    ]
-    data["markets"][0]["demand_response_calls"] = {"calls_per_year": 300, "call_hours": 3}
-    data["sites"][1]["contract"] = {"type": "take_or_pay", "price_usd_per_mwh": 38, "resale_fee_usd_per_mwh": 2}
-    data["sites"][1]["demand_response"] = {"credit_usd_per_mw_month": 8_000, "max_mw": 1.0}
-    data["sites"][0]["demand_response"] = {"credit_usd_per_mw_month": 6_000, "max_mw": 1.0}
     return data
 
 
