@@ -4,6 +4,8 @@
     with PlannerClient("planner.internal:50051") as client:
         reply = client.optimize("examples/tiny.yaml", timeout_s=60)
         print(reply.plan_id, reply.plan.profit["mean_usd"])
+        checked = client.optimize("examples/tiny.yaml", robustness=RobustnessSettings(oos_scenarios=200))
+        print(checked.plan.robustness.plan("stochastic").mean_profit_usd)
         now = client.dispatch(reply.plan_id, {"texas": 41.0}, hashprice_usd_per_ph_day=35.0)
 
 Fleets are given as a fleet file path (the same YAML/JSON as `hashpivot plan`), a validated
@@ -28,7 +30,8 @@ from grpc_status import rpc_status
 from optimizer.allocation import Allocation
 from optimizer.fleet import Fleet, load_fleet, parse_fleet
 from optimizer.plan_result import PlanResult
-from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, planner_service_pb2, planner_service_pb2_grpc
+from optimizer.robustness import RobustnessSettings
+from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 from services import convert
 from solvers.diagnose import Commitments
 
@@ -36,6 +39,9 @@ TARGET_ENV = "HASHPIVOT_TARGET"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 FleetLike = Fleet | str | Path | Mapping[str, Any] | fleet_pb2.Fleet
+# Robustness settings as the domain model, a mapping of the fields to set (the server validates them and
+# applies the defaults of `hashpivot plan` to the others), or the message.
+RobustnessLike = RobustnessSettings | Mapping[str, Any] | plan_pb2.RobustnessSettings
 
 
 def default_target() -> str:
@@ -89,6 +95,16 @@ def fleet_message(fleet: FleetLike) -> fleet_pb2.Fleet:
     return convert.fleet_to_message(fleet)
 
 
+def robustness_message(settings: RobustnessLike) -> plan_pb2.RobustnessSettings:
+    if isinstance(settings, plan_pb2.RobustnessSettings):
+        return settings
+    message = plan_pb2.RobustnessSettings()
+    dropped = convert.fill_message(message, settings)
+    if dropped:
+        raise ValueError(f"no such robustness settings: {', '.join(dropped)}")
+    return message
+
+
 class PlannerClient:
     def __init__(self, target: str | None = None, timeout_s: float | None = None, channel: grpc.Channel | None = None):
         self.target = target or default_target()
@@ -120,12 +136,19 @@ class PlannerClient:
     # plans
 
     def optimize(
-        self, fleet: FleetLike, commitments: Commitments | None = None, timeout_s: float | None = None
+        self,
+        fleet: FleetLike,
+        commitments: Commitments | None = None,
+        timeout_s: float | None = None,
+        robustness: RobustnessLike | None = None,
     ) -> PlanReply:
-        """Plan within the call; the deadline bounds the solve (best plan so far, with its gap)."""
+        """Plan within the call; the deadline bounds the solve (best plan so far, with its gap).
+        With `robustness`, the plan comes back assessed (plan.robustness); the deadline must cover that too."""
         request = planner_service_pb2.OptimizeRequest(fleet=fleet_message(fleet))
         if commitments is not None:
             request.commitments.CopyFrom(convert.commitments_to_message(commitments))
+        if robustness is not None:
+            request.robustness.CopyFrom(robustness_message(robustness))
         plan = self._call(self.stub.Optimize, request, timeout_s).plan
         return PlanReply(plan.plan_id, convert.plan_from_message(plan), plan)
 
@@ -136,11 +159,18 @@ class PlannerClient:
     # jobs
 
     def submit(
-        self, fleet: FleetLike, commitments: Commitments | None = None, request_id: str = ""
+        self,
+        fleet: FleetLike,
+        commitments: Commitments | None = None,
+        request_id: str = "",
+        robustness: RobustnessLike | None = None,
     ) -> jobs_pb2.PlanJob:
+        """Queue a plan job; with `robustness`, its plan is stored with its robustness report."""
         request = planner_service_pb2.SubmitPlanJobRequest(fleet=fleet_message(fleet), request_id=request_id)
         if commitments is not None:
             request.commitments.CopyFrom(convert.commitments_to_message(commitments))
+        if robustness is not None:
+            request.robustness.CopyFrom(robustness_message(robustness))
         return self._call(self.stub.SubmitPlanJob, request).job
 
     def get(self, job_id: str) -> tuple[jobs_pb2.PlanJob, PlanReply | None]:
@@ -208,9 +238,21 @@ class PlannerClient:
         btc_price_usd: float | None = None,
         network_hashrate_ehs: float | None = None,
         include_rack_ids: bool = False,
+        spot_price_usd_per_mwh_by_market: Mapping[str, float] | None = None,
+        available_mw_by_site: Mapping[str, float] | None = None,
+        dr_call_sites: tuple[str, ...] = (),
     ) -> planner_service_pb2.DispatchResponse:
+        """Run or curtail now. Prices per site (index: price paid; take-or-pay: spot, the server deducts the
+        resale fee) or spot per market; a curtailment event as available MW per site; active DR calls."""
         request = self.dispatch_request(
-            plan_id, power_price_usd_per_mwh_by_site, hashprice_usd_per_ph_day, btc_price_usd, network_hashrate_ehs
+            plan_id,
+            power_price_usd_per_mwh_by_site,
+            hashprice_usd_per_ph_day,
+            btc_price_usd,
+            network_hashrate_ehs,
+            spot_price_usd_per_mwh_by_market=spot_price_usd_per_mwh_by_market,
+            available_mw_by_site=available_mw_by_site,
+            dr_call_sites=dr_call_sites,
         )
         request.include_rack_ids = include_rack_ids
         return self._call(self.stub.Dispatch, request)
@@ -222,8 +264,17 @@ class PlannerClient:
         hashprice_usd_per_ph_day: float | None = None,
         btc_price_usd: float | None = None,
         network_hashrate_ehs: float | None = None,
+        spot_price_usd_per_mwh_by_market: Mapping[str, float] | None = None,
+        available_mw_by_site: Mapping[str, float] | None = None,
+        dr_call_sites: tuple[str, ...] = (),
     ) -> planner_service_pb2.DispatchRequest:
-        request = planner_service_pb2.DispatchRequest(plan_id=plan_id, power_price_usd_per_mwh_by_site=dict(prices))
+        request = planner_service_pb2.DispatchRequest(
+            plan_id=plan_id,
+            power_price_usd_per_mwh_by_site=dict(prices),
+            spot_price_usd_per_mwh_by_market=dict(spot_price_usd_per_mwh_by_market or {}),
+            available_mw_by_site=dict(available_mw_by_site or {}),
+            dr_call_sites=list(dr_call_sites),
+        )
         if hashprice_usd_per_ph_day is not None:
             request.hashprice_usd_per_ph_day = hashprice_usd_per_ph_day
         elif btc_price_usd is not None and network_hashrate_ehs is not None:

@@ -6,7 +6,9 @@ both sides needs no code here. Conventions:
 - enums: a domain value "time_limit" is the proto value SOLVE_STATUS_TIME_LIMIT (enum name in
   UPPER_SNAKE as prefix); the *_UNSPECIFIED zero means "not set".
 - presence: `optional` scalars and message fields left unset are left out of the dict, so the
-  pydantic default applies; plain proto3 scalars are always copied.
+  pydantic default applies (or None, for a field the model requires but allows to be None); plain
+  proto3 scalars are always copied; an empty repeated field takes the model's default when it has
+  one (e.g. `months`: every month).
 - field paths: pydantic's "sites.1.capacity_mw" is the request's "fleet.sites[1].capacity_mw".
 Domain fields the proto lacks are reported (never silently lost in tests: test_contract.py).
 """
@@ -18,17 +20,20 @@ import enum
 import logging
 import math
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from optimizer.allocation import MODES, Allocation, Mode
 from optimizer.fleet import Fleet, FleetError, parse_fleet
 from optimizer.plan_result import PlanResult
+from optimizer.robustness import RobustnessSettings, allocation_from_plan
 from protos.hashpivot.v1 import fleet_pb2, plan_pb2, planner_service_pb2
 from solvers.diagnose import Commitments
 
@@ -52,6 +57,8 @@ def enum_number(descriptor: EnumDescriptor, value: Any) -> int | None:
         value = value.value
     if isinstance(value, int):
         return value
+    if value == "":
+        return 0  # an empty domain value is "not set"
     found = descriptor.values_by_name.get(enum_prefix(descriptor) + str(value).upper())
     return None if found is None else found.number
 
@@ -173,6 +180,49 @@ def missing_fields(model: type[BaseModel], descriptor: Descriptor, path: str = "
     return gaps
 
 
+def conform(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Adjust a message_to_dict result (in place) to the model's idea of "not set", recursively.
+
+    A field the message left unset that the model requires but allows to be None becomes None; an
+    empty repeated field whose model field has a default is dropped, so the default applies (proto3
+    cannot tell an empty list from an unset one).
+    """
+    for name, info in model.model_fields.items():
+        if name not in data:
+            if info.is_required() and _admits_none(info.annotation):
+                data[name] = None
+            continue
+        value = data[name]
+        if isinstance(value, list) and not value and not info.is_required():
+            del data[name]
+            continue
+        nested = _nested_model(info.annotation)
+        if nested is None or value is None:
+            continue
+        if isinstance(value, list):
+            items = value
+        elif _is_mapping_annotation(info.annotation):
+            items = list(value.values())
+        else:
+            items = [value]
+        for item in items:
+            if isinstance(item, dict):
+                conform(nested, item)
+    return data
+
+
+def _admits_none(annotation: Any) -> bool:
+    return annotation is None or type(None) in typing.get_args(annotation)
+
+
+def _is_mapping_annotation(annotation: Any) -> bool:
+    """dict[str, X] (possibly inside X | None): its values, not itself, are the nested models."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_mapping_annotation(arg) for arg in typing.get_args(annotation))
+    return origin is dict
+
+
 def _nested_model(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside X, list[X], X | None, if any."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -212,7 +262,7 @@ def _contract_gap(dropped: str) -> tuple[str, str]:
 
 def fleet_from_message(message: fleet_pb2.Fleet) -> Fleet:
     """Validate a fleet message exactly as a fleet file; FleetError paths are proto field paths."""
-    return parse_fleet(message_to_dict(message))
+    return parse_fleet(conform(Fleet, message_to_dict(message)))
 
 
 def field_path(path: str, prefix: str = "") -> str:
@@ -244,15 +294,35 @@ def plan_from_message(message: plan_pb2.Plan) -> PlanResult:
     for extra in ("plan_id", "create_time"):
         data.pop(extra, None)
     data["solver"].setdefault("status", "other")  # a status this contract version does not know
-    return PlanResult.model_validate(data)
+    return PlanResult.model_validate(conform(PlanResult, data))
 
 
 def plan_allocation(plan: PlanResult) -> Allocation:
-    """The first-stage decision a plan holds."""
-    racks = {g.group: {Mode.MINE: g.racks_mine, Mode.AI: g.racks_ai, Mode.IDLE: g.racks_idle} for g in plan.allocation}
-    converted = frozenset(s.site for s in plan.ai_sites if s.converted)
-    lease = {(o.offer, site): mw for o in plan.offers for site, mw in o.mw_by_site.items() if mw > 0}
-    return Allocation(racks=racks, converted_sites=converted, lease_mw=lease)
+    """The first-stage decision a plan holds (racks, conversions, leases, demand-response MW)."""
+    return allocation_from_plan(plan)
+
+
+# ---------------------------------------------------------------------------------------------
+# Robustness settings
+
+
+def robustness_settings_from_message(message: plan_pb2.RobustnessSettings, prefix: str = "robustness"):
+    """Validated settings; unset fields take the defaults of `hashpivot plan`. Errors name request paths."""
+    try:
+        return RobustnessSettings.model_validate(message_to_dict(message))
+    except ValidationError as exc:
+        raise FleetError(
+            [
+                (f"{prefix}.{'.'.join(str(p) for p in e['loc'])}", f"{e['msg']} (got {e['input']!r})")
+                for e in exc.errors()
+            ]
+        ) from None
+
+
+def robustness_settings_to_message(settings: RobustnessSettings) -> plan_pb2.RobustnessSettings:
+    message = plan_pb2.RobustnessSettings()
+    fill_message(message, settings)
+    return message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,6 +348,12 @@ def allocation_from_message(message: planner_service_pb2.Allocation, fleet: Flee
         if site not in ai_sites:
             problems.append((f"allocation.converted_sites[{i}]", f"{site!r} is not an AI-ready site of the fleet"))
     offers = {o.id: o for o in fleet.lease_offers}
+    dr_sites = {s.id for s in fleet.sites}
+    for site, mw in message.dr_mw_by_site.items():
+        if site not in dr_sites:
+            problems.append((f"allocation.dr_mw_by_site[{site}]", f"unknown site {site!r}"))
+        if not (mw >= 0 and math.isfinite(mw)):
+            problems.append((f"allocation.dr_mw_by_site[{site}]", f"must be a finite number >= 0 (got {mw})"))
     lease: dict[tuple[str, str], float] = {}
     for i, item in enumerate(message.leases):
         if item.offer not in offers:
@@ -289,7 +365,8 @@ def allocation_from_message(message: planner_service_pb2.Allocation, fleet: Flee
         lease[(item.offer, item.site)] = lease.get((item.offer, item.site), 0.0) + item.mw
     if problems:
         raise FleetError(problems)
-    return Allocation(racks=racks, converted_sites=frozenset(message.converted_sites), lease_mw=lease)
+    dr_mw = {site: mw for site, mw in message.dr_mw_by_site.items() if mw > 0}
+    return Allocation(racks=racks, converted_sites=frozenset(message.converted_sites), lease_mw=lease, dr_mw=dr_mw)
 
 
 def commitments_from_message(message: planner_service_pb2.Commitments, fleet: Fleet) -> Commitments:
@@ -323,6 +400,7 @@ def allocation_to_message(allocation: Allocation) -> planner_service_pb2.Allocat
         leases=[
             planner_service_pb2.LeaseAssignment(offer=o, site=s, mw=mw) for (o, s), mw in allocation.lease_mw.items()
         ],
+        dr_mw_by_site=dict(allocation.dr_mw),
     )
 
 

@@ -34,6 +34,7 @@ import platformdirs
 
 from optimizer.fleet import Fleet, parse_fleet
 from optimizer.plan_result import PlanResult
+from optimizer.robustness import RobustnessSettings
 from services.errors import ServiceError, failed_precondition, not_found, to_service_error
 from services.runs import STOP_CANCELLED, STOP_SHUTDOWN, ProgressSnapshot, RunControl, RunStopped, run_plan
 from solvers.diagnose import Commitments
@@ -41,7 +42,7 @@ from solvers.diagnose import Commitments
 log = logging.getLogger(__name__)
 
 DB_ENV = "HASHPIVOT_DB"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: jobs.robustness_json
 PROGRESS_WRITE_INTERVAL_S = 1.0  # progress is persisted at most this often (state changes always)
 WATCH_QUEUE_SIZE = 16  # per watcher; a slow watcher skips intermediate events, never the last
 
@@ -86,6 +87,7 @@ class JobRecord:
     progress: ProgressSnapshot
     error: ServiceError | None
     plan_id: str
+    robustness: RobustnessSettings | None = None  # assess the plan's robustness after planning
 
     def fleet(self) -> Fleet:
         return parse_fleet(json.loads(self.fleet_json))
@@ -122,7 +124,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     progress_json TEXT,
     error_json TEXT,
-    plan_id TEXT
+    plan_id TEXT,
+    robustness_json TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at);
 CREATE TABLE IF NOT EXISTS plans (
@@ -169,6 +172,9 @@ class JobStore:
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: database schema {version} is newer than this server ({SCHEMA_VERSION})")
         self._db.executescript(_SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "robustness_json" not in columns:  # a version 1 database: its jobs asked for no robustness
+            self._db.execute("ALTER TABLE jobs ADD COLUMN robustness_json TEXT")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -186,7 +192,13 @@ class JobStore:
 
     # jobs
 
-    def create_job(self, fleet: Fleet, commitments: Commitments, request_id: str = "") -> tuple[JobRecord, bool]:
+    def create_job(
+        self,
+        fleet: Fleet,
+        commitments: Commitments,
+        request_id: str = "",
+        robustness: RobustnessSettings | None = None,
+    ) -> tuple[JobRecord, bool]:
         """Insert a queued job; with a request_id seen before, return that job instead. -> (job, created)."""
         if request_id:
             existing = self._db.execute("SELECT * FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
@@ -194,8 +206,8 @@ class JobStore:
                 return _job(existing), False
         job_id = new_id("job")
         self._db.execute(
-            "INSERT INTO jobs (job_id, request_id, state, fleet_name, fleet_json, commitments_json, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (job_id, request_id, state, fleet_name, fleet_json, commitments_json, created_at,"
+            " robustness_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 request_id or None,
@@ -204,6 +216,7 @@ class JobStore:
                 fleet_json(fleet),
                 json.dumps(dataclasses.asdict(commitments)),
                 time.time(),
+                None if robustness is None else robustness.model_dump_json(),
             ),
         )
         return self.get_job(job_id), True
@@ -334,6 +347,9 @@ def _job(row: sqlite3.Row) -> JobRecord:
         progress=ProgressSnapshot(**progress),
         error=None if row["error_json"] is None else ServiceError.from_dict(json.loads(row["error_json"])),
         plan_id=row["plan_id"] or "",
+        robustness=(
+            None if row["robustness_json"] is None else RobustnessSettings.model_validate_json(row["robustness_json"])
+        ),
     )
 
 
@@ -395,8 +411,14 @@ class JobRunner:
             job = dataclasses.replace(job, progress=active.control.snapshot)
         return job
 
-    async def submit(self, fleet: Fleet, commitments: Commitments, request_id: str = "") -> JobRecord:
-        job, created = self.store.create_job(fleet, commitments, request_id)
+    async def submit(
+        self,
+        fleet: Fleet,
+        commitments: Commitments,
+        request_id: str = "",
+        robustness: RobustnessSettings | None = None,
+    ) -> JobRecord:
+        job, created = self.store.create_job(fleet, commitments, request_id, robustness)
         if created:
             self._wake.set()
         return job
@@ -472,7 +494,7 @@ class JobRunner:
         control = active.control
         try:
             fleet = job.fleet()
-            plan = await asyncio.to_thread(run_plan, fleet, job.commitments, control, self.relay)
+            plan = await asyncio.to_thread(run_plan, fleet, job.commitments, control, self.relay, job.robustness)
             plan_id = new_id("plan")
             self.store.finish_job(job.job_id, JobState.SUCCEEDED, control.snapshot, plan=(plan_id, fleet, plan))
             if self.on_plan is not None:

@@ -9,6 +9,10 @@ server needs around it:
   reply), so a plan with its gap comes back before the caller gives up.
 - progress: stage and scenarios done from the pipeline; incumbent and bound from the HiGHS MIP
   callbacks inside the Ray worker, relayed through a small Ray actor.
+- robustness (optional, after the plan): solvers.robustness.assess_plan runs inside one Ray task of
+  its own, so that a stop kills it together with every task it submitted (out-of-sample batches, SAA
+  replications, wait-and-see and sensitivity solves: `ray.cancel(ref, force=True, recursive=True)`);
+  its stages reach the progress through the same relay actor.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import ray
 
@@ -29,9 +34,12 @@ from optimizer.economics import GroupEconomics
 from optimizer.fleet import Fleet
 from optimizer.plan_result import PlanResult, SiteBreakdown, site_breakdowns
 from optimizer.risk import ProfitStats, profit_stats, risk_objective_value
+from optimizer.robustness import RobustnessReport, RobustnessSettings
+from services.errors import ServiceError
 from solvers.diagnose import Commitments
 from solvers.highs import MipProgress, NoSolutionInTimeError
 from solvers.planner import ScenarioSpec, SolvedPlan, compute_economics, plan_fleet, solve_remote
+from solvers.robustness import assess_plan
 
 # Of the time left on a call, the solve gets all but this share and this margin: the reply still
 # has to assemble the plan, store it and travel back.
@@ -40,6 +48,7 @@ DEADLINE_MARGIN_S = 0.3
 MIN_SOLVE_S = 0.05  # less than this left: no point starting HiGHS
 POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP progress
 
+ROBUSTNESS_STAGE = "robustness"  # reported when the assessment starts, before its own stages
 STOP_CANCELLED = "cancelled"  # a user cancelled: the job ends CANCELLED
 STOP_SHUTDOWN = "shutdown"  # the server is stopping: the job goes back to the queue
 
@@ -113,12 +122,19 @@ class ProgressRelay:
 
     def __init__(self) -> None:
         self._latest: dict[str, tuple[float, float, float, float]] = {}
+        self._stages: dict[str, tuple[str, int, int]] = {}
 
     def report(self, key: str, incumbent: float, bound: float, gap: float, running_s: float) -> None:
         self._latest[key] = (incumbent, bound, gap, running_s)
 
     def take(self, key: str) -> tuple[float, float, float, float] | None:
         return self._latest.pop(key, None)
+
+    def report_stage(self, key: str, stage: str, done: int, total: int) -> None:
+        self._stages[key] = (stage, done, total)
+
+    def take_stage(self, key: str) -> tuple[str, int, int] | None:
+        return self._stages.pop(key, None)
 
 
 class MipReporter:
@@ -144,14 +160,24 @@ def _finite(value: float) -> float | None:
 # Plan
 
 
-def run_plan(fleet: Fleet, commitments: Commitments | None, control: RunControl, relay=None) -> PlanResult:
-    """Plan the fleet with solvers.planner.plan_fleet, stoppable and deadline-bound through `control`."""
+def run_plan(
+    fleet: Fleet,
+    commitments: Commitments | None,
+    control: RunControl,
+    relay=None,
+    robustness: RobustnessSettings | None = None,
+) -> PlanResult:
+    """Plan the fleet with solvers.planner.plan_fleet, stoppable and deadline-bound through `control`;
+    with `robustness`, assess the plan too (solvers.robustness.assess_plan) and attach the report."""
 
     def solve_plan(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
         return _solve_stoppable(fleet, economics, commitments, control, relay)
 
     control.check()
     plan, _ = plan_fleet(fleet, progress=control.pipeline_progress, solve_plan=solve_plan)
+    if robustness is not None:
+        report = _assess_stoppable(fleet, plan, robustness, control, relay)
+        plan = plan.model_copy(update={"robustness": report})
     control.update(stage="done", stage_done=1, stage_total=1)
     return plan
 
@@ -194,6 +220,56 @@ def _relay_progress(relay, key: str, control: RunControl) -> None:
     if latest is not None:
         incumbent, bound, gap, _ = latest
         control.update(incumbent_usd=_finite(incumbent), bound_usd=_finite(bound), mip_gap=_finite(gap))
+
+
+# ---------------------------------------------------------------------------------------------
+# Robustness
+
+
+@ray.remote(num_cpus=0)  # it only waits on the tasks it submits, which hold the CPUs
+def assess_remote(fleet: Fleet, plan: PlanResult, settings: RobustnessSettings, relay, key: str) -> RobustnessReport:
+    """solvers.robustness.assess_plan as one task: cancelling it recursively stops every task it submitted."""
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if relay is not None:
+            relay.report_stage.remote(key, stage, done, total)
+
+    return assess_plan(fleet, plan, settings=settings, progress=progress).report
+
+
+def _assess_stoppable(
+    fleet: Fleet, plan: PlanResult, settings: RobustnessSettings, control: RunControl, relay
+) -> RobustnessReport:
+    control.check()
+    control.update(stage=ROBUSTNESS_STAGE, stage_done=0, stage_total=1)
+    key = uuid.uuid4().hex
+    ref = assess_remote.remote(fleet, plan, settings, relay, key)
+    while True:
+        ready, _ = ray.wait([ref], timeout=POLL_S)
+        if relay is not None:
+            _relay_stage(relay, key, control)
+        if ready:
+            return unwrap_ray(lambda: ray.get(ref))
+        remaining_s = control.remaining_s()
+        out_of_time = remaining_s is not None and remaining_s < DEADLINE_MARGIN_S
+        if control.stop_reason is not None or out_of_time:
+            ray.cancel(ref, force=True, recursive=True)  # the task and its out-of-sample, SAA and sensitivity tasks
+            control.check()
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the plan was made, but its robustness assessment did not finish before the call deadline: "
+                "give the call more time, fewer robustness scenarios, or submit a plan job",
+            )
+
+
+def _relay_stage(relay, key: str, control: RunControl) -> None:
+    try:
+        latest = ray.get(relay.take_stage.remote(key), timeout=POLL_S)
+    except (ray.exceptions.RayError, TimeoutError):  # progress is best effort
+        return
+    if latest is not None:
+        stage, done, total = latest
+        control.update(stage=stage, stage_done=done, stage_total=total)
 
 
 def unwrap_ray(fetch: Callable):

@@ -2,8 +2,10 @@
 
 hashpivot serve --port 50051 --db /var/lib/hashpivot/hashpivot.sqlite
 hashpivot client optimize examples/tiny.yaml --target localhost:50051 --out out/
-hashpivot client submit examples/fleet.yaml --watch
+hashpivot client optimize examples/tiny.yaml --robustness --oos-scenarios 200 --timeout 300
+hashpivot client submit examples/fleet.yaml --robustness --watch
 hashpivot client dispatch PLAN_ID --price texas=41.5 --hashprice 35
+hashpivot client dispatch PLAN_ID --spot ercot_west=900 --available texas-west=16 --dr-call texas-west --hashprice 35
 """
 
 from __future__ import annotations
@@ -52,6 +54,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# robustness settings, shared by `hashpivot plan` and `hashpivot client optimize|submit`
+
+# flag dest -> optimizer.robustness.RobustnessSettings field
+ROBUSTNESS_FLAGS = {
+    "oos_scenarios": "oos_scenarios",
+    "replications": "replications",
+    "wait_and_see": "wait_and_see_scenarios",
+}
+
+
+def add_robustness_arguments(parser: argparse.ArgumentParser, opt_in: bool = True) -> None:
+    """--oos-scenarios, --replications, --wait-and-see, --no-sensitivity (and, if opt_in, --robustness).
+
+    Left out, a setting takes the default of optimizer.robustness.RobustnessSettings, the one source of
+    the defaults (500 out-of-sample scenarios, 5 SAA replications, 100 wait-and-see scenarios).
+    """
+    if opt_in:
+        parser.add_argument(
+            "--robustness",
+            action="store_true",
+            help="assess the plan's robustness too (out of sample, baselines, SAA gap, VSS, EVPI, sensitivity); "
+            "implied by the settings below",
+        )
+    parser.add_argument("--oos-scenarios", type=int, help="fresh scenarios every plan is scored on (default 500)")
+    parser.add_argument("--replications", type=int, help="SAA replications for the optimality-gap interval (5)")
+    parser.add_argument("--wait-and-see", type=int, help="out-of-sample scenarios solved with foresight (100)")
+    parser.add_argument("--no-sensitivity", action="store_true", help="skip the capacity and hashprice sensitivity")
+
+
+def robustness_overrides(args: argparse.Namespace) -> dict | None:
+    """The robustness settings the flags give, as RobustnessSettings fields; None when robustness is not asked for."""
+    given = {field: getattr(args, flag) for flag, field in ROBUSTNESS_FLAGS.items() if getattr(args, flag) is not None}
+    if args.no_sensitivity:
+        given["sensitivity"] = False
+    if not (getattr(args, "robustness", True) or given):
+        return None
+    return given
+
+
+# ---------------------------------------------------------------------------------------------
 # client
 
 
@@ -71,6 +113,7 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
         c.add_argument(
             "--print-request", action="store_true", help="print the request as JSON (for grpcurl) instead of calling"
         )
+        add_robustness_arguments(c)
         return c
 
     c = fleet_call("optimize", "plan a fleet within the call")
@@ -107,6 +150,21 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--price", action="append", default=[], metavar="SITE=USD_PER_MWH", help="current site price (repeatable)"
     )
+    c.add_argument(
+        "--spot",
+        action="append",
+        default=[],
+        metavar="MARKET=USD_PER_MWH",
+        help="current spot price of a market, for its sites without --price (repeatable)",
+    )
+    c.add_argument(
+        "--available",
+        action="append",
+        default=[],
+        metavar="SITE=MW",
+        help="curtailment event: MW the site may draw now at the meter (repeatable)",
+    )
+    c.add_argument("--dr-call", action="append", default=[], metavar="SITE", help="DR call active at the site")
     c.add_argument("--hashprice", type=float, help="current hashprice, USD per PH/s per day")
     c.add_argument("--btc-price", type=float, help="BTC price, USD (with --network-hashrate, instead of --hashprice)")
     c.add_argument("--network-hashrate", type=float, help="network hashrate, EH/s")
@@ -163,7 +221,12 @@ def _rpc(fn):
 def _show_plan(plan, out: Path | None) -> None:
     from services.tables import print_plan, write_plan_outputs
 
-    print_plan(plan, Console(width=None if sys.stdout.isatty() else 160))
+    out_console = Console(width=None if sys.stdout.isatty() else 160)
+    print_plan(plan, out_console)
+    if plan.robustness is not None:
+        from services.report import print_robustness
+
+        print_robustness(plan.robustness, out_console)
     if out is not None:
         paths = write_plan_outputs(plan, out)
         console.print(f"wrote {', '.join(str(p) for p in paths)}")
@@ -173,10 +236,13 @@ def _print_request(args: argparse.Namespace, request_type) -> int:
     from google.protobuf import json_format
 
     from services import convert
-    from services.client import fleet_message
+    from services.client import fleet_message, robustness_message
 
     request = request_type(fleet=fleet_message(_fleet(args)))
     request.commitments.CopyFrom(convert.commitments_to_message(_commitments(args)))
+    robustness = robustness_overrides(args)
+    if robustness is not None:
+        request.robustness.CopyFrom(robustness_message(robustness))
     print(json_format.MessageToJson(request, preserving_proto_field_name=True))
     return 0
 
@@ -188,7 +254,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         return _print_request(args, OptimizeRequest)
     with _client(args) as client:
-        reply = client.optimize(_fleet(args), _commitments(args))
+        reply = client.optimize(_fleet(args), _commitments(args), robustness=robustness_overrides(args))
     _show_plan(reply.plan, args.out)
     print(f"plan_id {reply.plan_id}")
     return 0
@@ -201,7 +267,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         return _print_request(args, SubmitPlanJobRequest)
     with _client(args) as client:
-        job = client.submit(_fleet(args), _commitments(args), args.request_id)
+        job = client.submit(_fleet(args), _commitments(args), args.request_id, robustness_overrides(args))
         print(f"job_id {job.job_id}")
         if args.watch:
             return _follow(client, job.job_id)
@@ -317,40 +383,61 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
 
     from protos.hashpivot.v1 import planner_service_pb2
 
-    prices = {}
-    for item in args.price:
-        site, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--price {item!r}: expected SITE=USD_PER_MWH")
-        prices[site] = float(value)
     with _client(args) as client:
         response = client.dispatch(
-            args.plan_id, prices, args.hashprice, args.btc_price, args.network_hashrate, include_rack_ids=args.rack_ids
+            args.plan_id,
+            _pairs(args.price, "--price", "SITE=USD_PER_MWH"),
+            args.hashprice,
+            args.btc_price,
+            args.network_hashrate,
+            include_rack_ids=args.rack_ids,
+            spot_price_usd_per_mwh_by_market=_pairs(args.spot, "--spot", "MARKET=USD_PER_MWH"),
+            available_mw_by_site=_pairs(args.available, "--available", "SITE=MW"),
+            dr_call_sites=tuple(args.dr_call),
         )
     if args.json:
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))
         return 0
     table = Table(title=f"dispatch at {response.hashprice_usd_per_ph_day:.2f} $/PH/day")
-    for column in ("group", "site", "action", "racks", "MW", "price $/MWh", "breakeven $/MWh", "margin $/rack-h"):
+    for column in ("group", "site", "action", "run/racks", "MW", "price $/MWh", "breakeven $/MWh", "margin $/rack-h"):
         table.add_column(column, justify="left" if column in ("group", "site", "action") else "right")
+    actions = {
+        planner_service_pb2.RACK_ACTION_RUN: "run",
+        planner_service_pb2.RACK_ACTION_CURTAIL: "curtail",
+        planner_service_pb2.RACK_ACTION_RUN_PARTIAL: "run part",
+    }
     for g in response.groups:
-        action = "run" if g.action == planner_service_pb2.RACK_ACTION_RUN else "curtail"
         table.add_row(
             g.group,
             g.site,
-            action,
-            str(g.racks),
+            actions.get(g.action, "?"),
+            f"{g.racks_run}/{g.racks}",
             f"{g.mw:.2f}",
             f"{g.power_price_usd_per_mwh:.1f}",
             f"{g.breakeven_power_price_usd_per_mwh:.1f}",
             f"{g.margin_usd_per_rack_hour:.2f}",
         )
     Console().print(table)
+    for site in response.sites:
+        limit = f"{site.available_mw:.2f} MW available" if site.HasField("available_mw") else "no event"
+        call = f", DR call ({site.dr_commitment_mw:.2f} MW committed)" if site.dr_call else ""
+        shed = f", AI shed {site.shed_ai_mw:.2f} MW" if site.shed_ai_mw > 0 else ""
+        print(f"site {site.site}: {limit}{call}; AI {site.ai_load_mw:.2f} MW, mining {site.run_mw:.2f} MW{shed}")
     print(
         f"run {response.racks_run} racks ({response.run_mw:.2f} MW), curtail {response.racks_curtailed} "
         f"({response.curtailed_mw:.2f} MW)"
     )
     return 0
+
+
+def _pairs(items: list[str], flag: str, form: str) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{flag} {item!r}: expected {form}")
+        out[key] = float(value)
+    return out
 
 
 def cmd_health(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -25,6 +26,7 @@ from optimizer.dispatch import (
     build_dispatch_table,
     decide,
     network_hashprice_usd_per_ph_day,
+    site_conditions,
     site_prices_usd_per_mwh,
 )
 from optimizer.fleet import Fleet, FleetError, with_overrides
@@ -99,6 +101,13 @@ def _parse_fleet(request, field: str = "fleet") -> Fleet:
         raise invalid_argument(exc.violations, field) from None
 
 
+def _robustness(request):
+    """The request's robustness settings, validated; None when the request asks for none."""
+    if not request.HasField("robustness"):
+        return None
+    return _request_fields(convert.robustness_settings_from_message, request.robustness)
+
+
 def _request_fields(fn: Callable, *args):
     """Run a converter whose FleetError paths are already request paths."""
     try:
@@ -126,9 +135,10 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     async def Optimize(self, request, context):
         fleet = _parse_fleet(request)
         commitments = _request_fields(convert.commitments_from_message, request.commitments, fleet)
+        robustness = _robustness(request)
         control = RunControl(deadline=_deadline(context))
         try:
-            plan = await asyncio.to_thread(run_plan, fleet, commitments, control, self._relay)
+            plan = await asyncio.to_thread(run_plan, fleet, commitments, control, self._relay, robustness)
         except asyncio.CancelledError:  # the caller went away: stop the Ray tasks and HiGHS too
             control.stop(STOP_CANCELLED)
             raise
@@ -155,7 +165,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     async def SubmitPlanJob(self, request, context):
         fleet = _parse_fleet(request)
         commitments = _request_fields(convert.commitments_from_message, request.commitments, fleet)
-        job = await self._runner.submit(fleet, commitments, request.request_id)
+        job = await self._runner.submit(fleet, commitments, request.request_id, _robustness(request))
         return planner_service_pb2.SubmitPlanJobResponse(job=job_to_message(job))
 
     @_handle_errors
@@ -243,7 +253,10 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         started = time.perf_counter()
         entry = self._dispatch_entry(request.plan_id)
         table = entry.table
-        prices = site_prices_usd_per_mwh(table, request.power_price_usd_per_mwh_by_site)
+        prices = site_prices_usd_per_mwh(
+            table, request.power_price_usd_per_mwh_by_site, request.spot_price_usd_per_mwh_by_market
+        )
+        conditions = site_conditions(table, request.available_mw_by_site, request.dr_call_sites)
         source = request.WhichOneof("hashprice_source")
         if source == "hashprice_usd_per_ph_day":
             hashprice = request.hashprice_usd_per_ph_day
@@ -258,7 +271,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             )
         else:
             raise invalid_argument([("hashprice_source", "give hashprice_usd_per_ph_day or network")])
-        decision = decide(table, prices, hashprice)
+        decision = decide(table, prices, hashprice, conditions)
         response = _dispatch_response(entry, decision, request.include_rack_ids)
         context.set_trailing_metadata(((SERVER_TIME_METADATA, str(round((time.perf_counter() - started) * 1e6))),))
         return response
@@ -269,7 +282,8 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         """Lay out a plan's dispatch table once, when the plan is made or first dispatched."""
         racks = {g.group: g.racks_mine for g in plan.allocation}
         ids = {g.group: g.rack_ids_mine for g in plan.allocation}
-        self._dispatch[plan_id] = _DispatchEntry(plan_id, build_dispatch_table(fleet, racks, ids))
+        table = build_dispatch_table(fleet, racks, ids, allocation=convert.plan_allocation(plan))
+        self._dispatch[plan_id] = _DispatchEntry(plan_id, table)
         self._dispatch.move_to_end(plan_id)
         while len(self._dispatch) > DISPATCH_CACHE_PLANS:
             self._dispatch.popitem(last=False)
@@ -285,35 +299,46 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         return entry
 
 
+_ACTIONS = (  # by (racks_run == racks, racks_run == 0)
+    planner_service_pb2.RACK_ACTION_RUN,
+    planner_service_pb2.RACK_ACTION_CURTAIL,
+    planner_service_pb2.RACK_ACTION_RUN_PARTIAL,
+)
+
+
 def _dispatch_response(entry: _DispatchEntry, decision, include_rack_ids: bool):
     table = entry.table
-    run = decision.run
-    mw = table.meter_mw
-    run_action, curtail_action = planner_service_pb2.RACK_ACTION_RUN, planner_service_pb2.RACK_ACTION_CURTAIL
+    racks, racks_run = table.racks, decision.racks_run
+    mw, run_mw = table.meter_mw, racks_run * table.rack_meter_mw
     groups = [
         planner_service_pb2.GroupDispatch(
             group=table.group_ids[g],
             site=table.group_sites[g],
-            action=run_action if run[g] else curtail_action,
-            racks=int(table.racks[g]),
+            action=_ACTIONS[0 if racks_run[g] == racks[g] else 1 if racks_run[g] == 0 else 2],
+            racks=int(racks[g]),
             mw=float(mw[g]),
             power_price_usd_per_mwh=float(decision.power_price_usd_per_mwh[g]),
             breakeven_power_price_usd_per_mwh=float(decision.breakeven_power_price_usd_per_mwh[g]),
             margin_usd_per_rack_hour=float(decision.margin_usd_per_rack_hour[g]),
             rack_ids=table.rack_ids[g] if include_rack_ids else (),
+            racks_run=int(racks_run[g]),
+            run_mw=float(run_mw[g]),
         )
         for g in range(len(table.group_ids))
     ]
-    racks = table.racks
-    return planner_service_pb2.DispatchResponse(
+    total_run_mw = float(run_mw.sum())
+    response = planner_service_pb2.DispatchResponse(
         plan_id=entry.plan_id,
         hashprice_usd_per_ph_day=decision.hashprice_usd_per_ph_day,
         groups=groups,
-        racks_run=int(racks[run].sum()),
-        racks_curtailed=int(racks[~run].sum()),
-        run_mw=float(mw[run].sum()),
-        curtailed_mw=float(mw[~run].sum()),
+        racks_run=int(racks_run.sum()),
+        racks_curtailed=int((racks - racks_run).sum()),
+        run_mw=total_run_mw,
+        curtailed_mw=float((mw - run_mw).sum()),
     )
+    for state in decision.sites:
+        convert.fill_message(response.sites.add(), dataclasses.asdict(state))
+    return response
 
 
 def _scenario_selection(fleet: Fleet, selection: planner_service_pb2.ScenarioSelection) -> tuple[Fleet, ScenarioSpec]:
@@ -348,6 +373,8 @@ def job_to_message(job: JobRecord) -> jobs_pb2.PlanJob:
         message.end_time.CopyFrom(convert.timestamp(job.ended_at))
     if job.error is not None:
         message.error.CopyFrom(job.error.to_job_error())
+    if job.robustness is not None:
+        message.robustness.CopyFrom(convert.robustness_settings_to_message(job.robustness))
     return message
 
 

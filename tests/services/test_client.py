@@ -142,3 +142,44 @@ def test_cli_commands(server, fleet_file, tmp_path, capsys):
     assert "FAILED_PRECONDITION" in capsys.readouterr().err
     assert main([*target, "optimize", str(fleet_file), "--accept-offer", "nope"]) == 1
     assert "commitments.accept_offers[0]" in capsys.readouterr().err
+
+
+def test_cli_robustness_flags_build_the_request(fleet_file, capsys):
+    base = ["client", "--target", "localhost:1"]  # --print-request calls nothing
+    assert main([*base, "optimize", str(fleet_file), "--print-request"]) == 0
+    assert not json_format.Parse(capsys.readouterr().out, pb.OptimizeRequest()).HasField("robustness")
+    flags = ["--robustness", "--oos-scenarios", "30", "--no-sensitivity"]
+    assert main([*base, "optimize", str(fleet_file), "--print-request", *flags]) == 0
+    robustness = json_format.Parse(capsys.readouterr().out, pb.OptimizeRequest()).robustness
+    assert robustness.oos_scenarios == 30 and robustness.HasField("sensitivity") and not robustness.sensitivity
+    assert not robustness.HasField("replications")  # left to the server's default, the same as `hashpivot plan`
+    assert main([*base, "submit", str(fleet_file), "--print-request", "--replications", "3"]) == 0  # implies it
+    robustness = json_format.Parse(capsys.readouterr().out, pb.SubmitPlanJobRequest()).robustness
+    assert robustness.replications == 3 and not robustness.HasField("oos_scenarios")
+
+
+def test_robustness_and_events_through_the_client(server, client, fleet_file, capsys):
+    settings = {"oos_scenarios": 10, "replications": 2, "wait_and_see_scenarios": 2, "sensitivity": False}
+    reply = client.optimize(fleet_file, robustness=settings)
+    assert reply.plan.robustness is not None and reply.plan.robustness.out_of_sample_scenarios == 10
+    assert reply.plan.robustness.sensitivity is None and reply.plan.robustness.optimality_gap.replications == 2
+    with pytest.raises(ValueError, match="oos"):
+        client.optimize(fleet_file, robustness={"oos": 10})  # a typo is caught before the call
+
+    target = ["client", "--target", server.target, "--timeout", "120"]
+    flags = ["--robustness", "--oos-scenarios", "10", "--replications", "2", "--wait-and-see", "2", "--no-sensitivity"]
+    assert main([*target, "optimize", str(fleet_file), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "Out of sample: 10 fresh scenarios" in out
+    plan_id = out.strip().splitlines()[-1].split()[-1]
+
+    # an event at "spot" that leaves no power, a DR call, and the market's spot for the index site
+    dispatch = ["dispatch", plan_id, "--spot", "ercot=25", "--available", "spot=0", "--dr-call", "fixed"]
+    assert main([*target, *dispatch, "--hashprice", "40", "--json"]) == 0
+    response = json.loads(capsys.readouterr().out)
+    spot_groups = [g for g in response["groups"] if g["site"] == "spot"]
+    assert spot_groups and all(g["action"] == "RACK_ACTION_CURTAIL" and not g.get("racks_run") for g in spot_groups)
+    assert all(g["power_price_usd_per_mwh"] == 27.0 for g in spot_groups)  # spot 25 + the 2 $/MWh adder
+    assert [s["site"] for s in response["sites"]] == ["fixed", "spot"]
+    assert main([*target, *dispatch, "--hashprice", "40"]) == 0
+    assert "site spot: 0.00 MW available" in capsys.readouterr().out

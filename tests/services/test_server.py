@@ -9,14 +9,17 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from optimizer.dispatch import build_dispatch_table, decide, site_conditions, site_prices_usd_per_mwh
 from optimizer.fleet import parse_fleet
+from optimizer.robustness import RobustnessSettings
 from protos.hashpivot.v1 import jobs_pb2, plan_pb2
 from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services import convert
 from services.servicer import SERVER_TIME_METADATA, SERVICE_NAME
 from solvers.planner import plan_fleet
-from tests.conftest import EXAMPLES, small_fleet_data
+from tests.conftest import EXAMPLES, events_fleet_data, small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message, hard_fleet_data, rich_details
+from tests.services.test_contract import power_plan_with_robustness
 
 FINAL = {jobs_pb2.PLAN_JOB_STATE_SUCCEEDED, jobs_pb2.PLAN_JOB_STATE_FAILED, jobs_pb2.PLAN_JOB_STATE_CANCELLED}
 
@@ -473,3 +476,199 @@ def test_plan_conversion_back_to_the_domain(stub, tiny_plan):
     result = convert.plan_from_message(plan)
     assert result.fleet == "tiny" and result.solver.status == "optimal"
     assert sum(g.racks_mine for g in result.allocation) == sum(g.racks_mine for g in plan.allocation)
+
+
+# Power markets and robustness -------------------------------------------------------------
+
+ROBUSTNESS = plan_pb2.RobustnessSettings(
+    oos_scenarios=12, replications=2, wait_and_see_scenarios=4, sensitivity_scenarios=4, bootstrap_resamples=100
+)
+
+
+@pytest.fixture(scope="module")
+def power_plan(stub):
+    """The fleet of test_contract.power_plan_with_robustness, planned and assessed by the server."""
+    data = events_fleet_data(days=2, scenarios=6, events_per_year=60)
+    plan = optimize(stub, data, robustness=ROBUSTNESS)
+    return data, plan
+
+
+def without_timings(report):
+    return report.model_copy(update={"timings_s": {}})
+
+
+def test_optimize_with_robustness_returns_the_report(stub, power_plan):
+    data, plan = power_plan
+    assert plan.HasField("robustness")
+    report = convert.plan_from_message(plan).robustness
+    assert [p.plan for p in report.plans] == ["stochastic", "mean_value", "calculator", "all_mining"]
+    assert report.out_of_sample_scenarios == 12 and report.optimality_gap.replications == 2
+    assert report.wait_and_see.scenarios == 4 and report.sensitivity.scenarios == 4
+    # the same assessment as in process: seeded scenarios, exact re-solves
+    fleet, local = power_plan_with_robustness()
+    assert fleet == parse_fleet(data)
+    assert without_timings(report) == without_timings(local.robustness)
+    assert stub.GetPlan(pb.GetPlanRequest(plan_id=plan.plan_id), timeout=30).plan == plan  # stored with it
+    # Evaluate on the plan's own scenarios reproduces its profit: the DR commitment travels with the allocation
+    assert sum(s.dr_commitment_mw for s in plan.sites) > 0
+    response = stub.Evaluate(pb.EvaluateRequest(plan_id=plan.plan_id), timeout=60)
+    assert response.profit.mean_usd == pytest.approx(plan.profit.mean_usd, rel=1e-9)
+    assert sum(s.demand_response_credit_usd for s in response.sites) == pytest.approx(
+        sum(s.demand_response_credit_usd for s in plan.sites), rel=1e-9
+    )
+
+
+def test_bad_robustness_settings_name_the_field(stub):
+    request = pb.OptimizeRequest(
+        fleet=fleet_message(small_fleet_data()), robustness=plan_pb2.RobustnessSettings(oos_scenarios=1)
+    )
+    error = call_error(stub.Optimize, request, timeout=30)
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in rich_details(error)["fields"]] == ["robustness.oos_scenarios"]
+    request = pb.SubmitPlanJobRequest(
+        fleet=fleet_message(small_fleet_data()), robustness=plan_pb2.RobustnessSettings(replications=-1)
+    )
+    error = call_error(stub.SubmitPlanJob, request, timeout=30)
+    assert [f for f, _ in rich_details(error)["fields"]] == ["robustness.replications"]
+
+
+ROBUSTNESS_STAGES = {"out-of-sample", "wait-and-see", "sensitivity", "replications"}
+
+
+def test_job_with_robustness_shows_its_stages_and_stores_the_report(stub):
+    settings = plan_pb2.RobustnessSettings(oos_scenarios=40, replications=2, wait_and_see_scenarios=20)
+    request = pb.SubmitPlanJobRequest(fleet=fleet_message(small_fleet_data(scenarios=12)), robustness=settings)
+    job = stub.SubmitPlanJob(request, timeout=30).job
+    resolved = RobustnessSettings(oos_scenarios=40, replications=2, wait_and_see_scenarios=20)
+    assert convert.robustness_settings_from_message(job.robustness) == resolved  # what it will do, defaults filled
+    events = watch_until_final(stub, job.job_id)
+    assert events[-1].state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED
+    stages = [e.progress.stage for e in events]
+    assert stages.index("solve") < stages.index("robustness") < stages.index("done")
+    seen = set(stages[stages.index("robustness") : stages.index("done")])
+    assert seen & ROBUSTNESS_STAGES, stages  # the assessment's own stages come through the relay
+    final = stub.GetPlanJob(pb.GetPlanJobRequest(job_id=job.job_id), timeout=30)
+    assert final.job.robustness == job.robustness
+    report = convert.plan_from_message(final.plan).robustness
+    assert report.out_of_sample_scenarios == 40 and report.wait_and_see.scenarios == 20
+    assert report.plan("stochastic").racks_mine == sum(g.racks_mine for g in final.plan.allocation)
+
+
+def _robustness_running(stub, job_id: str) -> jobs_pb2.PlanJob | None:
+    for event in stub.WatchPlanJob(pb.WatchPlanJobRequest(job_id=job_id), timeout=120):
+        if event.job.progress.stage in ROBUSTNESS_STAGES | {"robustness"}:
+            return event.job
+        if event.job.state in FINAL:
+            return None
+    return None
+
+
+def test_cancel_stops_the_robustness_assessment_and_its_ray_tasks(stub):
+    """Plan a hard fleet (2 s time limit), then assess it: replications and sensitivity re-solves would run for
+    minutes. A cancel kills the assessment task and every task it submitted."""
+    settings = plan_pb2.RobustnessSettings(oos_scenarios=40, replications=3, wait_and_see_scenarios=0)
+    request = pb.SubmitPlanJobRequest(fleet=fleet_message(hard_fleet_data(time_limit_s=2)), robustness=settings)
+    job = stub.SubmitPlanJob(request, timeout=30).job
+    running = _robustness_running(stub, job.job_id)
+    assert running is not None and running.state == jobs_pb2.PLAN_JOB_STATE_RUNNING
+    time.sleep(1.5)  # replications and out-of-sample batches hold the CPUs
+    assert ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]
+    start = time.monotonic()
+    cancelled = stub.CancelPlanJob(pb.CancelPlanJobRequest(job_id=job.job_id), timeout=60).job
+    assert cancelled.state == jobs_pb2.PLAN_JOB_STATE_CANCELLED
+    assert time.monotonic() - start < 10
+    assert wait_for_free_cpus(), "robustness tasks kept running after the cancel"
+    got = stub.GetPlanJob(pb.GetPlanJobRequest(job_id=job.job_id), timeout=30)
+    assert got.job.state == jobs_pb2.PLAN_JOB_STATE_CANCELLED and not got.HasField("plan")
+
+
+def test_deadline_during_robustness_stops_it(stub):
+    request = pb.OptimizeRequest(
+        fleet=fleet_message(hard_fleet_data(time_limit_s=1)),
+        robustness=plan_pb2.RobustnessSettings(oos_scenarios=40, replications=3, wait_and_see_scenarios=0),
+    )
+    start = time.monotonic()
+    error = call_error(stub.Optimize, request, timeout=8)
+    assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - start < 9
+    assert wait_for_free_cpus(), "robustness tasks kept running after the deadline"
+
+
+def _in_process(data: dict, plan: plan_pb2.Plan, request: pb.DispatchRequest):
+    fleet = parse_fleet(data)
+    result = convert.plan_from_message(plan)
+    racks = {g.group: g.racks_mine for g in result.allocation}
+    table = build_dispatch_table(fleet, racks, allocation=convert.plan_allocation(result))
+    prices = site_prices_usd_per_mwh(
+        table, request.power_price_usd_per_mwh_by_site, request.spot_price_usd_per_mwh_by_market
+    )
+    conditions = site_conditions(table, request.available_mw_by_site, request.dr_call_sites)
+    return table, decide(table, prices, request.hashprice_usd_per_ph_day, conditions)
+
+
+def test_dispatch_with_events_calls_and_market_spot(stub, power_plan):
+    data, plan = power_plan
+    leased_it_mw = {s.site: s.leased_mw for s in plan.ai_sites}
+    mining = {g.group: g.racks_mine for g in plan.allocation if g.racks_mine}
+    assert {g.site for g in plan.allocation if g.racks_mine} == {"fixed", "spot"}
+    requests = [
+        pb.DispatchRequest(plan_id=plan.plan_id, spot_price_usd_per_mwh_by_market={"ercot": 35.0}),
+        pb.DispatchRequest(
+            plan_id=plan.plan_id,
+            spot_price_usd_per_mwh_by_market={"ercot": 35.0},
+            available_mw_by_site={"spot": 0.0},
+        ),
+        pb.DispatchRequest(
+            plan_id=plan.plan_id,
+            power_price_usd_per_mwh_by_site={"spot": 900.0},
+            available_mw_by_site={"fixed": 0.4, "spot": 0.6 * 3.0},
+            dr_call_sites=["fixed", "spot"],
+        ),
+    ]
+    for request in requests:
+        request.hashprice_usd_per_ph_day = 45.0
+        response = stub.Dispatch(request, timeout=10)
+        table, expected = _in_process(data, plan, request)
+        assert [g.group for g in response.groups] == list(table.group_ids)
+        assert [g.racks_run for g in response.groups] == expected.racks_run.tolist()
+        assert [g.racks for g in response.groups] == [mining[g] for g in table.group_ids]
+        for g, racks_run in zip(response.groups, expected.racks_run.tolist(), strict=True):
+            action = pb.RACK_ACTION_RUN if racks_run == g.racks else pb.RACK_ACTION_CURTAIL
+            assert g.action == (action if racks_run in (0, g.racks) else pb.RACK_ACTION_RUN_PARTIAL)
+            assert g.run_mw == pytest.approx(g.mw * racks_run / g.racks)
+        assert response.racks_run == sum(expected.racks_run.tolist())
+        assert response.run_mw + response.curtailed_mw == pytest.approx(sum(g.mw for g in response.groups))
+        assert [s.site for s in response.sites] == [s.site for s in expected.sites]
+        for got, want in zip(response.sites, expected.sites, strict=True):
+            assert got.run_mw == pytest.approx(want.run_mw) and got.shed_ai_mw == pytest.approx(want.shed_ai_mw)
+            assert got.HasField("available_mw") == (want.available_mw is not None)
+    # no power at "spot": nothing mines there and its whole leased AI load is shed
+    blackout = stub.Dispatch(requests[1], timeout=10)
+    assert all(g.racks_run == 0 and g.action == pb.RACK_ACTION_CURTAIL for g in blackout.groups if g.site == "spot")
+    [spot] = blackout.sites
+    assert spot.available_mw == 0.0 and spot.shed_ai_mw == pytest.approx(leased_it_mw["spot"])
+    # take-or-pay: the marginal price is spot minus the 2 $/MWh resale fee
+    prices = {g.site: g.power_price_usd_per_mwh for g in blackout.groups}
+    assert prices["spot"] == pytest.approx(33.0) and prices["fixed"] == 44.0
+
+
+def test_dispatch_condition_errors(stub, power_plan):
+    _, plan = power_plan
+    base = {"plan_id": plan.plan_id, "hashprice_usd_per_ph_day": 40.0, "power_price_usd_per_mwh_by_site": {"spot": 30}}
+    cases = [
+        (pb.DispatchRequest(**base, available_mw_by_site={"mars": 1.0}), "available_mw_by_site[mars]"),
+        (pb.DispatchRequest(**base, available_mw_by_site={"spot": -0.5}), "available_mw_by_site[spot]"),
+        (pb.DispatchRequest(**base, dr_call_sites=["spot", "mars"]), "dr_call_sites[1]"),
+        (
+            pb.DispatchRequest(**base, spot_price_usd_per_mwh_by_market={"pjm": 30}),
+            "spot_price_usd_per_mwh_by_market[pjm]",
+        ),
+        (
+            pb.DispatchRequest(plan_id=plan.plan_id, hashprice_usd_per_ph_day=40.0),
+            "power_price_usd_per_mwh_by_site[spot]",
+        ),
+    ]
+    for request, field in cases:
+        error = call_error(stub.Dispatch, request, timeout=10)
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in rich_details(error)["fields"]] == [field]

@@ -38,6 +38,10 @@ class _ContractTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Contract
     """A fixed price per MWh drawn."""
     CONTRACT_TYPE_INDEX: _ContractType.ValueType  # 2
     """The spot price of the site's market plus an adder."""
+    CONTRACT_TYPE_TAKE_OR_PAY: _ContractType.ValueType  # 3
+    """A fixed price for the site's whole capacity_mw block, paid whether used or not; every MWh the
+    site does not draw is sold back at spot minus the resale fee.
+    """
 
 class ContractType(_ContractType, metaclass=_ContractTypeEnumTypeWrapper):
     """How a site pays for power."""
@@ -48,6 +52,10 @@ CONTRACT_TYPE_FIXED: ContractType.ValueType  # 1
 """A fixed price per MWh drawn."""
 CONTRACT_TYPE_INDEX: ContractType.ValueType  # 2
 """The spot price of the site's market plus an adder."""
+CONTRACT_TYPE_TAKE_OR_PAY: ContractType.ValueType  # 3
+"""A fixed price for the site's whole capacity_mw block, paid whether used or not; every MWh the
+site does not draw is sold back at spot minus the resale fee.
+"""
 Global___ContractType: _TypeAlias = ContractType  # noqa: Y015
 
 class _Objective:
@@ -267,6 +275,8 @@ class PowerMarket(_message.Message):
     SPIKE_DECAY_HOURS_FIELD_NUMBER: _builtins.int
     FLOOR_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     CAP_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    CURTAILMENT_EVENTS_FIELD_NUMBER: _builtins.int
+    DEMAND_RESPONSE_CALLS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Market id, referenced by sites."""
     mean_price_usd_per_mwh: _builtins.float
@@ -293,6 +303,18 @@ class PowerMarket(_message.Message):
     """Lowest price, USD/MWh, <= 0 (default -50)."""
     cap_usd_per_mwh: _builtins.float
     """Offer cap, USD/MWh, e.g. ERCOT's 5,000 (default 5,000)."""
+    @_builtins.property
+    def curtailment_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurtailmentEvents]:
+        """Kinds of grid event (storms, emergencies) that cut the power sites in this market may draw
+        (default: none).
+        """
+
+    @_builtins.property
+    def demand_response_calls(self) -> Global___DemandResponseCalls:
+        """How often the grid operator calls demand response; required by sites with a demand-response
+        programme (default: no calls).
+        """
+
     def __init__(
         self,
         *,
@@ -309,10 +331,12 @@ class PowerMarket(_message.Message):
         spike_decay_hours: _builtins.float | None = ...,
         floor_usd_per_mwh: _builtins.float | None = ...,
         cap_usd_per_mwh: _builtins.float | None = ...,
+        curtailment_events: _abc.Iterable[Global___CurtailmentEvents] | None = ...,
+        demand_response_calls: Global___DemandResponseCalls | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "daily_shape_amplitude", b"daily_shape_amplitude", "floor_usd_per_mwh", b"floor_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "daily_shape_amplitude", b"daily_shape_amplitude", "floor_usd_per_mwh", b"floor_usd_per_mwh", "id", b"id", "mean_price_usd_per_mwh", b"mean_price_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "curtailment_events", b"curtailment_events", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "id", b"id", "mean_price_usd_per_mwh", b"mean_price_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cap_usd_per_mwh: _TypeAlias = _typing.Literal["cap_usd_per_mwh"]  # noqa: Y015
     _WhichOneofArgType__cap_usd_per_mwh: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh"]  # noqa: Y015
@@ -362,6 +386,92 @@ class PowerMarket(_message.Message):
 Global___PowerMarket: _TypeAlias = PowerMarket  # noqa: Y015
 
 @_typing.final
+class CurtailmentEvents(_message.Message):
+    """One kind of grid event in which the sites of a market may draw only part of their capacity.
+    Events arrive as a Poisson process spread evenly over `months`, last an exponential time, and cap
+    every site of the market at `available_fraction` of its capacity_mw; overlapping events take the
+    lowest fraction.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EVENTS_PER_YEAR_FIELD_NUMBER: _builtins.int
+    MONTHS_FIELD_NUMBER: _builtins.int
+    MEAN_DURATION_HOURS_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FRACTION_FIELD_NUMBER: _builtins.int
+    PRICE_FLOOR_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of the kind of event, e.g. "winter_storm", 1 to 64 characters; for people, not the model."""
+    events_per_year: _builtins.float
+    """Mean number of events a year, all in `months`, 0 to 365."""
+    mean_duration_hours: _builtins.float
+    """Mean of the exponential event length, hours (> 0, at most 720)."""
+    available_fraction: _builtins.float
+    """Share of capacity_mw a site may draw during the event, 0 to below 1."""
+    price_floor_usd_per_mwh: _builtins.float
+    """Spot price during the event is at least this, USD/MWh, at most the market's cap (default: no
+    floor).
+    """
+    @_builtins.property
+    def months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Calendar months (1 to 12, distinct) events start in (empty: every month)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        events_per_year: _builtins.float = ...,
+        months: _abc.Iterable[_builtins.int] | None = ...,
+        mean_duration_hours: _builtins.float = ...,
+        available_fraction: _builtins.float = ...,
+        price_floor_usd_per_mwh: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_price_floor_usd_per_mwh", b"_price_floor_usd_per_mwh", "price_floor_usd_per_mwh", b"price_floor_usd_per_mwh"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_floor_usd_per_mwh", b"_price_floor_usd_per_mwh", "available_fraction", b"available_fraction", "events_per_year", b"events_per_year", "mean_duration_hours", b"mean_duration_hours", "months", b"months", "name", b"name", "price_floor_usd_per_mwh", b"price_floor_usd_per_mwh"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__price_floor_usd_per_mwh: _TypeAlias = _typing.Literal["price_floor_usd_per_mwh"]  # noqa: Y015
+    _WhichOneofArgType__price_floor_usd_per_mwh: _TypeAlias = _typing.Literal["_price_floor_usd_per_mwh", b"_price_floor_usd_per_mwh"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_floor_usd_per_mwh) -> _WhichOneofReturnType__price_floor_usd_per_mwh | None: ...
+
+Global___CurtailmentEvents: _TypeAlias = CurtailmentEvents  # noqa: Y015
+
+@_typing.final
+class DemandResponseCalls(_message.Message):
+    """When the grid operator calls demand response in a market: every enrolled site at once. A call
+    starts at the step with the day's highest spot price and lasts `call_hours`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_PER_YEAR_FIELD_NUMBER: _builtins.int
+    MONTHS_FIELD_NUMBER: _builtins.int
+    CALL_HOURS_FIELD_NUMBER: _builtins.int
+    calls_per_year: _builtins.float
+    """Mean number of calls a year, all in `months`, 0 to 365."""
+    call_hours: _builtins.float
+    """Length of one call, hours (> 0, at most 24)."""
+    @_builtins.property
+    def months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Calendar months (1 to 12, distinct) calls come in (empty: every month)."""
+
+    def __init__(
+        self,
+        *,
+        calls_per_year: _builtins.float = ...,
+        months: _abc.Iterable[_builtins.int] | None = ...,
+        call_hours: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_hours", b"call_hours", "calls_per_year", b"calls_per_year", "months", b"months"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DemandResponseCalls: _TypeAlias = DemandResponseCalls  # noqa: Y015
+
+@_typing.final
 class Machine(_message.Message):
     """An ASIC model."""
 
@@ -400,33 +510,73 @@ class PowerContract(_message.Message):
     TYPE_FIELD_NUMBER: _builtins.int
     PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     ADDER_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    RESALE_FEE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     type: Global___ContractType.ValueType
     """Fixed price or spot index."""
     price_usd_per_mwh: _builtins.float
-    """Price per MWh of a fixed contract, USD/MWh (required for CONTRACT_TYPE_FIXED)."""
+    """Price per MWh of a fixed or take-or-pay contract, USD/MWh, 0 to 5,000 (required for
+    CONTRACT_TYPE_FIXED and CONTRACT_TYPE_TAKE_OR_PAY).
+    """
     adder_usd_per_mwh: _builtins.float
     """Adder on the spot price of an index contract, USD/MWh (default 0)."""
+    resale_fee_usd_per_mwh: _builtins.float
+    """Take-or-pay only: deducted from spot on every MWh sold back, USD/MWh, 0 to 1,000 (default 0)."""
     def __init__(
         self,
         *,
         type: Global___ContractType.ValueType = ...,
         price_usd_per_mwh: _builtins.float | None = ...,
         adder_usd_per_mwh: _builtins.float | None = ...,
+        resale_fee_usd_per_mwh: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_adder_usd_per_mwh", b"_adder_usd_per_mwh", "_price_usd_per_mwh", b"_price_usd_per_mwh", "adder_usd_per_mwh", b"adder_usd_per_mwh", "price_usd_per_mwh", b"price_usd_per_mwh"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_adder_usd_per_mwh", b"_adder_usd_per_mwh", "_price_usd_per_mwh", b"_price_usd_per_mwh", "_resale_fee_usd_per_mwh", b"_resale_fee_usd_per_mwh", "adder_usd_per_mwh", b"adder_usd_per_mwh", "price_usd_per_mwh", b"price_usd_per_mwh", "resale_fee_usd_per_mwh", b"resale_fee_usd_per_mwh"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_adder_usd_per_mwh", b"_adder_usd_per_mwh", "_price_usd_per_mwh", b"_price_usd_per_mwh", "adder_usd_per_mwh", b"adder_usd_per_mwh", "price_usd_per_mwh", b"price_usd_per_mwh", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_adder_usd_per_mwh", b"_adder_usd_per_mwh", "_price_usd_per_mwh", b"_price_usd_per_mwh", "_resale_fee_usd_per_mwh", b"_resale_fee_usd_per_mwh", "adder_usd_per_mwh", b"adder_usd_per_mwh", "price_usd_per_mwh", b"price_usd_per_mwh", "resale_fee_usd_per_mwh", b"resale_fee_usd_per_mwh", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__adder_usd_per_mwh: _TypeAlias = _typing.Literal["adder_usd_per_mwh"]  # noqa: Y015
     _WhichOneofArgType__adder_usd_per_mwh: _TypeAlias = _typing.Literal["_adder_usd_per_mwh", b"_adder_usd_per_mwh"]  # noqa: Y015
     _WhichOneofReturnType__price_usd_per_mwh: _TypeAlias = _typing.Literal["price_usd_per_mwh"]  # noqa: Y015
     _WhichOneofArgType__price_usd_per_mwh: _TypeAlias = _typing.Literal["_price_usd_per_mwh", b"_price_usd_per_mwh"]  # noqa: Y015
+    _WhichOneofReturnType__resale_fee_usd_per_mwh: _TypeAlias = _typing.Literal["resale_fee_usd_per_mwh"]  # noqa: Y015
+    _WhichOneofArgType__resale_fee_usd_per_mwh: _TypeAlias = _typing.Literal["_resale_fee_usd_per_mwh", b"_resale_fee_usd_per_mwh"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__adder_usd_per_mwh) -> _WhichOneofReturnType__adder_usd_per_mwh | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__price_usd_per_mwh) -> _WhichOneofReturnType__price_usd_per_mwh | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resale_fee_usd_per_mwh) -> _WhichOneofReturnType__resale_fee_usd_per_mwh | None: ...
 
 Global___PowerContract: _TypeAlias = PowerContract  # noqa: Y015
+
+@_typing.final
+class DemandResponse(_message.Message):
+    """A demand-response programme a site enrols mining load in. The committed MW (a plan decision, at
+    most max_mw and at most the site's planned mining load at the meter) earn the credit for the
+    horizon; whenever the market calls demand response, the site's mining load must sit at least the
+    committed MW below its planned mining load. AI/HPC load is firm and never counts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_USD_PER_MW_MONTH_FIELD_NUMBER: _builtins.int
+    MAX_MW_FIELD_NUMBER: _builtins.int
+    credit_usd_per_mw_month: _builtins.float
+    """Credit per committed MW per month, USD (> 0)."""
+    max_mw: _builtins.float
+    """Most curtailable MW the programme takes, at the meter (> 0)."""
+    def __init__(
+        self,
+        *,
+        credit_usd_per_mw_month: _builtins.float = ...,
+        max_mw: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_usd_per_mw_month", b"credit_usd_per_mw_month", "max_mw", b"max_mw"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DemandResponse: _TypeAlias = DemandResponse  # noqa: Y015
 
 @_typing.final
 class AiConversion(_message.Message):
@@ -494,6 +644,7 @@ class Site(_message.Message):
     PUE_AI_FIELD_NUMBER: _builtins.int
     CONTRACT_FIELD_NUMBER: _builtins.int
     AI_FIELD_NUMBER: _builtins.int
+    DEMAND_RESPONSE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Site id."""
     market: _builtins.str
@@ -512,6 +663,12 @@ class Site(_message.Message):
     def ai(self) -> Global___AiConversion:
         """AI/HPC conversion terms; absent when the site is not AI-ready."""
 
+    @_builtins.property
+    def demand_response(self) -> Global___DemandResponse:
+        """Demand-response programme; absent when the site is not enrolled. Its market must define
+        demand_response_calls.
+        """
+
     def __init__(
         self,
         *,
@@ -522,10 +679,11 @@ class Site(_message.Message):
         pue_ai: _builtins.float | None = ...,
         contract: Global___PowerContract | None = ...,
         ai: Global___AiConversion | None = ...,
+        demand_response: Global___DemandResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_pue_ai", b"_pue_ai", "_pue_mining", b"_pue_mining", "ai", b"ai", "contract", b"contract", "pue_ai", b"pue_ai", "pue_mining", b"pue_mining"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_pue_ai", b"_pue_ai", "_pue_mining", b"_pue_mining", "ai", b"ai", "contract", b"contract", "demand_response", b"demand_response", "pue_ai", b"pue_ai", "pue_mining", b"pue_mining"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pue_ai", b"_pue_ai", "_pue_mining", b"_pue_mining", "ai", b"ai", "capacity_mw", b"capacity_mw", "contract", b"contract", "id", b"id", "market", b"market", "pue_ai", b"pue_ai", "pue_mining", b"pue_mining"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_pue_ai", b"_pue_ai", "_pue_mining", b"_pue_mining", "ai", b"ai", "capacity_mw", b"capacity_mw", "contract", b"contract", "demand_response", b"demand_response", "id", b"id", "market", b"market", "pue_ai", b"pue_ai", "pue_mining", b"pue_mining"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__pue_ai: _TypeAlias = _typing.Literal["pue_ai"]  # noqa: Y015
     _WhichOneofArgType__pue_ai: _TypeAlias = _typing.Literal["_pue_ai", b"_pue_ai"]  # noqa: Y015
@@ -611,6 +769,7 @@ class LeaseOffer(_message.Message):
     MIN_MW_FIELD_NUMBER: _builtins.int
     MAX_MW_FIELD_NUMBER: _builtins.int
     SITES_FIELD_NUMBER: _builtins.int
+    SLA_PENALTY_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Offer id."""
     rate_usd_per_kw_month: _builtins.float
@@ -621,6 +780,10 @@ class LeaseOffer(_message.Message):
     """Smallest block the tenant takes if the offer is accepted, MW (default 0)."""
     max_mw: _builtins.float
     """Largest block the tenant takes, MW."""
+    sla_penalty_usd_per_mwh: _builtins.float
+    """Paid per MWh of critical IT load not served when a curtailment event cuts the site below it,
+    USD/MWh (default 1,000).
+    """
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the AI-ready sites that may host the lease."""
@@ -634,14 +797,20 @@ class LeaseOffer(_message.Message):
         min_mw: _builtins.float | None = ...,
         max_mw: _builtins.float = ...,
         sites: _abc.Iterable[_builtins.str] | None = ...,
+        sla_penalty_usd_per_mwh: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw", "min_mw", b"min_mw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "min_mw", b"min_mw", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw", "id", b"id", "max_mw", b"max_mw", "min_mw", b"min_mw", "rate_usd_per_kw_month", b"rate_usd_per_kw_month", "sites", b"sites", "term_months", b"term_months"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "id", b"id", "max_mw", b"max_mw", "min_mw", b"min_mw", "rate_usd_per_kw_month", b"rate_usd_per_kw_month", "sites", b"sites", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "term_months", b"term_months"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__min_mw: _TypeAlias = _typing.Literal["min_mw"]  # noqa: Y015
     _WhichOneofArgType__min_mw: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw"]  # noqa: Y015
+    _WhichOneofReturnType__sla_penalty_usd_per_mwh: _TypeAlias = _typing.Literal["sla_penalty_usd_per_mwh"]  # noqa: Y015
+    _WhichOneofArgType__sla_penalty_usd_per_mwh: _TypeAlias = _typing.Literal["_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_mw) -> _WhichOneofReturnType__min_mw | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sla_penalty_usd_per_mwh) -> _WhichOneofReturnType__sla_penalty_usd_per_mwh | None: ...
 
 Global___LeaseOffer: _TypeAlias = LeaseOffer  # noqa: Y015
 

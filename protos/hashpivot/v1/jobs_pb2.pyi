@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from protos.hashpivot.v1 import plan_pb2 as _plan_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -74,7 +75,9 @@ class PlanJobProgress(_message.Message):
     MIP_GAP_FIELD_NUMBER: _builtins.int
     ELAPSED_S_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
-    """Current stage of the pipeline, e.g. "queued", "scenarios", "solve", "done"."""
+    """Current stage of the pipeline: "queued", "scenarios", "solve", then with robustness
+    "robustness", "out-of-sample", "wait-and-see", "sensitivity", "replications"; finally "done".
+    """
     stage_done: _builtins.int
     """Units of work done in the current stage."""
     stage_total: _builtins.int
@@ -235,6 +238,7 @@ class PlanJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    ROBUSTNESS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job id."""
     request_id: _builtins.str
@@ -269,6 +273,10 @@ class PlanJob(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the job reached a final state."""
 
+    @_builtins.property
+    def robustness(self) -> _plan_pb2.RobustnessSettings:
+        """Robustness settings the job was submitted with; unset: the plan gets no robustness report."""
+
     def __init__(
         self,
         *,
@@ -284,10 +292,11 @@ class PlanJob(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        robustness: _plan_pb2.RobustnessSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "robustness", b"robustness", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "fleet_name", b"fleet_name", "job_id", b"job_id", "plan_id", b"plan_id", "progress", b"progress", "request_id", b"request_id", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "fleet_name", b"fleet_name", "job_id", b"job_id", "plan_id", b"plan_id", "progress", b"progress", "request_id", b"request_id", "robustness", b"robustness", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -145,6 +145,7 @@ class Plan(_message.Message):
     SCENARIOS_FIELD_NUMBER: _builtins.int
     TIMINGS_S_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
+    ROBUSTNESS_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """Id of the stored plan: Dispatch, Evaluate and GetPlan take it."""
     fleet: _builtins.str
@@ -203,6 +204,12 @@ class Plan(_message.Message):
     def versions(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Versions of the software that made the plan, keyed by package."""
 
+    @_builtins.property
+    def robustness(self) -> Global___RobustnessReport:
+        """How the plan holds up out of sample, against baselines, its SAA optimality gap, VSS, EVPI and
+        sensitivity; unset unless asked for (OptimizeRequest.robustness, SubmitPlanJobRequest.robustness).
+        """
+
     def __init__(
         self,
         *,
@@ -224,10 +231,11 @@ class Plan(_message.Message):
         scenarios: Global___ScenarioInfo | None = ...,
         timings_s: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        robustness: Global___RobustnessReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profit", b"profit", "scenarios", b"scenarios", "solver", b"solver"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "solver", b"solver"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "create_time", b"create_time", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver", "timings_s", b"timings_s", "versions", b"versions", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "create_time", b"create_time", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver", "timings_s", b"timings_s", "versions", b"versions", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,7 +272,10 @@ class GroupAllocation(_message.Message):
     racks_idle: _builtins.int
     """Racks idle."""
     expected_mine_value_usd_per_rack: _builtins.float
-    """Expected value of one mining rack over the horizon, USD: hash revenue - power cost - opex."""
+    """Expected value of one mining rack over the horizon, USD: hash revenue - power cost - opex, at
+    the plan's dispatch (curtailment events and demand-response calls included); by the price rule
+    alone when the group mines no rack.
+    """
     run_fraction: _builtins.float
     """Mean share of hours a mining rack of the group runs (the rest it is curtailed)."""
     breakeven_power_price_usd_per_mwh: _builtins.float
@@ -453,7 +464,10 @@ Global___ProfitStats: _TypeAlias = ProfitStats  # noqa: Y015
 
 @_typing.final
 class SiteBreakdown(_message.Message):
-    """Expected economics of one site over the horizon."""
+    """Expected economics of one site over the horizon. expected_profit_usd = hash revenue - power cost
+    + resale revenue + demand-response credit - SLA penalty - opex - idle cost + lease revenue - capex
+    charge.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -471,6 +485,15 @@ class SiteBreakdown(_message.Message):
     CAPEX_CHARGE_USD_FIELD_NUMBER: _builtins.int
     EXPECTED_ENERGY_MWH_FIELD_NUMBER: _builtins.int
     EXPECTED_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    CONTRACT_FIELD_NUMBER: _builtins.int
+    EXPECTED_RESALE_REVENUE_USD_FIELD_NUMBER: _builtins.int
+    DR_COMMITMENT_MW_FIELD_NUMBER: _builtins.int
+    DEMAND_RESPONSE_CREDIT_USD_FIELD_NUMBER: _builtins.int
+    EXPECTED_CURTAILED_MWH_FIELD_NUMBER: _builtins.int
+    EXPECTED_EVENT_CURTAILED_MWH_FIELD_NUMBER: _builtins.int
+    EXPECTED_LOST_AI_MWH_FIELD_NUMBER: _builtins.int
+    EXPECTED_LOST_AI_HOURS_FIELD_NUMBER: _builtins.int
+    EXPECTED_SLA_PENALTY_USD_FIELD_NUMBER: _builtins.int
     site: _builtins.str
     """Site id."""
     racks_mine: _builtins.int
@@ -486,7 +509,9 @@ class SiteBreakdown(_message.Message):
     expected_hash_revenue_usd: _builtins.float
     """Expected hash revenue after pool fee, USD."""
     expected_power_cost_usd: _builtins.float
-    """Expected power cost of mining, USD."""
+    """Expected cash paid for power net of the tenants' pass-through, USD; take-or-pay: the fixed
+    payment for the whole block.
+    """
     mining_opex_usd: _builtins.float
     """Mining opex, USD."""
     idle_cost_usd: _builtins.float
@@ -499,6 +524,30 @@ class SiteBreakdown(_message.Message):
     """Expected energy drawn by mining at the meter, MWh."""
     expected_profit_usd: _builtins.float
     """Expected profit of the site, USD."""
+    contract: _fleet_pb2.ContractType.ValueType
+    """The site's power contract type."""
+    expected_resale_revenue_usd: _builtins.float
+    """Take-or-pay: expected revenue of every MWh of the block not drawn, sold at spot minus the
+    resale fee, USD; 0 under other contracts.
+    """
+    dr_commitment_mw: _builtins.float
+    """Committed curtailable mining load (demand response), MW at the meter."""
+    demand_response_credit_usd: _builtins.float
+    """Demand-response credit of the committed MW over the horizon, USD."""
+    expected_curtailed_mwh: _builtins.float
+    """Expected mining energy the planned racks did not draw (price, events, demand-response calls),
+    MWh at the meter.
+    """
+    expected_event_curtailed_mwh: _builtins.float
+    """Of expected_curtailed_mwh, the energy forced off by curtailment events and demand-response
+    calls, MWh.
+    """
+    expected_lost_ai_mwh: _builtins.float
+    """Expected critical IT energy not served when an event cut the site below its AI load, MWh."""
+    expected_lost_ai_hours: _builtins.float
+    """Expected hours with some AI load shed."""
+    expected_sla_penalty_usd: _builtins.float
+    """Expected SLA penalty paid for the AI energy not served, USD."""
     def __init__(
         self,
         *,
@@ -516,10 +565,19 @@ class SiteBreakdown(_message.Message):
         capex_charge_usd: _builtins.float = ...,
         expected_energy_mwh: _builtins.float = ...,
         expected_profit_usd: _builtins.float = ...,
+        contract: _fleet_pb2.ContractType.ValueType = ...,
+        expected_resale_revenue_usd: _builtins.float = ...,
+        dr_commitment_mw: _builtins.float = ...,
+        demand_response_credit_usd: _builtins.float = ...,
+        expected_curtailed_mwh: _builtins.float = ...,
+        expected_event_curtailed_mwh: _builtins.float = ...,
+        expected_lost_ai_mwh: _builtins.float = ...,
+        expected_lost_ai_hours: _builtins.float = ...,
+        expected_sla_penalty_usd: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "capex_charge_usd", b"capex_charge_usd", "expected_energy_mwh", b"expected_energy_mwh", "expected_hash_revenue_usd", b"expected_hash_revenue_usd", "expected_power_cost_usd", b"expected_power_cost_usd", "expected_profit_usd", b"expected_profit_usd", "idle_cost_usd", b"idle_cost_usd", "lease_revenue_usd", b"lease_revenue_usd", "mining_mw", b"mining_mw", "mining_opex_usd", b"mining_opex_usd", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "capex_charge_usd", b"capex_charge_usd", "contract", b"contract", "demand_response_credit_usd", b"demand_response_credit_usd", "dr_commitment_mw", b"dr_commitment_mw", "expected_curtailed_mwh", b"expected_curtailed_mwh", "expected_energy_mwh", b"expected_energy_mwh", "expected_event_curtailed_mwh", b"expected_event_curtailed_mwh", "expected_hash_revenue_usd", b"expected_hash_revenue_usd", "expected_lost_ai_hours", b"expected_lost_ai_hours", "expected_lost_ai_mwh", b"expected_lost_ai_mwh", "expected_power_cost_usd", b"expected_power_cost_usd", "expected_profit_usd", b"expected_profit_usd", "expected_resale_revenue_usd", b"expected_resale_revenue_usd", "expected_sla_penalty_usd", b"expected_sla_penalty_usd", "idle_cost_usd", b"idle_cost_usd", "lease_revenue_usd", b"lease_revenue_usd", "mining_mw", b"mining_mw", "mining_opex_usd", b"mining_opex_usd", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -640,3 +698,718 @@ class ScenarioInfo(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScenarioInfo: _TypeAlias = ScenarioInfo  # noqa: Y015
+
+@_typing.final
+class RobustnessSettings(_message.Message):
+    """How much robustness evidence to gather after the plan is made (optimizer/robustness.py). Every
+    field is optional: unset takes the default, the same as `hashpivot plan`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OOS_SCENARIOS_FIELD_NUMBER: _builtins.int
+    REPLICATIONS_FIELD_NUMBER: _builtins.int
+    REPLICATION_SCENARIOS_FIELD_NUMBER: _builtins.int
+    WAIT_AND_SEE_SCENARIOS_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_RESAMPLES_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_SCENARIOS_FIELD_NUMBER: _builtins.int
+    oos_scenarios: _builtins.int
+    """Fresh out-of-sample scenarios (seed stream 1) every plan is scored on, >= 2 (default 500)."""
+    replications: _builtins.int
+    """SAA replications (streams 2 + k) for the optimality-gap interval; 0 skips it (default 5)."""
+    replication_scenarios: _builtins.int
+    """Scenarios per SAA replication, >= 1 (default: the plan's scenario count)."""
+    wait_and_see_scenarios: _builtins.int
+    """Out-of-sample scenarios solved with perfect foresight, for EVPI; 0 skips it (default 100)."""
+    confidence_level: _builtins.float
+    """Confidence level of every interval, above 0.5 and below 1 (default 0.95)."""
+    bootstrap_resamples: _builtins.int
+    """Bootstrap resamples of the paired intervals, >= 100 (default 1,000)."""
+    sensitivity: _builtins.bool
+    """Whether to measure the value of 1 more MW per site and the hashprice at which each group flips
+    (default true).
+    """
+    sensitivity_scenarios: _builtins.int
+    """Plan scenarios the sensitivity re-solves use (the first ones), >= 1 (default 50)."""
+    def __init__(
+        self,
+        *,
+        oos_scenarios: _builtins.int | None = ...,
+        replications: _builtins.int | None = ...,
+        replication_scenarios: _builtins.int | None = ...,
+        wait_and_see_scenarios: _builtins.int | None = ...,
+        confidence_level: _builtins.float | None = ...,
+        bootstrap_resamples: _builtins.int | None = ...,
+        sensitivity: _builtins.bool | None = ...,
+        sensitivity_scenarios: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bootstrap_resamples", b"_bootstrap_resamples", "_confidence_level", b"_confidence_level", "_oos_scenarios", b"_oos_scenarios", "_replication_scenarios", b"_replication_scenarios", "_replications", b"_replications", "_sensitivity", b"_sensitivity", "_sensitivity_scenarios", b"_sensitivity_scenarios", "_wait_and_see_scenarios", b"_wait_and_see_scenarios", "bootstrap_resamples", b"bootstrap_resamples", "confidence_level", b"confidence_level", "oos_scenarios", b"oos_scenarios", "replication_scenarios", b"replication_scenarios", "replications", b"replications", "sensitivity", b"sensitivity", "sensitivity_scenarios", b"sensitivity_scenarios", "wait_and_see_scenarios", b"wait_and_see_scenarios"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bootstrap_resamples", b"_bootstrap_resamples", "_confidence_level", b"_confidence_level", "_oos_scenarios", b"_oos_scenarios", "_replication_scenarios", b"_replication_scenarios", "_replications", b"_replications", "_sensitivity", b"_sensitivity", "_sensitivity_scenarios", b"_sensitivity_scenarios", "_wait_and_see_scenarios", b"_wait_and_see_scenarios", "bootstrap_resamples", b"bootstrap_resamples", "confidence_level", b"confidence_level", "oos_scenarios", b"oos_scenarios", "replication_scenarios", b"replication_scenarios", "replications", b"replications", "sensitivity", b"sensitivity", "sensitivity_scenarios", b"sensitivity_scenarios", "wait_and_see_scenarios", b"wait_and_see_scenarios"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bootstrap_resamples: _TypeAlias = _typing.Literal["bootstrap_resamples"]  # noqa: Y015
+    _WhichOneofArgType__bootstrap_resamples: _TypeAlias = _typing.Literal["_bootstrap_resamples", b"_bootstrap_resamples"]  # noqa: Y015
+    _WhichOneofReturnType__confidence_level: _TypeAlias = _typing.Literal["confidence_level"]  # noqa: Y015
+    _WhichOneofArgType__confidence_level: _TypeAlias = _typing.Literal["_confidence_level", b"_confidence_level"]  # noqa: Y015
+    _WhichOneofReturnType__oos_scenarios: _TypeAlias = _typing.Literal["oos_scenarios"]  # noqa: Y015
+    _WhichOneofArgType__oos_scenarios: _TypeAlias = _typing.Literal["_oos_scenarios", b"_oos_scenarios"]  # noqa: Y015
+    _WhichOneofReturnType__replication_scenarios: _TypeAlias = _typing.Literal["replication_scenarios"]  # noqa: Y015
+    _WhichOneofArgType__replication_scenarios: _TypeAlias = _typing.Literal["_replication_scenarios", b"_replication_scenarios"]  # noqa: Y015
+    _WhichOneofReturnType__replications: _TypeAlias = _typing.Literal["replications"]  # noqa: Y015
+    _WhichOneofArgType__replications: _TypeAlias = _typing.Literal["_replications", b"_replications"]  # noqa: Y015
+    _WhichOneofReturnType__sensitivity: _TypeAlias = _typing.Literal["sensitivity"]  # noqa: Y015
+    _WhichOneofArgType__sensitivity: _TypeAlias = _typing.Literal["_sensitivity", b"_sensitivity"]  # noqa: Y015
+    _WhichOneofReturnType__sensitivity_scenarios: _TypeAlias = _typing.Literal["sensitivity_scenarios"]  # noqa: Y015
+    _WhichOneofArgType__sensitivity_scenarios: _TypeAlias = _typing.Literal["_sensitivity_scenarios", b"_sensitivity_scenarios"]  # noqa: Y015
+    _WhichOneofReturnType__wait_and_see_scenarios: _TypeAlias = _typing.Literal["wait_and_see_scenarios"]  # noqa: Y015
+    _WhichOneofArgType__wait_and_see_scenarios: _TypeAlias = _typing.Literal["_wait_and_see_scenarios", b"_wait_and_see_scenarios"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bootstrap_resamples) -> _WhichOneofReturnType__bootstrap_resamples | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confidence_level) -> _WhichOneofReturnType__confidence_level | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__oos_scenarios) -> _WhichOneofReturnType__oos_scenarios | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replication_scenarios) -> _WhichOneofReturnType__replication_scenarios | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replications) -> _WhichOneofReturnType__replications | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sensitivity) -> _WhichOneofReturnType__sensitivity | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sensitivity_scenarios) -> _WhichOneofReturnType__sensitivity_scenarios | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wait_and_see_scenarios) -> _WhichOneofReturnType__wait_and_see_scenarios | None: ...
+
+Global___RobustnessSettings: _TypeAlias = RobustnessSettings  # noqa: Y015
+
+@_typing.final
+class ConfidenceInterval(_message.Message):
+    """A two-sided confidence interval on a difference or a mean, USD."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATE_USD_FIELD_NUMBER: _builtins.int
+    LOWER_USD_FIELD_NUMBER: _builtins.int
+    UPPER_USD_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    estimate_usd: _builtins.float
+    """Point estimate, USD."""
+    lower_usd: _builtins.float
+    """Lower end, USD (-inf when it cannot be estimated)."""
+    upper_usd: _builtins.float
+    """Upper end, USD (inf when it cannot be estimated)."""
+    confidence_level: _builtins.float
+    """Confidence level."""
+    method: _builtins.str
+    """How it was computed: "t", "paired t", "paired bootstrap", "MMW one-sided"."""
+    def __init__(
+        self,
+        *,
+        estimate_usd: _builtins.float = ...,
+        lower_usd: _builtins.float = ...,
+        upper_usd: _builtins.float = ...,
+        confidence_level: _builtins.float = ...,
+        method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence_level", b"confidence_level", "estimate_usd", b"estimate_usd", "lower_usd", b"lower_usd", "method", b"method", "upper_usd", b"upper_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfidenceInterval: _TypeAlias = ConfidenceInterval  # noqa: Y015
+
+@_typing.final
+class SiteRacks(_message.Message):
+    """Racks and capacity of one site in an evaluated plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    RACKS_MINE_FIELD_NUMBER: _builtins.int
+    RACKS_AI_FIELD_NUMBER: _builtins.int
+    RACKS_IDLE_FIELD_NUMBER: _builtins.int
+    MINING_MW_FIELD_NUMBER: _builtins.int
+    AI_MW_FIELD_NUMBER: _builtins.int
+    LEASED_MW_FIELD_NUMBER: _builtins.int
+    DR_COMMITMENT_MW_FIELD_NUMBER: _builtins.int
+    site: _builtins.str
+    """Site id."""
+    racks_mine: _builtins.int
+    """Racks mining."""
+    racks_ai: _builtins.int
+    """Racks converted to AI/HPC."""
+    racks_idle: _builtins.int
+    """Racks idle."""
+    mining_mw: _builtins.float
+    """Mining load at the meter, PUE included, MW."""
+    ai_mw: _builtins.float
+    """Critical IT capacity converted to AI, MW."""
+    leased_mw: _builtins.float
+    """Capacity leased to tenants, MW."""
+    dr_commitment_mw: _builtins.float
+    """Committed curtailable mining load (demand response), MW at the meter."""
+    def __init__(
+        self,
+        *,
+        site: _builtins.str = ...,
+        racks_mine: _builtins.int = ...,
+        racks_ai: _builtins.int = ...,
+        racks_idle: _builtins.int = ...,
+        mining_mw: _builtins.float = ...,
+        ai_mw: _builtins.float = ...,
+        leased_mw: _builtins.float = ...,
+        dr_commitment_mw: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "dr_commitment_mw", b"dr_commitment_mw", "leased_mw", b"leased_mw", "mining_mw", b"mining_mw", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "site", b"site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteRacks: _TypeAlias = SiteRacks  # noqa: Y015
+
+@_typing.final
+class PlanEvaluation(_message.Message):
+    """One plan (the stochastic plan or a baseline) scored on the out-of-sample scenarios."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    FEASIBLE_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    RACKS_MINE_FIELD_NUMBER: _builtins.int
+    RACKS_AI_FIELD_NUMBER: _builtins.int
+    RACKS_IDLE_FIELD_NUMBER: _builtins.int
+    LEASED_MW_FIELD_NUMBER: _builtins.int
+    SITES_FIELD_NUMBER: _builtins.int
+    MEAN_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    STD_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    P5_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    P50_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    P95_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    VAR_USD_FIELD_NUMBER: _builtins.int
+    CVAR_USD_FIELD_NUMBER: _builtins.int
+    WORST_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    plan: _builtins.str
+    """Which plan: "stochastic" (the plan), "mean_value", "calculator" or "all_mining"."""
+    description: _builtins.str
+    """What the plan is, in words."""
+    feasible: _builtins.bool
+    """Whether the plan meets every constraint of the fleet."""
+    racks_mine: _builtins.int
+    """Racks mining."""
+    racks_ai: _builtins.int
+    """Racks converted to AI/HPC."""
+    racks_idle: _builtins.int
+    """Racks idle."""
+    leased_mw: _builtins.float
+    """Capacity leased to tenants, MW."""
+    std_profit_usd: _builtins.float
+    """Standard deviation of profit, USD."""
+    p5_profit_usd: _builtins.float
+    """5th percentile of profit, USD."""
+    p50_profit_usd: _builtins.float
+    """Median profit, USD."""
+    p95_profit_usd: _builtins.float
+    """95th percentile of profit, USD."""
+    var_usd: _builtins.float
+    """Value at risk: the (1 - alpha) quantile of profit, USD."""
+    cvar_usd: _builtins.float
+    """Conditional value at risk: mean profit of the worst (1 - alpha) share, USD."""
+    worst_profit_usd: _builtins.float
+    """Profit of the worst scenario, USD."""
+    objective_usd: _builtins.float
+    """The fleet's risk objective out of sample, USD."""
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Constraints the plan breaks, "path: message" (a baseline is reported as is)."""
+
+    @_builtins.property
+    def sites(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteRacks]:
+        """Racks and capacity per site."""
+
+    @_builtins.property
+    def mean_profit_usd(self) -> Global___ConfidenceInterval:
+        """Mean profit with its Student-t interval, USD."""
+
+    def __init__(
+        self,
+        *,
+        plan: _builtins.str = ...,
+        description: _builtins.str = ...,
+        feasible: _builtins.bool = ...,
+        violations: _abc.Iterable[_builtins.str] | None = ...,
+        racks_mine: _builtins.int = ...,
+        racks_ai: _builtins.int = ...,
+        racks_idle: _builtins.int = ...,
+        leased_mw: _builtins.float = ...,
+        sites: _abc.Iterable[Global___SiteRacks] | None = ...,
+        mean_profit_usd: Global___ConfidenceInterval | None = ...,
+        std_profit_usd: _builtins.float = ...,
+        p5_profit_usd: _builtins.float = ...,
+        p50_profit_usd: _builtins.float = ...,
+        p95_profit_usd: _builtins.float = ...,
+        var_usd: _builtins.float = ...,
+        cvar_usd: _builtins.float = ...,
+        worst_profit_usd: _builtins.float = ...,
+        objective_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mean_profit_usd", b"mean_profit_usd"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvar_usd", b"cvar_usd", "description", b"description", "feasible", b"feasible", "leased_mw", b"leased_mw", "mean_profit_usd", b"mean_profit_usd", "objective_usd", b"objective_usd", "p50_profit_usd", b"p50_profit_usd", "p5_profit_usd", b"p5_profit_usd", "p95_profit_usd", b"p95_profit_usd", "plan", b"plan", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "sites", b"sites", "std_profit_usd", b"std_profit_usd", "var_usd", b"var_usd", "violations", b"violations", "worst_profit_usd", b"worst_profit_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanEvaluation: _TypeAlias = PlanEvaluation  # noqa: Y015
+
+@_typing.final
+class OptimalityGap(_message.Message):
+    """Mak-Morton-Wood multiple-replication interval [0, upper_bound_usd] on the plan's optimality gap."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICATIONS_FIELD_NUMBER: _builtins.int
+    SCENARIOS_PER_REPLICATION_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    REPLICATION_OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    CANDIDATE_OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    GAP_USD_FIELD_NUMBER: _builtins.int
+    MEAN_GAP_USD_FIELD_NUMBER: _builtins.int
+    STD_GAP_USD_FIELD_NUMBER: _builtins.int
+    UPPER_BOUND_USD_FIELD_NUMBER: _builtins.int
+    RELATIVE_UPPER_BOUND_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    CANDIDATE_VAR_USD_FIELD_NUMBER: _builtins.int
+    SOLVER_STATUS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    replications: _builtins.int
+    """Number of SAA replications."""
+    scenarios_per_replication: _builtins.int
+    """Scenarios per replication."""
+    mean_gap_usd: _builtins.float
+    """Mean of the gap estimates, USD."""
+    std_gap_usd: _builtins.float
+    """Sample standard deviation (n - 1) of the gap estimates, USD."""
+    upper_bound_usd: _builtins.float
+    """One-sided upper confidence bound on the optimality gap, USD: what a planner reads."""
+    relative_upper_bound: _builtins.float
+    """upper_bound_usd over the absolute out-of-sample objective of the plan."""
+    confidence_level: _builtins.float
+    """Confidence level of the bound."""
+    candidate_var_usd: _builtins.float
+    """VaR (eta) the plan is scored at under mean-CVaR, USD; unset for other objectives."""
+    note: _builtins.str
+    """How to read the bound, in words."""
+    @_builtins.property
+    def streams(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Seed stream of each replication."""
+
+    @_builtins.property
+    def replication_objective_usd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Each replication's optimum (MIP dual bound) on its own sample, USD."""
+
+    @_builtins.property
+    def candidate_objective_usd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The plan's objective on each replication's sample, USD."""
+
+    @_builtins.property
+    def gap_usd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Gap estimate of each replication: its optimum minus the plan's objective, USD."""
+
+    @_builtins.property
+    def solver_status(self) -> _containers.RepeatedScalarFieldContainer[Global___SolveStatus.ValueType]:
+        """How each replication's MIP solve ended."""
+
+    def __init__(
+        self,
+        *,
+        replications: _builtins.int = ...,
+        scenarios_per_replication: _builtins.int = ...,
+        streams: _abc.Iterable[_builtins.int] | None = ...,
+        replication_objective_usd: _abc.Iterable[_builtins.float] | None = ...,
+        candidate_objective_usd: _abc.Iterable[_builtins.float] | None = ...,
+        gap_usd: _abc.Iterable[_builtins.float] | None = ...,
+        mean_gap_usd: _builtins.float = ...,
+        std_gap_usd: _builtins.float = ...,
+        upper_bound_usd: _builtins.float = ...,
+        relative_upper_bound: _builtins.float = ...,
+        confidence_level: _builtins.float = ...,
+        candidate_var_usd: _builtins.float | None = ...,
+        solver_status: _abc.Iterable[Global___SolveStatus.ValueType] | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_candidate_var_usd", b"_candidate_var_usd", "candidate_var_usd", b"candidate_var_usd"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_candidate_var_usd", b"_candidate_var_usd", "candidate_objective_usd", b"candidate_objective_usd", "candidate_var_usd", b"candidate_var_usd", "confidence_level", b"confidence_level", "gap_usd", b"gap_usd", "mean_gap_usd", b"mean_gap_usd", "note", b"note", "relative_upper_bound", b"relative_upper_bound", "replication_objective_usd", b"replication_objective_usd", "replications", b"replications", "scenarios_per_replication", b"scenarios_per_replication", "solver_status", b"solver_status", "std_gap_usd", b"std_gap_usd", "streams", b"streams", "upper_bound_usd", b"upper_bound_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__candidate_var_usd: _TypeAlias = _typing.Literal["candidate_var_usd"]  # noqa: Y015
+    _WhichOneofArgType__candidate_var_usd: _TypeAlias = _typing.Literal["_candidate_var_usd", b"_candidate_var_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate_var_usd) -> _WhichOneofReturnType__candidate_var_usd | None: ...
+
+Global___OptimalityGap: _TypeAlias = OptimalityGap  # noqa: Y015
+
+@_typing.final
+class WaitAndSee(_message.Message):
+    """The perfect-information bound on the first out-of-sample scenarios."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIOS_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    MEAN_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    STOCHASTIC_OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    STOCHASTIC_MEAN_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    scenarios: _builtins.int
+    """Number of scenarios solved with perfect foresight."""
+    objective_usd: _builtins.float
+    """Risk objective of the per-scenario optima, USD."""
+    mean_profit_usd: _builtins.float
+    """Mean profit of the per-scenario optima, USD."""
+    stochastic_objective_usd: _builtins.float
+    """Risk objective of the stochastic plan on the same scenarios, USD."""
+    stochastic_mean_profit_usd: _builtins.float
+    """Mean profit of the stochastic plan on the same scenarios, USD."""
+    def __init__(
+        self,
+        *,
+        scenarios: _builtins.int = ...,
+        objective_usd: _builtins.float = ...,
+        mean_profit_usd: _builtins.float = ...,
+        stochastic_objective_usd: _builtins.float = ...,
+        stochastic_mean_profit_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_profit_usd", b"mean_profit_usd", "objective_usd", b"objective_usd", "scenarios", b"scenarios", "stochastic_mean_profit_usd", b"stochastic_mean_profit_usd", "stochastic_objective_usd", b"stochastic_objective_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitAndSee: _TypeAlias = WaitAndSee  # noqa: Y015
+
+@_typing.final
+class CapacityValue(_message.Message):
+    """What one more MW of grid capacity at a site is worth."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    CAPACITY_MW_FIELD_NUMBER: _builtins.int
+    EXTRA_MW_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_GAIN_USD_FIELD_NUMBER: _builtins.int
+    VALUE_USD_PER_MW_DAY_FIELD_NUMBER: _builtins.int
+    site: _builtins.str
+    """Site id."""
+    capacity_mw: _builtins.float
+    """The site's grid capacity, MW."""
+    extra_mw: _builtins.float
+    """Capacity added for the re-solve, MW."""
+    objective_gain_usd: _builtins.float
+    """Change of the optimal risk objective over the horizon, USD."""
+    value_usd_per_mw_day: _builtins.float
+    """That change per MW added and per day, USD/MW/day."""
+    def __init__(
+        self,
+        *,
+        site: _builtins.str = ...,
+        capacity_mw: _builtins.float = ...,
+        extra_mw: _builtins.float = ...,
+        objective_gain_usd: _builtins.float = ...,
+        value_usd_per_mw_day: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity_mw", b"capacity_mw", "extra_mw", b"extra_mw", "objective_gain_usd", b"objective_gain_usd", "site", b"site", "value_usd_per_mw_day", b"value_usd_per_mw_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapacityValue: _TypeAlias = CapacityValue  # noqa: Y015
+
+@_typing.final
+class HashpriceFlip(_message.Message):
+    """Where a group's mining rack count changes as the hashprice moves; unset: not within the factor
+    range.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    RACKS_MINE_FIELD_NUMBER: _builtins.int
+    LOWER_FACTOR_FIELD_NUMBER: _builtins.int
+    LOWER_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    RACKS_MINE_BELOW_FIELD_NUMBER: _builtins.int
+    UPPER_FACTOR_FIELD_NUMBER: _builtins.int
+    UPPER_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    RACKS_MINE_ABOVE_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Rack group id."""
+    site: _builtins.str
+    """Site id of the group."""
+    machine: _builtins.str
+    """Machine id of the group."""
+    racks_mine: _builtins.int
+    """Racks mining at today's expected hashprice."""
+    lower_factor: _builtins.float
+    """Below this multiple of today's hashprice the group mines fewer racks."""
+    lower_hashprice_usd_per_ph_day: _builtins.float
+    """The hashprice at lower_factor, USD per PH/s per day."""
+    racks_mine_below: _builtins.int
+    """Racks mining just below lower_factor."""
+    upper_factor: _builtins.float
+    """Above this multiple of today's hashprice the group mines more racks."""
+    upper_hashprice_usd_per_ph_day: _builtins.float
+    """The hashprice at upper_factor, USD per PH/s per day."""
+    racks_mine_above: _builtins.int
+    """Racks mining just above upper_factor."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        site: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        racks_mine: _builtins.int = ...,
+        lower_factor: _builtins.float | None = ...,
+        lower_hashprice_usd_per_ph_day: _builtins.float | None = ...,
+        racks_mine_below: _builtins.int | None = ...,
+        upper_factor: _builtins.float | None = ...,
+        upper_hashprice_usd_per_ph_day: _builtins.float | None = ...,
+        racks_mine_above: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lower_factor", b"_lower_factor", "_lower_hashprice_usd_per_ph_day", b"_lower_hashprice_usd_per_ph_day", "_racks_mine_above", b"_racks_mine_above", "_racks_mine_below", b"_racks_mine_below", "_upper_factor", b"_upper_factor", "_upper_hashprice_usd_per_ph_day", b"_upper_hashprice_usd_per_ph_day", "lower_factor", b"lower_factor", "lower_hashprice_usd_per_ph_day", b"lower_hashprice_usd_per_ph_day", "racks_mine_above", b"racks_mine_above", "racks_mine_below", b"racks_mine_below", "upper_factor", b"upper_factor", "upper_hashprice_usd_per_ph_day", b"upper_hashprice_usd_per_ph_day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lower_factor", b"_lower_factor", "_lower_hashprice_usd_per_ph_day", b"_lower_hashprice_usd_per_ph_day", "_racks_mine_above", b"_racks_mine_above", "_racks_mine_below", b"_racks_mine_below", "_upper_factor", b"_upper_factor", "_upper_hashprice_usd_per_ph_day", b"_upper_hashprice_usd_per_ph_day", "group", b"group", "lower_factor", b"lower_factor", "lower_hashprice_usd_per_ph_day", b"lower_hashprice_usd_per_ph_day", "machine", b"machine", "racks_mine", b"racks_mine", "racks_mine_above", b"racks_mine_above", "racks_mine_below", b"racks_mine_below", "site", b"site", "upper_factor", b"upper_factor", "upper_hashprice_usd_per_ph_day", b"upper_hashprice_usd_per_ph_day"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__lower_factor: _TypeAlias = _typing.Literal["lower_factor"]  # noqa: Y015
+    _WhichOneofArgType__lower_factor: _TypeAlias = _typing.Literal["_lower_factor", b"_lower_factor"]  # noqa: Y015
+    _WhichOneofReturnType__lower_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["lower_hashprice_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofArgType__lower_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["_lower_hashprice_usd_per_ph_day", b"_lower_hashprice_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofReturnType__racks_mine_above: _TypeAlias = _typing.Literal["racks_mine_above"]  # noqa: Y015
+    _WhichOneofArgType__racks_mine_above: _TypeAlias = _typing.Literal["_racks_mine_above", b"_racks_mine_above"]  # noqa: Y015
+    _WhichOneofReturnType__racks_mine_below: _TypeAlias = _typing.Literal["racks_mine_below"]  # noqa: Y015
+    _WhichOneofArgType__racks_mine_below: _TypeAlias = _typing.Literal["_racks_mine_below", b"_racks_mine_below"]  # noqa: Y015
+    _WhichOneofReturnType__upper_factor: _TypeAlias = _typing.Literal["upper_factor"]  # noqa: Y015
+    _WhichOneofArgType__upper_factor: _TypeAlias = _typing.Literal["_upper_factor", b"_upper_factor"]  # noqa: Y015
+    _WhichOneofReturnType__upper_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["upper_hashprice_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofArgType__upper_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["_upper_hashprice_usd_per_ph_day", b"_upper_hashprice_usd_per_ph_day"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lower_factor) -> _WhichOneofReturnType__lower_factor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lower_hashprice_usd_per_ph_day) -> _WhichOneofReturnType__lower_hashprice_usd_per_ph_day | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__racks_mine_above) -> _WhichOneofReturnType__racks_mine_above | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__racks_mine_below) -> _WhichOneofReturnType__racks_mine_below | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upper_factor) -> _WhichOneofReturnType__upper_factor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upper_hashprice_usd_per_ph_day) -> _WhichOneofReturnType__upper_hashprice_usd_per_ph_day | None: ...
+
+Global___HashpriceFlip: _TypeAlias = HashpriceFlip  # noqa: Y015
+
+@_typing.final
+class SensitivityReport(_message.Message):
+    """Sensitivity of the plan: capacity values and hashprice flips, from re-solves on its first
+    scenarios.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPECTED_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    SCENARIOS_FIELD_NUMBER: _builtins.int
+    CAPACITY_METHOD_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    FLIP_METHOD_FIELD_NUMBER: _builtins.int
+    FACTOR_MIN_FIELD_NUMBER: _builtins.int
+    FACTOR_MAX_FIELD_NUMBER: _builtins.int
+    FLIP_TOLERANCE_FIELD_NUMBER: _builtins.int
+    HASHPRICE_FLIPS_FIELD_NUMBER: _builtins.int
+    SOLVES_FIELD_NUMBER: _builtins.int
+    expected_hashprice_usd_per_ph_day: _builtins.float
+    """Expected hashprice of the plan's scenarios, USD per PH/s per day."""
+    scenarios: _builtins.int
+    """Scenarios the re-solves use."""
+    capacity_method: _builtins.str
+    """How capacity values are computed, in words."""
+    flip_method: _builtins.str
+    """How the flips are found, in words."""
+    factor_min: _builtins.float
+    """Lowest hashprice factor searched."""
+    factor_max: _builtins.float
+    """Highest hashprice factor searched."""
+    flip_tolerance: _builtins.float
+    """Relative width at which the bisection on the factor stops."""
+    solves: _builtins.int
+    """MIP solves made."""
+    @_builtins.property
+    def capacity(self) -> _containers.RepeatedCompositeFieldContainer[Global___CapacityValue]:
+        """Value of one more MW per site."""
+
+    @_builtins.property
+    def hashprice_flips(self) -> _containers.RepeatedCompositeFieldContainer[Global___HashpriceFlip]:
+        """Flip points per rack group."""
+
+    def __init__(
+        self,
+        *,
+        expected_hashprice_usd_per_ph_day: _builtins.float = ...,
+        scenarios: _builtins.int = ...,
+        capacity_method: _builtins.str = ...,
+        capacity: _abc.Iterable[Global___CapacityValue] | None = ...,
+        flip_method: _builtins.str = ...,
+        factor_min: _builtins.float = ...,
+        factor_max: _builtins.float = ...,
+        flip_tolerance: _builtins.float = ...,
+        hashprice_flips: _abc.Iterable[Global___HashpriceFlip] | None = ...,
+        solves: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "capacity_method", b"capacity_method", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "factor_max", b"factor_max", "factor_min", b"factor_min", "flip_method", b"flip_method", "flip_tolerance", b"flip_tolerance", "hashprice_flips", b"hashprice_flips", "scenarios", b"scenarios", "solves", b"solves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SensitivityReport: _TypeAlias = SensitivityReport  # noqa: Y015
+
+@_typing.final
+class RobustnessReport(_message.Message):
+    """Robustness measured, not asserted: the plan and baselines scored on fresh scenarios, the SAA
+    optimality-gap interval, the value of the stochastic solution (VSS) and of perfect information
+    (EVPI), and sensitivity (optimizer/robustness.py, docs/robustness.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TimingsSEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    OBJECTIVE_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_SCENARIOS_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_SEED_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_STREAM_FIELD_NUMBER: _builtins.int
+    PLANS_FIELD_NUMBER: _builtins.int
+    WAIT_AND_SEE_FIELD_NUMBER: _builtins.int
+    VALUE_OF_STOCHASTIC_SOLUTION_USD_FIELD_NUMBER: _builtins.int
+    VALUE_OF_STOCHASTIC_SOLUTION_MEAN_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    EXPECTED_VALUE_OF_PERFECT_INFORMATION_USD_FIELD_NUMBER: _builtins.int
+    EXPECTED_VALUE_OF_PERFECT_INFORMATION_MEAN_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    OPTIMALITY_GAP_FIELD_NUMBER: _builtins.int
+    SENSITIVITY_FIELD_NUMBER: _builtins.int
+    TYPICAL_SCENARIO_INDEX_FIELD_NUMBER: _builtins.int
+    STRESS_SCENARIO_INDEX_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    TIMINGS_S_FIELD_NUMBER: _builtins.int
+    objective: _fleet_pb2.Objective.ValueType
+    """Objective the plans are compared by."""
+    alpha: _builtins.float
+    """CVaR level."""
+    weight: _builtins.float
+    """Weight of CVaR in a mean-CVaR objective."""
+    confidence_level: _builtins.float
+    """Confidence level of every interval."""
+    out_of_sample_scenarios: _builtins.int
+    """Out-of-sample scenarios every plan is scored on."""
+    out_of_sample_seed: _builtins.int
+    """Random seed of the out-of-sample scenarios."""
+    out_of_sample_stream: _builtins.int
+    """Seed stream of the out-of-sample scenarios (1)."""
+    typical_scenario_index: _builtins.int
+    """Out-of-sample index of the stochastic plan's median-profit scenario."""
+    stress_scenario_index: _builtins.int
+    """Out-of-sample index of its worst scenario (the bottom of the CVaR tail)."""
+    @_builtins.property
+    def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanEvaluation]:
+        """The stochastic plan first, then the baselines."""
+
+    @_builtins.property
+    def wait_and_see(self) -> Global___WaitAndSee:
+        """The perfect-information bound; unset when not computed."""
+
+    @_builtins.property
+    def value_of_stochastic_solution_usd(self) -> Global___ConfidenceInterval:
+        """VSS: risk objective of the stochastic plan minus that of the mean-value plan, USD."""
+
+    @_builtins.property
+    def value_of_stochastic_solution_mean_profit_usd(self) -> Global___ConfidenceInterval:
+        """VSS in mean profit, USD."""
+
+    @_builtins.property
+    def expected_value_of_perfect_information_usd(self) -> Global___ConfidenceInterval:
+        """EVPI: wait-and-see risk objective minus the stochastic plan's, USD; unset when not computed."""
+
+    @_builtins.property
+    def expected_value_of_perfect_information_mean_profit_usd(self) -> Global___ConfidenceInterval:
+        """EVPI in mean profit, USD; unset when not computed."""
+
+    @_builtins.property
+    def optimality_gap(self) -> Global___OptimalityGap:
+        """The SAA optimality-gap interval; unset when not computed."""
+
+    @_builtins.property
+    def sensitivity(self) -> Global___SensitivityReport:
+        """Sensitivity; unset when not computed."""
+
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Caveats of this report, in words."""
+
+    @_builtins.property
+    def timings_s(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Wall time of each stage, seconds, keyed by stage."""
+
+    def __init__(
+        self,
+        *,
+        objective: _fleet_pb2.Objective.ValueType = ...,
+        alpha: _builtins.float = ...,
+        weight: _builtins.float = ...,
+        confidence_level: _builtins.float = ...,
+        out_of_sample_scenarios: _builtins.int = ...,
+        out_of_sample_seed: _builtins.int = ...,
+        out_of_sample_stream: _builtins.int = ...,
+        plans: _abc.Iterable[Global___PlanEvaluation] | None = ...,
+        wait_and_see: Global___WaitAndSee | None = ...,
+        value_of_stochastic_solution_usd: Global___ConfidenceInterval | None = ...,
+        value_of_stochastic_solution_mean_profit_usd: Global___ConfidenceInterval | None = ...,
+        expected_value_of_perfect_information_usd: Global___ConfidenceInterval | None = ...,
+        expected_value_of_perfect_information_mean_profit_usd: Global___ConfidenceInterval | None = ...,
+        optimality_gap: Global___OptimalityGap | None = ...,
+        sensitivity: Global___SensitivityReport | None = ...,
+        typical_scenario_index: _builtins.int = ...,
+        stress_scenario_index: _builtins.int = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
+        timings_s: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_value_of_perfect_information_mean_profit_usd", b"expected_value_of_perfect_information_mean_profit_usd", "expected_value_of_perfect_information_usd", b"expected_value_of_perfect_information_usd", "optimality_gap", b"optimality_gap", "sensitivity", b"sensitivity", "value_of_stochastic_solution_mean_profit_usd", b"value_of_stochastic_solution_mean_profit_usd", "value_of_stochastic_solution_usd", b"value_of_stochastic_solution_usd", "wait_and_see", b"wait_and_see"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "confidence_level", b"confidence_level", "expected_value_of_perfect_information_mean_profit_usd", b"expected_value_of_perfect_information_mean_profit_usd", "expected_value_of_perfect_information_usd", b"expected_value_of_perfect_information_usd", "notes", b"notes", "objective", b"objective", "optimality_gap", b"optimality_gap", "out_of_sample_scenarios", b"out_of_sample_scenarios", "out_of_sample_seed", b"out_of_sample_seed", "out_of_sample_stream", b"out_of_sample_stream", "plans", b"plans", "sensitivity", b"sensitivity", "stress_scenario_index", b"stress_scenario_index", "timings_s", b"timings_s", "typical_scenario_index", b"typical_scenario_index", "value_of_stochastic_solution_mean_profit_usd", b"value_of_stochastic_solution_mean_profit_usd", "value_of_stochastic_solution_usd", b"value_of_stochastic_solution_usd", "wait_and_see", b"wait_and_see", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RobustnessReport: _TypeAlias = RobustnessReport  # noqa: Y015

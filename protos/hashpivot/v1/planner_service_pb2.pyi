@@ -41,7 +41,11 @@ class _RackActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RackAction
     RACK_ACTION_RUN: _RackAction.ValueType  # 1
     """Run: hash revenue after pool fee exceeds the power cost."""
     RACK_ACTION_CURTAIL: _RackAction.ValueType  # 2
-    """Curtail: power costs more than the hash earns."""
+    """Curtail: power costs more than the hash earns, or no power is left for the group."""
+    RACK_ACTION_RUN_PARTIAL: _RackAction.ValueType  # 3
+    """Run racks_run of the group's racks (the first ones of its rack ids) and curtail the rest: the
+    site's available power or a demand-response call leaves room for only part of the group.
+    """
 
 class RackAction(_RackAction, metaclass=_RackActionEnumTypeWrapper):
     """What to do with racks."""
@@ -51,7 +55,11 @@ RACK_ACTION_UNSPECIFIED: RackAction.ValueType  # 0
 RACK_ACTION_RUN: RackAction.ValueType  # 1
 """Run: hash revenue after pool fee exceeds the power cost."""
 RACK_ACTION_CURTAIL: RackAction.ValueType  # 2
-"""Curtail: power costs more than the hash earns."""
+"""Curtail: power costs more than the hash earns, or no power is left for the group."""
+RACK_ACTION_RUN_PARTIAL: RackAction.ValueType  # 3
+"""Run racks_run of the group's racks (the first ones of its rack ids) and curtail the rest: the
+site's available power or a demand-response call leaves room for only part of the group.
+"""
 Global___RackAction: _TypeAlias = RackAction  # noqa: Y015
 
 @_typing.final
@@ -92,6 +100,7 @@ class OptimizeRequest(_message.Message):
 
     FLEET_FIELD_NUMBER: _builtins.int
     COMMITMENTS_FIELD_NUMBER: _builtins.int
+    ROBUSTNESS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def fleet(self) -> _fleet_pb2.Fleet:
         """The fleet to plan."""
@@ -100,15 +109,23 @@ class OptimizeRequest(_message.Message):
     def commitments(self) -> Global___Commitments:
         """Decisions fixed before the solve."""
 
+    @_builtins.property
+    def robustness(self) -> _plan_pb2.RobustnessSettings:
+        """When set, the plan is assessed for robustness once made (out of sample, baselines, SAA gap, VSS,
+        EVPI, sensitivity) and Plan.robustness is filled. The call deadline must cover it too: a
+        deadline that hits during the assessment ends the call DEADLINE_EXCEEDED.
+        """
+
     def __init__(
         self,
         *,
         fleet: _fleet_pb2.Fleet | None = ...,
         commitments: Global___Commitments | None = ...,
+        robustness: _plan_pb2.RobustnessSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "robustness", b"robustness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "robustness", b"robustness"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,6 +164,7 @@ class SubmitPlanJobRequest(_message.Message):
     FLEET_FIELD_NUMBER: _builtins.int
     COMMITMENTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ROBUSTNESS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: a second submission with the same key returns the first job."""
     @_builtins.property
@@ -157,16 +175,23 @@ class SubmitPlanJobRequest(_message.Message):
     def commitments(self) -> Global___Commitments:
         """Decisions fixed before the solve."""
 
+    @_builtins.property
+    def robustness(self) -> _plan_pb2.RobustnessSettings:
+        """When set, the job assesses the plan's robustness once made and stores it with the plan
+        (Plan.robustness); progress shows the robustness stages.
+        """
+
     def __init__(
         self,
         *,
         fleet: _fleet_pb2.Fleet | None = ...,
         commitments: Global___Commitments | None = ...,
         request_id: _builtins.str = ...,
+        robustness: _plan_pb2.RobustnessSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "robustness", b"robustness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "request_id", b"request_id", "robustness", b"robustness"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -514,9 +539,30 @@ class Allocation(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DrMwBySiteEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RACKS_FIELD_NUMBER: _builtins.int
     CONVERTED_SITES_FIELD_NUMBER: _builtins.int
     LEASES_FIELD_NUMBER: _builtins.int
+    DR_MW_BY_SITE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def racks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupCounts]:
         """Counts for every rack group of the fleet."""
@@ -529,16 +575,23 @@ class Allocation(_message.Message):
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseAssignment]:
         """Leased MW per offer and site."""
 
+    @_builtins.property
+    def dr_mw_by_site(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Committed curtailable mining load (demand response) per site, MW at the meter, keyed by site id;
+        sites left out commit nothing.
+        """
+
     def __init__(
         self,
         *,
         racks: _abc.Iterable[Global___GroupCounts] | None = ...,
         converted_sites: _abc.Iterable[_builtins.str] | None = ...,
         leases: _abc.Iterable[Global___LeaseAssignment] | None = ...,
+        dr_mw_by_site: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["converted_sites", b"converted_sites", "leases", b"leases", "racks", b"racks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["converted_sites", b"converted_sites", "dr_mw_by_site", b"dr_mw_by_site", "leases", b"leases", "racks", b"racks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -750,11 +803,54 @@ class DispatchRequest(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SpotPriceUsdPerMwhByMarketEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class AvailableMwBySiteEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PLAN_ID_FIELD_NUMBER: _builtins.int
     POWER_PRICE_USD_PER_MWH_BY_SITE_FIELD_NUMBER: _builtins.int
     HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     INCLUDE_RACK_IDS_FIELD_NUMBER: _builtins.int
+    SPOT_PRICE_USD_PER_MWH_BY_MARKET_FIELD_NUMBER: _builtins.int
+    AVAILABLE_MW_BY_SITE_FIELD_NUMBER: _builtins.int
+    DR_CALL_SITES_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """The plan whose mining racks to dispatch."""
     hashprice_usd_per_ph_day: _builtins.float
@@ -763,13 +859,37 @@ class DispatchRequest(_message.Message):
     """Whether to list the rack ids of each group."""
     @_builtins.property
     def power_price_usd_per_mwh_by_site(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Current power price each site pays per MWh, keyed by site id, USD/MWh. Required for sites on an
-        index contract; a fixed-contract site left out pays its contract price.
+        """Current power price per site, keyed by site id, USD/MWh: for an index contract the price the
+        site pays for the next MWh (spot plus adder); for a take-or-pay contract the spot price its
+        unused power resells at (the server deducts the resale fee: drawing a MWh forgoes spot - fee);
+        for a fixed contract an override of the contract price. A site with mining racks and no fixed
+        contract needs a price here or its market's in spot_price_usd_per_mwh_by_market.
         """
 
     @_builtins.property
     def network(self) -> Global___NetworkState:
         """BTC price and network hashrate."""
+
+    @_builtins.property
+    def spot_price_usd_per_mwh_by_market(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Current spot price per power market, keyed by market id, USD/MWh: each site of the market
+        without an entry in power_price_usd_per_mwh_by_site pays spot plus adder (index), forgoes spot
+        minus the resale fee (take-or-pay), or its contract price (fixed).
+        """
+
+    @_builtins.property
+    def available_mw_by_site(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """A curtailment event in progress: the MW a site may draw now at the meter, keyed by site id.
+        The plan's AI load keeps priority (it is shed only above the limit), mining gets the rest, racks
+        with the best margin per kW first.
+        """
+
+    @_builtins.property
+    def dr_call_sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sites where a demand-response call is active now: their mining load drops at least their
+        committed MW below the plan's mining load, the worst margins per kW first. A site that committed
+        nothing is unaffected.
+        """
 
     def __init__(
         self,
@@ -779,10 +899,13 @@ class DispatchRequest(_message.Message):
         hashprice_usd_per_ph_day: _builtins.float = ...,
         network: Global___NetworkState | None = ...,
         include_rack_ids: _builtins.bool = ...,
+        spot_price_usd_per_mwh_by_market: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        available_mw_by_site: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        dr_call_sites: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hashprice_source", b"hashprice_source", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hashprice_source", b"hashprice_source", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "include_rack_ids", b"include_rack_ids", "network", b"network", "plan_id", b"plan_id", "power_price_usd_per_mwh_by_site", b"power_price_usd_per_mwh_by_site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_mw_by_site", b"available_mw_by_site", "dr_call_sites", b"dr_call_sites", "hashprice_source", b"hashprice_source", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "include_rack_ids", b"include_rack_ids", "network", b"network", "plan_id", b"plan_id", "power_price_usd_per_mwh_by_site", b"power_price_usd_per_mwh_by_site", "spot_price_usd_per_mwh_by_market", b"spot_price_usd_per_mwh_by_market"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_hashprice_source: _TypeAlias = _typing.Literal["hashprice_usd_per_ph_day", "network"]  # noqa: Y015
     _WhichOneofArgType_hashprice_source: _TypeAlias = _typing.Literal["hashprice_source", b"hashprice_source"]  # noqa: Y015
@@ -805,6 +928,8 @@ class GroupDispatch(_message.Message):
     BREAKEVEN_POWER_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     MARGIN_USD_PER_RACK_HOUR_FIELD_NUMBER: _builtins.int
     RACK_IDS_FIELD_NUMBER: _builtins.int
+    RACKS_RUN_FIELD_NUMBER: _builtins.int
+    RUN_MW_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """Rack group id."""
     site: _builtins.str
@@ -816,11 +941,17 @@ class GroupDispatch(_message.Message):
     mw: _builtins.float
     """Load of those racks at the meter, PUE included, MW."""
     power_price_usd_per_mwh: _builtins.float
-    """Power price the site pays now, USD/MWh."""
+    """Marginal power price of the site now, USD/MWh: the fixed price, spot plus adder (index), or
+    spot minus the resale fee (take-or-pay).
+    """
     breakeven_power_price_usd_per_mwh: _builtins.float
     """Power price above which the group curtails at the current hashprice, USD/MWh."""
     margin_usd_per_rack_hour: _builtins.float
     """Hash revenue after pool fee minus power cost of one running rack, USD per hour."""
+    racks_run: _builtins.int
+    """Racks to run: all of them, none, or (RACK_ACTION_RUN_PARTIAL) the first racks_run."""
+    run_mw: _builtins.float
+    """Load of the racks to run at the meter, PUE included, MW."""
     @_builtins.property
     def rack_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the racks (when asked for)."""
@@ -837,14 +968,64 @@ class GroupDispatch(_message.Message):
         breakeven_power_price_usd_per_mwh: _builtins.float = ...,
         margin_usd_per_rack_hour: _builtins.float = ...,
         rack_ids: _abc.Iterable[_builtins.str] | None = ...,
+        racks_run: _builtins.int = ...,
+        run_mw: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "group", b"group", "margin_usd_per_rack_hour", b"margin_usd_per_rack_hour", "mw", b"mw", "power_price_usd_per_mwh", b"power_price_usd_per_mwh", "rack_ids", b"rack_ids", "racks", b"racks", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "group", b"group", "margin_usd_per_rack_hour", b"margin_usd_per_rack_hour", "mw", b"mw", "power_price_usd_per_mwh", b"power_price_usd_per_mwh", "rack_ids", b"rack_ids", "racks", b"racks", "racks_run", b"racks_run", "run_mw", b"run_mw", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GroupDispatch: _TypeAlias = GroupDispatch  # noqa: Y015
+
+@_typing.final
+class SiteDispatch(_message.Message):
+    """The state of a site with a curtailment event or a demand-response call in the request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    AVAILABLE_MW_FIELD_NUMBER: _builtins.int
+    DR_CALL_FIELD_NUMBER: _builtins.int
+    DR_COMMITMENT_MW_FIELD_NUMBER: _builtins.int
+    AI_LOAD_MW_FIELD_NUMBER: _builtins.int
+    RUN_MW_FIELD_NUMBER: _builtins.int
+    SHED_AI_MW_FIELD_NUMBER: _builtins.int
+    site: _builtins.str
+    """Site id."""
+    available_mw: _builtins.float
+    """MW the site may draw now at the meter, from the request; unset: no event."""
+    dr_call: _builtins.bool
+    """Whether a demand-response call is active at the site."""
+    dr_commitment_mw: _builtins.float
+    """The plan's committed curtailable mining load, MW at the meter."""
+    ai_load_mw: _builtins.float
+    """The plan's AI load at the meter (leased MW x AI PUE), MW; the halls are taken to be live."""
+    run_mw: _builtins.float
+    """Mining load to run at the meter, MW."""
+    shed_ai_mw: _builtins.float
+    """Critical IT load shed because the available power is below the AI load, MW."""
+    def __init__(
+        self,
+        *,
+        site: _builtins.str = ...,
+        available_mw: _builtins.float | None = ...,
+        dr_call: _builtins.bool = ...,
+        dr_commitment_mw: _builtins.float = ...,
+        ai_load_mw: _builtins.float = ...,
+        run_mw: _builtins.float = ...,
+        shed_ai_mw: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_available_mw", b"_available_mw", "available_mw", b"available_mw"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_available_mw", b"_available_mw", "ai_load_mw", b"ai_load_mw", "available_mw", b"available_mw", "dr_call", b"dr_call", "dr_commitment_mw", b"dr_commitment_mw", "run_mw", b"run_mw", "shed_ai_mw", b"shed_ai_mw", "site", b"site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__available_mw: _TypeAlias = _typing.Literal["available_mw"]  # noqa: Y015
+    _WhichOneofArgType__available_mw: _TypeAlias = _typing.Literal["_available_mw", b"_available_mw"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__available_mw) -> _WhichOneofReturnType__available_mw | None: ...
+
+Global___SiteDispatch: _TypeAlias = SiteDispatch  # noqa: Y015
 
 @_typing.final
 class DispatchResponse(_message.Message):
@@ -859,6 +1040,7 @@ class DispatchResponse(_message.Message):
     RACKS_CURTAILED_FIELD_NUMBER: _builtins.int
     RUN_MW_FIELD_NUMBER: _builtins.int
     CURTAILED_MW_FIELD_NUMBER: _builtins.int
+    SITES_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """The plan dispatched."""
     hashprice_usd_per_ph_day: _builtins.float
@@ -875,6 +1057,10 @@ class DispatchResponse(_message.Message):
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupDispatch]:
         """One entry per rack group with mining racks, in fleet order."""
 
+    @_builtins.property
+    def sites(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteDispatch]:
+        """One entry per site named in available_mw_by_site or dr_call_sites, in fleet order."""
+
     def __init__(
         self,
         *,
@@ -885,10 +1071,11 @@ class DispatchResponse(_message.Message):
         racks_curtailed: _builtins.int = ...,
         run_mw: _builtins.float = ...,
         curtailed_mw: _builtins.float = ...,
+        sites: _abc.Iterable[Global___SiteDispatch] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["curtailed_mw", b"curtailed_mw", "groups", b"groups", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "plan_id", b"plan_id", "racks_curtailed", b"racks_curtailed", "racks_run", b"racks_run", "run_mw", b"run_mw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["curtailed_mw", b"curtailed_mw", "groups", b"groups", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "plan_id", b"plan_id", "racks_curtailed", b"racks_curtailed", "racks_run", b"racks_run", "run_mw", b"run_mw", "sites", b"sites"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
