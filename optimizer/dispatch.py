@@ -310,14 +310,17 @@ def _coupled_step(
     hours = fleet.horizon.step_hours
     coupled = conditions.sites(table)
     slot_of = {n: k for k, n in enumerate(coupled)}
+    is_coupled = np.zeros(len(table.site_ids), dtype=bool)
+    is_coupled[coupled] = True
+    at_coupled = is_coupled[table.site_index]  # [G]
     # candidate racks: the groups of those sites with a positive margin (the others never run)
-    items = np.flatnonzero(np.isin(table.site_index, coupled) & (revenue_usd_per_hour > cost_usd_per_hour))
+    items = np.flatnonzero(at_coupled & (revenue_usd_per_hour > cost_usd_per_hour))
     revenue_usd, cost_usd = revenue_usd_per_hour[items] * hours, cost_usd_per_hour[items] * hours
     economics = _one_step_economics(fleet, conditions, table, coupled, slot_of, items, revenue_usd, cost_usd)
     profits = site_profits(fleet, economics, allocation)
 
     out = lp_racks_run.copy()
-    out[np.isin(table.site_index, coupled)] = 0.0
+    out[at_coupled] = 0.0
     # the knapsack adds racks x margin to each group's value (nothing separable here): divide the margin out
     out[items] = profits.group_mine_value_usd[table.fleet_group_index[items], 0] / (revenue_usd - cost_usd)
     run_mw = np.floor(out + RACK_ROUNDING_TOL) * table.rack_meter_mw
