@@ -299,7 +299,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         return entry
 
 
-_ACTIONS = (  # by (racks_run == racks, racks_run == 0)
+_ACTIONS = (  # index 0: every rack of the group runs, 1: none, 2: some (a limit or a DR call binds)
     planner_service_pb2.RACK_ACTION_RUN,
     planner_service_pb2.RACK_ACTION_CURTAIL,
     planner_service_pb2.RACK_ACTION_RUN_PARTIAL,
