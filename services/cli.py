@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
-from services.service_cli import add_client_parser, add_serve_parser
+from services.service_cli import add_client_parser, add_robustness_arguments, add_serve_parser, robustness_overrides
 from services.tables import print_plan, write_plan_outputs
 
 console = Console(stderr=True)
@@ -31,9 +31,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="at most this many Ray tasks at once (never changes the plan)")
     p.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder for plan.json and CSV tables")
-    p.add_argument("--oos-scenarios", type=int, default=500, help="fresh scenarios every plan is scored on (500)")
-    p.add_argument("--replications", type=int, default=5, help="SAA replications for the optimality-gap interval (5)")
-    p.add_argument("--wait-and-see", type=int, default=100, help="out-of-sample scenarios solved with foresight (100)")
+    add_robustness_arguments(p, opt_in=False)
     p.add_argument("--no-robustness", action="store_true", help="skip baselines, out-of-sample scoring and report.html")
     p.set_defaults(func=cmd_plan)
 
@@ -101,9 +99,7 @@ def _assess(args: argparse.Namespace, fleet, plan, provided, progress):
     from optimizer.robustness import RobustnessSettings
     from solvers.robustness import assess_plan
 
-    settings = RobustnessSettings(
-        oos_scenarios=args.oos_scenarios, replications=args.replications, wait_and_see_scenarios=args.wait_and_see
-    )
+    settings = RobustnessSettings(**robustness_overrides(args))
     return assess_plan(fleet, plan, provided=provided, settings=settings, workers=args.workers, progress=progress)
 
 

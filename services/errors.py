@@ -24,6 +24,7 @@ from protos.hashpivot.v1 import jobs_pb2
 from services.convert import field_path
 from solvers.diagnose import InfeasibleConstraintError
 from solvers.highs import InfeasiblePlanError, NoSolutionInTimeError
+from solvers.runs import RunDeadlineError
 
 CONSTRAINT = "CONSTRAINT"  # PreconditionFailure.Violation.type of a plan constraint
 
@@ -174,7 +175,7 @@ def to_service_error(exc: BaseException, fleet_prefix: str = "fleet") -> Service
         return invalid_argument(exc.violations, fleet_prefix)
     if isinstance(exc, DispatchInputError):
         return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, str(exc))])
-    if isinstance(exc, NoSolutionInTimeError):
+    if isinstance(exc, NoSolutionInTimeError | RunDeadlineError):
         return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
     if isinstance(exc, InfeasibleConstraintError | InfeasiblePlanError):
         return infeasible(exc)

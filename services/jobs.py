@@ -7,7 +7,7 @@ them) are queued again and re-run from the start: a run is deterministic (seeded
 re-run gives the plan the first run would have.
 
 The runner lives on the server's event loop: it claims queued jobs up to `max_concurrent_jobs`,
-runs each in a worker thread (services/runs.py), relays progress to watchers, and stops runs on
+runs each in a worker thread (solvers/runs.py), relays progress to watchers, and stops runs on
 cancel or shutdown. All database access happens on the event-loop thread.
 """
 
@@ -36,8 +36,8 @@ from optimizer.fleet import Fleet, parse_fleet
 from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings
 from services.errors import ServiceError, failed_precondition, not_found, to_service_error
-from services.runs import STOP_CANCELLED, STOP_SHUTDOWN, ProgressSnapshot, RunControl, RunStopped, run_plan
 from solvers.diagnose import Commitments
+from solvers.runs import STOP_CANCELLED, STOP_SHUTDOWN, ProgressSnapshot, RunControl, RunStopped, run_plan
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +370,7 @@ class JobRunner:
 
     store: JobStore
     max_concurrent_jobs: int = 1
-    relay: Any = None  # services.runs.ProgressRelay handle, for MIP progress
+    relay: Any = None  # solvers.runs.ProgressRelay handle, for MIP progress
     on_plan: Any = None  # callable(plan_id, fleet, plan)
     _active: dict[str, _ActiveJob] = field(default_factory=dict)
     _watchers: dict[str, set[asyncio.Queue]] = field(default_factory=dict)

@@ -27,9 +27,9 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.hashpivot.v1 import planner_service_pb2_grpc
 from services.jobs import JobRunner, JobStore, default_db_path
-from services.runs import new_relay
 from services.servicer import SERVICE_NAME, PlannerServicer
 from solvers.ray_pool import ensure_ray
+from solvers.runs import new_relay
 
 log = logging.getLogger(__name__)
 

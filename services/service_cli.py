@@ -434,9 +434,12 @@ def _pairs(items: list[str], flag: str, form: str) -> dict[str, float]:
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{flag} {item!r}: expected {form}")
-        out[key] = float(value)
+        try:
+            if not sep:
+                raise ValueError
+            out[key] = float(value)
+        except ValueError:
+            raise ValueError(f"{flag} {item!r}: expected {form}") from None
     return out
 
 

@@ -1,6 +1,6 @@
 """The PlannerService handlers: translate requests, call the planning core, translate results.
 
-No math here: plans come from solvers.planner (via services/runs.py), scores from
+No math here: plans come from solvers.planner (via solvers/runs.py), scores from
 optimizer.allocation/risk, dispatch decisions from optimizer/dispatch.py. Every handler maps
 domain errors to canonical status codes with rich details (services/errors.py).
 """
@@ -35,8 +35,8 @@ from protos.hashpivot.v1 import jobs_pb2, planner_service_pb2, planner_service_p
 from services import convert
 from services.errors import ServiceError, abort, allocation_error, invalid_argument, not_found, to_service_error
 from services.jobs import JobRecord, JobRunner, JobState, JobStore
-from services.runs import STOP_CANCELLED, RunControl, RunStopped, run_evaluation, run_plan
 from solvers.planner import ScenarioSpec
+from solvers.runs import STOP_CANCELLED, RunControl, RunStopped, run_evaluation, run_plan
 
 log = logging.getLogger(__name__)
 

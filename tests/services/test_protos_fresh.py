@@ -2,12 +2,11 @@
 
 import filecmp
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.conftest import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "protos" / "hashpivot" / "v1"
@@ -31,12 +30,6 @@ def test_generated_code_is_fresh(tmp_path):
     assert not mismatch and not errors, f"stale generated code {mismatch + errors}: run scripts/gen_protos.sh"
 
 
-def _buf() -> str | None:
-    local = Path(sys.executable).parent / "buf"
-    return str(local) if local.exists() else shutil.which("buf")
-
-
-@pytest.mark.skipif(_buf() is None, reason="buf not installed (dev dependency buf-bin)")
 def test_buf_lint():
-    result = subprocess.run([_buf(), "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([dev_tool("buf"), "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""One planning or evaluation run as the service drives it: cancellable, deadline-bound, observable.
+"""One planning or evaluation run as a server drives it: cancellable, deadline-bound, observable.
 
 The pipeline is solvers.planner's (`plan_fleet`, `compute_economics`); this module adds what a
 server needs around it:
@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 import ray
 
@@ -35,7 +34,6 @@ from optimizer.fleet import Fleet
 from optimizer.plan_result import PlanResult, SiteBreakdown, site_breakdowns
 from optimizer.risk import ProfitStats, profit_stats, risk_objective_value
 from optimizer.robustness import RobustnessReport, RobustnessSettings
-from services.errors import ServiceError
 from solvers.diagnose import Commitments
 from solvers.highs import MipProgress, NoSolutionInTimeError
 from solvers.planner import ScenarioSpec, SolvedPlan, compute_economics, plan_fleet, solve_remote
@@ -51,6 +49,10 @@ POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP prog
 ROBUSTNESS_STAGE = "robustness"  # reported when the assessment starts, before its own stages
 STOP_CANCELLED = "cancelled"  # a user cancelled: the job ends CANCELLED
 STOP_SHUTDOWN = "shutdown"  # the server is stopping: the job goes back to the queue
+
+
+class RunDeadlineError(RuntimeError):
+    """The call's deadline came before the run could finish its work."""
 
 
 class RunStopped(Exception):
@@ -255,8 +257,7 @@ def _assess_stoppable(
         if control.stop_reason is not None or out_of_time:
             ray.cancel(ref, force=True, recursive=True)  # the task and its out-of-sample, SAA and sensitivity tasks
             control.check()
-            raise ServiceError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+            raise RunDeadlineError(
                 "the plan was made, but its robustness assessment did not finish before the call deadline: "
                 "give the call more time, fewer robustness scenarios, or submit a plan job",
             )
