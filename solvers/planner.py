@@ -62,12 +62,16 @@ def select_rows(scenarios: ScenarioSet, rows: range) -> ScenarioSet:
     return ScenarioSet(**fields)
 
 
+def batch_scenarios(fleet: Fleet, rows: range, seed: int, stream: int, provided: ScenarioSet | None) -> ScenarioSet:
+    """The scenarios of one batch: drawn from the fleet's market model, or the user's own rows."""
+    if provided is None:
+        return generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream)
+    return select_rows(provided, rows)
+
+
 @ray.remote(num_cpus=1)
 def _economics_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, keep: bool):
-    if provided is None:
-        scenarios = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream)
-    else:
-        scenarios = select_rows(provided, rows)
+    scenarios = batch_scenarios(fleet, rows, seed, stream, provided)
     return group_economics(fleet, scenarios), (scenarios if keep else None)
 
 

@@ -65,6 +65,7 @@ from solvers.planner import (
     Progress,
     ScenarioSpec,
     SolvedPlan,
+    batch_scenarios,
     compute_economics,
     select_rows,
     solve_allocation,
@@ -109,10 +110,7 @@ def _one_thread(solver: SolverSettings) -> SolverSettings:
 @ray.remote(num_cpus=1)
 def _optimization_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, factors, profile_rows: int):
     """Economics, per-step sums (for the mean scenario) and the hashprice profile of a batch of the plan's scenarios."""
-    if provided is None:
-        scenarios = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream)
-    else:
-        scenarios = select_rows(provided, rows)
+    scenarios = batch_scenarios(fleet, rows, seed, stream, provided)
     economics = group_economics(fleet, scenarios)
     keep = max(0, min(len(rows), profile_rows - rows.start))
     profile = None
