@@ -403,12 +403,12 @@ class JobRunner:
 
     # queries
 
-    def view(self, job_id: str) -> JobRecord | None:
-        """The job, with live progress while it runs."""
+    def view(self, job_id: str, snapshot: ProgressSnapshot | None = None) -> JobRecord | None:
+        """The job, with live progress while it runs (`snapshot`, else the run's latest)."""
         job = self.store.get_job(job_id)
         active = self._active.get(job_id)
         if job is not None and active is not None and job.state is JobState.RUNNING:
-            job = dataclasses.replace(job, progress=active.control.snapshot)
+            job = dataclasses.replace(job, progress=snapshot or active.control.snapshot)
         return job
 
     async def submit(
@@ -522,13 +522,15 @@ class JobRunner:
         if now - active.last_write >= PROGRESS_WRITE_INTERVAL_S:
             self.store.set_progress(job_id, snapshot)
             active.last_write = now
-        self._publish_view(job_id)
+        # Publish this snapshot, not the run's latest: the run thread may already be a stage further,
+        # and a watcher must see each stage's last figures (e.g. all scenarios done).
+        self._publish_view(job_id, snapshot)
 
-    def _publish_view(self, job_id: str) -> None:
+    def _publish_view(self, job_id: str, snapshot: ProgressSnapshot | None = None) -> None:
         queues = self._watchers.get(job_id)
         if not queues:
             return
-        job = self.view(job_id)
+        job = self.view(job_id, snapshot)
         for queue in queues:
             if queue.full():  # drop the oldest intermediate event, keep the newest
                 queue.get_nowait()
