@@ -30,7 +30,7 @@ from scipy import stats
 
 from optimizer.allocation import MODES, Allocation, Mode, check_feasible, converted_mw
 from optimizer.constants import KW_PER_MW
-from optimizer.economics import GroupEconomics, breakeven_power_price_usd_per_mwh
+from optimizer.economics import breakeven_power_price_usd_per_mwh
 from optimizer.fleet import Fleet, Objective
 from optimizer.risk import profit_stats, risk_objective_value, weighted_quantile
 from optimizer.scenarios import MARKET_AXIS_FIELDS, ScenarioSet
@@ -437,8 +437,3 @@ def mean_scenario_from_sums(sums: ScenarioSums) -> ScenarioSet:
 
 def mean_scenario(scenarios: ScenarioSet) -> ScenarioSet:
     return mean_scenario_from_sums(scenario_sums(scenarios))
-
-
-def select_scenarios(economics: GroupEconomics, columns: Sequence[int] | np.ndarray) -> GroupEconomics:
-    """The economics of a subset of scenarios (column positions, not global indices)."""
-    return economics.columns(columns)

@@ -76,7 +76,7 @@ market, so adding them never changes the other paths of a scenario):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -232,6 +232,16 @@ def concat_scenarios(parts: Sequence[ScenarioSet]) -> ScenarioSet:
         available_power_fraction=stack_optional("available_power_fraction", 1.0),
         dr_call=stack_optional("dr_call", False),
     )
+
+
+def select_rows(scenarios: ScenarioSet, rows: range) -> ScenarioSet:
+    """A contiguous run of rows (positions) of a scenario set; market-axis arrays are cut on their axis 1."""
+    sl = slice(rows.start, rows.stop)
+    values = {f.name: getattr(scenarios, f.name) for f in fields(scenarios)}
+    for name, value in values.items():
+        if isinstance(value, np.ndarray) and value.ndim >= 1:
+            values[name] = value[:, sl] if name in MARKET_AXIS_FIELDS else value[sl]
+    return ScenarioSet(**values)
 
 
 def scenario_rng(seed: int, stream: int, index: int) -> np.random.Generator:

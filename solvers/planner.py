@@ -6,14 +6,12 @@ they need; Pyomo models are built inside the worker that solves them.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.metadata
 import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import ray
 
 from optimizer.allocation import Allocation, scenario_profits_usd
@@ -29,7 +27,7 @@ from optimizer.plan_result import (
     site_breakdowns,
 )
 from optimizer.risk import profit_stats
-from optimizer.scenarios import MARKET_AXIS_FIELDS, ScenarioSet, concat_scenarios, generate_scenarios
+from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios, select_rows
 from solvers.diagnose import Commitments, apply_commitments, explain_infeasible
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, solve
 from solvers.ray_pool import batches, ensure_ray, fan_out
@@ -51,15 +49,6 @@ class ScenarioSpec:
     seed: int
     stream: int = OPTIMIZATION_STREAM
     provided: ScenarioSet | None = None
-
-
-def select_rows(scenarios: ScenarioSet, rows: range) -> ScenarioSet:
-    sl = slice(rows.start, rows.stop)
-    fields = {f.name: getattr(scenarios, f.name) for f in dataclasses.fields(scenarios)}
-    for name, value in fields.items():
-        if isinstance(value, np.ndarray) and value.ndim >= 1:
-            fields[name] = value[:, sl] if name in MARKET_AXIS_FIELDS else value[sl]
-    return ScenarioSet(**fields)
 
 
 def batch_scenarios(fleet: Fleet, rows: range, seed: int, stream: int, provided: ScenarioSet | None) -> ScenarioSet:

@@ -37,11 +37,10 @@ from optimizer.robustness import (
     optimality_gap,
     plan_difference,
     scenario_sums,
-    select_scenarios,
     typical_and_stress,
     value_at_risk,
 )
-from optimizer.scenarios import EVALUATION_STREAM, SAA_FIRST_STREAM, ScenarioSet, generate_scenarios
+from optimizer.scenarios import EVALUATION_STREAM, SAA_FIRST_STREAM, ScenarioSet, generate_scenarios, select_rows
 from optimizer.sensitivity import (
     DOWN_GRID,
     EXTRA_MW,
@@ -67,7 +66,6 @@ from solvers.planner import (
     SolvedPlan,
     batch_scenarios,
     compute_economics,
-    select_rows,
     solve_allocation,
     solve_remote,
 )
@@ -152,7 +150,7 @@ def _wait_and_see_batch(fleet: Fleet, economics: GroupEconomics, solver: SolverS
     """Each scenario solved with perfect foresight: its best plan's profit there."""
     profits, statuses = [], []
     for s in range(economics.n_scenarios):
-        one = select_scenarios(economics, [s])
+        one = economics.columns([s])
         solved = solve_allocation(fleet, one, fleet.risk, solver)
         profits.append(float(scenario_profits_usd(fleet, one, solved.allocation)[0]))
         statuses.append(solved.outcome.status)
@@ -259,7 +257,7 @@ def wait_and_see(fleet: Fleet, economics: GroupEconomics, workers: int | None, p
 
     results = fan_out(
         _wait_and_see_batch,
-        [(fleet_ref, select_scenarios(economics, list(rows)), solver) for rows in parts],
+        [(fleet_ref, economics.columns(list(rows)), solver) for rows in parts],
         workers,
         tick,
     )
@@ -284,11 +282,7 @@ def _capacity_objective(
     capacity also sets its caps in curtailment events, which the economics hold."""
     parts = []
     for rows in batches(count, batch_size):
-        if provided is None:
-            scenarios = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream)
-        else:
-            scenarios = select_rows(provided, rows)
-        parts.append(group_economics(fleet, scenarios))
+        parts.append(group_economics(fleet, batch_scenarios(fleet, rows, seed, stream, provided)))
     return solve_allocation(fleet, concat_economics(parts), fleet.risk, solver).outcome.objective_usd
 
 
@@ -325,7 +319,7 @@ def sensitivity(
     # exact optimality: capacity gains are differences of two optima and must not be solver noise
     solver = _one_thread(fleet.solver).model_copy(update={"mip_rel_gap": 0.0})
     factors, profile = opt.factors, opt.profile
-    head = select_scenarios(opt.economics, np.searchsorted(opt.economics.indices, opt.profile_indices))
+    head = opt.economics.columns(np.searchsorted(opt.economics.indices, opt.profile_indices))
     counts_at: dict[float, list[int]] = {}
     objective_at: dict[float, float] = {}
     solves = 0
@@ -460,7 +454,7 @@ def assess_plan(
     ws_profits = np.empty(0)
     n_ws = min(settings.wait_and_see_scenarios, settings.oos_scenarios)
     if n_ws >= 2:
-        ws_profits, ws_status = wait_and_see(fleet, select_scenarios(oos_economics, np.arange(n_ws)), workers, progress)
+        ws_profits, ws_status = wait_and_see(fleet, oos_economics.columns(np.arange(n_ws)), workers, progress)
         plan_ws = profits["stochastic"][:n_ws]
         evpi, evpi_mean = plan_difference(ws_profits, plan_ws, risk, level, settings.bootstrap_resamples)
         ws_report = WaitAndSee(

@@ -514,7 +514,7 @@ def test_bad_event_arrays_name_the_array(tmp_path, extra, field, words):
 
 
 def test_select_rows_slices_event_arrays_by_scenario(events_case):
-    from solvers.planner import select_rows
+    from optimizer.scenarios import select_rows
 
     _, scenarios, _ = events_case
     picked = select_rows(scenarios, range(1, 3))

@@ -21,7 +21,6 @@ from optimizer.robustness import (
     paired_bootstrap_interval,
     rockafellar_uryasev_value,
     scenario_sums,
-    select_scenarios,
     t_interval,
     typical_and_stress,
 )
@@ -179,7 +178,7 @@ def small_fleet_and_economics(scenarios: int = 5):
 
 def test_select_scenarios_and_typical_and_stress():
     _, _, economics = small_fleet_and_economics()
-    picked = select_scenarios(economics, [3, 1])
+    picked = economics.columns([3, 1])
     np.testing.assert_array_equal(picked.indices, [3, 1])
     np.testing.assert_array_equal(picked.mine_value_usd, economics.mine_value_usd[:, [3, 1]])
     typical, stress = typical_and_stress(np.array([10, 11, 12, 13, 14]), np.array([5.0, -3.0, 9.0, 1.0, 7.0]))
