@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import ray
 
 from optimizer.allocation import Allocation, scenario_profits_usd
-from optimizer.economics import GroupEconomics, concat_economics, group_economics
+from optimizer.deal_report import conversion_results, timeline_events, year_figures
+from optimizer.economics import GroupEconomics, concat_economics, economics_grid, group_economics
 from optimizer.fleet import Fleet, RiskSettings, SolverSettings
 from optimizer.formulation import build_compact_model, extract_allocation
 from optimizer.plan_result import (
@@ -23,7 +24,7 @@ from optimizer.plan_result import (
     SolverReport,
     ai_results,
     group_allocations,
-    machine_breakevens,
+    group_breakevens,
     site_breakdowns,
 )
 from optimizer.risk import profit_stats
@@ -176,10 +177,13 @@ def _solve_on_ray(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
 def assemble_plan(
     fleet: Fleet, economics: GroupEconomics, solved: SolvedPlan, spec: ScenarioSpec, source: str
 ) -> PlanResult:
-    profits = scenario_profits_usd(fleet, economics, solved.allocation)
+    allocation, grid = solved.allocation, economics_grid(fleet, economics)
+    profits = scenario_profits_usd(fleet, economics, allocation, grid)
     stats = profit_stats(profits, fleet.risk.alpha)
-    ai_sites, offers = ai_results(fleet, solved.allocation)
+    ai_sites, offers = ai_results(fleet, allocation, grid)
     hashprice = float(economics.mean_hashprice_usd_per_ph_day.mean())
+    years, site_years = year_figures(fleet, grid, economics, allocation)
+    rate = fleet.finance.discount_rate_per_year
     return PlanResult(
         fleet=fleet.name,
         objective=fleet.risk.objective.value,
@@ -187,12 +191,12 @@ def assemble_plan(
         weight=fleet.risk.weight,
         horizon_days=fleet.horizon.days,
         expected_hashprice_usd_per_ph_day=hashprice,
-        allocation=group_allocations(fleet, economics, solved.allocation),
+        allocation=group_allocations(fleet, economics, allocation, grid),
         ai_sites=ai_sites,
         offers=offers,
         profit=stats.as_dict(),
-        sites=site_breakdowns(fleet, economics, solved.allocation),
-        breakeven=machine_breakevens(fleet, hashprice),
+        sites=site_breakdowns(fleet, economics, allocation, grid),
+        breakeven=group_breakevens(fleet, hashprice),
         solver=SolverReport(
             status=solved.outcome.status,
             objective_usd=solved.outcome.objective_usd,
@@ -211,6 +215,16 @@ def assemble_plan(
         },
         timings_s={},
         versions=software_versions(),
+        horizon_start=fleet.horizon.start.isoformat(),
+        discount_rate_per_year=rate,
+        money_basis=f"present value at {fleet.horizon.start.isoformat()}, discounted at {rate:.1%} a year"
+        if rate
+        else "nominal (no discounting)",
+        purchases=dict(allocation.purchases),
+        conversions=conversion_results(fleet, grid, economics, allocation),
+        years=years,
+        site_years=site_years,
+        timeline=timeline_events(fleet, grid, economics, allocation),
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from optimizer.allocation import Allocation, Mode, all_mining, scenario_profits_usd
-from optimizer.economics import GroupEconomics, concat_economics, group_economics, rack_margin_usd
+from optimizer.economics import GroupEconomics, concat_economics, economics_grid, group_economics
 from optimizer.economics import site_power_price_usd_per_mwh as site_price_paths
 from optimizer.fleet import Fleet, Objective, SolverSettings
 from optimizer.plan_result import PlanResult
@@ -51,13 +51,12 @@ from optimizer.sensitivity import (
     SensitivityReport,
     capacity_value,
     economics_at_factor,
-    group_profile_usd,
     hashprice_flips,
+    hashprice_profiles_usd,
     initial_brackets,
     pending_factors,
     profile_factors,
     refine,
-    separable_steps,
     with_site_capacity,
 )
 from solvers.planner import (
@@ -114,17 +113,7 @@ def _optimization_batch(fleet: Fleet, rows: range, seed: int, stream: int, provi
     profile = None
     if factors is not None and keep:
         head, head_economics = select_rows(scenarios, range(keep)), economics.columns(np.arange(keep))
-        sites = {site.id: n for n, site in enumerate(fleet.sites)}
-        profile = np.stack(
-            [
-                group_profile_usd(
-                    *rack_margin_usd(fleet, g, head),
-                    separable_steps(head_economics, sites[group.site], head.n_steps),
-                    factors,
-                )
-                for g, group in enumerate(fleet.rack_groups)
-            ]
-        )
+        profile = hashprice_profiles_usd(fleet, economics_grid(fleet, economics), head, head_economics, factors)
     return economics, scenario_sums(scenarios), profile
 
 
@@ -165,7 +154,7 @@ def _wait_and_see_batch(fleet: Fleet, economics: GroupEconomics, solver: SolverS
 class OptimizationPass:
     economics: GroupEconomics
     mean_scenario: ScenarioSet
-    profile: np.ndarray | None  # [G, S', F], S' = min(count, settings.sensitivity_scenarios)
+    profile: np.ndarray | None  # [Q, P, S', F], S' = min(count, settings.sensitivity_scenarios)
     profile_indices: np.ndarray | None  # [S'] global indices of the profile's scenarios, ascending
     factors: np.ndarray | None
 
@@ -189,11 +178,11 @@ def optimization_pass(
     sums: ScenarioSums = add_sums([r[1] for r in results])
     profile, profile_indices = None, None
     if with_profile:
-        profile = np.concatenate([r[2] for r in results if r[2] is not None], axis=1)
+        profile = np.concatenate([r[2] for r in results if r[2] is not None], axis=2)
         # concat_economics orders scenarios by global index: put the profile in the same order
-        head_indices = np.concatenate([r[0].indices for r in results])[: profile.shape[1]]
+        head_indices = np.concatenate([r[0].indices for r in results])[: profile.shape[2]]
         order = np.argsort(head_indices, kind="stable")
-        profile, profile_indices = profile[:, order], head_indices[order]
+        profile, profile_indices = profile[:, :, order], head_indices[order]
     return OptimizationPass(economics, mean_scenario_from_sums(sums), profile, profile_indices, factors)
 
 
@@ -353,7 +342,7 @@ def sensitivity(
     hashprice = float(opt.mean_scenario.hashprice_usd_per_ph_day.mean())
     return SensitivityReport(
         expected_hashprice_usd_per_ph_day=hashprice,
-        scenarios=int(profile.shape[1]),
+        scenarios=int(profile.shape[2]),
         capacity_method=(
             f"re-solve of the MIP with the site's capacity + {EXTRA_MW:g} MW, economics recomputed (event caps scale "
             "with capacity), exact (mip_rel_gap 0)"

@@ -147,12 +147,12 @@ def _offer_above_capacity(data):  # 0.1 MW leased x PUE 1.3 = 0.13 MW at a 0.12 
     "change, commitments, subjects, words",
     [
         (_budget_too_small, {"convert_sites": ["spot"]}, ["capital_budget", "convert[spot]"], "capital budget"),
-        (_ai_block_too_big, {"convert_sites": ["spot"]}, ["ai_min_block[spot]", "convert[spot]"], "AI minimum block"),
+        (_ai_block_too_big, {"convert_sites": ["spot"]}, ["ai_min_block[spot,0]", "convert[spot]"], "AI minimum block"),
         (_offer_above_conversion, {"accept_offers": ["colo"]}, ["offer_min[colo]", "accept[colo]"], "offer minimum"),
         (
             _offer_above_capacity,
             {"accept_offers": ["colo"]},
-            ["offer_min[colo]", "site_capacity[spot]", "accept[colo]"],
+            ["offer_min[colo]", "site_capacity[spot,1]", "accept[colo]"],
             "site capacity",
         ),
     ],
