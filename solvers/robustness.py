@@ -40,7 +40,7 @@ from optimizer.robustness import (
     typical_and_stress,
     value_at_risk,
 )
-from optimizer.scenarios import EVALUATION_STREAM, SAA_FIRST_STREAM, ScenarioSet, generate_scenarios, select_rows
+from optimizer.scenarios import EVALUATION_STREAM, SAA_FIRST_STREAM, ScenarioSet, select_rows
 from optimizer.sensitivity import (
     DOWN_GRID,
     EXTRA_MW,
@@ -63,10 +63,11 @@ from solvers.planner import (
     Progress,
     ScenarioSpec,
     SolvedPlan,
-    batch_scenarios,
     compute_economics,
+    economics_chunks,
     solve_allocation,
     solve_remote,
+    streamed_economics,
 )
 from solvers.ray_pool import batches, ensure_ray, fan_out
 
@@ -107,14 +108,18 @@ def _one_thread(solver: SolverSettings) -> SolverSettings:
 @ray.remote(num_cpus=1)
 def _optimization_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, factors, profile_rows: int):
     """Economics, per-step sums (for the mean scenario) and the hashprice profile of a batch of the plan's scenarios."""
-    scenarios = batch_scenarios(fleet, rows, seed, stream, provided)
-    economics = group_economics(fleet, scenarios)
-    keep = max(0, min(len(rows), profile_rows - rows.start))
-    profile = None
-    if factors is not None and keep:
-        head, head_economics = select_rows(scenarios, range(keep)), economics.columns(np.arange(keep))
-        profile = hashprice_profiles_usd(fleet, economics_grid(fleet, economics), head, head_economics, factors)
-    return economics, scenario_sums(scenarios), profile
+    parts, sums, profiles = [], [], []
+    for economics, scenarios in economics_chunks(fleet, rows, seed, stream, provided):
+        parts.append(economics)
+        sums.append(scenario_sums(scenarios))
+        start = int(economics.indices[0]) if economics.n_scenarios else rows.stop
+        keep = max(0, min(scenarios.n_scenarios, profile_rows - start))
+        if factors is not None and keep:
+            head, head_economics = select_rows(scenarios, range(keep)), economics.columns(np.arange(keep))
+            grid = economics_grid(fleet, economics)
+            profiles.append(hashprice_profiles_usd(fleet, grid, head, head_economics, factors))
+    profile = np.concatenate(profiles, axis=2) if profiles else None
+    return concat_economics(parts), add_sums(sums), profile
 
 
 @ray.remote(num_cpus=1)
@@ -123,7 +128,7 @@ def _replication(
 ):
     """One SAA replication: draw its scenarios, solve its optimum here, score the candidate on the same sample."""
     parts = [
-        group_economics(fleet, generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream))
+        streamed_economics(fleet, rows, seed, stream, None)[0]
         for rows in batches(count, batch_size)
     ]
     economics = concat_economics(parts)
@@ -271,7 +276,7 @@ def _capacity_objective(
     capacity also sets its caps in curtailment events, which the economics hold."""
     parts = []
     for rows in batches(count, batch_size):
-        parts.append(group_economics(fleet, batch_scenarios(fleet, rows, seed, stream, provided)))
+        parts.append(streamed_economics(fleet, rows, seed, stream, provided)[0])
     return solve_allocation(fleet, concat_economics(parts), fleet.risk, solver).outcome.objective_usd
 
 

@@ -32,8 +32,8 @@ from optimizer.risk import risk_objective_value
 from optimizer.scenario_io import ScenarioFileError, load_scenarios, save_scenarios
 from optimizer.scenarios import concat_scenarios, generate_scenarios
 from solvers.highs import solve
-from tests.conftest import EXAMPLES, hand_scenarios, small_fleet_data
-from tests.conftest import events_fleet_data as shared_events_fleet_data
+from tests.fleets import EXAMPLES, hand_scenarios, small_fleet_data
+from tests.fleets import events_fleet_data as shared_events_fleet_data
 
 RISKS = [
     RiskSettings(objective="expected"),

@@ -41,7 +41,7 @@ from optimizer.sensitivity import (
     separable_steps,
     with_site_capacity,
 )
-from tests.conftest import small_fleet_data
+from tests.fleets import small_fleet_data
 
 
 def test_mmw_interval_by_hand():

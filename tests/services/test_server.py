@@ -17,7 +17,7 @@ from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services import convert
 from services.servicer import SERVER_TIME_METADATA, SERVICE_NAME
 from solvers.planner import plan_fleet
-from tests.conftest import EXAMPLES, events_fleet_data, small_fleet_data
+from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message, hard_fleet_data, rich_details
 from tests.services.test_contract import power_plan_with_robustness
 

@@ -16,7 +16,7 @@ from solvers.robustness import (
     submit_replications,
     wait_and_see,
 )
-from tests.conftest import small_fleet_data
+from tests.fleets import small_fleet_data
 
 
 def hedge_fleet_data(objective: str = "cvar", capacity_mw: float = 1.0, lease: bool = True) -> dict:
