@@ -10,9 +10,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
+from optimizer.fleet import Objective, fleet_json_schema, load_fleet, with_overrides
+from services.messages import check_input_file, check_output_dir, check_output_file, one_line
 from services.service_cli import add_client_parser, add_robustness_arguments, add_serve_parser, robustness_overrides
-from services.tables import print_plan, write_plan_outputs
+from services.tables import output_console, print_plan, write_plan_outputs
 
 console = Console(stderr=True)
 
@@ -33,6 +34,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder for plan.json and CSV tables")
     add_robustness_arguments(p, opt_in=False)
     p.add_argument("--no-robustness", action="store_true", help="skip baselines, out-of-sample scoring and report.html")
+    p.add_argument("--compare", type=Path, metavar="PREV.json", help="a previous plan.json: report.html shows the diff")
     p.set_defaults(func=cmd_plan)
 
 
@@ -58,6 +60,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from solvers.planner import plan_fleet
     from solvers.ray_pool import ensure_ray
 
+    check_input_file(args.fleet, "fleet file")
+    if args.scenario_file:
+        check_input_file(args.scenario_file, "scenario file")
+    previous = _load_previous(args.compare) if args.compare else None
+    check_output_dir(args.out)
+    if args.export_scenarios:
+        check_output_file(args.export_scenarios, "--export-scenarios")
     fleet = with_overrides(load_fleet(args.fleet), _overrides(args))
     provided = None
     if args.scenario_file:
@@ -81,18 +90,35 @@ def cmd_plan(args: argparse.Namespace) -> int:
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
     if args.export_scenarios:
         save_scenarios(args.export_scenarios, scenarios)
-    out_console = Console(width=None if sys.stdout.isatty() else 160)
+    out_console = output_console()
     print_plan(plan, out_console)
     if run is not None:
         from services.report import print_robustness, write_report
 
         plan = plan.model_copy(update={"robustness": run.report})
         print_robustness(run.report, out_console)
-    paths = write_plan_outputs(plan, args.out)
+    paths = write_plan_outputs(plan, args.out, fleet)
+    if previous is not None:
+        from services.plan_diff import diff_plans, print_diff
+
+        print_diff(diff_plans(previous, _plan_data(plan, fleet), "previous", "this plan"), out_console)
     if run is not None:
-        paths += write_report(fleet, plan, run, args.out)
+        paths += write_report(fleet, plan, run, args.out, previous=previous)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _load_previous(path: Path) -> dict:
+    from services.plan_diff import load_plan_data
+
+    check_input_file(path, "plan file (--compare)")
+    return load_plan_data(path)
+
+
+def _plan_data(plan, fleet) -> dict:
+    from services.tables import plan_json
+
+    return plan_json(plan, fleet)
 
 
 def _assess(args: argparse.Namespace, fleet, plan, provided, progress):
@@ -109,6 +135,35 @@ def _progress_bar() -> Progress:
     )
 
 
+def _diff_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diff", help="compare two plan.json files: racks moved, MW, profit and risk, and why")
+    p.add_argument("plan_a", type=Path, help="the earlier plan.json")
+    p.add_argument("plan_b", type=Path, help="the later plan.json")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.set_defaults(func=cmd_diff)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from services.plan_diff import diff_plans, diff_rows, load_plan_data, print_diff
+
+    for path in (args.plan_a, args.plan_b):
+        check_input_file(path, "plan file")
+    a, b = load_plan_data(args.plan_a), load_plan_data(args.plan_b)
+    diff = diff_plans(a, b, "A", "B")
+    if args.format == "json":
+        print(
+            json.dumps({"a": str(args.plan_a), "b": str(args.plan_b), **diff_rows(diff), "notes": diff.notes}, indent=2)
+        )
+    elif args.format == "csv":
+        from services.tables import emit
+
+        emit(diff_rows(diff)["groups"], "csv")
+    else:
+        console.print(f"A = {args.plan_a}, B = {args.plan_b}", highlight=False)
+        print_diff(diff, output_console())
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(fleet_json_schema(), indent=2))
     return 0
@@ -120,22 +175,70 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_parser(sub)
     schema = sub.add_parser("schema", help="print the fleet file's JSON Schema")
     schema.set_defaults(func=cmd_schema)
+    _diff_parser(sub)
     add_serve_parser(sub)
     add_client_parser(sub)
     return parser
 
 
+# Options that work anywhere on the command line: before or after the subcommand.
+GLOBAL_OPTIONS = [(("--debug",), {"action": "store_true", "help": "show the traceback of a failure"})]
+CLIENT_OPTIONS = ("--target", "--timeout", "--format")  # defined on `client`, accepted after its call too
+
+
+def _propagate(parser: argparse.ArgumentParser, specs: list[tuple[tuple, dict]]) -> None:
+    """Add options to every nested subcommand with a SUPPRESS default, so a value given at any level sticks."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            known = {o for a in child._actions for o in a.option_strings}
+            for flags, kwargs in specs:
+                if flags[0] not in known:
+                    child.add_argument(*flags, **{**kwargs, "default": argparse.SUPPRESS})
+            _propagate(child, specs)
+
+
+def _client_specs(parser: argparse.ArgumentParser) -> list[tuple[tuple, dict]]:
+    client = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["client"]
+    specs = []
+    for action in client._actions:
+        if action.option_strings and action.option_strings[0] in CLIENT_OPTIONS:
+            kwargs = {"help": action.help, "dest": action.dest}
+            if action.type is not None:
+                kwargs["type"] = action.type
+            if action.choices is not None:
+                kwargs["choices"] = action.choices
+            specs.append((tuple(action.option_strings), kwargs))
+    return specs
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    for flags, kwargs in GLOBAL_OPTIONS:
+        parser.add_argument(*flags, **kwargs)
+    _propagate(parser, GLOBAL_OPTIONS)
+    client = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["client"]
+    _propagate(client, _client_specs(parser))
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _command_parser().parse_args(argv)
     try:
         return args.func(args)
-    except FleetError as exc:
-        for path, message in exc.violations:
-            console.print(f"[red]invalid fleet[/red] {path}: {message}")
-        return 2
-    except ValueError as exc:
-        field = getattr(exc, "field", None)
-        console.print(f"[red]invalid input[/red] {field + ': ' if field else ''}{exc}")
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        fleet_path = getattr(args, "fleet", None)
+        console.print(
+            f"[red]error:[/red] {one_line(exc, fleet_path if isinstance(fleet_path, Path) else None)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return 2
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -11,15 +14,60 @@ from rich.table import Table
 
 from optimizer.plan_result import PlanResult
 
+FORMATS = ("table", "json", "csv")
+PIPE_WIDTH = 400  # not a terminal: lines as wide as the content, never cut at 80 columns
+
+
+def output_console(file=None) -> Console:
+    """Console for results on stdout: the terminal's width on a TTY, else wide enough to never cut a cell."""
+    out = file or sys.stdout
+    tty = hasattr(out, "isatty") and out.isatty()
+    return Console(file=out, width=None if tty else PIPE_WIDTH, soft_wrap=not tty)
+
+
+def new_table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
+    """A table whose cells are never cut: on a narrow terminal they fold onto the next line, never '…'."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right", overflow="fold", no_wrap=column in left)
+    return table
+
+
+def emit(rows: list[dict], fmt: str, title: str | None = None, console: Console | None = None) -> None:
+    """Print rows as a table, JSON (a list of objects) or CSV (header then rows) on stdout."""
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        print(buffer.getvalue(), end="")
+        return
+    columns = list(rows[0]) if rows else []
+    left = [c for c in columns if rows and isinstance(rows[0][c], str)]
+    table = new_table(title, columns, left)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    (console or output_console()).print(table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    return "" if value is None else str(value)
+
 
 def _usd(value: float) -> str:
     return f"${value:,.0f}"
 
 
 def print_plan(plan: PlanResult, console: Console) -> None:
-    table = Table(title=f"Allocation: {plan.fleet} ({plan.horizon_days} days)")
-    for column in ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh", "value $/rack"):
-        table.add_column(column, justify="right" if column not in ("group", "site", "machine") else "left")
+    columns = ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh", "value $/rack")
+    table = new_table(f"Allocation: {plan.fleet} ({plan.horizon_days} days)", columns, ("group", "site", "machine"))
     for g in plan.allocation:
         table.add_row(
             g.group,
@@ -34,11 +82,9 @@ def print_plan(plan: PlanResult, console: Console) -> None:
         )
     console.print(table)
 
-    sites = Table(title="Per site (expected over the horizon)")
     site_columns = ("site", "mining MW", "AI MW", "hash revenue", "power", "resale", "DR credit")
     site_columns += ("opex", "lease", "capex", "SLA", "profit")
-    for column in site_columns:
-        sites.add_column(column, justify="left" if column == "site" else "right")
+    sites = new_table("Per site (expected over the horizon)", site_columns, ("site",))
     for s in plan.sites:
         sites.add_row(
             s.site,
@@ -82,10 +128,8 @@ def _print_power(plan: PlanResult, console: Console) -> None:
     """Contracts, demand response, curtailment and lost AI uptime per site, when any site has them."""
     if not any(s.contract == "take_or_pay" or s.dr_commitment_mw or s.expected_event_curtailed_mwh for s in plan.sites):
         return
-    power = Table(title="Power per site (expected over the horizon)")
     columns = ("site", "contract", "DR MW", "curtailed MWh", "by events/DR MWh", "lost AI MWh", "lost AI h")
-    for column in columns:
-        power.add_column(column, justify="left" if column in ("site", "contract") else "right")
+    power = new_table("Power per site (expected over the horizon)", columns, ("site", "contract"))
     for s in plan.sites:
         power.add_row(
             s.site,
@@ -107,20 +151,55 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_plan_outputs(plan: PlanResult, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = out_dir / "plan.json"
-    plan_path.write_text(json.dumps(plan.model_dump(mode="json"), indent=2))
-    allocation = [g.model_dump(exclude={"rack_ids_mine", "rack_ids_ai", "rack_ids_idle"}) for g in plan.allocation]
+def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
+    """Every table of a plan as rows, by CSV name (without .csv): the CSVs and plan.xlsx both come from here.
+
+    With the fleet, allocation rows carry the value of one rack in each mode (optimizer/rack_values.py).
+    """
+    values = {}
+    if fleet is not None:
+        from optimizer.rack_values import rack_values
+
+        values = {v.group: v for v in rack_values(fleet, plan)}
+    allocation = []
+    for g in plan.allocation:
+        row = g.model_dump(exclude={"rack_ids_mine", "rack_ids_ai", "rack_ids_idle"})
+        if g.group in values:
+            v = values[g.group]
+            row.update(
+                value_ai_usd_per_rack=v.ai_usd, value_idle_usd_per_rack=v.idle_usd, ai_priced_at_offer=v.best_offer
+            )
+        allocation.append(row)
     offers = [
         {"offer": o.offer, "accepted": o.accepted, "site": site, "mw": mw}
         for o in plan.offers
         for site, mw in (o.mw_by_site or {"": 0.0}).items()
     ]
-    return [
-        plan_path,
-        _write_csv(out_dir / "allocation.csv", allocation),
-        _write_csv(out_dir / "sites.csv", [s.model_dump() for s in plan.sites]),
-        _write_csv(out_dir / "offers.csv", offers),
-        _write_csv(out_dir / "breakeven.csv", [b.model_dump() for b in plan.breakeven]),
-    ]
+    return {
+        "allocation": allocation,
+        "sites": [s.model_dump() for s in plan.sites],
+        "offers": offers,
+        "breakeven": [b.model_dump() for b in plan.breakeven],
+    }
+
+
+def plan_json(plan: PlanResult, fleet=None) -> dict:
+    """plan.json: the PlanResult, plus `rack_values` (value of a rack per mode) when the fleet is known."""
+    data = plan.model_dump(mode="json")
+    if fleet is not None:
+        from optimizer.rack_values import rack_values
+
+        data["rack_values"] = [v.as_dict() for v in rack_values(fleet, plan)]
+    return data
+
+
+def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path]:
+    """plan.json, one CSV per table and plan.xlsx (one sheet per CSV, the same numbers)."""
+    from services.workbook import write_workbook
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = out_dir / "plan.json"
+    plan_path.write_text(json.dumps(plan_json(plan, fleet), indent=2))
+    tables = plan_tables(plan, fleet)
+    paths = [plan_path, *(_write_csv(out_dir / f"{name}.csv", rows) for name, rows in tables.items())]
+    return [*paths, write_workbook(out_dir / "plan.xlsx", tables, plan)]
