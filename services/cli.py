@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from optimizer.fleet import Objective, fleet_json_schema, load_fleet, with_overrides
@@ -159,7 +160,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
         emit(diff_rows(diff)["groups"], "csv")
     else:
-        console.print(f"A = {args.plan_a}, B = {args.plan_b}", highlight=False)
+        print(f"A = {args.plan_a}\nB = {args.plan_b}")
         print_diff(diff, output_console())
     return 0
 
@@ -234,11 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         fleet_path = getattr(args, "fleet", None)
-        console.print(
-            f"[red]error:[/red] {one_line(exc, fleet_path if isinstance(fleet_path, Path) else None)}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        line = one_line(exc, fleet_path if isinstance(fleet_path, Path) else None)
+        console.print(Text.assemble(("error: ", "red"), line), highlight=False, soft_wrap=True)  # no markup: ids have []
         return 2
 
 

@@ -25,11 +25,24 @@ def output_console(file=None) -> Console:
     return Console(file=out, width=None if tty else PIPE_WIDTH, soft_wrap=not tty)
 
 
+class FoldTable(Table):
+    """A rich Table whose number columns keep their full width; text columns (ids) fold, never '…'."""
+
+    def __rich_console__(self, console, options):
+        for column in self.columns:
+            if column.no_wrap:
+                cells = [str(column.header), *(c.plain if hasattr(c, "plain") else str(c) for c in column._cells)]
+                column.min_width = max(len(c) for c in cells)
+        yield from super().__rich_console__(console, options)
+
+
 def new_table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
     """A table whose cells are never cut: on a narrow terminal they fold onto the next line, never '…'."""
-    table = Table(title=title)
+    table = FoldTable(title=title)
     for column in columns:
-        table.add_column(column, justify="left" if column in left else "right", overflow="fold", no_wrap=column in left)
+        # numbers never wrap (their full width is the column's minimum); ids fold onto a next line, never '…'
+        is_left = column in left
+        table.add_column(column, justify="left" if is_left else "right", overflow="fold", no_wrap=not is_left)
     return table
 
 
