@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from optimizer.fleet import Objective, fleet_json_schema, load_fleet, with_overrides
 from services.messages import check_input_file, check_output_dir, check_output_file, one_line
