@@ -236,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         fleet_path = getattr(args, "fleet", None)
         line = one_line(exc, fleet_path if isinstance(fleet_path, Path) else None)
-        console.print(Text.assemble(("error: ", "red"), line), highlight=False, soft_wrap=True)  # ids have [], not markup
+        # Text, not markup: ids in paths have brackets
+        console.print(Text.assemble(("error: ", "red"), line), highlight=False, soft_wrap=True)
         return 2
 
 
