@@ -136,6 +136,84 @@ def _progress_bar() -> Progress:
     )
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="re-plan over ranges of inputs (on Ray): sweep.csv, tornado chart, decision map")
+    p.add_argument("fleet", type=Path, help="fleet file (YAML or JSON)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=LO:HI:N",
+        help="an input and N evenly spaced values (or KEY=V1,V2,...): btc_price, hashprice, power.<market|site>, "
+        "offer.<id>.rate, or a dotted fleet path such as sites.<id>.capacity_mw (repeatable; docs/sweeps.md)",
+    )
+    p.add_argument("--grid", action="store_true", help="every combination (default: one input at a time)")
+    p.add_argument("--metric", choices=["mean", "objective", "p5", "cvar"], default="mean", help="tornado measure")
+    p.add_argument("--scenarios", type=int, help="scenarios per plan (default: the fleet file's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the fleet file's)")
+    p.add_argument("--time-limit", type=float, help="solver time limit per plan in seconds")
+    p.add_argument("--workers", type=int, help="at most this many plans at once (never changes the results)")
+    p.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument(
+        "--out", type=Path, default=Path("out"), help="output folder (sweep.csv, tornado.png, decision_map.png)"
+    )
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from optimizer.sweep import parse_vary, tornado
+    from services import sweep
+    from solvers.ray_pool import ensure_ray
+
+    check_input_file(args.fleet, "fleet file")
+    check_output_dir(args.out)
+    varies = [parse_vary(v) for v in args.vary]
+    keys = [v.key for v in varies]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            f"--vary: an input is given twice ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))})"
+        )
+    patch = {"scenarios": {}, "solver": {}}
+    if args.scenarios is not None:
+        patch["scenarios"]["count"] = args.scenarios
+    if args.seed is not None:
+        patch["scenarios"]["seed"] = args.seed
+    if args.time_limit is not None:
+        patch["solver"]["time_limit_s"] = args.time_limit
+    fleet = with_overrides(load_fleet(args.fleet), {k: v for k, v in patch.items() if v})
+    data = fleet.model_dump(mode="json")
+    sweep.check_points(data, varies, args.grid)  # every point valid before Ray starts
+    ensure_ray(args.ray_address)
+    with _progress_bar() as bar:
+        task = bar.add_task("plans", total=None)
+        rows = sweep.run_sweep(
+            data, varies, args.grid, args.workers, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    metric = sweep.METRICS[args.metric]
+    out_console = output_console()
+    paths = [sweep.write_csv(args.out / "sweep.csv", rows)]
+    base_metric = rows[0].get(metric)
+    sites = [s.id for s in fleet.sites]
+    if args.grid:
+        sweep.print_grid(rows, keys, sites, metric, out_console)
+        if len(varies) == 2:
+            paths.append(args.out / "decision_map.png")
+            sweep.decision_map_chart(paths[-1], rows, keys[0], keys[1], sites)
+        else:
+            console.print("decision map: drawn for a grid of exactly two inputs")
+    else:
+        bars = tornado(rows, varies, metric)
+        sweep.print_tornado(bars, base_metric, args.metric, out_console)
+        paths.append(args.out / "tornado.png")
+        sweep.tornado_chart(paths[-1], bars, base_metric, args.metric)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        console.print(f"{len(failed)} of {len(rows)} points have no plan (status column of sweep.csv)")
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def _diff_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diff", help="compare two plan.json files: racks moved, MW, profit and risk, and why")
     p.add_argument("plan_a", type=Path, help="the earlier plan.json")
@@ -176,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_parser(sub)
     schema = sub.add_parser("schema", help="print the fleet file's JSON Schema")
     schema.set_defaults(func=cmd_schema)
+    _sweep_parser(sub)
     _diff_parser(sub)
     add_serve_parser(sub)
     add_client_parser(sub)
