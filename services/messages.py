@@ -67,15 +67,33 @@ def check_input_file(path: Path, what: str = "file") -> None:
 
 
 def check_output_dir(path: Path, flag: str = "--out") -> None:
-    """The folder exists or can be made, and a file can be written in it: checked before any work."""
-    if path.exists() and not path.is_dir():
-        raise CliInputError(f"{flag} {path}: exists and is not a directory")
+    """The folder exists and takes a file, or could be made: checked before any work, creating nothing."""
+    if path.exists():
+        if not path.is_dir():
+            raise CliInputError(f"{flag} {path}: exists and is not a directory")
+        try:
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".hashpivot-write-check-"):
+                pass
+        except OSError as exc:
+            raise CliInputError(f"{flag} {path}: not writable ({exc.strerror or exc})") from None
+        return
+    missing = [path.absolute()]  # try it for real (root passes os.access everywhere), then leave no trace
+    while not missing[-1].parent.exists():
+        missing.append(missing[-1].parent)
+    if not missing[-1].parent.is_dir():
+        raise CliInputError(f"{flag} {path}: not writable ({missing[-1].parent} is not a directory)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".hashpivot-write-check-"):
             pass
     except OSError as exc:
         raise CliInputError(f"{flag} {path}: not writable ({exc.strerror or exc})") from None
+    finally:
+        for folder in missing:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def check_output_file(path: Path, flag: str) -> None:
