@@ -133,10 +133,15 @@ def decision_paragraph(fleet: Fleet, plan: PlanResult, offers: list[dict]) -> st
     rob = plan.robustness
     if rob is not None:
         s = rob.plan("stochastic")
+        vss = rob.value_of_stochastic_solution_usd.estimate_usd
         text += (
             f" Scored on {rob.out_of_sample_scenarios} fresh scenarios it earns {_usd(s.mean_profit_usd.estimate_usd)}"
-            f" and beats a plan made on average prices by {_usd(rob.value_of_stochastic_solution_usd.estimate_usd)}"
-            " in the objective."
+            + (
+                f" and beats a plan made on average prices by {_usd(vss)} in the objective."
+                if abs(vss) >= 0.5
+                else " and does exactly as well as a plan made on average prices (here the uncertainty does not"
+                " change the decision)."
+            )
         )
     if declined:
         text += " Declined: " + "; ".join(f"{o['offer']} ({o['why'].split(' (')[0]})" for o in declined) + "."

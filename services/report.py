@@ -270,7 +270,7 @@ def heat_map_chart(path: Path, fleet: Fleet, matrix: np.ndarray, title: str):
     fig.savefig(path)
 
 
-def fan_chart(path: Path, fleet: Fleet, scenarios) -> None:
+def fan_chart(path: Path, fleet: Fleet, scenarios, title: str = "") -> None:
     """Percentile bands (5-95, 25-75, median) of the hashprice, BTC and each market's power price paths, by day."""
     panels = [
         ("hashprice, $/PH/day", scenarios.hashprice_usd_per_ph_day),
@@ -294,7 +294,7 @@ def fan_chart(path: Path, fleet: Fleet, scenarios) -> None:
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"The {scenarios.n_scenarios} scenarios the plan was made on", x=0.02, ha="left", fontsize=10)
+    fig.suptitle(title, x=0.02, ha="left", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path)
 
@@ -361,7 +361,9 @@ def write_report(
     fan = _fan_scenarios(fleet, plan, scenarios)
     if fan is not None:
         charts["fan"] = out_dir / "scenario_fan.png"
-        fan_chart(charts["fan"], fleet, fan)
+        total = int(plan.scenarios.get("count", fan.n_scenarios))
+        which = f"The {total}" if fan.n_scenarios >= total else f"The first {fan.n_scenarios} of the {total}"
+        fan_chart(charts["fan"], fleet, fan, f"{which} scenarios the plan was made on (daily means)")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
