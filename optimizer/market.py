@@ -15,23 +15,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 STEP_HOURS_ALLOWED = (1, 2, 3, 4, 6, 8, 12, 24)  # divisors of a day, so every step sits inside one day
 
 
-Pinned = float | list[float]  # a level, or one value per calendar month of the horizon (the last one holds)
+# A pinned series: one value per calendar month of the horizon, the last one holding after the list ends;
+# a single number in the file is a level (stored as a one-value list, which is also how the proto carries it).
+Pinned = list[float]
+
+
+def _as_pinned(value):
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def _check_pinned(value, low: float, high: float):
-    values = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and not value:
+    if not value:
         raise ValueError("a per-month path needs at least one value")
-    for v in values:
+    for v in value:
         if not low <= v <= high:
             raise ValueError(f"must lie in [{low:g}, {high:g}], got {v:g}")
     return value
 
 
-def pinned_by_step(value: Pinned, step_month_index) -> list[float] | float:
-    """The pinned value of each step: a level, or the path's value for the step's month of the horizon."""
-    if not isinstance(value, list):
-        return value
+def pinned_by_step(value: Pinned, step_month_index) -> list[float]:
+    """The pinned value of each step: the path's value for the step's month of the horizon (0 = the start's)."""
     return [value[min(int(m), len(value) - 1)] for m in step_month_index]
 
 
@@ -84,6 +87,11 @@ class BitcoinMarket(StrictModel):
         "Every scenario then has this hashprice; BTC, hashrate and fees are still drawn but no longer matter "
         "(docs/scenarios.md).",
     )
+
+    @field_validator("hashprice_usd_per_ph_day", mode="before")
+    @classmethod
+    def _hashprice_level(cls, value):
+        return _as_pinned(value)
 
     @field_validator("hashprice_usd_per_ph_day")
     @classmethod
@@ -170,6 +178,11 @@ class PowerMarket(StrictModel):
         "the horizon (the last holds after). Flat within the month (no daily shape, no spikes); curtailment-event "
         "price floors still apply on top (docs/scenarios.md).",
     )
+
+    @field_validator("pinned_price_usd_per_mwh", mode="before")
+    @classmethod
+    def _pinned_level(cls, value):
+        return _as_pinned(value)
 
     @field_validator("pinned_price_usd_per_mwh")
     @classmethod

@@ -128,6 +128,8 @@ def target(data: dict, key: str) -> tuple[dict, str]:
 def base_value(data: dict, key: str) -> float | None:
     container, field = target(data, key)
     value = container.get(field)
+    if isinstance(value, list) and len(value) == 1:  # a pinned level
+        value = value[0]
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 

@@ -92,7 +92,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.export_scenarios:
         save_scenarios(args.export_scenarios, scenarios)
     out_console = output_console()
-    print_plan(plan, out_console)
+    print_plan(plan, out_console, fleet)
     if run is not None:
         from services.report import print_robustness, write_report
 

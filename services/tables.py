@@ -78,11 +78,18 @@ def _usd(value: float) -> str:
     return f"${value:,.0f}"
 
 
-def print_plan(plan: PlanResult, console: Console) -> None:
-    columns = ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh", "value $/rack")
+def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
+    """The plan's tables; with the fleet, the value of one rack in each mode (mining, AI, idle) too."""
+    values = {}
+    if fleet is not None:
+        from optimizer.rack_values import rack_values
+
+        values = {v.group: v for v in rack_values(fleet, plan)}
+    columns = ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh")
+    columns += ("mining $/rack", "AI $/rack", "idle $/rack") if values else ("value $/rack",)
     table = new_table(f"Allocation: {plan.fleet} ({plan.horizon_days} days)", columns, ("group", "site", "machine"))
     for g in plan.allocation:
-        table.add_row(
+        cells = [
             g.group,
             g.site,
             g.machine,
@@ -92,8 +99,18 @@ def print_plan(plan: PlanResult, console: Console) -> None:
             f"{100 * g.run_fraction:.0f}",
             f"{g.breakeven_power_price_usd_per_mwh:.1f}",
             f"{g.expected_mine_value_usd_per_rack:,.0f}",
-        )
+        ]
+        if values:
+            v = values[g.group]
+            cells += ["n/a" if v.ai_usd is None else f"{v.ai_usd:,.0f}", f"{v.idle_usd:,.0f}"]
+        table.add_row(*cells)
     console.print(table)
+    if values:
+        console.print(
+            "value of one rack over the horizon in each mode; AI: rent at the best offer for the site minus the "
+            "per-MW conversion capex share, before the site's fixed capex (docs/sweeps.md)",
+            style="dim",
+        )
 
     site_columns = ("site", "mining MW", "AI MW", "hash revenue", "power", "resale", "DR credit")
     site_columns += ("opex", "lease", "capex", "SLA", "profit")

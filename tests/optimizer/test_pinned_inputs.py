@@ -37,3 +37,13 @@ def test_pinned_values_are_validated(tiny_fleet_data):
     tiny_fleet_data["bitcoin"] = {"hashprice_usd_per_ph_day": []}
     with pytest.raises(FleetError, match="at least one value"):
         parse_fleet(tiny_fleet_data)
+
+
+def test_pinned_inputs_cross_the_grpc_contract(tiny_fleet_data):
+    from services import convert
+
+    tiny_fleet_data["bitcoin"] = {"hashprice_usd_per_ph_day": 30.0}
+    tiny_fleet_data["markets"][0]["pinned_price_usd_per_mwh"] = [40.0, 55.0]
+    fleet = parse_fleet(tiny_fleet_data)
+    assert fleet.bitcoin.hashprice_usd_per_ph_day == [30.0]  # a level is a one-value path
+    assert convert.fleet_from_message(convert.fleet_to_message(fleet)) == fleet
