@@ -214,6 +214,105 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client_sweep_parser(calls: argparse._SubParsersAction) -> None:
+    c = calls.add_parser("sweep", help="run a sweep on the server (SweepService) and print its tornado or grid")
+    c.add_argument("fleet", type=Path, help="fleet file (YAML or JSON)")
+    c.add_argument(
+        "--vary", action="append", default=[], required=True, metavar="KEY=LO:HI:N", help="as `hashpivot sweep`"
+    )
+    c.add_argument("--grid", action="store_true", help="every combination (default: one input at a time)")
+    c.add_argument("--metric", choices=["mean", "objective", "p5", "cvar"], default="mean", help="tornado measure")
+    c.add_argument("--scenarios", type=int, help="scenarios per plan (default: the fleet file's)")
+    c.set_defaults(func=cmd_client_sweep)
+
+
+def cmd_client_sweep(args: argparse.Namespace) -> int:
+    import grpc
+
+    from optimizer.sweep import TornadoBar, parse_vary
+    from protos.hashpivot.v1 import sweep_service_pb2 as pb
+    from protos.hashpivot.v1 import sweep_service_pb2_grpc
+    from services.client import PlannerClient, PlannerError, fleet_message
+    from services.tables import emit
+
+    check_input_file(args.fleet, "fleet file")
+    varies = [parse_vary(v) for v in args.vary]
+    fleet = load_fleet(args.fleet)
+    if args.scenarios is not None:
+        fleet = with_overrides(fleet, {"scenarios": {"count": args.scenarios}})
+    request = pb.SubmitSweepRequest(fleet=fleet_message(fleet), grid=args.grid, metric=args.metric)
+    for v in varies:
+        request.inputs.append(pb.SweepInput(key=v.key, values=v.values))
+    with PlannerClient(args.target, timeout_s=args.timeout) as client:
+        stub = sweep_service_pb2_grpc.SweepServiceStub(client._channel)
+        try:
+            sweep = stub.SubmitSweep(request, timeout=args.timeout).sweep
+            with _progress_bar() as bar:
+                task = bar.add_task("plans", total=sweep.points_total)
+                for update in stub.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep.sweep_id)):
+                    sweep = update.sweep
+                    bar.update(task, completed=sweep.points_done, total=sweep.points_total)
+        except grpc.RpcError as exc:
+            error = PlannerError.from_rpc_error(exc)
+            details = " ".join(f"[{p}: {d}]" for p, d in error.field_violations)
+            console.print(Text(f"{error.code.name}: {error.message} {details}".strip(), style="red"))
+            return 1
+    if sweep.state != pb.SWEEP_STATE_SUCCEEDED:
+        console.print(Text(f"sweep {sweep.sweep_id} failed: {sweep.error}", style="red"))
+        return 1
+    console.print(f"sweep_id {sweep.sweep_id}")
+    if args.grid:
+        rows = [
+            {
+                **dict(p.inputs),
+                "status": p.status,
+                args.metric: getattr(p, METRIC_FIELDS[args.metric]),
+                **{f"{site}": mode for site, mode in sorted(p.site_modes.items())},
+            }
+            for p in sweep.points
+            if p.varied == "grid"
+        ]
+        emit(rows, args.format, "sweep grid")
+        return 0
+    bars = [
+        TornadoBar(
+            b.key,
+            b.low_input,
+            b.high_input,
+            b.metric_at_low,
+            b.metric_at_high,
+            min(b.metric_at_low, b.metric_at_high),
+            min(b.metric_at_low, b.metric_at_high) + b.swing,
+        )
+        for b in sweep.tornado
+    ]
+    if args.format == "table":
+        from services.sweep import print_tornado
+
+        base = next((p for p in sweep.points if p.varied == "base"), None)
+        base_value = getattr(base, METRIC_FIELDS[args.metric]) if base is not None else None
+        print_tornado(bars, base_value, args.metric, output_console())
+    else:
+        emit(
+            [
+                {
+                    "input": b.key,
+                    "low": b.low_input,
+                    "high": b.high_input,
+                    "at_low": b.metric_at_low,
+                    "at_high": b.metric_at_high,
+                    "swing": b.swing,
+                }
+                for b in bars
+            ],
+            args.format,
+        )
+    return 0
+
+
+METRIC_FIELDS = {"mean": "mean_usd", "objective": "objective_usd", "p5": "p5_usd", "cvar": "cvar_usd"}
+
+
 def _diff_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diff", help="compare two plan.json files: racks moved, MW, profit and risk, and why")
     p.add_argument("plan_a", type=Path, help="the earlier plan.json")
@@ -258,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     _diff_parser(sub)
     add_serve_parser(sub)
     add_client_parser(sub)
+    client_calls = next(a for a in sub.choices["client"]._actions if isinstance(a, argparse._SubParsersAction))
+    _client_sweep_parser(client_calls)
     return parser
 
 
