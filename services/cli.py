@@ -90,6 +90,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
     if args.export_scenarios:
+        args.export_scenarios.parent.mkdir(parents=True, exist_ok=True)
         save_scenarios(args.export_scenarios, scenarios)
     out_console = output_console()
     print_plan(plan, out_console, fleet)
@@ -192,6 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         )
     metric = sweep.METRICS[args.metric]
     out_console = output_console()
+    args.out.mkdir(parents=True, exist_ok=True)
     paths = [sweep.write_csv(args.out / "sweep.csv", rows)]
     base_metric = rows[0].get(metric)
     sites = [s.id for s in fleet.sites]

@@ -53,7 +53,7 @@ def test_tornado_ranks_inputs_as_hand_arithmetic(ray_session):
 
 
 def test_sweep_command_grid_writes_csv_and_decision_map(ray_session, tmp_path, capsys):
-    out = tmp_path / "sw"
+    out = tmp_path / "new" / "sw"  # made when the sweep is done, not before
     args = ["sweep", str(EXAMPLES / "tiny.yaml"), "--scenarios", "4", "--grid", "--out", str(out)]
     assert main([*args, "--vary", "hashprice=25,50", "--vary", "offer.neocloud.rate=40,180"]) == 0
     rows = list(csv.DictReader((out / "sweep.csv").open()))
