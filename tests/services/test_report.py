@@ -143,3 +143,21 @@ def test_cli_writes_report_and_plan_json_robustness(ray_session, tmp_path, capsy
     assert main(["plan", str(EXAMPLES / "tiny.yaml"), "--scenarios", "8", "--out", str(bare), "--no-robustness"]) == 0
     assert json.loads((bare / "plan.json").read_text())["robustness"] is None
     assert not (bare / "report.html").exists()
+
+
+def test_report_compares_with_a_previous_plan(hedge_run, tmp_path):
+    from services.tables import plan_json
+
+    fleet, plan, run = hedge_run
+    previous = plan_json(plan, fleet)
+    group = previous["allocation"][0]
+    moved = min(2, group["racks_mine"]) or 0
+    group["racks_mine"] -= moved
+    group["racks_idle"] += moved
+    previous["profit"]["mean_usd"] -= 1000.0
+    write_report(fleet, plan, run, tmp_path, previous=previous)
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="compare"' in html and "Against the previous plan" in html
+    if moved:
+        assert f"idle -&gt; mining {moved}" in html
+    assert "$1,000" in html  # the mean profit change
