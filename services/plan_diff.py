@@ -125,8 +125,11 @@ def _reason(moves, values_a, values_b, label_a: str, label_b: str) -> str:
                 changed.append(f"{MODE_LABEL[mode]} {_usd(before)} -> {_usd(after)}")
         if changed:
             text += f" ({label_a} to {label_b}: {', '.join(changed)})"
-        elif vb <= va:
-            text += " (a constraint, not the per-rack value, moved it: site capacity, AI block, offer or budget)"
+        if vb <= va:
+            text += (
+                f"; {MODE_LABEL[target]} is worth less per rack alone, so a limit moved it "
+                "(offer MW, site capacity, AI block or capital budget: see the offers and sites)"
+            )
         parts.append(text)
     return "; ".join(parts)
 
@@ -281,6 +284,7 @@ def print_diff(diff: PlanDiff, console: Console) -> None:
         figures.add_row(f["figure"], _usd(f["a"]), _usd(f["b"]), _usd(f["change"]))
     console.print(figures)
     moved = sum(n for g in diff.groups for _, _, n in g.moves)
-    console.print(f"{moved:,} racks change mode across {len(diff.moved)} groups")
+    groups = len(diff.moved)
+    console.print(f"{moved:,} racks change mode across {groups} group{'' if groups == 1 else 's'}")
     for note in diff.notes:
         console.print(f"note: {note}")
