@@ -140,11 +140,12 @@ class SweepServicer(sweep_service_pb2_grpc.SweepServiceServicer):
         sweep = self._get(request.sweep_id)
         last = None
         while True:
-            snapshot = (sweep.state, sweep.done)
-            if snapshot != last:
-                last = snapshot
-                yield pb.WatchSweepResponse(sweep=sweep.message())
-            if sweep.state != pb.SWEEP_STATE_RUNNING:
+            finished = sweep.state != pb.SWEEP_STATE_RUNNING  # read first: the message below is at least as new
+            message = sweep.message()
+            if (message.state, message.points_done) != last:
+                last = (message.state, message.points_done)
+                yield pb.WatchSweepResponse(sweep=message)
+            if finished:
                 return
             sweep.changed.clear()
             await asyncio.to_thread(sweep.changed.wait, WATCH_POLL_S)

@@ -71,9 +71,7 @@ class ConstraintCulprit:
         return [f"{self.family}[{i}]" for i in self.indices] or [self.family]
 
     def describe(self) -> str:
-        if self.amounts:
-            return "; ".join(self.amounts)
-        return f"{self.label} ({', '.join(self.subjects)})"
+        return f"{self.label} ({'; '.join(self.amounts or self.subjects)})"
 
 
 class InfeasibleConstraintError(InfeasiblePlanError):
