@@ -144,3 +144,25 @@ def test_ties_between_identical_groups_are_dealt_in_fleet_order():
     assert canonical.racks["f-old"] == {Mode.MINE: 4, Mode.AI: 0, Mode.IDLE: 0}
     assert canonical.racks["f-old-2"] == {Mode.MINE: 1, Mode.AI: 0, Mode.IDLE: 3}
     assert canonical.racks["s-old"] == racks["s-old"]  # a different site: never pooled
+
+
+def test_infeasible_plan_says_by_how_much(tiny_fleet_data):
+    from optimizer.economics import group_economics
+    from optimizer.scenarios import generate_scenarios
+    from solvers.diagnose import Commitments, InfeasibleConstraintError
+    from solvers.planner import solve_allocation
+
+    tiny_fleet_data["capital_budget_usd"] = 1_000_000
+    fleet = parse_fleet(tiny_fleet_data)
+    economics = group_economics(fleet, generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, range(2), 7))
+    with pytest.raises(InfeasibleConstraintError) as err:
+        solve_allocation(
+            fleet, economics, fleet.risk, fleet.solver, commitments=Commitments(accept_offers=("neocloud",))
+        )
+    message = str(err.value)
+    # signing neocloud needs its 1 MW minimum: $0.5M fixed + $2M/MW x 1 MW = $2.5M of capex against a $1M budget
+    assert "capital_budget: needs $2.5M, budget $1.0M" in message
+    assert "offer_min[neocloud]: short by 1.00 MW" in message
+    from services.errors import infeasible
+
+    assert not any("the the" in v.description for v in infeasible(err.value).constraint_violations)

@@ -60,3 +60,58 @@ def test_client_sweep_command(server, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "input,low,high,at_low,at_high,swing"
     assert lines[1].startswith("hashprice,25.0,50.0,")
+
+
+def test_client_formats_never_cut_ids(server, tmp_path, capsys):
+    import csv
+    import io
+    import json
+
+    from tests.conftest import small_fleet_data
+
+    data = small_fleet_data()
+    long_ids = {g["id"]: f"{g['id']}-north-dakota-hall-b-row-17" for g in data["rack_groups"]}
+    for group in data["rack_groups"]:
+        group["id"] = long_ids[group["id"]]
+    fleet = tmp_path / "long.yaml"
+    fleet.write_text(yaml.safe_dump(data))
+    target = ["--target", server.target, "--timeout", "120"]
+    assert main(["client", "optimize", str(fleet), "--scenarios", "4", *target, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    plan = json.loads(captured.out)
+    plan_id = captured.err.strip().splitlines()[-1].split()[-1]
+    assert [g["group"] for g in plan["allocation"]] == list(long_ids.values())
+
+    assert (
+        main(["client", "dispatch", plan_id, "--price", "spot=25", "--price", "fixed=30", "--hashprice", "40", *target])
+        == 0
+    )
+    table = capsys.readouterr().out
+    mining = [g["group"] for g in plan["allocation"] if g["racks_mine"]]  # dispatch lists the groups that mine
+    assert mining and all(gid in table for gid in mining) and "…" not in table, table  # piped: never cut
+    assert (
+        main(
+            [
+                "client",
+                "dispatch",
+                plan_id,
+                "--price",
+                "spot=25",
+                "--price",
+                "fixed=30",
+                "--hashprice",
+                "40",
+                *target,
+                "--format",
+                "csv",
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["group"] for r in rows] == mining
+    assert main(["client", "evaluate", "--plan-id", plan_id, "--scenarios", "3", *target, "--format", "csv"]) == 0
+    [row] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert float(row["mean"]) == pytest.approx(float(row["mean"])) and "CVaR" in row
+    assert main(["client", "list", *target, "--format", "json"]) == 0
+    assert all(len(j["job_id"]) > 8 for j in json.loads(capsys.readouterr().out))
