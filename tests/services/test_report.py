@@ -161,3 +161,28 @@ def test_report_compares_with_a_previous_plan(hedge_run, tmp_path):
     if moved:
         assert f"idle -&gt; mining {moved}" in html
     assert "$1,000" in html  # the mean profit change
+
+
+def test_offers_taken_and_declined_say_why(ray_session, tiny_fleet_data):
+    from optimizer.rack_values import rack_values
+    from services.board import board_context
+
+    tiny_fleet_data["scenarios"]["count"] = 6
+    taken_fleet = parse_fleet(tiny_fleet_data)
+    taken_plan, _ = plan_fleet(taken_fleet)
+    [taken] = board_context(taken_fleet, taken_plan)["offers"]
+    converted = sum(g.racks_ai for g in taken_plan.allocation)
+    assert taken["taken"] and taken["mw"] > 0 and converted > 0
+    assert "rent net of per-MW capex" in taken["why"] and f"converts {converted} racks" in taken["why"]
+
+    tiny_fleet_data["lease_offers"][0]["rate_usd_per_kw_month"] = 40  # rent below what the racks mine
+    low_fleet = parse_fleet(tiny_fleet_data)
+    low_plan, _ = plan_fleet(low_fleet)
+    [declined] = board_context(low_fleet, low_plan)["offers"]
+    assert not declined["taken"] and declined["why"].startswith("at texas mining earns more per MW than the lease")
+    values = {v.group: v for v in rack_values(low_fleet, low_plan)}
+    # 40 $/kW-month for the 11 of 14 days after the lead time, less 14 days of 5-year straight-line capex at $2M/MW
+    rack_mw = 10 * 200 * 17.5 / 1e6
+    rent = 40 * 1000 * 11 / (365.25 / 12)
+    capex = 2_000_000 * 14 / (5 * 365.25)
+    assert values["texas-s21"].ai_usd == pytest.approx(rack_mw * (rent - capex), rel=1e-6)
