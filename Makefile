@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 FLEET ?= examples/fleet.yaml
 OUT ?= out
 
-.PHONY: venv plan test lint bench clean schema protos
+.PHONY: venv plan test lint bench clean schema protos browser
 
 $(BIN)/hashpivot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,15 @@ venv: $(BIN)/hashpivot
 plan: venv
 	$(BIN)/hashpivot plan $(FLEET) --out $(OUT)
 
-test: venv
+# Headless Chromium for the report screenshot test (tests/services/test_report_browser.py): installed only when
+# absent, with apt as root; otherwise that one test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y chromium || { apt-get update && apt-get install -y chromium; } || true; \
+	  else echo "chromium not found: the report screenshot test will skip (apt-get install -y chromium)"; fi
+
+test: venv browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

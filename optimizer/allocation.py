@@ -201,6 +201,20 @@ def lease_terms(fleet: Fleet, grid: PlanGrid) -> dict[tuple[str, str, int], Leas
     return out
 
 
+def lease_net_pv_usd_per_mw(fleet: Fleet, grid: PlanGrid, offer_id: str, site_id: str) -> tuple[float, int] | None:
+    """Best present value of one MW leased to the offer at the site, over the site's start options: rent with
+    its terminal value, minus the per-MW capex the site funds; and that start option. None if none is open."""
+    terms = lease_terms(fleet, grid)
+    offer, conversion = fleet.lease_offer(offer_id), fleet.site(site_id).ai
+    capex_per_mw = conversion.capex_usd_per_mw * (1.0 - offer.tenant_capex_share)
+    values = [
+        (term.rent.pv_usd - capex_per_mw * term.capex_factor, k)
+        for (o, s, k), term in terms.items()
+        if o == offer_id and s == site_id
+    ]
+    return max(values, key=lambda vk: (vk[0], -vk[1])) if values else None
+
+
 def planned_mining_kw(fleet: Fleet, grid: PlanGrid, present: np.ndarray) -> np.ndarray:
     """[N, P] mining load at the meter if every rack present mining runs."""
     out = np.zeros((len(fleet.sites), grid.n_periods))

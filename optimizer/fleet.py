@@ -419,12 +419,22 @@ def with_overrides(fleet: Fleet, patch: dict[str, dict[str, Any]]) -> Fleet:
     return parse_fleet(data)
 
 
+class _FleetLoader(yaml.SafeLoader):
+    """YAML without implicit dates: `start: 2026-13-01` reaches pydantic as text, which names the field."""
+
+
+_FleetLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_fleet(path: str | Path) -> Fleet:
     """Read a fleet from YAML or JSON; errors name the file, the field path and the bad value."""
     path = Path(path)
     text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_FleetLoader)  # noqa: S506
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise FleetError([("<file>", f"{path}: not valid {path.suffix.lstrip('.') or 'YAML'}: {exc}")]) from None
     if not isinstance(data, dict):
@@ -440,7 +450,8 @@ def _violations(exc: ValidationError) -> list[tuple[str, str]]:
         if ": " in msg and not err["loc"]:
             path, msg = msg.split(": ", 1)  # root validators carry their path in the message
         if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict | list):
-            msg = f"{msg} (got {err['input']!r})"
+            if f"got {err['input']}" not in msg and f"got {err['input']!r}" not in msg:  # never "got 5 (got 5)"
+                msg = f"{msg} (got {err['input']!r})"
         out.append((path, msg))
     return out
 

@@ -15,6 +15,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 STEP_HOURS_ALLOWED = (1, 2, 3, 4, 6, 8, 12, 24)  # divisors of a day, so every step sits inside one day
 
 
+# A pinned series: one value per calendar month of the horizon, the last one holding after the list ends;
+# a single number in the file is a level (stored as a one-value list, which is also how the proto carries it).
+Pinned = list[float]
+
+
+def _as_pinned(value):
+    return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _check_pinned(value, low: float, high: float):
+    if not value:
+        raise ValueError("a per-month path needs at least one value")
+    for v in value:
+        if not low <= v <= high:
+            raise ValueError(f"must lie in [{low:g}, {high:g}], got {v:g}")
+    return value
+
+
+def pinned_by_step(value: Pinned, step_month_index) -> list[float]:
+    """The pinned value of each step: the path's value for the step's month of the horizon (0 = the start's)."""
+    return [value[min(int(m), len(value) - 1)] for m in step_month_index]
+
+
 class StrictModel(BaseModel):
     """Base for every input model: unknown fields are errors, never silently ignored."""
 
@@ -93,6 +116,23 @@ class BitcoinMarket(StrictModel):
     network_breakeven_hashprice_usd_per_ph_day: float = Field(40.0, gt=0)
     fees_btc_per_block: float = Field(0.025, ge=0, le=10)
     fees_vol: float = Field(0.3, ge=0, le=5, description="Std of log fees (stationary).")
+    hashprice_usd_per_ph_day: Pinned | None = Field(
+        None,
+        description="Pin the hashprice instead of deriving it from BTC price, hashrate and difficulty: a level, "
+        "or one value per calendar month of the horizon (the first is the start's month; the last holds after). "
+        "Every scenario then has this hashprice; BTC, hashrate and fees are still drawn but no longer matter "
+        "(docs/scenarios.md).",
+    )
+
+    @field_validator("hashprice_usd_per_ph_day", mode="before")
+    @classmethod
+    def _hashprice_level(cls, value):
+        return _as_pinned(value)
+
+    @field_validator("hashprice_usd_per_ph_day")
+    @classmethod
+    def _hashprice_range(cls, value):
+        return None if value is None else _check_pinned(value, 0.0, 10_000.0)
 
 
 ALL_MONTHS = list(range(1, 13))
@@ -168,6 +208,22 @@ class PowerMarket(StrictModel):
     demand_response_calls: DemandResponseCalls | None = Field(
         None, description="How often the grid operator calls demand response; needed by sites with a programme."
     )
+    pinned_price_usd_per_mwh: Pinned | None = Field(
+        None,
+        description="Pin the spot price instead of the generative model: a level, or one value per calendar month of "
+        "the horizon (the last holds after). Flat within the month (no daily shape, no spikes); curtailment-event "
+        "price floors still apply on top (docs/scenarios.md).",
+    )
+
+    @field_validator("pinned_price_usd_per_mwh", mode="before")
+    @classmethod
+    def _pinned_level(cls, value):
+        return _as_pinned(value)
+
+    @field_validator("pinned_price_usd_per_mwh")
+    @classmethod
+    def _pinned_range(cls, value):
+        return None if value is None else _check_pinned(value, -1_000.0, 20_000.0)
 
     @model_validator(mode="after")
     def _event_floors_below_cap(self) -> PowerMarket:

@@ -91,7 +91,7 @@ from optimizer.constants import (
     TH_PER_PH,
     block_subsidy_btc,
 )
-from optimizer.market import BitcoinMarket, Horizon, PowerMarket
+from optimizer.market import BitcoinMarket, Horizon, PowerMarket, pinned_by_step
 
 # Stream ids for scenario_rng: optimisation, out-of-sample evaluation, then SAA replications.
 OPTIMIZATION_STREAM = 0
@@ -316,6 +316,7 @@ class _Calendar:
     hour_slot: np.ndarray  # [T] which step of the day each step is (0 .. 24/step_hours - 1)
     year_fraction: np.ndarray  # [T] position of the step's middle in the calendar year
     month: np.ndarray  # [T] calendar month (1-12) of the step
+    month_index: np.ndarray  # [T] months since the horizon's first month (0, 1, ...)
 
     @staticmethod
     def of(horizon: Horizon) -> _Calendar:
@@ -332,6 +333,8 @@ class _Calendar:
             hour_slot=np.arange(n_steps) % steps_per_day,
             year_fraction=(middle_days / DAYS_PER_YEAR) % 1.0,
             month=step_starts.astype("datetime64[M]").astype(np.int64) % MONTHS_PER_YEAR + 1,
+            month_index=step_starts.astype("datetime64[M]").astype(np.int64)
+            - np.datetime64(horizon.start, "M").astype(np.int64),
         )
 
     def in_months(self, months: Sequence[int]) -> np.ndarray:
@@ -355,6 +358,13 @@ def _draw_scenario(
     fees = _fees_path(rng, bitcoin, calendar)
     network = simulate_network(bitcoin, btc, fees, rng.standard_normal(calendar.n_steps), calendar.step_hours)
     power = [_power_price_path(rng, market, base, calendar) for market, base in zip(markets, base_prices, strict=True)]
+    # pinned inputs (docs/scenarios.md) replace paths AFTER they are drawn: every other path keeps its draws
+    hashprice = network.hashprice_usd_per_ph_day
+    if bitcoin.hashprice_usd_per_ph_day is not None:
+        hashprice = _pinned_path(bitcoin.hashprice_usd_per_ph_day, calendar)
+    for m, market in enumerate(markets):
+        if market.pinned_price_usd_per_mwh is not None:
+            power[m] = _pinned_path(market.pinned_price_usd_per_mwh, calendar)
     # grid events after every existing draw, so they leave the paths above untouched
     available, calls = [], []
     for market, price in zip(markets, power, strict=True):
@@ -365,11 +375,17 @@ def _draw_scenario(
         "fees": fees,
         "hashrate": network.hashrate_ehs,
         "subsidy": network.subsidy_btc,
-        "hashprice": network.hashprice_usd_per_ph_day,
+        "hashprice": hashprice,
         "power": power,
         "available": available,
         "dr_call": calls,
     }
+
+
+def _pinned_path(value, calendar: _Calendar) -> np.ndarray:
+    """[T] a pinned level, or a per-month path by the step's month of the horizon (0 = the start's month)."""
+    values = np.asarray(pinned_by_step(value, calendar.month_index), dtype=float)
+    return np.broadcast_to(values, (calendar.n_steps,)).copy()
 
 
 def _btc_price_path(rng: np.random.Generator, bitcoin: BitcoinMarket, calendar: _Calendar) -> np.ndarray:

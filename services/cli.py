@@ -9,10 +9,12 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
+from optimizer.fleet import Objective, fleet_json_schema, load_fleet, with_overrides
+from services.messages import check_input_file, check_output_dir, check_output_file, one_line
 from services.service_cli import add_client_parser, add_robustness_arguments, add_serve_parser, robustness_overrides
-from services.tables import print_plan, write_plan_outputs
+from services.tables import output_console, print_plan, write_plan_outputs
 
 console = Console(stderr=True)
 
@@ -33,6 +35,7 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("out"), help="output folder for plan.json and CSV tables")
     add_robustness_arguments(p, opt_in=False)
     p.add_argument("--no-robustness", action="store_true", help="skip baselines, out-of-sample scoring and report.html")
+    p.add_argument("--compare", type=Path, metavar="PREV.json", help="a previous plan.json: report.html shows the diff")
     p.set_defaults(func=cmd_plan)
 
 
@@ -58,6 +61,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from solvers.planner import plan_fleet
     from solvers.ray_pool import ensure_ray
 
+    check_input_file(args.fleet, "fleet file")
+    if args.scenario_file:
+        check_input_file(args.scenario_file, "scenario file")
+    previous = _load_previous(args.compare) if args.compare else None
+    check_output_dir(args.out)
+    if args.export_scenarios:
+        check_output_file(args.export_scenarios, "--export-scenarios")
     fleet = with_overrides(load_fleet(args.fleet), _overrides(args))
     provided = None
     if args.scenario_file:
@@ -80,19 +90,37 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
     if args.export_scenarios:
+        args.export_scenarios.parent.mkdir(parents=True, exist_ok=True)
         save_scenarios(args.export_scenarios, scenarios)
-    out_console = Console(width=None if sys.stdout.isatty() else 160)
-    print_plan(plan, out_console)
+    out_console = output_console()
+    print_plan(plan, out_console, fleet)
     if run is not None:
         from services.report import print_robustness, write_report
 
         plan = plan.model_copy(update={"robustness": run.report})
         print_robustness(run.report, out_console)
-    paths = write_plan_outputs(plan, args.out)
+    paths = write_plan_outputs(plan, args.out, fleet)
+    if previous is not None:
+        from services.plan_diff import diff_plans, print_diff
+
+        print_diff(diff_plans(previous, _plan_data(plan, fleet), "previous", "this plan"), out_console)
     if run is not None:
-        paths += write_report(fleet, plan, run, args.out)
+        paths += write_report(fleet, plan, run, args.out, previous=previous)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _load_previous(path: Path) -> dict:
+    from services.plan_diff import load_plan_data
+
+    check_input_file(path, "plan file (--compare)")
+    return load_plan_data(path)
+
+
+def _plan_data(plan, fleet) -> dict:
+    from services.tables import plan_json
+
+    return plan_json(plan, fleet)
 
 
 def _assess(args: argparse.Namespace, fleet, plan, provided, progress):
@@ -109,6 +137,213 @@ def _progress_bar() -> Progress:
     )
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="re-plan over ranges of inputs (on Ray): sweep.csv, tornado chart, decision map")
+    p.add_argument("fleet", type=Path, help="fleet file (YAML or JSON)")
+    p.add_argument(
+        "--vary",
+        action="append",
+        default=[],
+        required=True,
+        metavar="KEY=LO:HI:N",
+        help="an input and N evenly spaced values (or KEY=V1,V2,...): btc_price, hashprice, power.<market|site>, "
+        "offer.<id>.rate, or a dotted fleet path such as sites.<id>.capacity_mw (repeatable; docs/sweeps.md)",
+    )
+    p.add_argument("--grid", action="store_true", help="every combination (default: one input at a time)")
+    p.add_argument("--metric", choices=["mean", "objective", "p5", "cvar"], default="mean", help="tornado measure")
+    p.add_argument("--scenarios", type=int, help="scenarios per plan (default: the fleet file's)")
+    p.add_argument("--seed", type=int, help="random seed (default: the fleet file's)")
+    p.add_argument("--time-limit", type=float, help="solver time limit per plan in seconds")
+    p.add_argument("--workers", type=int, help="at most this many plans at once (never changes the results)")
+    p.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+    p.add_argument(
+        "--out", type=Path, default=Path("out"), help="output folder (sweep.csv, tornado.png, decision_map.png)"
+    )
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from optimizer.sweep import parse_vary, tornado
+    from services import sweep
+    from solvers.ray_pool import ensure_ray
+
+    check_input_file(args.fleet, "fleet file")
+    check_output_dir(args.out)
+    varies = [parse_vary(v) for v in args.vary]
+    keys = [v.key for v in varies]
+    if len(set(keys)) != len(keys):
+        raise ValueError(
+            f"--vary: an input is given twice ({', '.join(sorted({k for k in keys if keys.count(k) > 1}))})"
+        )
+    patch = {"scenarios": {}, "solver": {}}
+    if args.scenarios is not None:
+        patch["scenarios"]["count"] = args.scenarios
+    if args.seed is not None:
+        patch["scenarios"]["seed"] = args.seed
+    if args.time_limit is not None:
+        patch["solver"]["time_limit_s"] = args.time_limit
+    fleet = with_overrides(load_fleet(args.fleet), {k: v for k, v in patch.items() if v})
+    data = fleet.model_dump(mode="json")
+    sweep.check_points(data, varies, args.grid)  # every point valid before Ray starts
+    ensure_ray(args.ray_address)
+    with _progress_bar() as bar:
+        task = bar.add_task("plans", total=None)
+        rows = sweep.run_sweep(
+            data, varies, args.grid, args.workers, lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    metric = sweep.METRICS[args.metric]
+    out_console = output_console()
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = [sweep.write_csv(args.out / "sweep.csv", rows)]
+    base_metric = rows[0].get(metric)
+    sites = [s.id for s in fleet.sites]
+    if args.grid:
+        sweep.print_grid(rows, keys, sites, metric, out_console)
+        if len(varies) == 2:
+            paths.append(args.out / "decision_map.png")
+            sweep.decision_map_chart(paths[-1], rows, keys[0], keys[1], sites)
+        else:
+            console.print("decision map: drawn for a grid of exactly two inputs")
+    else:
+        bars = tornado(rows, varies, metric)
+        sweep.print_tornado(bars, base_metric, args.metric, out_console)
+        paths.append(args.out / "tornado.png")
+        sweep.tornado_chart(paths[-1], bars, base_metric, args.metric)
+    failed = [r for r in rows if r["status"] != "ok"]
+    if failed:
+        console.print(f"{len(failed)} of {len(rows)} points have no plan (status column of sweep.csv)")
+    console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _client_sweep_parser(calls: argparse._SubParsersAction) -> None:
+    c = calls.add_parser("sweep", help="run a sweep on the server (SweepService) and print its tornado or grid")
+    c.add_argument("fleet", type=Path, help="fleet file (YAML or JSON)")
+    c.add_argument(
+        "--vary", action="append", default=[], required=True, metavar="KEY=LO:HI:N", help="as `hashpivot sweep`"
+    )
+    c.add_argument("--grid", action="store_true", help="every combination (default: one input at a time)")
+    c.add_argument("--metric", choices=["mean", "objective", "p5", "cvar"], default="mean", help="tornado measure")
+    c.add_argument("--scenarios", type=int, help="scenarios per plan (default: the fleet file's)")
+    c.set_defaults(func=cmd_client_sweep)
+
+
+def cmd_client_sweep(args: argparse.Namespace) -> int:
+    import grpc
+
+    from optimizer.sweep import TornadoBar, parse_vary
+    from protos.hashpivot.v1 import sweep_service_pb2 as pb
+    from protos.hashpivot.v1 import sweep_service_pb2_grpc
+    from services.client import PlannerClient, PlannerError, fleet_message
+    from services.tables import emit
+
+    check_input_file(args.fleet, "fleet file")
+    varies = [parse_vary(v) for v in args.vary]
+    fleet = load_fleet(args.fleet)
+    if args.scenarios is not None:
+        fleet = with_overrides(fleet, {"scenarios": {"count": args.scenarios}})
+    request = pb.SubmitSweepRequest(fleet=fleet_message(fleet), grid=args.grid, metric=args.metric)
+    for v in varies:
+        request.inputs.append(pb.SweepInput(key=v.key, values=v.values))
+    with PlannerClient(args.target, timeout_s=args.timeout) as client:
+        stub = sweep_service_pb2_grpc.SweepServiceStub(client._channel)
+        try:
+            sweep = stub.SubmitSweep(request, timeout=args.timeout).sweep
+            with _progress_bar() as bar:
+                task = bar.add_task("plans", total=sweep.points_total)
+                for update in stub.WatchSweep(pb.WatchSweepRequest(sweep_id=sweep.sweep_id)):
+                    sweep = update.sweep
+                    bar.update(task, completed=sweep.points_done, total=sweep.points_total)
+        except grpc.RpcError as exc:
+            error = PlannerError.from_rpc_error(exc)
+            details = " ".join(f"[{p}: {d}]" for p, d in error.field_violations)
+            console.print(Text(f"{error.code.name}: {error.message} {details}".strip(), style="red"))
+            return 1
+    if sweep.state != pb.SWEEP_STATE_SUCCEEDED:
+        console.print(Text(f"sweep {sweep.sweep_id} failed: {sweep.error}", style="red"))
+        return 1
+    console.print(f"sweep_id {sweep.sweep_id}")
+    if args.grid:
+        rows = [
+            {
+                **dict(p.inputs),
+                "status": p.status,
+                args.metric: getattr(p, METRIC_FIELDS[args.metric]),
+                **{f"{site}": mode for site, mode in sorted(p.site_modes.items())},
+            }
+            for p in sweep.points
+            if p.varied == "grid"
+        ]
+        emit(rows, args.format, "sweep grid")
+        return 0
+    bars = [
+        TornadoBar(
+            b.key,
+            b.low_input,
+            b.high_input,
+            b.metric_at_low,
+            b.metric_at_high,
+            min(b.metric_at_low, b.metric_at_high),
+            min(b.metric_at_low, b.metric_at_high) + b.swing,
+        )
+        for b in sweep.tornado
+    ]
+    if args.format == "table":
+        from services.sweep import print_tornado
+
+        base = next((p for p in sweep.points if p.varied == "base"), None)
+        base_value = getattr(base, METRIC_FIELDS[args.metric]) if base is not None else None
+        print_tornado(bars, base_value, args.metric, output_console())
+    else:
+        emit(
+            [
+                {
+                    "input": b.key,
+                    "low": b.low_input,
+                    "high": b.high_input,
+                    "at_low": b.metric_at_low,
+                    "at_high": b.metric_at_high,
+                    "swing": b.swing,
+                }
+                for b in bars
+            ],
+            args.format,
+        )
+    return 0
+
+
+METRIC_FIELDS = {"mean": "mean_usd", "objective": "objective_usd", "p5": "p5_usd", "cvar": "cvar_usd"}
+
+
+def _diff_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("diff", help="compare two plan.json files: racks moved, MW, profit and risk, and why")
+    p.add_argument("plan_a", type=Path, help="the earlier plan.json")
+    p.add_argument("plan_b", type=Path, help="the later plan.json")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.set_defaults(func=cmd_diff)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from services.plan_diff import diff_plans, diff_rows, load_plan_data, print_diff
+
+    for path in (args.plan_a, args.plan_b):
+        check_input_file(path, "plan file")
+    a, b = load_plan_data(args.plan_a), load_plan_data(args.plan_b)
+    diff = diff_plans(a, b, "A", "B")
+    if args.format == "json":
+        print(
+            json.dumps({"a": str(args.plan_a), "b": str(args.plan_b), **diff_rows(diff), "notes": diff.notes}, indent=2)
+        )
+    elif args.format == "csv":
+        from services.tables import emit
+
+        emit(diff_rows(diff)["groups"], "csv")
+    else:
+        print(f"A = {args.plan_a}\nB = {args.plan_b}")
+        print_diff(diff, output_console())
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(fleet_json_schema(), indent=2))
     return 0
@@ -120,22 +355,71 @@ def build_parser() -> argparse.ArgumentParser:
     _plan_parser(sub)
     schema = sub.add_parser("schema", help="print the fleet file's JSON Schema")
     schema.set_defaults(func=cmd_schema)
+    _sweep_parser(sub)
+    _diff_parser(sub)
     add_serve_parser(sub)
     add_client_parser(sub)
+    client_calls = next(a for a in sub.choices["client"]._actions if isinstance(a, argparse._SubParsersAction))
+    _client_sweep_parser(client_calls)
+    return parser
+
+
+# Options that work anywhere on the command line: before or after the subcommand.
+GLOBAL_OPTIONS = [(("--debug",), {"action": "store_true", "help": "show the traceback of a failure"})]
+CLIENT_OPTIONS = ("--target", "--timeout", "--format")  # defined on `client`, accepted after its call too
+
+
+def _propagate(parser: argparse.ArgumentParser, specs: list[tuple[tuple, dict]]) -> None:
+    """Add options to every nested subcommand with a SUPPRESS default, so a value given at any level sticks."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for child in action.choices.values():
+            known = {o for a in child._actions for o in a.option_strings}
+            for flags, kwargs in specs:
+                if flags[0] not in known:
+                    child.add_argument(*flags, **{**kwargs, "default": argparse.SUPPRESS})
+            _propagate(child, specs)
+
+
+def _client_specs(parser: argparse.ArgumentParser) -> list[tuple[tuple, dict]]:
+    client = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["client"]
+    specs = []
+    for action in client._actions:
+        if action.option_strings and action.option_strings[0] in CLIENT_OPTIONS:
+            kwargs = {"help": action.help, "dest": action.dest}
+            if action.type is not None:
+                kwargs["type"] = action.type
+            if action.choices is not None:
+                kwargs["choices"] = action.choices
+            specs.append((tuple(action.option_strings), kwargs))
+    return specs
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    for flags, kwargs in GLOBAL_OPTIONS:
+        parser.add_argument(*flags, **kwargs)
+    _propagate(parser, GLOBAL_OPTIONS)
+    client = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["client"]
+    _propagate(client, _client_specs(parser))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _command_parser().parse_args(argv)
     try:
         return args.func(args)
-    except FleetError as exc:
-        for path, message in exc.violations:
-            console.print(f"[red]invalid fleet[/red] {path}: {message}")
-        return 2
-    except ValueError as exc:
-        field = getattr(exc, "field", None)
-        console.print(f"[red]invalid input[/red] {field + ': ' if field else ''}{exc}")
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        fleet_path = getattr(args, "fleet", None)
+        line = one_line(exc, fleet_path if isinstance(fleet_path, Path) else None)
+        # Text, not markup: ids in paths have brackets
+        console.print(Text.assemble(("error: ", "red"), line), highlight=False, soft_wrap=True)
         return 2
 
 

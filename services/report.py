@@ -2,11 +2,13 @@
 
 Charts are drawn on matplotlib Figures with the Agg canvas: no pyplot global state and no display,
 so the report can be written from a server thread. The HTML comes from a jinja2 template under
-services/templates and links the PNGs written beside it.
+services/templates; every chart is embedded as a base64 PNG data URI, so report.html alone is the
+plan a board reads (mail it as is). The PNGs are also written beside it.
 """
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import jinja2
@@ -268,12 +270,66 @@ def heat_map_chart(path: Path, fleet: Fleet, matrix: np.ndarray, title: str):
     fig.savefig(path)
 
 
+def fan_chart(path: Path, fleet: Fleet, scenarios, title: str = "") -> None:
+    """Percentile bands (5-95, 25-75, median) of the hashprice, BTC and each market's power price paths, by day."""
+    panels = [
+        ("hashprice, $/PH/day", scenarios.hashprice_usd_per_ph_day),
+        ("BTC price, $k", scenarios.btc_price_usd / 1e3),
+        *((f"power {m}, $/MWh (daily mean)", scenarios.power_price(m)) for m in scenarios.markets),
+    ]
+    fig = _figure((12, 2.6 * ((len(panels) + 1) // 2) + 0.6))
+    axes = fig.subplots((len(panels) + 1) // 2, 2, squeeze=False).ravel()
+    steps_per_day = max(1, 24 // scenarios.step_hours)
+    for ax, (title, values) in zip(axes, panels, strict=False):
+        n_days = values.shape[1] // steps_per_day
+        daily = values[:, : n_days * steps_per_day].reshape(values.shape[0], n_days, steps_per_day).mean(axis=2)
+        days = np.arange(n_days)
+        p5, p25, p50, p75, p95 = np.percentile(daily, [5, 25, 50, 75, 95], axis=0)
+        ax.fill_between(days, p5, p95, color="#1b6ca8", alpha=0.18, label="5-95%")
+        ax.fill_between(days, p25, p75, color="#1b6ca8", alpha=0.35, label="25-75%")
+        ax.plot(days, p50, color="#1b6ca8", linewidth=1.6, label="median")
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.grid(alpha=0.3)
+        ax.set_xlabel(f"day from {fleet.horizon.start}", fontsize=8)
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, x=0.02, ha="left", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.savefig(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # The report
 
+FAN_SCENARIOS = 100  # paths drawn again for the fan chart: enough for its percentiles, cheap on the driver
 
-def write_report(fleet: Fleet, plan: PlanResult, run, out_dir: Path) -> list[Path]:
-    """Charts and DIR/report.html for a plan with its RobustnessRun (solvers.robustness.assess_plan)."""
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _fan_scenarios(fleet: Fleet, plan: PlanResult, scenarios):
+    """The plan's own scenarios when given, else the first FAN_SCENARIOS drawn again (same seed and stream)."""
+    if scenarios is not None:
+        return scenarios
+    if plan.scenarios.get("source") != "generated":
+        return None
+    count = min(int(plan.scenarios.get("count", FAN_SCENARIOS)), FAN_SCENARIOS)
+    seed, stream = int(plan.scenarios.get("seed", 0)), int(plan.scenarios.get("stream", 0))
+    return generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, range(count), seed, stream)
+
+
+def write_report(
+    fleet: Fleet, plan: PlanResult, run, out_dir: Path, previous: dict | None = None, scenarios=None
+) -> list[Path]:
+    """DIR/report.html for a plan with its RobustnessRun (solvers.robustness.assess_plan): one self-contained
+    file for a board (charts embedded as data URIs; the PNGs are also written beside it for slides).
+
+    `previous`: an earlier plan.json (as a dict) to compare with; `scenarios`: the plan's ScenarioSet for
+    the fan chart (drawn again from the fleet's seed when not given)."""
+    from services.board import board_context
+
     report: RobustnessReport = run.report
     out_dir.mkdir(parents=True, exist_ok=True)
     charts = {
@@ -302,6 +358,12 @@ def write_report(fleet: Fleet, plan: PlanResult, run, out_dir: Path) -> list[Pat
             f"Hourly run/curtail of the plan's mining racks: {label} out-of-sample scenario #{index}\n"
             f"plan profit {_usd(by_index[index])}; mining racks run {share:.0%} of the hours",
         )
+    fan = _fan_scenarios(fleet, plan, scenarios)
+    if fan is not None:
+        charts["fan"] = out_dir / "scenario_fan.png"
+        total = int(plan.scenarios.get("count", fan.n_scenarios))
+        which = f"The {total}" if fan.n_scenarios >= total else f"The first {fan.n_scenarios} of the {total}"
+        fan_chart(charts["fan"], fleet, fan, f"{which} scenarios the plan was made on (daily means)")
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -311,7 +373,9 @@ def write_report(fleet: Fleet, plan: PlanResult, run, out_dir: Path) -> list[Pat
         plan=plan,
         report=report,
         labels=PLAN_LABELS,
-        charts={k: p.name for k, p in charts.items()},
+        charts={k: _data_uri(p) for k, p in charts.items()},
+        chart_files={k: p.name for k, p in charts.items()},
+        board=board_context(fleet, plan, previous),
     )
     path = out_dir / "report.html"
     path.write_text(html)

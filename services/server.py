@@ -25,9 +25,11 @@ import ray
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.hashpivot.v1 import planner_service_pb2_grpc
+from protos.hashpivot.v1 import planner_service_pb2_grpc, sweep_service_pb2_grpc
 from services.jobs import JobRunner, JobStore, default_db_path
 from services.servicer import SERVICE_NAME, PlannerServicer
+from services.sweep_servicer import SERVICE_NAME as SWEEP_SERVICE_NAME
+from services.sweep_servicer import SweepServicer
 from solvers.ray_pool import ensure_ray
 from solvers.runs import new_relay
 
@@ -80,10 +82,12 @@ class PlannerServer:
             ]
         )
         planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(self.servicer, self.server)
+        sweep_service_pb2_grpc.add_SweepServiceServicer_to_server(SweepServicer(), self.server)  # issue 11
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-        reflection.enable_server_reflection((SERVICE_NAME, health_name, reflection.SERVICE_NAME), self.server)
+        services = (SERVICE_NAME, SWEEP_SERVICE_NAME, health_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(services, self.server)
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         if not self.port:
             raise OSError(f"cannot bind {config.host}:{config.port}")

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 console = Console(stderr=True)
 
@@ -101,6 +99,9 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("client", help="call a hashpivot server")
     p.add_argument("--target", help="HOST:PORT of the server (default $HASHPIVOT_TARGET or localhost:50051)")
     p.add_argument("--timeout", type=float, help="deadline of the call in seconds")
+    p.add_argument(
+        "--format", choices=("table", "json", "csv"), default="table", help="output: table (default), json or csv"
+    )
     calls = p.add_subparsers(dest="call", required=True)
 
     def fleet_call(name: str, help_text: str):
@@ -208,22 +209,29 @@ def _rpc(fn):
         try:
             return fn(args)
         except PlannerError as error:
-            console.print(f"[red]{error.code.name}[/red] {error.message}")
-            for path, description in error.field_violations:
-                console.print(f"  field {path}: {description}")
-            for subject, description in error.constraint_violations:
-                console.print(f"  constraint {subject}: {description}")
+            from services.messages import tidy
+
+            # one line: the status, the message; field and constraint details only when the message lacks them
+            extra = [f"{p}: {d}" for p, d in error.field_violations if p not in error.message]
+            extra += [f"{s}: {d}" for s, d in error.constraint_violations if s not in error.message]
+            line = tidy(" ".join([f"{error.code.name}: {error.message}", *(f"[{e}]" for e in extra)]))
+            console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
             return 1
 
     return wrapped
 
 
-def _show_plan(plan, out: Path | None) -> None:
-    from services.tables import print_plan, write_plan_outputs
+def _show_plan(plan, out: Path | None, fmt: str = "table") -> None:
+    from services.tables import emit, output_console, plan_json, plan_tables, print_plan, write_plan_outputs
 
-    out_console = Console(width=None if sys.stdout.isatty() else 160)
-    print_plan(plan, out_console)
-    if plan.robustness is not None:
+    out_console = output_console()
+    if fmt == "json":
+        print(json.dumps(plan_json(plan), indent=2))
+    elif fmt == "csv":
+        emit(plan_tables(plan)["allocation"], "csv")
+    else:
+        print_plan(plan, out_console)
+    if plan.robustness is not None and fmt == "table":
         from services.report import print_robustness
 
         print_robustness(plan.robustness, out_console)
@@ -255,8 +263,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         return _print_request(args, OptimizeRequest)
     with _client(args) as client:
         reply = client.optimize(_fleet(args), _commitments(args), robustness=robustness_overrides(args))
-    _show_plan(reply.plan, args.out)
-    print(f"plan_id {reply.plan_id}")
+    _show_plan(reply.plan, args.out, args.format)
+    if args.format == "table":
+        print(f"plan_id {reply.plan_id}")
+    else:
+        console.print(f"plan_id {reply.plan_id}")
     return 0
 
 
@@ -268,7 +279,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return _print_request(args, SubmitPlanJobRequest)
     with _client(args) as client:
         job = client.submit(_fleet(args), _commitments(args), args.request_id, robustness_overrides(args))
-        print(f"job_id {job.job_id}")
+        if args.format == "table" or args.watch:
+            print(f"job_id {job.job_id}")
+        else:
+            from services.tables import emit
+
+            emit([{"job_id": job.job_id}], args.format)
         if args.watch:
             return _follow(client, job.job_id)
     return 0
@@ -305,7 +321,7 @@ def _follow(client, job_id: str) -> int:
                         mip += f" bound ${p.bound_usd:,.0f}"
                 bar.update(tasks[p.stage], completed=p.stage_done, mip=mip)
     state = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
-    print(f"job {job_id} {state}" + (f" plan_id {job.plan_id}" if job.plan_id else ""))
+    print(f"job {job_id} {state}" + (f" plan_id {job.plan_id}" if job.plan_id else ""))  # one line in every format
     if job.HasField("error"):
         console.print(f"[red]{job.error.message}[/red]")
     return 0 if job.state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED else 1
@@ -317,9 +333,10 @@ def cmd_get(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         job, plan = client.get(args.job_id)
-    print(json_format.MessageToJson(job, preserving_proto_field_name=True))
+    if args.format != "csv" or plan is None:
+        print(json_format.MessageToJson(job, preserving_proto_field_name=True))
     if plan is not None:
-        _show_plan(plan.plan, args.out)
+        _show_plan(plan.plan, args.out, args.format)
     return 0
 
 
@@ -328,14 +345,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     from protos.hashpivot.v1 import jobs_pb2
 
     state = jobs_pb2.PlanJobState.Value(f"PLAN_JOB_STATE_{args.state.upper()}") if args.state else 0
-    table = Table(title="plan jobs")
-    for column in ("job_id", "state", "fleet", "stage", "plan_id"):
-        table.add_column(column)
+    from services.tables import emit
+
+    rows = []
     with _client(args) as client:
         for job in client.list_jobs(state):
             name = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
-            table.add_row(job.job_id, name, job.fleet_name, job.progress.stage, job.plan_id)
-    Console().print(table)
+            rows.append(
+                {"job_id": job.job_id, "state": name, "fleet": job.fleet_name, "stage": job.progress.stage,
+                 "plan_id": job.plan_id}
+            )
+    emit(rows, args.format, "plan jobs")  # ids are never cut (services/tables.py)
     return 0
 
 
@@ -345,7 +365,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         job = client.cancel(args.job_id)
-    print(f"job {job.job_id} {jobs_pb2.PlanJobState.Name(job.state).removeprefix('PLAN_JOB_STATE_').lower()}")
+    state = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
+    if args.format == "table":
+        print(f"job {job.job_id} {state}")
+    else:
+        from services.tables import emit
+
+        emit([{"job_id": job.job_id, "state": state}], args.format)
     return 0
 
 
@@ -364,16 +390,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         response = client.evaluate(
             args.plan_id, fleet, allocation, count=args.scenarios, seed=args.seed, stream=args.stream
         )
-    if args.json:
+    if args.json or args.format == "json":
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))
         return 0
-    table = Table(title=f"profit over {response.scenario_count} scenarios (USD)")
-    for column in ("mean", "std", "P5", "P50", "P95", "VaR", "CVaR", "worst", "risk objective"):
-        table.add_column(column, justify="right")
+    from services.tables import emit, new_table, output_console
+
     p = response.profit
+    columns = ("mean", "std", "P5", "P50", "P95", "VaR", "CVaR", "worst", "risk objective")
     values = (p.mean_usd, p.std_usd, p.p5_usd, p.p50_usd, p.p95_usd, p.var_usd, p.cvar_usd, p.worst_usd)
-    table.add_row(*(f"{v:,.0f}" for v in (*values, response.risk_objective_usd)))
-    Console().print(table)
+    values = (*values, response.risk_objective_usd)
+    if args.format == "csv":
+        emit([dict(zip(columns, values, strict=True))], "csv")
+        return 0
+    table = new_table(f"profit over {response.scenario_count} scenarios (USD)", columns)
+    table.add_row(*(f"{v:,.0f}" for v in values))
+    output_console().print(table)
     return 0
 
 
@@ -395,19 +426,20 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
             available_mw_by_site=_pairs(args.available, "--available", "SITE=MW"),
             dr_call_sites=tuple(args.dr_call),
         )
-    if args.json:
+    if args.json or args.format == "json":
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))
         return 0
-    table = Table(title=f"dispatch at {response.hashprice_usd_per_ph_day:.2f} $/PH/day")
-    for column in ("group", "site", "action", "run/racks", "MW", "price $/MWh", "breakeven $/MWh", "margin $/rack-h"):
-        table.add_column(column, justify="left" if column in ("group", "site", "action") else "right")
+    from services.tables import emit, new_table, output_console
+
+    columns = ("group", "site", "action", "run/racks", "MW", "price $/MWh", "breakeven $/MWh", "margin $/rack-h")
+    table = new_table(f"dispatch at {response.hashprice_usd_per_ph_day:.2f} $/PH/day", columns, columns[:3])
     actions = {
         planner_service_pb2.RACK_ACTION_RUN: "run",
         planner_service_pb2.RACK_ACTION_CURTAIL: "curtail",
         planner_service_pb2.RACK_ACTION_RUN_PARTIAL: "run part",
     }
-    for g in response.groups:
-        table.add_row(
+    rows = [
+        (
             g.group,
             g.site,
             actions.get(g.action, "?"),
@@ -417,7 +449,14 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
             f"{g.breakeven_power_price_usd_per_mwh:.1f}",
             f"{g.margin_usd_per_rack_hour:.2f}",
         )
-    Console().print(table)
+        for g in response.groups
+    ]
+    if args.format == "csv":
+        emit([dict(zip(columns, row, strict=True)) for row in rows], "csv")
+        return 0
+    for row in rows:
+        table.add_row(*row)
+    output_console().print(table)
     for site in response.sites:
         limit = f"{site.available_mw:.2f} MW available" if site.HasField("available_mw") else "no event"
         call = f", DR call ({site.dr_commitment_mw:.2f} MW committed)" if site.dr_call else ""
@@ -447,5 +486,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     from services.healthcheck import check
 
     status = check(args.target, args.service, timeout_s=args.timeout or 5.0)
-    print(status)
+    if args.format == "table":
+        print(status)
+    else:
+        from services.tables import emit
+
+        emit([{"service": args.service, "status": status}], args.format)
     return 0 if status == "SERVING" else 1

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -11,17 +14,82 @@ from rich.table import Table
 
 from optimizer.plan_result import PlanResult
 
+FORMATS = ("table", "json", "csv")
+PIPE_WIDTH = 400  # not a terminal: lines as wide as the content, never cut at 80 columns
+
+
+def output_console(file=None) -> Console:
+    """Console for results on stdout: the terminal's width on a TTY, else wide enough to never cut a cell."""
+    out = file or sys.stdout
+    tty = hasattr(out, "isatty") and out.isatty()
+    return Console(file=out, width=None if tty else PIPE_WIDTH, soft_wrap=not tty)
+
+
+class FoldTable(Table):
+    """A rich Table whose number columns keep their full width; text columns (ids) fold, never '…'."""
+
+    def __rich_console__(self, console, options):
+        for column in self.columns:
+            if column.no_wrap:
+                cells = [str(column.header), *(c.plain if hasattr(c, "plain") else str(c) for c in column._cells)]
+                column.min_width = max(len(c) for c in cells)
+        yield from super().__rich_console__(console, options)
+
+
+def new_table(title: str | None, columns: Sequence[str], left: Sequence[str] = ()) -> Table:
+    """A table whose cells are never cut: on a narrow terminal they fold onto the next line, never '…'."""
+    table = FoldTable(title=title)
+    for column in columns:
+        # numbers never wrap (their full width is the column's minimum); ids fold onto a next line, never '…'
+        is_left = column in left
+        table.add_column(column, justify="left" if is_left else "right", overflow="fold", no_wrap=not is_left)
+    return table
+
+
+def emit(rows: list[dict], fmt: str, title: str | None = None, console: Console | None = None) -> None:
+    """Print rows as a table, JSON (a list of objects) or CSV (header then rows) on stdout."""
+    if fmt == "json":
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        print(buffer.getvalue(), end="")
+        return
+    columns = list(rows[0]) if rows else []
+    left = [c for c in columns if rows and isinstance(rows[0][c], str)]
+    table = new_table(title, columns, left)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    (console or output_console()).print(table)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    return "" if value is None else str(value)
+
 
 def _usd(value: float) -> str:
     return f"${value:,.0f}"
 
 
-def print_plan(plan: PlanResult, console: Console) -> None:
-    table = Table(title=f"Allocation: {plan.fleet} ({plan.horizon_days} days)")
-    for column in ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh", "value $/rack"):
-        table.add_column(column, justify="right" if column not in ("group", "site", "machine") else "left")
+def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
+    """The plan's tables; with the fleet, the value of one rack in each mode (mining, AI, idle) too."""
+    values = {}
+    if fleet is not None:
+        from optimizer.rack_values import rack_values
+
+        values = {v.group: v for v in rack_values(fleet, plan)}
+    columns = ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh")
+    columns += ("mining $/rack", "AI $/rack", "idle $/rack") if values else ("value $/rack",)
+    table = new_table(f"Allocation: {plan.fleet} ({plan.horizon_days} days)", columns, ("group", "site", "machine"))
     for g in plan.allocation:
-        table.add_row(
+        cells = [
             g.group,
             g.site,
             g.machine,
@@ -31,14 +99,22 @@ def print_plan(plan: PlanResult, console: Console) -> None:
             f"{100 * g.run_fraction:.0f}",
             f"{g.breakeven_power_price_usd_per_mwh:.1f}",
             f"{g.expected_mine_value_usd_per_rack:,.0f}",
-        )
+        ]
+        if values:
+            v = values[g.group]
+            cells += ["n/a" if v.ai_usd is None else f"{v.ai_usd:,.0f}", f"{v.idle_usd:,.0f}"]
+        table.add_row(*cells)
     console.print(table)
+    if values:
+        console.print(
+            "value of one rack over the horizon in each mode; AI: rent at the best offer for the site minus the "
+            "per-MW conversion capex share, before the site's fixed capex (docs/sweeps.md)",
+            style="dim",
+        )
 
-    sites = Table(title="Per site (expected over the horizon)")
     site_columns = ("site", "mining MW", "AI MW", "hash revenue", "power", "resale", "DR credit")
     site_columns += ("opex", "lease", "capex", "SLA", "profit")
-    for column in site_columns:
-        sites.add_column(column, justify="left" if column == "site" else "right")
+    sites = new_table("Per site (expected over the horizon)", site_columns, ("site",))
     for s in plan.sites:
         sites.add_row(
             s.site,
@@ -82,10 +158,8 @@ def _print_power(plan: PlanResult, console: Console) -> None:
     """Contracts, demand response, curtailment and lost AI uptime per site, when any site has them."""
     if not any(s.contract == "take_or_pay" or s.dr_commitment_mw or s.expected_event_curtailed_mwh for s in plan.sites):
         return
-    power = Table(title="Power per site (expected over the horizon)")
     columns = ("site", "contract", "DR MW", "curtailed MWh", "by events/DR MWh", "lost AI MWh", "lost AI h")
-    for column in columns:
-        power.add_column(column, justify="left" if column in ("site", "contract") else "right")
+    power = new_table("Power per site (expected over the horizon)", columns, ("site", "contract"))
     for s in plan.sites:
         power.add_row(
             s.site,
@@ -107,20 +181,55 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def write_plan_outputs(plan: PlanResult, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan_path = out_dir / "plan.json"
-    plan_path.write_text(json.dumps(plan.model_dump(mode="json"), indent=2))
-    allocation = [g.model_dump(exclude={"rack_ids_mine", "rack_ids_ai", "rack_ids_idle"}) for g in plan.allocation]
+def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
+    """Every table of a plan as rows, by CSV name (without .csv): the CSVs and plan.xlsx both come from here.
+
+    With the fleet, allocation rows carry the value of one rack in each mode (optimizer/rack_values.py).
+    """
+    values = {}
+    if fleet is not None:
+        from optimizer.rack_values import rack_values
+
+        values = {v.group: v for v in rack_values(fleet, plan)}
+    allocation = []
+    for g in plan.allocation:
+        row = g.model_dump(exclude={"rack_ids_mine", "rack_ids_ai", "rack_ids_idle"})
+        if g.group in values:
+            v = values[g.group]
+            row.update(
+                value_ai_usd_per_rack=v.ai_usd, value_idle_usd_per_rack=v.idle_usd, ai_priced_at_offer=v.best_offer
+            )
+        allocation.append(row)
     offers = [
         {"offer": o.offer, "accepted": o.accepted, "site": site, "mw": mw}
         for o in plan.offers
         for site, mw in (o.mw_by_site or {"": 0.0}).items()
     ]
-    return [
-        plan_path,
-        _write_csv(out_dir / "allocation.csv", allocation),
-        _write_csv(out_dir / "sites.csv", [s.model_dump() for s in plan.sites]),
-        _write_csv(out_dir / "offers.csv", offers),
-        _write_csv(out_dir / "breakeven.csv", [b.model_dump() for b in plan.breakeven]),
-    ]
+    return {
+        "allocation": allocation,
+        "sites": [s.model_dump() for s in plan.sites],
+        "offers": offers,
+        "breakeven": [b.model_dump() for b in plan.breakeven],
+    }
+
+
+def plan_json(plan: PlanResult, fleet=None) -> dict:
+    """plan.json: the PlanResult, plus `rack_values` (value of a rack per mode) when the fleet is known."""
+    data = plan.model_dump(mode="json")
+    if fleet is not None:
+        from optimizer.rack_values import rack_values
+
+        data["rack_values"] = [v.as_dict() for v in rack_values(fleet, plan)]
+    return data
+
+
+def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path]:
+    """plan.json, one CSV per table and plan.xlsx (one sheet per CSV, the same numbers)."""
+    from services.workbook import write_workbook
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan_path = out_dir / "plan.json"
+    plan_path.write_text(json.dumps(plan_json(plan, fleet), indent=2))
+    tables = plan_tables(plan, fleet)
+    paths = [plan_path, *(_write_csv(out_dir / f"{name}.csv", rows) for name, rows in tables.items())]
+    return [*paths, write_workbook(out_dir / "plan.xlsx", tables, plan)]

@@ -61,6 +61,7 @@ class ConstraintCulprit:
     family: str  # Pyomo component name, e.g. "site_capacity"; "commitments" for fixed decisions
     label: str  # in words, e.g. "site capacity"
     indices: tuple[str, ...] = ()  # e.g. ("texas",): relaxing just these entries is enough
+    amounts: tuple[str, ...] = ()  # by how much, e.g. ("capital_budget: needs $35.0M, budget $20.0M",)
 
     @property
     def subjects(self) -> list[str]:
@@ -70,7 +71,7 @@ class ConstraintCulprit:
         return [f"{self.family}[{i}]" for i in self.indices] or [self.family]
 
     def describe(self) -> str:
-        return f"{self.label} ({', '.join(self.subjects)})"
+        return f"{self.label} ({'; '.join(self.amounts or self.subjects)})"
 
 
 class InfeasibleConstraintError(InfeasiblePlanError):
@@ -111,10 +112,12 @@ def diagnose_infeasible(model: pyo.ConcreteModel, time_limit_s: float = CHECK_TI
                 elif len(keys) <= MAX_INDEX_CHECKS:
                     indices = tuple(_label(k) for k in keys if _feasible_without(model, [family[k]], time_limit_s))
             label = CONSTRAINT_LABELS.get(family.local_name, family.local_name)
-            culprits.append(ConstraintCulprit(family.local_name, label, indices))
+            members = [family[k] for k in family.keys() if _label(k) in indices] if family.is_indexed() else [family]
+            amounts = tuple(a for a in (_amount(model, family.local_name, c, time_limit_s) for c in members) if a)
+            culprits.append(ConstraintCulprit(family.local_name, label, indices, amounts))
         fixed = [v for v in model.component_data_objects(pyo.Var, descend_into=True) if v.fixed]
         if fixed and _feasible_unfixed(model, fixed, time_limit_s):
-            culprits.append(ConstraintCulprit(COMMITMENTS, "the commitments", tuple(v.name for v in fixed)))
+            culprits.append(ConstraintCulprit(COMMITMENTS, "commitments", tuple(v.name for v in fixed)))
     return culprits
 
 
@@ -126,6 +129,44 @@ DEFINITIONS = frozenset({"one_start"})
 def _label(index) -> str:
     """An index as a planner reads it: "spot", "spot,0" (site and start option or period)."""
     return ",".join(str(part) for part in index) if isinstance(index, tuple) else str(index)
+
+
+# How a constraint family's numbers read: (scale from model units, unit formatter, name of the limit)
+AMOUNT_UNITS = {
+    "capital_budget": (1.0, lambda v: f"${v / 1e6:,.1f}M", "budget"),
+    "site_capacity": (1e-3, lambda v: f"{v:,.2f} MW", "capacity"),  # the model counts kW
+}
+DEFAULT_UNIT = (1.0, lambda v: f"{v:,.2f} MW", "limit")
+
+
+def _amount(model: pyo.ConcreteModel, family: str, constraint, time_limit_s: float) -> str:
+    """"capital_budget: needs $35.0M, budget $20.0M": the least the rest of the model needs of this constraint.
+
+    With the constraint switched off, the body is minimised (an upper limit) or maximised (a lower one)
+    over every other constraint: that optimum against the limit is by how much it is short.
+    """
+    if constraint.upper is not None and constraint.lower is not None:
+        return ""
+    upper = constraint.upper is not None
+    limit = pyo.value(constraint.upper if upper else constraint.lower)
+    objective = pyo.Objective(expr=constraint.body, sense=pyo.minimize if upper else pyo.maximize)
+    model._amount_objective = objective
+    model._feasibility_objective.deactivate()
+    constraint.deactivate()
+    try:
+        solve(model, time_limit_s, mip_rel_gap=0.0)
+        needed = pyo.value(constraint.body)
+    except (NoSolutionInTimeError, InfeasiblePlanError):
+        return ""
+    finally:
+        constraint.activate()
+        model.del_component(model._amount_objective)
+        model._feasibility_objective.activate()
+    scale, fmt, noun = AMOUNT_UNITS.get(family, DEFAULT_UNIT)
+    name = constraint.name
+    if abs(limit) > 1e-9:
+        return f"{name}: needs {fmt(needed * scale)}, {noun} {fmt(limit * scale)}"
+    return f"{name}: short by {fmt(abs(needed - limit) * scale)}"
 
 
 def _first_stage_families(model: pyo.ConcreteModel) -> list[pyo.Constraint]:

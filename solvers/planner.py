@@ -30,6 +30,7 @@ from optimizer.plan_result import (
 )
 from optimizer.risk import profit_stats
 from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios, select_rows
+from optimizer.ties import break_ties
 from solvers.diagnose import Commitments, apply_commitments, explain_infeasible
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, solve
 from solvers.ray_pool import batches, ensure_ray, fan_out
@@ -157,7 +158,7 @@ def solve_allocation(
     except InfeasiblePlanError:
         raise explain_infeasible(model) from None
     return SolvedPlan(
-        allocation=extract_allocation(model, fleet),
+        allocation=break_ties(fleet, extract_allocation(model, fleet)),  # optimizer/ties.py
         outcome=outcome,
         build_s=build_s,
         variables=model.nvariables(),

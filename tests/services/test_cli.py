@@ -49,7 +49,7 @@ def test_bad_fleet_names_the_field(tmp_path, capsys):
     fleet.write_text(text)
     assert main(["plan", str(fleet), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "sites.0.capacity_mw" in err and "-5" in err
+    assert "sites[hydro].capacity_mw" in err and "-5" in err
     assert not (tmp_path / "o").exists()
 
 

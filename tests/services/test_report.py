@@ -1,5 +1,6 @@
 """The robustness report: HTML with its charts, the terminal comparison, and the CLI flags."""
 
+import base64
 import json
 import re
 
@@ -36,18 +37,70 @@ def test_report_file_embeds_every_chart(hedge_run, tmp_path):
     paths = write_report(fleet, plan, run, tmp_path)
     html = (tmp_path / "report.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert sorted(images) == sorted(
-        ["profit_distribution.png", "allocation_by_site.png", "heat_map_typical.png", "heat_map_stress.png"]
-    )
-    for name in images:
-        assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
-        assert tmp_path / name in paths
+    assert len(images) == 5  # profit distribution, allocation, two heat maps, scenario fan
+    for uri in images:  # self-contained: every chart is a PNG inside the page
+        assert uri.startswith("data:image/png;base64,")
+        assert base64.b64decode(uri.split(",", 1)[1])[:8] == PNG_SIGNATURE
+    for name in ("profit_distribution", "allocation_by_site", "heat_map_typical", "heat_map_stress", "scenario_fan"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
+        assert tmp_path / f"{name}.png" in paths
     report = run.report
     for text in ("mean-value plan", "calculator rule", "all mining", "wait-and-see", "Mak-Morton-Wood"):
         assert text in html
     vss = f"${round(report.value_of_stochastic_solution_usd.estimate_usd):,}"
     assert vss in html  # the number the terminal prints is the number the page shows
     assert f"#{report.stress_scenario_index}" in html
+
+
+def test_board_sections_hold_the_plan_numbers(hedge_run, tmp_path):
+    from optimizer.rack_values import rack_values
+    from services.board import board_context
+
+    fleet, plan, run = hedge_run
+    write_report(fleet, plan, run, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    for anchor in ('id="decision"', 'id="allocation"', 'id="pnl"', 'id="offers"', 'id="risk"', "Appendix", "fn-power"):
+        assert anchor in html
+    for site in plan.sites:
+        assert f"${round(site.expected_profit_usd):,}" in html
+    for v in rack_values(fleet, plan):
+        assert f"${round(v.mine_usd):,}" in html
+        if v.ai_usd is not None:
+            assert f"${round(v.ai_usd):,}".replace("$-", "-$") in html
+    board = board_context(fleet, plan)
+    assert f"Mine with {plan.totals()['mine']:,} of {fleet.total_racks:,} racks" in board["decision"]
+    assert {o["offer"] for o in board["offers"]} == {o.id for o in fleet.lease_offers}
+    for o in board["offers"]:
+        assert o["why"]
+
+
+def test_xlsx_holds_the_same_numbers_as_the_csvs(hedge_run, tmp_path):
+    import csv
+
+    from openpyxl import load_workbook
+
+    from services.tables import write_plan_outputs
+
+    fleet, plan, _ = hedge_run
+    write_plan_outputs(plan, tmp_path, fleet)
+    book = load_workbook(tmp_path / "plan.xlsx")
+    assert book.sheetnames == ["summary", "allocation", "sites", "offers", "breakeven"]
+    for name in ("allocation", "sites", "offers", "breakeven"):
+        with (tmp_path / f"{name}.csv").open() as handle:
+            rows = list(csv.reader(handle))
+        sheet = [[("" if c is None else c) for c in row] for row in book[name].iter_rows(values_only=True)]
+        assert sheet[0] == rows[0]
+        assert len(sheet) == len(rows)
+        for csv_row, xl_row in zip(rows[1:], sheet[1:], strict=True):
+            for text, cell in zip(csv_row, xl_row, strict=True):
+                if isinstance(cell, bool) or not isinstance(cell, int | float):
+                    assert str(cell) == text
+                else:
+                    assert cell == pytest.approx(float(text), rel=1e-14, abs=1e-9)  # Excel keeps 15 digits
+    summary = {row[0]: row[1] for row in book["summary"].iter_rows(min_row=2, values_only=True)}
+    assert summary["profit mean_usd"] == pytest.approx(plan.profit["mean_usd"], rel=1e-14)
+    values = {r["group"]: r for r in csv.DictReader((tmp_path / "allocation.csv").open())}
+    assert set(values) == {g.id for g in fleet.rack_groups} and "value_ai_usd_per_rack" in next(iter(values.values()))
 
 
 def test_terminal_comparison_names_every_plan_and_measure(hedge_run):
@@ -90,3 +143,47 @@ def test_cli_writes_report_and_plan_json_robustness(ray_session, tmp_path, capsy
     assert main(["plan", str(EXAMPLES / "tiny.yaml"), "--scenarios", "8", "--out", str(bare), "--no-robustness"]) == 0
     assert json.loads((bare / "plan.json").read_text())["robustness"] is None
     assert not (bare / "report.html").exists()
+
+
+def test_report_compares_with_a_previous_plan(hedge_run, tmp_path):
+    from services.tables import plan_json
+
+    fleet, plan, run = hedge_run
+    previous = plan_json(plan, fleet)
+    group = previous["allocation"][0]
+    moved = min(2, group["racks_mine"]) or 0
+    group["racks_mine"] -= moved
+    group["racks_idle"] += moved
+    previous["profit"]["mean_usd"] -= 1000.0
+    write_report(fleet, plan, run, tmp_path, previous=previous)
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="compare"' in html and "Against the previous plan" in html
+    if moved:
+        assert f"idle -&gt; mining {moved}" in html
+    assert "$1,000" in html  # the mean profit change
+
+
+def test_offers_taken_and_declined_say_why(ray_session, tiny_fleet_data):
+    from optimizer.rack_values import rack_values
+    from services.board import board_context
+
+    tiny_fleet_data["scenarios"]["count"] = 6
+    taken_fleet = parse_fleet(tiny_fleet_data)
+    taken_plan, _ = plan_fleet(taken_fleet)
+    [taken] = board_context(taken_fleet, taken_plan)["offers"]
+    converted = sum(g.racks_ai for g in taken_plan.allocation)
+    assert taken["taken"] and taken["mw"] > 0 and converted > 0
+    assert "rent net of per-MW capex" in taken["why"] and f"converts {converted} racks" in taken["why"]
+
+    tiny_fleet_data["lease_offers"][0]["rate_usd_per_kw_month"] = 40  # rent below what the racks mine
+    low_fleet = parse_fleet(tiny_fleet_data)
+    low_plan, _ = plan_fleet(low_fleet)
+    [declined] = board_context(low_fleet, low_plan)["offers"]
+    assert not declined["taken"] and declined["why"].startswith("at texas mining earns more per MW than the lease")
+    values = {v.group: v for v in rack_values(low_fleet, low_plan)}
+    # 40 $/kW-month for the whole 36-month term (rent past the 14 days is terminal value; no discounting), less the
+    # $2M/MW of capex; the machines are stored at no cost and cannot be sold (no resale price)
+    rack_mw = 10 * 200 * 17.5 / 1e6
+    rent = 40 * 1000 * 36
+    capex = 2_000_000
+    assert values["texas-s21"].ai_usd == pytest.approx(rack_mw * (rent - capex), rel=1e-6)

@@ -149,6 +149,7 @@ class BitcoinMarket(_message.Message):
     NETWORK_BREAKEVEN_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
     FEES_BTC_PER_BLOCK_FIELD_NUMBER: _builtins.int
     FEES_VOL_FIELD_NUMBER: _builtins.int
+    HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
     btc_price_usd: _builtins.float
     """BTC price at the start of the horizon, USD (default 67,800)."""
     price_drift_per_year: _builtins.float
@@ -177,6 +178,12 @@ class BitcoinMarket(_message.Message):
     """Mean transaction fees per block, BTC (default 0.025)."""
     fees_vol: _builtins.float
     """Standard deviation of log fees (default 0.3)."""
+    @_builtins.property
+    def hashprice_usd_per_ph_day(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Pins the hashprice instead of deriving it, USD per PH/s per day: one value is a level, several are
+        one per calendar month of the horizon (the last holds after). Empty: derived from the Monte Carlo.
+        """
+
     def __init__(
         self,
         *,
@@ -194,10 +201,11 @@ class BitcoinMarket(_message.Message):
         network_breakeven_hashprice_usd_per_ph_day: _builtins.float | None = ...,
         fees_btc_per_block: _builtins.float | None = ...,
         fees_vol: _builtins.float | None = ...,
+        hashprice_usd_per_ph_day: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_btc_price_usd", b"_btc_price_usd", "_fees_btc_per_block", b"_fees_btc_per_block", "_fees_vol", b"_fees_vol", "_hashrate_growth_per_year", b"_hashrate_growth_per_year", "_hashrate_margin_response_per_year", b"_hashrate_margin_response_per_year", "_hashrate_vol_per_year", b"_hashrate_vol_per_year", "_jump_intensity_per_year", b"_jump_intensity_per_year", "_jump_mean_log", b"_jump_mean_log", "_jump_std_log", b"_jump_std_log", "_network_breakeven_hashprice_usd_per_ph_day", b"_network_breakeven_hashprice_usd_per_ph_day", "_network_hashrate_ehs", b"_network_hashrate_ehs", "_price_drift_per_year", b"_price_drift_per_year", "_price_vol_per_year", b"_price_vol_per_year", "_start_block_height", b"_start_block_height", "btc_price_usd", b"btc_price_usd", "fees_btc_per_block", b"fees_btc_per_block", "fees_vol", b"fees_vol", "hashrate_growth_per_year", b"hashrate_growth_per_year", "hashrate_margin_response_per_year", b"hashrate_margin_response_per_year", "hashrate_vol_per_year", b"hashrate_vol_per_year", "jump_intensity_per_year", b"jump_intensity_per_year", "jump_mean_log", b"jump_mean_log", "jump_std_log", b"jump_std_log", "network_breakeven_hashprice_usd_per_ph_day", b"network_breakeven_hashprice_usd_per_ph_day", "network_hashrate_ehs", b"network_hashrate_ehs", "price_drift_per_year", b"price_drift_per_year", "price_vol_per_year", b"price_vol_per_year", "start_block_height", b"start_block_height"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_btc_price_usd", b"_btc_price_usd", "_fees_btc_per_block", b"_fees_btc_per_block", "_fees_vol", b"_fees_vol", "_hashrate_growth_per_year", b"_hashrate_growth_per_year", "_hashrate_margin_response_per_year", b"_hashrate_margin_response_per_year", "_hashrate_vol_per_year", b"_hashrate_vol_per_year", "_jump_intensity_per_year", b"_jump_intensity_per_year", "_jump_mean_log", b"_jump_mean_log", "_jump_std_log", b"_jump_std_log", "_network_breakeven_hashprice_usd_per_ph_day", b"_network_breakeven_hashprice_usd_per_ph_day", "_network_hashrate_ehs", b"_network_hashrate_ehs", "_price_drift_per_year", b"_price_drift_per_year", "_price_vol_per_year", b"_price_vol_per_year", "_start_block_height", b"_start_block_height", "btc_price_usd", b"btc_price_usd", "fees_btc_per_block", b"fees_btc_per_block", "fees_vol", b"fees_vol", "hashrate_growth_per_year", b"hashrate_growth_per_year", "hashrate_margin_response_per_year", b"hashrate_margin_response_per_year", "hashrate_vol_per_year", b"hashrate_vol_per_year", "jump_intensity_per_year", b"jump_intensity_per_year", "jump_mean_log", b"jump_mean_log", "jump_std_log", b"jump_std_log", "network_breakeven_hashprice_usd_per_ph_day", b"network_breakeven_hashprice_usd_per_ph_day", "network_hashrate_ehs", b"network_hashrate_ehs", "price_drift_per_year", b"price_drift_per_year", "price_vol_per_year", b"price_vol_per_year", "start_block_height", b"start_block_height"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_btc_price_usd", b"_btc_price_usd", "_fees_btc_per_block", b"_fees_btc_per_block", "_fees_vol", b"_fees_vol", "_hashrate_growth_per_year", b"_hashrate_growth_per_year", "_hashrate_margin_response_per_year", b"_hashrate_margin_response_per_year", "_hashrate_vol_per_year", b"_hashrate_vol_per_year", "_jump_intensity_per_year", b"_jump_intensity_per_year", "_jump_mean_log", b"_jump_mean_log", "_jump_std_log", b"_jump_std_log", "_network_breakeven_hashprice_usd_per_ph_day", b"_network_breakeven_hashprice_usd_per_ph_day", "_network_hashrate_ehs", b"_network_hashrate_ehs", "_price_drift_per_year", b"_price_drift_per_year", "_price_vol_per_year", b"_price_vol_per_year", "_start_block_height", b"_start_block_height", "btc_price_usd", b"btc_price_usd", "fees_btc_per_block", b"fees_btc_per_block", "fees_vol", b"fees_vol", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "hashrate_growth_per_year", b"hashrate_growth_per_year", "hashrate_margin_response_per_year", b"hashrate_margin_response_per_year", "hashrate_vol_per_year", b"hashrate_vol_per_year", "jump_intensity_per_year", b"jump_intensity_per_year", "jump_mean_log", b"jump_mean_log", "jump_std_log", b"jump_std_log", "network_breakeven_hashprice_usd_per_ph_day", b"network_breakeven_hashprice_usd_per_ph_day", "network_hashrate_ehs", b"network_hashrate_ehs", "price_drift_per_year", b"price_drift_per_year", "price_vol_per_year", b"price_vol_per_year", "start_block_height", b"start_block_height"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__btc_price_usd: _TypeAlias = _typing.Literal["btc_price_usd"]  # noqa: Y015
     _WhichOneofArgType__btc_price_usd: _TypeAlias = _typing.Literal["_btc_price_usd", b"_btc_price_usd"]  # noqa: Y015
@@ -279,6 +287,7 @@ class PowerMarket(_message.Message):
     CAP_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     CURTAILMENT_EVENTS_FIELD_NUMBER: _builtins.int
     DEMAND_RESPONSE_CALLS_FIELD_NUMBER: _builtins.int
+    PINNED_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Market id, referenced by sites."""
     mean_price_usd_per_mwh: _builtins.float
@@ -317,6 +326,12 @@ class PowerMarket(_message.Message):
         programme (default: no calls).
         """
 
+    @_builtins.property
+    def pinned_price_usd_per_mwh(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Pins the spot price instead of the generative model, USD/MWh: one value is a level, several are one
+        per calendar month of the horizon (the last holds after). Empty: the generative model.
+        """
+
     def __init__(
         self,
         *,
@@ -335,10 +350,11 @@ class PowerMarket(_message.Message):
         cap_usd_per_mwh: _builtins.float | None = ...,
         curtailment_events: _abc.Iterable[Global___CurtailmentEvents] | None = ...,
         demand_response_calls: Global___DemandResponseCalls | None = ...,
+        pinned_price_usd_per_mwh: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "curtailment_events", b"curtailment_events", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "id", b"id", "mean_price_usd_per_mwh", b"mean_price_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "curtailment_events", b"curtailment_events", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "id", b"id", "mean_price_usd_per_mwh", b"mean_price_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "pinned_price_usd_per_mwh", b"pinned_price_usd_per_mwh", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cap_usd_per_mwh: _TypeAlias = _typing.Literal["cap_usd_per_mwh"]  # noqa: Y015
     _WhichOneofArgType__cap_usd_per_mwh: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh"]  # noqa: Y015
