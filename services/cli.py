@@ -16,6 +16,8 @@ from services.tables import print_plan, write_plan_outputs
 
 console = Console(stderr=True)
 
+EXIT_GAP = 3  # the plan was written, but its solve stopped at a limit with a gap above the accepted one
+
 
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="plan a fleet file: mine, lease for AI/HPC, or idle, per rack")
@@ -25,7 +27,12 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=[o.value for o in Objective], help="risk objective")
     p.add_argument("--alpha", type=float, help="CVaR level, e.g. 0.95")
     p.add_argument("--cvar-weight", type=float, help="weight of CVaR against expected profit")
-    p.add_argument("--time-limit", type=float, help="solver time limit in seconds")
+    p.add_argument("--time-limit", type=float, help="solver time limit, seconds (default: fleet's, else model-scaled)")
+    p.add_argument(
+        "--accept-gap",
+        action="store_true",
+        help=f"exit 0 even if the solve stopped at a limit with a gap above solver.max_accepted_gap (not {EXIT_GAP})",
+    )
     p.add_argument("--scenario-file", type=Path, help="use these scenarios (NPZ, docs/scenarios.md) instead of drawing")
     p.add_argument("--export-scenarios", type=Path, help="write the scenarios the plan used to this NPZ file")
     p.add_argument("--workers", type=int, help="at most this many Ray tasks at once (never changes the plan)")
@@ -54,15 +61,22 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from optimizer.scenario_io import load_scenarios, save_scenarios  # noqa: I001
-    from solvers.planner import plan_fleet
-    from solvers.ray_pool import ensure_ray
+    from solvers.ray_pool import batches, cpus_for, runs_in_process, start_ray_background
 
     fleet = with_overrides(load_fleet(args.fleet), _overrides(args))
+    # Ray only if the plan's work pays for it or robustness follows; it starts in the background
+    # while the planner is imported and the scenarios are read, and is sized to the work.
+    local = runs_in_process(fleet, fleet.scenarios.count, args.ray_address)
+    if not local or not args.no_robustness:
+        parts = len(batches(fleet.scenarios.count, fleet.scenarios.batch_size))
+        start_ray_background(args.ray_address, num_cpus=cpus_for(parts if args.no_robustness else 1 << 16))
+
+    from optimizer.scenario_io import load_scenarios, save_scenarios  # noqa: I001
+    from solvers.planner import plan_fleet
+
     provided = None
     if args.scenario_file:
         provided = load_scenarios(args.scenario_file, [m.id for m in fleet.markets], fleet.horizon.n_steps)
-    ensure_ray(args.ray_address)
     with _progress_bar() as bar:
         tasks: dict[str, int] = {}
 
@@ -77,6 +91,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             workers=args.workers,
             keep_scenarios=bool(args.export_scenarios),
             progress=progress,
+            local=local,
         )
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
     if args.export_scenarios:
@@ -92,6 +107,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if run is not None:
         paths += write_report(fleet, plan, run, args.out)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    if plan.solver.gap_exceeded:
+        from services.tables import gap_warning
+
+        if args.accept_gap:
+            console.print(f"[yellow]{gap_warning(plan)} (accepted: --accept-gap)[/yellow]")
+        else:
+            console.print(f"[red]{gap_warning(plan)}[/red]; exiting {EXIT_GAP} (pass --accept-gap to accept it)")
+            return EXIT_GAP
     return 0
 
 

@@ -17,7 +17,8 @@ def _usd(value: float) -> str:
 
 
 def print_plan(plan: PlanResult, console: Console) -> None:
-    table = Table(title=f"Allocation: {plan.fleet} ({plan.horizon_days} days)")
+    unproven = " - UNPROVEN, see the solver line" if plan.solver.gap_exceeded else ""
+    table = Table(title=f"Allocation: {plan.fleet} ({plan.horizon_days} days){unproven}")
     for column in ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh", "value $/rack"):
         table.add_column(column, justify="right" if column not in ("group", "site", "machine") else "left")
     for g in plan.allocation:
@@ -75,6 +76,18 @@ def print_plan(plan: PlanResult, console: Console) -> None:
     console.print(
         f"solver: {s.status}, gap {s.mip_gap:.2e}, {s.variables} variables, {s.constraints} constraints, "
         f"solve {s.wall_s:.2f}s, total {plan.timings_s.get('total_s', 0):.1f}s"
+    )
+    if s.gap_exceeded:
+        console.print(gap_warning(plan), style="bold red")
+
+
+def gap_warning(plan: PlanResult) -> str:
+    """One line saying the plan is unproven: the solve stopped at a limit with a gap above the accepted one."""
+    s = plan.solver
+    limit = f" of {s.time_limit_s:.0f} s" if s.status == "time_limit" and s.time_limit_s is not None else ""
+    return (
+        f"UNPROVEN PLAN: the solver stopped at its {s.status.replace('_', ' ')}{limit} with a gap of {s.mip_gap:.2%} "
+        f"(accepted: {s.max_accepted_gap:.2%}); the allocation may be far from the best one"
     )
 
 
