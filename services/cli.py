@@ -61,22 +61,37 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from solvers.ray_pool import batches, cpus_for, runs_in_process, start_ray_background
+    from optimizer.scenario_io import load_scenarios
+    from solvers.ray_pool import settle_ray_start
 
     fleet = with_overrides(load_fleet(args.fleet), _overrides(args))
-    # Ray only if the plan's work pays for it or robustness follows; it starts in the background
-    # while the planner is imported and the scenarios are read, and is sized to the work.
-    local = runs_in_process(fleet, fleet.scenarios.count, args.ray_address)
-    if not local or not args.no_robustness:
-        parts = len(batches(fleet.scenarios.count, fleet.scenarios.batch_size))
-        start_ray_background(args.ray_address, num_cpus=cpus_for(parts if args.no_robustness else 1 << 16))
-
-    from optimizer.scenario_io import load_scenarios, save_scenarios  # noqa: I001
-    from solvers.planner import plan_fleet
-
     provided = None
     if args.scenario_file:
         provided = load_scenarios(args.scenario_file, [m.id for m in fleet.markets], fleet.horizon.n_steps)
+    local = _start_ray_if_needed(args, fleet, provided)
+    try:
+        return _plan(args, fleet, provided, local)
+    finally:
+        settle_ray_start()  # a Ray still starting (the run failed early) finishes, so it shuts down cleanly
+
+
+def _start_ray_if_needed(args: argparse.Namespace, fleet, provided) -> bool:
+    """Whether the plan runs in-process; Ray starts in the background (sized to the work) if the plan's
+    work pays for it or robustness follows, while the planner is imported and the plan made."""
+    from solvers.ray_pool import batches, cpus_for, runs_in_process, start_ray_background
+
+    count = fleet.scenarios.count if provided is None else provided.n_scenarios
+    local = runs_in_process(fleet, count, args.ray_address)
+    if not local or not args.no_robustness:
+        parts = len(batches(count, fleet.scenarios.batch_size))
+        start_ray_background(args.ray_address, num_cpus=cpus_for(parts if args.no_robustness else 1 << 16))
+    return local
+
+
+def _plan(args: argparse.Namespace, fleet, provided, local: bool) -> int:
+    from optimizer.scenario_io import save_scenarios
+    from solvers.planner import plan_fleet
+
     with _progress_bar() as bar:
         tasks: dict[str, int] = {}
 

@@ -202,6 +202,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     _init(address, num_cpus)
 
 
+def settle_ray_start() -> None:
+    """Wait for a background start still running, ignoring its error: a process must not exit with
+    Ray half-started (its processes would outlive it). No-op when nothing is starting."""
+    global _starting
+    with _start_lock:
+        starting = _starting
+    if starting is not None:
+        starting.join()
+        with _start_lock:
+            _starting = None
+
+
 def cpus_for(batches_count: int) -> int:
     """CPUs of an embedded Ray sized to the work: no more workers than batches, nor than cores."""
     return max(1, min(os.cpu_count() or 1, batches_count))
