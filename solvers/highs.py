@@ -212,14 +212,20 @@ def solve(
     mip_rel_gap: float,
     threads: int = 1,
     on_progress: Callable[[MipProgress], None] | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SolveOutcome:
     """Solve to the gap or the time limit and load the best solution found into the model.
 
     `on_progress` hears each improving solution and each MIP log line (incumbent and bound).
+    `should_stop` is polled at HiGHS's interrupt callbacks: True stops the solve with the best plan
+    so far (status "interrupted"), the in-process counterpart of killing a Ray worker (solvers/runs.py).
     """
     start = time.perf_counter()
     matrix = to_matrix(model)
     highs = _load(matrix, time_limit_s, mip_rel_gap, threads, on_progress)
+    if should_stop is not None:
+        _subscribe_interrupt(highs, should_stop)
     highs.run()
     wall_s = time.perf_counter() - start
     return _outcome(highs, matrix, model, time_limit_s, wall_s)
@@ -353,3 +359,13 @@ def _subscribe_progress(highs: Any, on_progress: Callable[[MipProgress], None]) 
 
     highs.cbMipImprovingSolution += relay
     highs.cbMipLogging += relay
+
+
+def _subscribe_interrupt(highs: Any, should_stop: Callable[[], bool]) -> None:
+    def poll(event) -> None:
+        if should_stop():
+            event.interrupt()
+
+    highs.cbSimplexInterrupt += poll
+    highs.cbIpmInterrupt += poll
+    highs.cbMipInterrupt += poll

@@ -141,3 +141,26 @@ def test_mip_progress_reaches_the_callback():
     finite = [p for p in seen if math.isfinite(p.incumbent_usd)]
     assert max(p.incumbent_usd for p in finite) <= outcome.objective_usd + 1e-6
     assert outcome.mip_gap == pytest.approx(relative_gap(outcome.objective_usd, outcome.bound_usd))
+
+
+def test_should_stop_interrupts_with_the_best_plan_so_far():
+    from tests.services.grpc_harness import hard_fleet_data
+
+    fleet = parse_fleet(hard_fleet_data(time_limit_s=60.0))
+    scenarios = generate_scenarios(
+        fleet.bitcoin, fleet.markets, fleet.horizon, range(fleet.scenarios.count), fleet.scenarios.seed
+    )
+    model = build_compact_model(fleet, group_economics(fleet, scenarios), fleet.risk)
+    found: list[MipProgress] = []
+    outcome = solve(
+        model,
+        time_limit_s=60.0,
+        mip_rel_gap=0.0,
+        on_progress=found.append,
+        should_stop=lambda: any(math.isfinite(p.incumbent_usd) for p in found),  # stop at the first plan
+    )
+    assert outcome.status == "interrupted"
+    assert outcome.wall_s < 30  # well before the 60 s limit (HiGHS does not close this gap in 20 s)
+    assert math.isfinite(outcome.objective_usd) and outcome.mip_gap > 0
+    assert pyo.value(model.objective) == pytest.approx(outcome.objective_usd, rel=1e-7, abs=1e-3)
+    extract_allocation(model, fleet)  # a plan was loaded
