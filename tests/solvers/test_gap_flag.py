@@ -132,3 +132,21 @@ def test_cli_exits_non_zero_on_a_gap_unless_accepted(monkeypatch, tmp_path, caps
     lenient.write_text(yaml.safe_dump(data))
     assert cli.main(["plan", str(lenient), *argv[2:], "--out", str(tmp_path / "lenient")]) == 0
     assert not json.loads((tmp_path / "lenient" / "plan.json").read_text())["solver"]["gap_exceeded"]
+
+
+def test_report_html_opens_with_the_warning(ray_session, tmp_path):
+    from optimizer.robustness import RobustnessSettings
+    from services.report import write_report
+    from solvers.robustness import assess_plan
+
+    fleet = parse_fleet(small_fleet_data(days=2, scenarios=4))
+    plan, _ = plan_fleet(fleet)
+    settings = RobustnessSettings(oos_scenarios=8, replications=0, wait_and_see_scenarios=0, sensitivity=False)
+    run = assess_plan(fleet, plan, settings=settings)
+    plan = plan.model_copy(update={"robustness": run.report})
+    write_report(fleet, plan, run, tmp_path / "proven")
+    assert 'id="gap-exceeded"' not in (tmp_path / "proven" / "report.html").read_text()
+    solver = plan.solver.model_copy(update={"status": "time_limit", "mip_gap": 0.2, "gap_exceeded": True})
+    write_report(fleet, plan.model_copy(update={"solver": solver}), run, tmp_path / "unproven")
+    html = (tmp_path / "unproven" / "report.html").read_text()
+    assert 'id="gap-exceeded"' in html and "20.00%" in html and "1.00%" in html and "time limit" in html
