@@ -223,6 +223,9 @@ def solve(
     """
     start = time.perf_counter()
     matrix = to_matrix(model)
+    if matrix.n_cols == 0:  # every variable fixed and every row satisfied (the compiler checked): nothing to solve
+        load_values(model, matrix, np.zeros(0))
+        return SolveOutcome("optimal", matrix.offset, matrix.offset, 0.0, time.perf_counter() - start)
     highs = _load(matrix, time_limit_s, mip_rel_gap, threads, on_progress)
     if should_stop is not None:
         _subscribe_interrupt(highs, should_stop)

@@ -109,6 +109,10 @@ def test_infeasible_model_raises():
     model.y.fix(0)
     with pytest.raises(InfeasiblePlanError):  # every variable fixed: the compiler sees a constant violated row
         solve(model, 10, 0.0)
+    model.c2.deactivate()
+    model.y.fix(2)  # every variable fixed, every row satisfied: the objective is a constant
+    outcome = solve(model, 10, 0.0)
+    assert outcome.status == "optimal" and outcome.objective_usd == 3 and outcome.mip_gap == 0
 
 
 def test_ranged_and_equality_rows_and_unused_variables():
