@@ -22,7 +22,7 @@ RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
 _state = threading.local()  # .in_process: the calling thread runs tasks in-process
 _start_lock = threading.Lock()
-_starting: threading.Thread | None = None
+_starting: threading.Event | None = None  # set when a background start has finished
 _start_error: BaseException | None = None
 
 
@@ -158,27 +158,39 @@ def _init(address: str | None, num_cpus: int | None) -> None:
 
 
 def start_ray_background(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Import and start Ray in a background thread; `ensure_ray` waits for it. No-op if up or starting."""
+    """Import and start Ray in a background thread; `ensure_ray` waits for it. No-op if up or starting.
+
+    The thread stays alive, parked, for the life of the process: Ray starts its GCS and raylet with
+    PR_SET_PDEATHSIG, which on Linux kills them when the *thread* that forked them exits.
+    """
     global _starting, _start_error
     with _start_lock:
         if ray_active():
             return
+        started = threading.Event()
 
         def run() -> None:
             global _start_error
             quiet = _NotMainThreadFilter()
-            logger = logging.getLogger("ray")
-            logger.addFilter(quiet)
+            loggers = [logging.getLogger(name) for name in ("ray", "ray._private.worker")]
+            for logger in loggers:
+                logger.addFilter(quiet)
             try:
                 _init(address, num_cpus)
             except BaseException as exc:  # noqa: BLE001 - re-raised by ensure_ray in the caller's thread
                 _start_error = exc
             finally:
-                logger.removeFilter(quiet)
+                for logger in loggers:
+                    logger.removeFilter(quiet)
+                started.set()
+            _park.wait()  # keep Ray's processes alive: they die with the thread that started them
 
         _start_error = None
-        _starting = threading.Thread(target=run, name="ray-start", daemon=True)
-        _starting.start()
+        _starting = started
+        threading.Thread(target=run, name="ray-start", daemon=True).start()
+
+
+_park = threading.Event()  # never set: the background starter thread waits on it until the process exits
 
 
 class _NotMainThreadFilter(logging.Filter):
@@ -193,29 +205,25 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
     If `start_ray_background` started one, wait for it (and raise what it raised).
     """
-    global _starting
-    with _start_lock:
-        starting = _starting
-    if starting is not None:
-        starting.join()
-        with _start_lock:
-            _starting = None
+    if settle_ray_start():
         if _start_error is not None:
             raise _start_error
         return
     _init(address, num_cpus)
 
 
-def settle_ray_start() -> None:
-    """Wait for a background start still running, ignoring its error: a process must not exit with
-    Ray half-started (its processes would outlive it). No-op when nothing is starting."""
+def settle_ray_start() -> bool:
+    """Wait for a background start still running; True if there was one (its error, if any, is in
+    `_start_error`). A process must not exit with Ray half-started: its processes would outlive it."""
     global _starting
     with _start_lock:
-        starting = _starting
-    if starting is not None:
-        starting.join()
-        with _start_lock:
-            _starting = None
+        started = _starting
+    if started is None:
+        return False
+    started.wait()
+    with _start_lock:
+        _starting = None
+    return True
 
 
 def cpus_for(batches_count: int) -> int:

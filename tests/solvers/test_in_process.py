@@ -1,5 +1,6 @@
 """Small runs skip Ray and run the same task functions in-process, with identical results."""
 
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,34 @@ def test_tiny_plan_never_imports_ray_nor_scipy_stats(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
     assert (tmp_path / "plan.json").exists()
+
+
+def test_ray_started_in_the_background_survives_its_thread(tmp_path):
+    """A tiny plan with robustness: the plan runs in-process while Ray starts in a background thread,
+    then robustness runs on that Ray. Ray's GCS and raylet die with the thread that forked them
+    (PR_SET_PDEATHSIG), so the starter thread must outlive the start: this run fails if it does not.
+    One fresh process, so one Ray start of its own (the session's Ray cannot test a cold start)."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "plan",
+        str(EXAMPLES / "tiny.yaml"),
+        "--scenarios",
+        "8",
+        "--oos-scenarios",
+        "8",
+        "--replications",
+        "0",
+        "--wait-and-see",
+        "0",
+        "--no-sensitivity",
+        "--out",
+        str(out),
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "report.html").exists() and (out / "plan.json").exists()
+    assert "SIGTERM handler is not set" not in done.stderr  # the expected off-main-thread warning is muted
