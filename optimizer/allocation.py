@@ -1,7 +1,8 @@
-"""A first-stage plan (racks per mode, AI conversion, leases, demand-response MW) and what it earns per scenario.
+"""A first-stage plan (racks per lifecycle, conversions, leases, purchases, demand-response MW) and what it earns.
 
-Evaluating an allocation is plain numpy on the per-rack economics; it does not touch the MIP,
-so it doubles as an independent check of the model's profit variables.
+Evaluating an allocation is plain numpy on the per-rack period economics; it does not touch the
+MIP, so it doubles as an independent check of the model's profit variables. Every money figure
+here is a present value at the plan's start (optimizer.timeline) unless its name says nominal.
 
 Coupled steps (a curtailment cap or a demand-response call at a site, optimizer.economics) are
 evaluated exactly by the rules the dispatch LP obeys at its optimum:
@@ -16,34 +17,77 @@ evaluated exactly by the rules the dispatch LP obeys at its optimum:
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from optimizer.constants import KW_PER_MW
-from optimizer.economics import NO_SITE, GroupEconomics, rack_meter_kw
-from optimizer.fleet import Fleet, LeaseOffer, RackGroup, Site, lease_months
+from optimizer.cashflows import (
+    RentValue,
+    capex_by_period,
+    capex_discount_factor,
+    credit_by_period,
+    rent_by_period,
+    rent_value,
+    tail_hours_pv,
+)
+from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, KW_PER_MW
+from optimizer.economics import NO_SITE, GroupEconomics, economics_grid
+from optimizer.fleet import Fleet, RackGroup
+from optimizer.lifecycles import Lifecycle, PlanGrid, plan_grid, purchase_price_usd, rack_resale_usd
+from optimizer.modes import MODES, Mode
 
 # Shed AI below this counts no lost hour: a lease sized exactly at a cap leaves float dust, not an outage.
 LOST_LOAD_TOL_KW = 1e-6
 
-
-class Mode(enum.StrEnum):
-    MINE = "mine"
-    AI = "ai"
-    IDLE = "idle"
-
-
-MODES = tuple(Mode)
+__all__ = ["MODES", "Allocation", "Mode", "check_feasible", "scenario_profits_usd", "site_profits"]
 
 
 @dataclass(frozen=True)
 class Allocation:
+    """The first stage. `lifecycles` is the decision; `racks` its summary per reporting mode."""
+
     racks: dict[str, dict[Mode, int]]  # rack group id -> mode -> count
     converted_sites: frozenset[str] = frozenset()
     lease_mw: dict[tuple[str, str], float] = field(default_factory=dict)  # (offer id, site id) -> MW
     dr_mw: dict[str, float] = field(default_factory=dict)  # site id -> committed curtailable MW (meter)
+    lifecycles: dict[str, dict[str, int]] = field(default_factory=dict)  # group id -> lifecycle key -> racks
+    conversion_start: dict[str, int] = field(default_factory=dict)  # site id -> start option index
+    purchases: dict[str, int] = field(default_factory=dict)  # purchase option id -> racks bought
+
+    def __post_init__(self) -> None:
+        # one canonical form, so equal decisions compare equal however they were written
+        full = {g: {mode: counts.get(mode, 0) for mode in MODES} for g, counts in self.racks.items()}
+        starts = {site: self.conversion_start.get(site, 0) for site in self.converted_sites}
+        object.__setattr__(self, "racks", full)
+        object.__setattr__(self, "conversion_start", starts)
+
+    @staticmethod
+    def from_lifecycles(
+        fleet: Fleet,
+        grid: PlanGrid,
+        lifecycles: dict[str, dict[str, int]],
+        conversion_start: dict[str, int] | None = None,
+        lease_mw: dict[tuple[str, str], float] | None = None,
+        dr_mw: dict[str, float] | None = None,
+        purchases: dict[str, int] | None = None,
+    ) -> Allocation:
+        racks = {}
+        for g, group in enumerate(fleet.rack_groups):
+            counts = dict.fromkeys(MODES, 0)
+            options = {life.key: life for life in grid.lifecycles[g]}
+            for key, n in lifecycles.get(group.id, {}).items():
+                counts[options[key].mode] += n
+            racks[group.id] = counts
+        starts = dict(conversion_start or {})
+        return Allocation(
+            racks=racks,
+            converted_sites=frozenset(starts),
+            lease_mw=dict(lease_mw or {}),
+            dr_mw=dict(dr_mw or {}),
+            lifecycles={g: dict(c) for g, c in lifecycles.items()},
+            conversion_start=starts,
+            purchases=dict(purchases or {}),
+        )
 
     def count(self, group_id: str, mode: Mode) -> int:
         return self.racks[group_id].get(mode, 0)
@@ -57,13 +101,33 @@ class Allocation:
     def site_lease_mw(self, site_id: str) -> float:
         return sum(mw for (_, s), mw in self.lease_mw.items() if s == site_id)
 
+    def lifecycle_counts(self, fleet: Fleet) -> dict[str, dict[str, int]]:
+        """The decision per group; a group given only as counts per mode reads mine, idle, sell and AI at its
+        site's first start option with the machines stored."""
+        keys = {Mode.MINE: "mine", Mode.IDLE: "idle", Mode.SELL: "sell", Mode.AI: "ai@0:store"}
+        out = {}
+        for group in fleet.rack_groups:
+            if group.id in self.lifecycles:
+                out[group.id] = self.lifecycles[group.id]
+                continue
+            counts = self.racks.get(group.id)
+            if counts is None:
+                continue
+            if counts.get(Mode.MOVE, 0):
+                raise ValueError(f"allocation.{group.id}: moved racks need their lifecycle (target site)")
+            out[group.id] = {keys[mode]: n for mode, n in counts.items() if n}
+        return out
+
+    def start_option(self, site_id: str) -> int:
+        return self.conversion_start.get(site_id, 0)
+
 
 def all_mining(fleet: Fleet) -> Allocation:
-    return Allocation({g.id: {Mode.MINE: g.racks, Mode.AI: 0, Mode.IDLE: 0} for g in fleet.rack_groups})
+    return Allocation({g.id: {**dict.fromkeys(MODES, 0), Mode.MINE: g.racks} for g in fleet.rack_groups})
 
 
 def rack_ids(group: RackGroup, allocation: Allocation) -> dict[Mode, list[str]]:
-    """Which racks take which mode: the group's racks in id order, mining first, then AI, then idle."""
+    """Which racks take which mode: the group's racks in id order, in the order of MODES."""
     ids = [f"{group.id}-{k:05d}" for k in range(group.racks)]
     out, start = {}, 0
     for mode in MODES:
@@ -81,58 +145,124 @@ def converted_mw(fleet: Fleet, allocation: Allocation, site_id: str) -> float:
     )
 
 
-def lease_revenue_usd_per_mw(fleet: Fleet, offer: LeaseOffer, site_id: str) -> float:
-    """Rent one leased MW earns over the horizon; nothing until the site's conversion is ready."""
-    conversion = fleet.site(site_id).ai
-    ready_days = fleet.horizon.days * conversion.ready_fraction(fleet.horizon.days)
-    return offer.rate_usd_per_kw_month * KW_PER_MW * lease_months(ready_days)
-
-
 def full_capex_usd(fleet: Fleet, site_id: str, ai_mw: float) -> float:
+    """Nominal conversion capex before any tenant funding."""
     conversion = fleet.site(site_id).ai
     return conversion.fixed_capex_usd + conversion.capex_usd_per_mw * ai_mw
 
 
-def capex_charge_usd(fleet: Fleet, site_id: str, ai_mw: float) -> float:
-    """The horizon's straight-line share of the conversion capex of a converted site."""
-    share = fleet.site(site_id).ai.capex_share_of_horizon(fleet.horizon.days)
-    return full_capex_usd(fleet, site_id, ai_mw) * share
+@dataclass(frozen=True)
+class LeaseTerm:
+    """One (offer, site, start option): when rent runs and what one MW of it is worth."""
+
+    ready: int  # period boundary at which the hall goes live and rent starts
+    end: int  # period boundary at which the lease ends (P when past the horizon)
+    ready_months: float
+    rent: RentValue
+    capex_factor: float  # PV of one dollar of the site's capex spent along its schedule
+    tail_hours_pv: float  # discounted lease hours past the horizon
+    rent_by_period: np.ndarray  # [P] rent of one MW paid in each period, discounted
+    capex_by_period: np.ndarray  # [P] share of the capex paid in each period, discounted
+
+    def live(self, period: int) -> bool:
+        return self.ready <= period < self.end
 
 
-def idle_cost_usd_per_rack(fleet: Fleet, group: RackGroup) -> float:
-    return group.idle_cost_usd_per_rack_day * fleet.horizon.days
+def lease_terms(fleet: Fleet, grid: PlanGrid) -> dict[tuple[str, str, int], LeaseTerm]:
+    """Every (offer, site, option) a lease can run on: an offer lapses for options ready after its start_by."""
+    timeline = grid.timeline
+    out = {}
+    for offer in fleet.lease_offers:
+        for site_id in offer.sites:
+            conversion = fleet.site(site_id).ai
+            for k, months in enumerate(conversion.start_months):
+                ready = grid.conversion_ready[site_id][k]
+                ready_hours = timeline.bounds[ready] * timeline.step_hours if ready < grid.n_periods else None
+                ready_months = (
+                    ready_hours / (DAYS_PER_MONTH * HOURS_PER_DAY)
+                    if ready_hours is not None
+                    else months + conversion.build_days / DAYS_PER_MONTH
+                )
+                if offer.start_by is not None:
+                    ready_date_days = ready_months * DAYS_PER_MONTH
+                    if ready_date_days > (offer.start_by - fleet.horizon.start).days + 1e-9:
+                        continue
+                end_step = timeline.step_at_months(ready_months + offer.term_months)
+                out[offer.id, site_id, k] = LeaseTerm(
+                    ready=ready,
+                    end=timeline.period_starting_at(end_step),
+                    ready_months=ready_months,
+                    rent=rent_value(offer, ready_months, timeline),
+                    capex_factor=capex_discount_factor(conversion, months, timeline),
+                    tail_hours_pv=tail_hours_pv(offer, ready_months, timeline),
+                    rent_by_period=rent_by_period(offer, ready_months, timeline),
+                    capex_by_period=capex_by_period(conversion, months, timeline),
+                )
+    return out
 
 
-def dr_credit_usd_per_mw(fleet: Fleet, site: Site) -> float:
-    """Credit one committed demand-response MW earns over the horizon."""
-    return site.demand_response.credit_usd_per_mw_month * lease_months(fleet.horizon.days)
+def planned_mining_kw(fleet: Fleet, grid: PlanGrid, present: np.ndarray) -> np.ndarray:
+    """[N, P] mining load at the meter if every rack present mining runs."""
+    out = np.zeros((len(fleet.sites), grid.n_periods))
+    for q, profile in enumerate(grid.profiles):
+        out[profile.site] += present[q] * profile.meter_kw
+    return out
 
 
-def planned_mining_kw(fleet: Fleet, allocation: Allocation, site_id: str) -> float:
-    """Mining load at the meter if every rack put to mining runs."""
-    return sum(
-        allocation.count(g.id, Mode.MINE) * rack_meter_kw(fleet, g) for g in fleet.rack_groups if g.site == site_id
-    )
+def present_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> np.ndarray:
+    """[Q, P] racks mining as each profile in each period."""
+    out = np.zeros((len(grid.profiles), grid.n_periods))
+    for g, (_, counts) in enumerate(_ordered_counts(fleet, allocation)):
+        options = {life.key: life for life in grid.lifecycles[g]}
+        for key, n in counts.items():
+            for q, first, stop in options[key].mining:
+                out[q, first:stop] += n
+    for b, option in enumerate(fleet.purchases):
+        out[grid.purchase_profile[b], grid.delivery[b] :] += allocation.purchases.get(option.id, 0)
+    return out
+
+
+def _ordered_counts(fleet: Fleet, allocation: Allocation) -> list[tuple[str, dict[str, int]]]:
+    counts = allocation.lifecycle_counts(fleet)
+    return [(g.id, counts.get(g.id, {})) for g in fleet.rack_groups]
+
+
+def ai_load_kw(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> np.ndarray:
+    """[N, P] AI load at the meter of the leases live in each period."""
+    terms = lease_terms(fleet, grid)
+    site_index = {s.id: n for n, s in enumerate(fleet.sites)}
+    out = np.zeros((len(fleet.sites), grid.n_periods))
+    for (offer_id, site_id), mw in allocation.lease_mw.items():
+        term = terms[offer_id, site_id, allocation.start_option(site_id)]
+        out[site_index[site_id], term.ready : term.end] += mw * fleet.site(site_id).pue_ai * KW_PER_MW
+    return out
 
 
 @dataclass(frozen=True)
 class SiteProfits:
-    """Every component of an allocation's profit per site (axis 0, fleet order) and scenario (axis 1).
+    """Every component of an allocation's NPV per site (axis 0, fleet order) and scenario (axis 1).
 
-    profit = hash revenue - mining power cost (marginal) - opex - idle + rent - capex charge
-             + demand-response credit + block resale - block payment - AI resale forgone
-             + AI pass-through - SLA penalty
-    Take-or-pay terms (block, AI resale and pass-through) are zero under fixed and index contracts.
+    npv = hash revenue - mining power cost (marginal) - opex - idle cost + machine sales (and salvage)
+          - move costs - machines bought + rent (terminal value included) - capex + DR credit
+          + block resale - block payment - AI resale forgone + AI pass-through + AI power past the horizon
+          - SLA penalty
+    All present values except the physical quantities (MWh, hours, BTC). Take-or-pay terms are zero
+    under fixed and index contracts.
     """
 
     hash_revenue_usd: np.ndarray
     mining_power_cost_usd: np.ndarray  # marginal price: forgone resale under take-or-pay
     mining_energy_mwh: np.ndarray  # drawn by mining racks at the meter
+    btc_mined: np.ndarray  # after pool fee
     event_curtailed_mwh: np.ndarray  # energy racks with a positive margin could not draw (caps, DR calls)
     mining_opex_usd: np.ndarray
     idle_cost_usd: np.ndarray
-    rent_usd: np.ndarray
-    capex_charge_usd: np.ndarray
+    machine_sales_usd: np.ndarray  # machines sold, and those kept valued at the horizon's end
+    move_cost_usd: np.ndarray
+    machines_bought_usd: np.ndarray
+    rent_usd: np.ndarray  # inside the horizon
+    terminal_value_usd: np.ndarray  # rent and tenant power past the horizon
+    capex_usd: np.ndarray  # net of tenant-funded capex
     dr_credit_usd: np.ndarray
     block_resale_usd: np.ndarray
     block_payment_usd: np.ndarray
@@ -143,17 +273,22 @@ class SiteProfits:
     sla_penalty_usd: np.ndarray
     group_mine_value_usd: np.ndarray  # [G, S] value of all the group's mining racks, net of opex
     resells: np.ndarray  # [N, 1] bool, take-or-pay site
+    by_period: dict[str, np.ndarray] = field(default_factory=dict)  # each component [N, P, S]
 
     @property
     def profit_usd(self) -> np.ndarray:
-        """[N, S]"""
+        """[N, S] net present value."""
         return (
             self.hash_revenue_usd
             - self.mining_power_cost_usd
             - self.mining_opex_usd
             - self.idle_cost_usd
+            + self.machine_sales_usd
+            - self.move_cost_usd
+            - self.machines_bought_usd
             + self.rent_usd
-            - self.capex_charge_usd
+            + self.terminal_value_usd
+            - self.capex_usd
             + self.dr_credit_usd
             + self.block_resale_usd
             - self.block_payment_usd
@@ -178,68 +313,150 @@ class SiteProfits:
         return np.where(self.resells, self.block_payment_usd - self.ai_passthrough_usd, self.mining_power_cost_usd)
 
 
-def site_profits(fleet: Fleet, economics: GroupEconomics, allocation: Allocation) -> SiteProfits:
-    """Exact per-site, per-scenario profit of an allocation on the given economics."""
+_PER_SITE = [n for n in SiteProfits.__dataclass_fields__ if n not in ("group_mine_value_usd", "resells", "by_period")]
+
+
+def site_profits(
+    fleet: Fleet,
+    economics: GroupEconomics,
+    allocation: Allocation,
+    grid: PlanGrid | None = None,
+    ai_load_now_kw: np.ndarray | None = None,
+) -> SiteProfits:
+    """Exact per-site, per-scenario NPV of an allocation on the given economics.
+
+    Every component is accumulated per period (`by_period`), so a year's figures are a sum over its
+    periods. `ai_load_now_kw` ([N]) replaces the leases' timing in coupled steps (dispatch of the
+    present step).
+    """
+    grid = grid or economics_grid(fleet, economics)
     n_sites, n_scen = len(fleet.sites), economics.n_scenarios
-    site_index = {s.id: n for n, s in enumerate(fleet.sites)}
-    per_site = [name for name in SiteProfits.__dataclass_fields__ if name not in ("group_mine_value_usd", "resells")]
-    out = {name: np.zeros((n_sites, n_scen)) for name in per_site}
+    out = {name: np.zeros((n_sites, grid.n_periods, n_scen)) for name in _PER_SITE}
     group_value = np.zeros((len(fleet.rack_groups), n_scen))
-    days = fleet.horizon.days
-    for g, group in enumerate(fleet.rack_groups):
-        n, mine = site_index[group.site], allocation.count(group.id, Mode.MINE)
-        opex_usd = group.opex_usd_per_rack_day * days
-        # The separable value is mine_value_usd, the MIP's coefficient (callers may shift it, e.g. for a
-        # hashprice sensitivity); hash revenue is what that value implies, equal to hash_revenue_usd otherwise.
-        out["hash_revenue_usd"][n] += (economics.mine_value_usd[g] + economics.power_cost_usd[g] + opex_usd) * mine
-        out["mining_power_cost_usd"][n] += economics.power_cost_usd[g] * mine
-        out["mining_energy_mwh"][n] += economics.energy_mwh[g] * mine
-        out["mining_opex_usd"][n] += opex_usd * mine
-        out["idle_cost_usd"][n] += idle_cost_usd_per_rack(fleet, group) * allocation.count(group.id, Mode.IDLE)
-        group_value[g] = economics.mine_value_usd[g] * mine
+    _add_racks(fleet, grid, economics, allocation, out, group_value)
+    _add_purchases(fleet, grid, economics, allocation, out)
+    _add_ai_and_contracts(fleet, grid, economics, allocation, out)
+    _add_coupled_dispatch(fleet, grid, economics, allocation, out, group_value, ai_load_now_kw)
+    resells = np.array([[s.contract.resells] for s in fleet.sites], dtype=bool).reshape(n_sites, 1)
+    totals = {name: values.sum(axis=1) for name, values in out.items()}
+    return SiteProfits(**totals, group_mine_value_usd=group_value, resells=resells, by_period=out)
+
+
+def _add_mining(grid: PlanGrid, economics: GroupEconomics, q: int, first: int, stop: int, n: float, out: dict):
+    """Add n racks mining as profile q through periods [first, stop); returns their value [S]."""
+    site = grid.profiles[q].site
+    periods = slice(first, stop)
+    value = economics.mine_value_usd[q, periods] * n
+    revenue = economics.hash_revenue_pv_usd[q, periods] * n
+    cost = economics.power_cost_pv_usd[q, periods] * n
+    out["hash_revenue_usd"][site, periods] += revenue
+    out["mining_power_cost_usd"][site, periods] += cost
+    out["mining_opex_usd"][site, periods] += revenue - cost - value
+    out["mining_energy_mwh"][site, periods] += economics.energy_mwh[q, periods] * n
+    out["btc_mined"][site, periods] += economics.btc_mined[q, periods] * n
+    return value.sum(axis=0)
+
+
+def _add_racks(fleet, grid: PlanGrid, economics, allocation: Allocation, out: dict, group_value) -> None:
+    timeline = grid.timeline
+    site_index = {s.id: n for n, s in enumerate(fleet.sites)}
+    idle_days = timeline.period_discounted_days()
+    boundary_discount = timeline.discount_at_hours(timeline.bounds * timeline.step_hours)
+    last = grid.n_periods - 1
+    for g, (group_id, counts) in enumerate(_ordered_counts(fleet, allocation)):
+        group, home = fleet.rack_groups[g], site_index[fleet.rack_groups[g].site]
+        options: dict[str, Lifecycle] = {life.key: life for life in grid.lifecycles[g]}
+        resale = rack_resale_usd(fleet, g)
+        for key, n in counts.items():
+            if key not in options:
+                raise ValueError(f"allocation.{group_id}: unknown lifecycle {key!r} (options: {sorted(options)})")
+            life = options[key]
+            for q, first, stop in life.mining:
+                group_value[g] += _add_mining(grid, economics, q, first, stop, n, out)
+            if life.idle is not None:
+                idle = slice(*life.idle)
+                out["idle_cost_usd"][home, idle] += (group.idle_cost_usd_per_rack_day * idle_days[idle] * n)[:, None]
+            if life.sold_at is not None:
+                at = life.sold_at
+                sale = resale * economics.hashprice_ratio[at] * boundary_discount[at] * n
+                out["machine_sales_usd"][home, min(at, last)] += sale
+            if life.kept:
+                salvage = resale * economics.hashprice_ratio[-1] * boundary_discount[-1] * n
+                out["machine_sales_usd"][home, last] += salvage
+            if life.moved_at is not None:
+                at = life.moved_at
+                out["move_cost_usd"][home, min(at, last)] += fleet.moves.cost_usd_per_rack * boundary_discount[at] * n
+
+
+def _add_purchases(fleet, grid: PlanGrid, economics, allocation: Allocation, out: dict) -> None:
+    end_discount = grid.timeline.discount_at_hours(grid.timeline.horizon_hours)
+    for b, option in enumerate(fleet.purchases):
+        n = allocation.purchases.get(option.id, 0)
+        if not n:
+            continue
+        q = grid.purchase_profile[b]
+        site = grid.profiles[q].site
+        _add_mining(grid, economics, q, grid.delivery[b], grid.n_periods, n, out)
+        out["machines_bought_usd"][site, 0] += purchase_price_usd(fleet, b) * n
+        resale = fleet.machine(option.machine).resale_usd_per_th or 0.0
+        salvage = resale * grid.profiles[q].hashrate_ths * economics.hashprice_ratio[-1] * end_discount
+        out["machine_sales_usd"][site, -1] += salvage * n
+
+
+def _add_ai_and_contracts(fleet, grid: PlanGrid, economics, allocation: Allocation, out: dict) -> None:
+    timeline = grid.timeline
+    terms = lease_terms(fleet, grid)
     offers = {o.id: o for o in fleet.lease_offers}
+    site_index = {s.id: n for n, s in enumerate(fleet.sites)}
     for (offer_id, site_id), mw in allocation.lease_mw.items():
-        out["rent_usd"][site_index[site_id]] += lease_revenue_usd_per_mw(fleet, offers[offer_id], site_id) * mw
+        n, site = site_index[site_id], fleet.site(site_id)
+        k = allocation.start_option(site_id)
+        term = terms[offer_id, site_id, k]
+        out["rent_usd"][n] += (term.rent_by_period * mw)[:, None]
+        out["terminal_value_usd"][n, -1] += term.rent.terminal_pv_usd * mw
+        tenant = offers[offer_id].tenant_capex_share * site.ai.capex_usd_per_mw * mw
+        out["capex_usd"][n] -= (tenant * term.capex_by_period)[:, None]
+        if site.contract.resells:
+            live = slice(term.ready, term.end)
+            out["ai_resale_usd"][n, live] += economics.ai_resale_pv_usd_per_mw[n, live] * mw
+            out["ai_passthrough_usd"][n, live] += economics.ai_passthrough_pv_usd_per_mw[n, live] * mw
+            tail = site.pue_ai * term.tail_hours_pv * economics.ai_tail_net_usd_per_mwh[n]
+            out["terminal_value_usd"][n, -1] += tail * mw
     for n, site in enumerate(fleet.sites):
         if site.id in allocation.converted_sites:
-            out["capex_charge_usd"][n] += capex_charge_usd(fleet, site.id, converted_mw(fleet, allocation, site.id))
+            k = allocation.start_option(site.id)
+            capex = full_capex_usd(fleet, site.id, converted_mw(fleet, allocation, site.id))
+            out["capex_usd"][n] += (capex * capex_by_period(site.ai, site.ai.start_months[k], timeline))[:, None]
         if site.demand_response is not None:
-            out["dr_credit_usd"][n] += dr_credit_usd_per_mw(fleet, site) * allocation.site_dr_mw(site.id)
-        leased_mw = allocation.site_lease_mw(site.id)
-        out["block_resale_usd"][n] = economics.block_resale_usd[n]
-        out["block_payment_usd"][n] = economics.block_payment_usd[n]
-        out["ai_resale_usd"][n] = economics.ai_resale_usd_per_mw[n] * leased_mw
-        out["ai_passthrough_usd"][n] = economics.ai_passthrough_usd_per_mw[n] * leased_mw
-    _add_coupled_dispatch(fleet, economics, allocation, out, group_value)
-    resells = np.array([[s.contract.resells] for s in fleet.sites], dtype=bool).reshape(n_sites, 1)
-    return SiteProfits(**out, group_mine_value_usd=group_value, resells=resells)
+            credit = credit_by_period(site.demand_response.credit_usd_per_mw_month, timeline)
+            out["dr_credit_usd"][n] += (credit * allocation.site_dr_mw(site.id))[:, None]
+        out["block_resale_usd"][n] = economics.block_resale_pv_usd[n]
+        out["block_payment_usd"][n] = economics.block_payment_pv_usd[n]
 
 
 def _add_coupled_dispatch(
-    fleet: Fleet, economics: GroupEconomics, allocation: Allocation, out: dict, group_value: np.ndarray
+    fleet: Fleet, grid: PlanGrid, economics: GroupEconomics, allocation: Allocation, out: dict, group_value, ai_now_kw
 ) -> None:
     """Add the coupled steps' dispatch (AI priority, then the continuous knapsack) into `out`."""
     slot_k, slot_s = np.nonzero(economics.coupled_site != NO_SITE)
     if len(slot_k) == 0:
         return
-    hours = fleet.horizon.step_hours
-    sites = fleet.sites
     site_n = economics.coupled_site[slot_k, slot_s]
-    ai_kw = np.array([allocation.site_lease_mw(s.id) * s.pue_ai * KW_PER_MW for s in sites])[site_n]
-    ai_kw = np.where(economics.coupled_ai_live[slot_k, slot_s], ai_kw, 0.0)
+    period = grid.timeline.period_of_step(economics.coupled_step[slot_k, slot_s])
+    ai_kw = ai_load_kw(fleet, grid, allocation)[site_n, period] if ai_now_kw is None else ai_now_kw[site_n]
     cap_kw = economics.coupled_cap_kw[slot_k, slot_s]
     lost_kw = np.maximum(0.0, ai_kw - cap_kw)  # zero without an event (cap = inf)
     allowance_kw = np.maximum(0.0, cap_kw - ai_kw)
-    planned_kw = np.array([planned_mining_kw(fleet, allocation, s.id) for s in sites])
-    dr_kw = np.array([allocation.site_dr_mw(s.id) * KW_PER_MW for s in sites])
+    present = present_racks(fleet, grid, allocation)
+    planned_kw = planned_mining_kw(fleet, grid, present)[site_n, period]
+    dr_kw = np.array([allocation.site_dr_mw(s.id) * KW_PER_MW for s in fleet.sites])[site_n]
     called = economics.coupled_dr_call[slot_k, slot_s]
-    allowance_kw = np.where(called, np.minimum(allowance_kw, np.maximum(0.0, planned_kw - dr_kw)[site_n]), allowance_kw)
+    allowance_kw = np.where(called, np.minimum(allowance_kw, np.maximum(0.0, planned_kw - dr_kw)), allowance_kw)
+    _knapsack(fleet, grid, economics, allocation, present, allowance_kw, slot_k, slot_s, out, group_value)
+    _shed_ai(fleet, grid, economics, allocation, slot_k, slot_s, site_n, period, lost_kw, out, ai_now_kw is not None)
 
-    _knapsack(fleet, economics, allocation, slot_k, slot_s, allowance_kw, out, group_value)
-    _shed_ai(fleet, economics, allocation, slot_k, slot_s, site_n, lost_kw, hours, out)
 
-
-def _knapsack(fleet, economics, allocation, slot_k, slot_s, allowance_kw, out, group_value) -> None:
+def _knapsack(fleet, grid, economics, allocation, present, allowance_kw, slot_k, slot_s, out, group_value) -> None:
     """Fill each slot's mining allowance with its items in decreasing margin per kW."""
     item_p, item_s = np.nonzero(economics.item_slot != NO_SITE)
     if len(item_p) == 0:
@@ -248,11 +465,14 @@ def _knapsack(fleet, economics, allocation, slot_k, slot_s, allowance_kw, out, g
     allowance_at = np.zeros((n_slots, economics.n_scenarios))
     allowance_at[slot_k, slot_s] = allowance_kw
     k = economics.item_slot[item_p, item_s]
-    g = economics.item_group[item_p, item_s]
+    q = economics.item_group[item_p, item_s]
     revenue = economics.item_hash_revenue_usd[item_p, item_s]
     cost = economics.item_power_cost_usd[item_p, item_s]
-    meter_kw = np.array([rack_meter_kw(fleet, grp) for grp in fleet.rack_groups])[g]
-    mining = np.array([allocation.count(grp.id, Mode.MINE) for grp in fleet.rack_groups])[g]
+    discount = economics.coupled_discount[k, item_s]
+    btc = revenue / economics.coupled_btc_price_usd[k, item_s]  # revenue is after pool fee
+    period = grid.timeline.period_of_step(economics.coupled_step[k, item_s])
+    meter_kw = np.array([p.meter_kw for p in grid.profiles])[q]
+    mining = present[q, period]
     order = np.lexsort((-(revenue - cost) / meter_kw, k, item_s))  # by scenario, slot, best margin per kW
     load_kw = (mining * meter_kw)[order]
     slot_key = item_s[order] * n_slots + k[order]
@@ -263,87 +483,141 @@ def _knapsack(fleet, economics, allocation, slot_k, slot_s, allowance_kw, out, g
     run_kw = np.clip(allowance_at[k[order], item_s[order]] - load_before_kw, 0.0, load_kw)
     racks = run_kw / meter_kw[order]
 
-    site_index = {s.id: n for n, s in enumerate(fleet.sites)}
-    site_n = np.array([site_index[grp.site] for grp in fleet.rack_groups])[g[order]]
-    scen, step_mwh = item_s[order], fleet.horizon.step_hours / KW_PER_MW
-    np.add.at(out["hash_revenue_usd"], (site_n, scen), racks * revenue[order])
-    np.add.at(out["mining_power_cost_usd"], (site_n, scen), racks * cost[order])
-    np.add.at(out["mining_energy_mwh"], (site_n, scen), run_kw * step_mwh)
-    np.add.at(out["event_curtailed_mwh"], (site_n, scen), (load_kw - run_kw) * step_mwh)
-    np.add.at(group_value, (g[order], scen), racks * (revenue - cost)[order])
+    site_n = np.array([p.site for p in grid.profiles])[q[order]]
+    scen, step_mwh, d = item_s[order], fleet.horizon.step_hours / KW_PER_MW, discount[order]
+    at = (site_n, period[order], scen)
+    np.add.at(out["hash_revenue_usd"], at, racks * revenue[order] * d)
+    np.add.at(out["mining_power_cost_usd"], at, racks * cost[order] * d)
+    np.add.at(out["btc_mined"], at, racks * btc[order])
+    np.add.at(out["mining_energy_mwh"], at, run_kw * step_mwh)
+    np.add.at(out["event_curtailed_mwh"], at, (load_kw - run_kw) * step_mwh)
+    owner = _profile_group(fleet, grid)[q[order]]
+    mined = owner >= 0
+    np.add.at(group_value, (owner[mined], scen[mined]), (racks * (revenue - cost)[order] * d)[mined])
 
 
-def _shed_ai(fleet, economics, allocation, slot_k, slot_s, site_n, lost_kw, hours, out) -> None:
+def _profile_group(fleet: Fleet, grid: PlanGrid) -> np.ndarray:
+    """[Q] rack group a profile's racks come from; -1 for purchases."""
+    ids = {g.id: i for i, g in enumerate(fleet.rack_groups)}
+    return np.array([ids.get(p.key.split("@")[0], -1) for p in grid.profiles])
+
+
+def _shed_ai(fleet, grid, economics, allocation, slot_k, slot_s, site_n, period, lost_kw, out, ai_now) -> None:
     """AI load above the cap is shed from the offers with the lowest SLA penalty first."""
+    hours = fleet.horizon.step_hours
+    terms = lease_terms(fleet, grid)
+    discount = economics.coupled_discount[slot_k, slot_s]
     for n, site in enumerate(fleet.sites):
         here = (site_n == n) & (lost_kw > 0)
         if not here.any():
             continue
-        scen, remaining_kw = slot_s[here], lost_kw[here].copy()
+        scen, remaining_kw, d = slot_s[here], lost_kw[here].copy(), discount[here]
+        at = (period[here], scen)
         lost_meter_mwh = remaining_kw * hours / KW_PER_MW
-        np.add.at(out["lost_ai_mwh"][n], scen, lost_meter_mwh / site.pue_ai)
-        np.add.at(out["lost_ai_hours"][n], scen, np.where(remaining_kw > LOST_LOAD_TOL_KW, hours, 0.0))
+        np.add.at(out["lost_ai_mwh"][n], at, lost_meter_mwh / site.pue_ai)
+        np.add.at(out["lost_ai_hours"][n], at, np.where(remaining_kw > LOST_LOAD_TOL_KW, hours, 0.0))
+        k = allocation.start_option(site.id)
         leases = sorted(
-            ((o.sla_penalty_usd_per_mwh, allocation.lease_mw.get((o.id, site.id), 0.0)) for o in fleet.lease_offers),
-            key=lambda pair: pair[0],
+            (
+                (o.sla_penalty_usd_per_mwh, o.id, allocation.lease_mw.get((o.id, site.id), 0.0))
+                for o in fleet.lease_offers
+                if (o.id, site.id, k) in terms
+            ),
         )
-        for penalty_usd_per_mwh, mw in leases:
-            taken_kw = np.minimum(remaining_kw, mw * site.pue_ai * KW_PER_MW)
+        for penalty_usd_per_mwh, offer_id, mw in leases:
+            live = np.array([terms[offer_id, site.id, k].live(p) or ai_now for p in period[here]])
+            taken_kw = np.minimum(remaining_kw, mw * site.pue_ai * KW_PER_MW * live)
             remaining_kw -= taken_kw
             it_mwh = taken_kw * hours / KW_PER_MW / site.pue_ai
-            np.add.at(out["sla_penalty_usd"][n], scen, it_mwh * penalty_usd_per_mwh)
+            np.add.at(out["sla_penalty_usd"][n], at, it_mwh * penalty_usd_per_mwh * d)
         if site.contract.resells:  # shed energy is resold, and the tenant does not pay for it
             resale = economics.coupled_resale_usd_per_mwh[slot_k[here], scen]
-            np.add.at(out["ai_resale_usd"][n], scen, -lost_meter_mwh * resale)
-            np.add.at(out["ai_passthrough_usd"][n], scen, -lost_meter_mwh * site.contract.price_usd_per_mwh)
+            np.add.at(out["ai_resale_usd"][n], at, -lost_meter_mwh * resale * d)
+            np.add.at(out["ai_passthrough_usd"][n], at, -lost_meter_mwh * site.contract.price_usd_per_mwh * d)
 
 
-def scenario_profits_usd(fleet: Fleet, economics: GroupEconomics, allocation: Allocation) -> np.ndarray:
-    """[S] horizon profit of the allocation in each scenario, coupled steps dispatched exactly."""
-    return site_profits(fleet, economics, allocation).profit_usd.sum(axis=0)
+def scenario_profits_usd(
+    fleet: Fleet, economics: GroupEconomics, allocation: Allocation, grid: PlanGrid | None = None
+) -> np.ndarray:
+    """[S] NPV of the allocation in each scenario, coupled steps dispatched exactly."""
+    return site_profits(fleet, economics, allocation, grid).profit_usd.sum(axis=0)
 
 
 def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[tuple[str, str]]:
     """Constraint violations of a given allocation as (field path, message); empty when feasible."""
-    problems = []
-    for _i, group in enumerate(fleet.rack_groups):
-        counts = allocation.racks.get(group.id)
-        if counts is None:
-            problems.append((f"allocation.{group.id}", "rack group missing"))
-            continue
-        if any(n < 0 for n in counts.values()) or sum(counts.values()) != group.racks:
-            problems.append((f"allocation.{group.id}", f"counts {dict(counts)} must be >= 0 and sum to {group.racks}"))
-        if counts.get(Mode.AI, 0) and not fleet.can_convert(group):
-            problems.append((f"allocation.{group.id}.ai", "group is not convertible or its site is not AI-ready"))
-    for site in fleet.sites:
-        ai_mw = converted_mw(fleet, allocation, site.id)
-        mining_kw = sum(
-            allocation.count(g.id, Mode.MINE) * fleet.rack_power_kw(g) * site.pue_mining
-            for g in fleet.rack_groups
-            if g.site == site.id
-        )
-        load_kw = mining_kw + allocation.site_lease_mw(site.id) * KW_PER_MW * site.pue_ai
+    grid = plan_grid(fleet)
+    problems = _check_racks(fleet, grid, allocation)
+    if problems:
+        return problems
+    present = present_racks(fleet, grid, allocation)
+    mining_kw = planned_mining_kw(fleet, grid, present)
+    ai_kw = ai_load_kw(fleet, grid, allocation)
+    terms = lease_terms(fleet, grid)
+    for n, site in enumerate(fleet.sites):
+        worst = int(np.argmax(mining_kw[n] + ai_kw[n]))
+        load_kw = mining_kw[n, worst] + ai_kw[n, worst]
         if load_kw > site.capacity_mw * KW_PER_MW * (1 + tol):
             problems.append((f"sites.{site.id}.capacity_mw", f"load {load_kw / KW_PER_MW:.3f} MW exceeds capacity"))
+        ai_mw = converted_mw(fleet, allocation, site.id)
         if allocation.site_lease_mw(site.id) > ai_mw + tol:
             problems.append((f"sites.{site.id}.ai", "leased MW exceed converted MW"))
-        dr_mw = allocation.site_dr_mw(site.id)
-        if dr_mw > tol and site.demand_response is None:
-            problems.append((f"sites.{site.id}.demand_response", "demand-response MW at a site without a programme"))
-        elif dr_mw > tol and dr_mw > site.demand_response.max_mw + tol:
-            problems.append((f"sites.{site.id}.demand_response", f"{dr_mw:.3f} MW exceeds max_mw"))
-        elif dr_mw * KW_PER_MW > planned_mining_kw(fleet, allocation, site.id) * (1 + tol) + tol:
-            problems.append((f"sites.{site.id}.demand_response", "committed MW exceed the planned mining load"))
+        for (offer_id, site_id), _ in allocation.lease_mw.items():
+            if site_id == site.id and (offer_id, site_id, allocation.start_option(site_id)) not in terms:
+                problems.append((f"lease_offers.{offer_id}", f"cannot start at {site_id}'s chosen option"))
+        problems += _check_dr(site, allocation, mining_kw[n].min() if grid.n_periods else 0.0, tol)
         converted = site.id in allocation.converted_sites
         if site.ai and converted and not (site.ai.min_mw - tol <= ai_mw <= site.ai.max_mw + tol):
             problems.append((f"sites.{site.id}.ai", f"converted {ai_mw:.3f} MW outside [min_mw, max_mw]"))
         if ai_mw > tol and not converted:
             problems.append((f"sites.{site.id}.ai", "racks in AI mode at a site that is not converted"))
     capex = sum(full_capex_usd(fleet, s, converted_mw(fleet, allocation, s)) for s in allocation.converted_sites)
+    capex += sum(
+        purchase_price_usd(fleet, b) * allocation.purchases.get(o.id, 0) for b, o in enumerate(fleet.purchases)
+    )
+    offers = {o.id: o for o in fleet.lease_offers}
+    capex -= sum(
+        offers[o].tenant_capex_share * fleet.site(s).ai.capex_usd_per_mw * mw
+        for (o, s), mw in allocation.lease_mw.items()
+    )
     if fleet.capital_budget_usd is not None and capex > fleet.capital_budget_usd * (1 + tol):
-        problems.append(("capital_budget_usd", f"conversion capex {capex:,.0f} exceeds the budget"))
+        problems.append(
+            ("capital_budget_usd", f"needs ${capex / 1e6:,.1f}M, budget ${fleet.capital_budget_usd / 1e6:,.1f}M")
+        )
     for offer in fleet.lease_offers:
         mw = allocation.offer_mw(offer.id)
         if mw > tol and not (offer.min_mw - tol <= mw <= offer.max_mw + tol):
             problems.append((f"lease_offers.{offer.id}", f"{mw:.3f} MW outside [min_mw, max_mw]"))
     return problems
+
+
+def _check_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[tuple[str, str]]:
+    problems = []
+    try:
+        counts = allocation.lifecycle_counts(fleet)
+    except ValueError as exc:
+        return [("allocation", str(exc))]
+    for g, group in enumerate(fleet.rack_groups):
+        mine = counts.get(group.id)
+        if mine is None:
+            problems.append((f"allocation.{group.id}", "rack group missing"))
+            continue
+        options = {life.key for life in grid.lifecycles[g]}
+        unknown = sorted(set(mine) - options)
+        if unknown:
+            problems.append((f"allocation.{group.id}", f"no such option {unknown} (options: {sorted(options)})"))
+        if any(n < 0 for n in mine.values()) or sum(mine.values()) != group.racks:
+            problems.append((f"allocation.{group.id}", f"counts {dict(mine)} must be >= 0 and sum to {group.racks}"))
+    return problems
+
+
+def _check_dr(site, allocation: Allocation, least_mining_kw: float, tol: float) -> list[tuple[str, str]]:
+    dr_mw = allocation.site_dr_mw(site.id)
+    if dr_mw <= tol:
+        return []
+    if site.demand_response is None:
+        return [(f"sites.{site.id}.demand_response", "demand-response MW at a site without a programme")]
+    if dr_mw > site.demand_response.max_mw + tol:
+        return [(f"sites.{site.id}.demand_response", f"{dr_mw:.3f} MW exceeds max_mw")]
+    if dr_mw * KW_PER_MW > least_mining_kw * (1 + tol) + tol:
+        return [(f"sites.{site.id}.demand_response", "committed MW exceed the planned mining load")]
+    return []

@@ -32,6 +32,7 @@ from optimizer.allocation import Allocation, Mode, site_profits
 from optimizer.constants import HOURS_PER_DAY, KW_PER_MW, TH_PER_PH, block_subsidy_btc
 from optimizer.economics import GroupEconomics, breakeven_power_price_usd_per_mwh
 from optimizer.fleet import ContractType, Fleet
+from optimizer.lifecycles import plan_grid
 from optimizer.scenarios import hashprice_usd_per_ph_day
 
 # Racks the LP dispatch runs are a float (racks x margin / margin); this much below a whole rack still counts as it.
@@ -317,7 +318,9 @@ def _coupled_step(
     items = np.flatnonzero(at_coupled & (revenue_usd_per_hour > cost_usd_per_hour))
     revenue_usd, cost_usd = revenue_usd_per_hour[items] * hours, cost_usd_per_hour[items] * hours
     economics = _one_step_economics(fleet, conditions, table, coupled, slot_of, items, revenue_usd, cost_usd)
-    profits = site_profits(fleet, economics, allocation)
+    # the plan's leased halls are taken as live: dispatch decides the present step of a running fleet
+    ai_now_kw = np.array([allocation.site_lease_mw(s.id) * s.pue_ai * KW_PER_MW for s in fleet.sites])
+    profits = site_profits(fleet, economics, allocation, ai_load_now_kw=ai_now_kw)
 
     out = lp_racks_run.copy()
     out[at_coupled] = 0.0
@@ -352,28 +355,41 @@ def _one_step_economics(
     cost_usd: np.ndarray,
 ) -> GroupEconomics:
     """This step as GroupEconomics of one scenario: nothing separable, one coupled slot per site with a condition."""
-    n_groups, n_sites = len(fleet.rack_groups), len(fleet.sites)
-    zeros_groups, zeros_sites = np.zeros((n_groups, 1)), np.zeros((n_sites, 1))
+    n_sites = len(fleet.sites)
     site_ids = [fleet.sites[n].id for n in coupled]
     cap_kw = [conditions.available_mw.get(s, math.inf) * KW_PER_MW for s in site_ids]
+    n_profiles = len(plan_grid(fleet, 1).profiles)
+    zeros_profiles, zeros_site_periods = np.zeros((n_profiles, 1, 1)), np.zeros((n_sites, 1, 1))
     return GroupEconomics(
         indices=np.zeros(1, dtype=np.int64),
-        mine_value_usd=zeros_groups,
-        hash_revenue_usd=zeros_groups,
-        power_cost_usd=zeros_groups,
-        energy_mwh=zeros_groups,
-        run_fraction=zeros_groups,
+        steps=np.ones(1, dtype=np.int64),
+        mine_value_usd=zeros_profiles,
+        hash_revenue_usd=zeros_profiles,
+        power_cost_usd=zeros_profiles,
+        hash_revenue_pv_usd=zeros_profiles,
+        power_cost_pv_usd=zeros_profiles,
+        energy_mwh=zeros_profiles,
+        btc_mined=zeros_profiles,
+        run_fraction=np.zeros((n_profiles, 1)),
         mean_hashprice_usd_per_ph_day=np.zeros(1),
-        block_resale_usd=zeros_sites,
-        block_payment_usd=zeros_sites,
-        ai_resale_usd_per_mw=zeros_sites,
-        ai_passthrough_usd_per_mw=zeros_sites,
+        halving_step=np.ones(1, dtype=np.int64),
+        hashprice_ratio=np.ones((2, 1)),
+        block_resale_usd=zeros_site_periods,
+        block_payment_usd=zeros_site_periods,
+        block_resale_pv_usd=zeros_site_periods,
+        block_payment_pv_usd=zeros_site_periods,
+        ai_resale_pv_usd_per_mw=zeros_site_periods,
+        ai_passthrough_pv_usd_per_mw=zeros_site_periods,
+        ai_resale_usd_per_mw=zeros_site_periods,
+        ai_passthrough_usd_per_mw=zeros_site_periods,
+        ai_tail_net_usd_per_mwh=np.zeros((n_sites, 1)),
         coupled_site=np.array(coupled, dtype=np.int64).reshape(-1, 1),
         coupled_step=np.zeros((len(coupled), 1), dtype=np.int64),
         coupled_cap_kw=np.array(cap_kw, dtype=float).reshape(-1, 1),
         coupled_dr_call=np.array([s in conditions.dr_call for s in site_ids], dtype=bool).reshape(-1, 1),
-        coupled_ai_live=np.ones((len(coupled), 1), dtype=bool),  # the plan's leased halls are taken as live
         coupled_resale_usd_per_mwh=np.zeros((len(coupled), 1)),
+        coupled_discount=np.ones((len(coupled), 1)),
+        coupled_btc_price_usd=np.ones((len(coupled), 1)),
         item_slot=np.array([slot_of[n] for n in table.site_index[items]], dtype=np.int64).reshape(-1, 1),
         item_group=table.fleet_group_index[items].astype(np.int64).reshape(-1, 1),
         item_hash_revenue_usd=revenue_usd.reshape(-1, 1),

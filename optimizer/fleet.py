@@ -6,15 +6,17 @@ and the bad value (pydantic's `loc`), so a fleet file never fails silently.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from optimizer.constants import DAYS_PER_MONTH, DAYS_PER_YEAR, KW_PER_MW
+from optimizer.constants import DAYS_PER_MONTH, KW_PER_MW
 from optimizer.market import BitcoinMarket, Horizon, PowerMarket, StrictModel
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
@@ -29,6 +31,13 @@ class Machine(StrictModel):
     id: Id
     hashrate_ths: float = Field(gt=0, le=10_000)
     efficiency_j_per_th: float = Field(ge=MIN_EFFICIENCY_J_PER_TH, le=MAX_EFFICIENCY_J_PER_TH)
+    resale_usd_per_th: float | None = Field(
+        None,
+        ge=0,
+        le=1_000,
+        description="Second-hand price per TH/s today; it moves with hashprice in each scenario. "
+        "Absent: the machines cannot be sold and keep no value at the horizon's end.",
+    )
 
     @property
     def power_kw(self) -> float:
@@ -101,28 +110,66 @@ class DemandResponse(StrictModel):
 
 
 class AiConversion(StrictModel):
-    """Converting (part of) a site to AI/HPC colocation: a site-level yes/no with fixed and per-MW capex."""
+    """Converting rack slots of a site to AI/HPC colocation: a project with a start, a build and capex.
 
-    fixed_capex_usd: float = Field(0.0, ge=0)
-    capex_usd_per_mw: float = Field(ge=0)
-    amortization_years: float = Field(5.0, gt=0, le=30)
-    lead_time_days: int = Field(ge=0, le=3_650)
+    The MIP picks at most one start from `start_months` (months after the plan's start). From that date
+    the converted slots stop mining; the build lasts `lead_time_days` (or `build_months`), during which
+    the slots neither mine nor earn and the capex is paid month by month along `capex_schedule`
+    (even spending when absent); rent runs from the ready date for the lease's term.
+    """
+
+    fixed_capex_usd: float = Field(0.0, ge=0, le=1e11)
+    capex_usd_per_mw: float = Field(ge=0, le=1e9, description="Per MW of critical IT load; ~$8-11M for AI-grade halls.")
+    lead_time_days: int = Field(ge=0, le=3_650, description="Build: from the start of construction to first rent.")
+    start_months: list[float] = Field(
+        default_factory=lambda: [0.0],
+        min_length=1,
+        max_length=24,
+        description="When construction may start, in months after the plan's start; the MIP picks one or none.",
+    )
+    capex_schedule: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=120,
+        description="Share of the capex paid in each month of the build from its start; sums to 1. Even if absent.",
+    )
     min_mw: float = Field(0.0, ge=0)
-    max_mw: float = Field(gt=0)
+    max_mw: float = Field(gt=0, le=5_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _build_months(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "build_months" in data:
+            data = dict(data)
+            months = data.pop("build_months")
+            if "lead_time_days" in data:
+                raise ValueError("give lead_time_days or build_months, not both")
+            if not isinstance(months, int | float) or not 0 <= months <= 120:
+                raise ValueError(f"build_months: must be a number of months in [0, 120], got {months!r}")
+            data["lead_time_days"] = round(months * DAYS_PER_MONTH)
+        return data
 
     @model_validator(mode="after")
-    def _min_below_max(self) -> AiConversion:
+    def _consistent(self) -> AiConversion:
         if self.min_mw > self.max_mw:
             raise ValueError(f"min_mw ({self.min_mw}) exceeds max_mw ({self.max_mw})")
+        if any(not 0 <= m <= 600 for m in self.start_months) or len(set(self.start_months)) != len(self.start_months):
+            raise ValueError(f"start_months: distinct month offsets in [0, 600], got {self.start_months}")
+        if self.capex_schedule is not None:
+            if any(f < 0 for f in self.capex_schedule) or abs(sum(self.capex_schedule) - 1.0) > 1e-6:
+                raise ValueError(f"capex_schedule: non-negative shares summing to 1, got {self.capex_schedule}")
         return self
 
-    def capex_share_of_horizon(self, horizon_days: int) -> float:
-        """Fraction of the capex the horizon bears under straight-line amortization."""
-        return horizon_days / (self.amortization_years * DAYS_PER_YEAR)
+    @property
+    def build_days(self) -> int:
+        return self.lead_time_days
 
-    def ready_fraction(self, horizon_days: int) -> float:
-        """Fraction of the horizon the converted capacity earns: nothing during the lead time."""
-        return max(0.0, horizon_days - self.lead_time_days) / horizon_days
+    def capex_shares(self) -> list[float]:
+        """Share of the capex paid at the start of each month from the start of construction."""
+        if self.capex_schedule is not None:
+            return list(self.capex_schedule)
+        months = max(1, math.ceil(self.lead_time_days / DAYS_PER_MONTH - 1e-9))
+        return [1.0 / months] * months
 
 
 class Site(StrictModel):
@@ -160,6 +207,11 @@ class LeaseOffer(StrictModel):
     min_mw: float = Field(0.0, ge=0)
     max_mw: float = Field(gt=0)
     sites: list[Id] = Field(min_length=1)
+    escalator_per_year: float = Field(0.0, ge=-0.5, le=1, description="Rent rises by this share every lease year.")
+    start_by: dt.date | None = Field(None, description="Rent must start by this date, or the offer lapses.")
+    tenant_capex_share: float = Field(
+        0.0, ge=0, le=1, description="Share of the per-MW conversion capex the tenant funds for the MW it leases."
+    )
     sla_penalty_usd_per_mwh: float = Field(
         DEFAULT_SLA_PENALTY_USD_PER_MWH,
         ge=0,
@@ -172,6 +224,34 @@ class LeaseOffer(StrictModel):
         if self.min_mw > self.max_mw:
             raise ValueError(f"min_mw ({self.min_mw}) exceeds max_mw ({self.max_mw})")
         return self
+
+
+class PurchaseOption(StrictModel):
+    """New machines the fleet may buy: racks of one machine class for one site, delivered after a lead time."""
+
+    id: Id
+    machine: Id
+    site: Id
+    price_usd_per_th: float = Field(ge=0, le=1_000, description="Paid on order, at the plan's start.")
+    delivery_days: int = Field(0, ge=0, le=3_650)
+    machines_per_rack: int = Field(ge=1, le=1_000)
+    max_racks: int = Field(ge=0, le=1_000_000)
+    opex_usd_per_rack_day: float = Field(0.0, ge=0, le=1e6)
+
+
+class FleetMoves(StrictModel):
+    """Moving racks to another site with free capacity: a cost per rack and days without mining in transit."""
+
+    cost_usd_per_rack: float = Field(ge=0, le=1e7)
+    downtime_days: int = Field(ge=0, le=365)
+
+
+class Finance(StrictModel):
+    """How cash flows are valued: discounted to the plan's start at an annual rate (a WACC)."""
+
+    discount_rate_per_year: float = Field(
+        0.0, ge=0, le=1, description="Annual discount rate; 0 values every figure at nominal (the default)."
+    )
 
 
 class Objective(enum.StrEnum):
@@ -218,12 +298,15 @@ class Fleet(StrictModel):
     sites: list[Site] = Field(min_length=1)
     rack_groups: list[RackGroup] = Field(min_length=1)
     lease_offers: list[LeaseOffer] = Field(default_factory=list)
-    capital_budget_usd: float | None = Field(None, ge=0)
+    purchases: list[PurchaseOption] = Field(default_factory=list, max_length=1_000)
+    moves: FleetMoves | None = Field(None, description="Absent: racks stay at their site.")
+    finance: Finance = Finance()
+    capital_budget_usd: float | None = Field(None, ge=0, le=1e12)
     risk: RiskSettings = RiskSettings()
     solver: SolverSettings = SolverSettings()
     scenarios: ScenarioSettings = ScenarioSettings()
 
-    @field_validator("markets", "machines", "sites", "rack_groups", "lease_offers")
+    @field_validator("markets", "machines", "sites", "rack_groups", "lease_offers", "purchases")
     @classmethod
     def _unique_ids(cls, items: list[Any]) -> list[Any]:
         seen: set[str] = set()
@@ -247,6 +330,12 @@ class Fleet(StrictModel):
 
     def rack_power_kw(self, group: RackGroup) -> float:
         return group.machines_per_rack * self.machine(group.machine).power_kw
+
+    def lease_offer(self, offer_id: str) -> LeaseOffer:
+        return next(o for o in self.lease_offers if o.id == offer_id)
+
+    def purchase(self, purchase_id: str) -> PurchaseOption:
+        return next(p for p in self.purchases if p.id == purchase_id)
 
     def rack_hashrate_ths(self, group: RackGroup) -> float:
         return group.machines_per_rack * self.machine(group.machine).hashrate_ths
@@ -293,7 +382,14 @@ def _check_references(fleet: Fleet) -> None:
                     f"sites.{i}.demand_response",
                     f"market {site.market!r} has no demand_response_calls, so the programme would never be called",
                 )
+    for i, option in enumerate(fleet.purchases):
+        if option.site not in site_ids:
+            _fail(f"purchases.{i}.site", f"unknown site {option.site!r} (known: {sorted(site_ids)})")
+        if option.machine not in machine_ids:
+            _fail(f"purchases.{i}.machine", f"unknown machine {option.machine!r} (known: {sorted(machine_ids)})")
     for i, offer in enumerate(fleet.lease_offers):
+        if offer.start_by is not None and offer.start_by < fleet.horizon.start:
+            _fail(f"lease_offers.{i}.start_by", f"{offer.start_by} is before the horizon's start {fleet.horizon.start}")
         for j, site_id in enumerate(offer.sites):
             if site_id not in site_ids:
                 _fail(f"lease_offers.{i}.sites.{j}", f"unknown site {site_id!r}")

@@ -21,10 +21,32 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+MAX_HORIZON_DAYS = 3_653  # ten years: the longest colocation leases run 10-15 years (DESIGN.md section 7)
+
+
 class Horizon(StrictModel):
+    """The planning horizon: a start date and a length in days, or in `months` or `years` (converted to days)."""
+
     start: dt.date = Field(dt.date(2026, 12, 1), description="First day of the planning horizon.")
-    days: int = Field(91, ge=1, le=1096, description="Length of the horizon; 91 days is one quarter.")
+    days: int = Field(91, ge=1, le=MAX_HORIZON_DAYS, description="Length of the horizon; 91 days is one quarter.")
     step_hours: int = Field(1, description="Time step of the price paths, in hours; must divide 24.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _length_in_days(cls, data):
+        if not isinstance(data, dict):
+            return data
+        given = [key for key in ("days", "months", "years") if data.get(key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of days, months or years, not {' and '.join(given)}")
+        if given and given[0] != "days":
+            data = dict(data)
+            key = given[0]
+            value = data.pop(key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{key}: must be a positive number, got {value!r}")
+            data["days"] = _calendar_days(data.get("start", dt.date(2026, 12, 1)), value, key)
+        return data
 
     @field_validator("step_hours")
     @classmethod
@@ -36,6 +58,20 @@ class Horizon(StrictModel):
     @property
     def n_steps(self) -> int:
         return self.days * 24 // self.step_hours
+
+
+def _calendar_days(start, value: float, unit: str) -> int:
+    """Days from `start` to the same day `value` months or years later (whole units), else the mean length."""
+    start = dt.date.fromisoformat(start) if isinstance(start, str) else start
+    months = value * 12 if unit == "years" else value
+    if float(months).is_integer() and isinstance(start, dt.date):
+        total = start.month - 1 + int(months)
+        year, month = start.year + total // 12, total % 12 + 1
+        if year > 9999:
+            raise ValueError(f"{unit}: {value} runs past the calendar")
+        end = dt.date(year, month, min(start.day, 28))
+        return (end - start).days
+    return round(months * 365.25 / 12)
 
 
 class BitcoinMarket(StrictModel):

@@ -5,6 +5,8 @@ Pure assembly from the domain objects; serialised as plan.json and mirrored by t
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 from pydantic import BaseModel
 
@@ -13,12 +15,16 @@ from optimizer.allocation import (
     Allocation,
     Mode,
     converted_mw,
+    planned_mining_kw,
+    present_racks,
     rack_ids,
     site_profits,
 )
 from optimizer.constants import KW_PER_MW
-from optimizer.economics import NO_SITE, GroupEconomics, breakeven_power_price_usd_per_mwh
+from optimizer.deal_report import ConversionResult, SiteYear, TimelineEvent, YearFigures
+from optimizer.economics import NO_SITE, GroupEconomics, breakeven_power_price_usd_per_mwh, economics_grid
 from optimizer.fleet import Fleet
+from optimizer.lifecycles import PlanGrid, lifecycle_values_usd, plan_grid
 from optimizer.robustness import RobustnessReport
 
 
@@ -29,10 +35,17 @@ class GroupAllocation(BaseModel):
     racks_mine: int
     racks_ai: int
     racks_idle: int
+    racks_sell: int = 0
+    racks_move: int = 0
     rack_ids_mine: list[str]
     rack_ids_ai: list[str]
     rack_ids_idle: list[str]
-    expected_mine_value_usd_per_rack: float  # at the plan's dispatch (caps, DR calls); the price rule if none mine
+    rack_ids_sell: list[str] = []
+    rack_ids_move: list[str] = []
+    lifecycles: dict[str, int] = {}  # the decision: racks per lifecycle option (optimizer.lifecycles)
+    # expected present value of one rack on each lifecycle option, rent and capex of AI slots excluded
+    option_values_usd_per_rack: dict[str, float] = {}
+    expected_mine_value_usd_per_rack: float  # PV, at the plan's dispatch (caps, DR calls); the price rule if none mine
     run_fraction: float  # mean share of hours a mining rack of the group runs by the price rule
     breakeven_power_price_usd_per_mwh: float  # at the expected hashprice, site PUE, pool fee
 
@@ -42,6 +55,9 @@ class SiteAi(BaseModel):
     converted: bool
     ai_mw: float
     leased_mw: float
+    start_option: int = 0  # index into the site's ai.start_months
+    start_date: str = ""  # construction starts (ISO date); empty when not converted
+    ready_date: str = ""  # first rent
 
 
 class OfferResult(BaseModel):
@@ -52,8 +68,11 @@ class OfferResult(BaseModel):
 
 
 class SiteBreakdown(BaseModel):
-    """Expected economics of one site. expected_profit_usd = hash revenue - power cost + resale revenue
-    + demand-response credit - SLA penalty - opex - idle cost + lease revenue - capex charge."""
+    """Expected economics of one site, every money figure a present value at the plan's start.
+
+    expected_profit_usd (the site's NPV) = hash revenue - power cost + resale revenue + demand-response
+    credit - SLA penalty - opex - idle cost + machine sales - move costs - machines bought + lease revenue
+    + terminal value - capex."""
 
     site: str
     contract: str = ""  # fixed | index | take_or_pay
@@ -66,8 +85,13 @@ class SiteBreakdown(BaseModel):
     expected_power_cost_usd: float  # cash for power net of tenant pass-through; take_or_pay: the block payment
     mining_opex_usd: float
     idle_cost_usd: float
-    lease_revenue_usd: float
-    capex_charge_usd: float
+    lease_revenue_usd: float  # rent inside the horizon
+    capex_usd: float  # conversion capex along its schedule, net of tenant funding
+    terminal_value_usd: float = 0.0  # rent (and take-or-pay tenant power) past the horizon
+    machine_sales_usd: float = 0.0  # machines sold, and those kept valued at the horizon's end
+    move_cost_usd: float = 0.0
+    machines_bought_usd: float = 0.0
+    expected_btc_mined: float = 0.0  # after pool fee, over the horizon
     expected_energy_mwh: float  # drawn by mining racks at the meter
     expected_resale_revenue_usd: float = 0.0  # take_or_pay: every MWh of the block not drawn, sold at spot - fee
     dr_commitment_mw: float = 0.0  # committed curtailable mining MW at the meter
@@ -80,10 +104,24 @@ class SiteBreakdown(BaseModel):
     expected_profit_usd: float
 
 
-class MachineBreakeven(BaseModel):
+class GroupBreakeven(BaseModel):
+    """The run/curtail rule of one rack group, at the hashprice it names.
+
+    run_below_usd_per_mwh: a rack runs in a step exactly when the power price it pays there is below
+    hashprice x (1 - pool fee) / (J/TH x PUE) (per MWh at the meter), the rule the plan dispatches by.
+    keep_below_usd_per_mwh: the average power price below which a rack that runs every hour is worth
+    keeping at all, its opex per rack-day included.
+    """
+
+    group: str
+    site: str
     machine: str
     efficiency_j_per_th: float
-    breakeven_power_price_usd_per_mwh: float  # at the expected hashprice, PUE 1, no pool fee
+    pue: float
+    pool_fee_fraction: float
+    hashprice_usd_per_ph_day: float  # the plan's expected hashprice over the horizon
+    run_below_usd_per_mwh: float
+    keep_below_usd_per_mwh: float
 
 
 class SolverReport(BaseModel):
@@ -113,29 +151,41 @@ class PlanResult(BaseModel):
     offers: list[OfferResult]
     profit: dict[str, float]
     sites: list[SiteBreakdown]
-    breakeven: list[MachineBreakeven]
+    breakeven: list[GroupBreakeven]
     solver: SolverReport
     scenarios: dict[str, object]
     timings_s: dict[str, float]
     versions: dict[str, str]
     robustness: RobustnessReport | None = None  # out-of-sample, SAA gap, baselines (optimizer/robustness.py)
+    # money: every USD figure is a present value at horizon_start at discount_rate_per_year unless it
+    # says nominal (per-year figures, conversions' capex_usd); profit is the distribution of NPV
+    horizon_start: str = ""
+    discount_rate_per_year: float = 0.0
+    money_basis: str = ""
+    purchases: dict[str, int] = {}  # purchase option id -> racks bought
+    conversions: list[ConversionResult] = []
+    years: list[YearFigures] = []
+    site_years: list[SiteYear] = []
+    timeline: list[TimelineEvent] = []
 
     def totals(self) -> dict[Mode, int]:
-        return {
-            Mode.MINE: sum(g.racks_mine for g in self.allocation),
-            Mode.AI: sum(g.racks_ai for g in self.allocation),
-            Mode.IDLE: sum(g.racks_idle for g in self.allocation),
-        }
+        return {mode: sum(getattr(g, f"racks_{mode.value}") for g in self.allocation) for mode in MODES}
 
 
-def group_allocations(fleet: Fleet, economics: GroupEconomics, allocation: Allocation) -> list[GroupAllocation]:
+def group_allocations(
+    fleet: Fleet, economics: GroupEconomics, allocation: Allocation, grid: PlanGrid | None = None
+) -> list[GroupAllocation]:
+    grid = grid or economics_grid(fleet, economics)
     hashprice = float(economics.mean_hashprice_usd_per_ph_day.mean())
-    dispatched = site_profits(fleet, economics, allocation).group_mine_value_usd
+    dispatched = site_profits(fleet, economics, allocation, grid).group_mine_value_usd
     price_rule = price_rule_value_usd(economics)
+    option_values = lifecycle_values_usd(fleet, grid, economics).mean(axis=2)
+    counts = allocation.lifecycle_counts(fleet)
     out = []
     for g, group in enumerate(fleet.rack_groups):
-        mining = allocation.count(group.id, Mode.MINE)
-        value = dispatched[g].mean() / mining if mining else price_rule[g].mean()
+        q = grid.group_profile[g]
+        mining = sum(n for key, n in counts.get(group.id, {}).items() if key == "mine")
+        value = dispatched[g].mean() / mining if mining else price_rule[q].mean()
         ids = rack_ids(group, allocation)
         efficiency = fleet.machine(group.machine).efficiency_j_per_th
         pue = fleet.site(group.site).pue_mining
@@ -146,8 +196,12 @@ def group_allocations(fleet: Fleet, economics: GroupEconomics, allocation: Alloc
                 machine=group.machine,
                 **{f"racks_{m.value}": allocation.count(group.id, m) for m in MODES},
                 **{f"rack_ids_{m.value}": ids[m] for m in MODES},
+                lifecycles=counts.get(group.id, {}),
+                option_values_usd_per_rack={
+                    life.key: float(option_values[g, ell]) for ell, life in enumerate(grid.lifecycles[g])
+                },
                 expected_mine_value_usd_per_rack=float(value),
-                run_fraction=float(economics.run_fraction[g].mean()),
+                run_fraction=float(economics.run_fraction[q].mean()),
                 breakeven_power_price_usd_per_mwh=breakeven_power_price_usd_per_mwh(
                     hashprice, efficiency, pue, fleet.pool_fee_fraction
                 ),
@@ -156,17 +210,27 @@ def group_allocations(fleet: Fleet, economics: GroupEconomics, allocation: Alloc
     return out
 
 
-def ai_results(fleet: Fleet, allocation: Allocation) -> tuple[list[SiteAi], list[OfferResult]]:
-    sites = [
-        SiteAi(
-            site=s.id,
-            converted=s.id in allocation.converted_sites,
-            ai_mw=converted_mw(fleet, allocation, s.id),
-            leased_mw=allocation.site_lease_mw(s.id),
+def ai_results(
+    fleet: Fleet, allocation: Allocation, grid: PlanGrid | None = None
+) -> tuple[list[SiteAi], list[OfferResult]]:
+    grid = grid or plan_grid(fleet)
+    sites = []
+    for s in fleet.sites:
+        if s.ai is None:
+            continue
+        converted = s.id in allocation.converted_sites
+        k = allocation.start_option(s.id)
+        sites.append(
+            SiteAi(
+                site=s.id,
+                converted=converted,
+                ai_mw=converted_mw(fleet, allocation, s.id),
+                leased_mw=allocation.site_lease_mw(s.id),
+                start_option=k,
+                start_date=_date_at(fleet, grid, grid.conversion_start[s.id][k]) if converted else "",
+                ready_date=_date_at(fleet, grid, grid.conversion_ready[s.id][k]) if converted else "",
+            )
         )
-        for s in fleet.sites
-        if s.ai is not None
-    ]
     offers = []
     for offer in fleet.lease_offers:
         by_site = {s: mw for (o, s), mw in allocation.lease_mw.items() if o == offer.id}
@@ -178,18 +242,30 @@ def ai_results(fleet: Fleet, allocation: Allocation) -> tuple[list[SiteAi], list
     return sites, offers
 
 
+def _date_at(fleet: Fleet, grid: PlanGrid, boundary: int) -> str:
+    hours = int(grid.timeline.bounds[boundary]) * grid.timeline.step_hours if boundary < grid.n_periods else None
+    if hours is None:
+        return "after the horizon"
+    return (fleet.horizon.start + dt.timedelta(hours=hours)).isoformat()
+
+
 def price_rule_value_usd(economics: GroupEconomics) -> np.ndarray:
-    """[G, S] value of one mining rack by the price rule alone (every positive-margin step, no cap or call)."""
-    value = economics.mine_value_usd.copy()
+    """[Q, S] PV of one rack of each profile mining all horizon by the price rule alone (no cap or call)."""
+    value = economics.mine_value_usd.sum(axis=1)
     item_p, item_s = np.nonzero(economics.item_slot != NO_SITE)
     margin = economics.item_hash_revenue_usd[item_p, item_s] - economics.item_power_cost_usd[item_p, item_s]
-    np.add.at(value, (economics.item_group[item_p, item_s], item_s), margin)
+    discount = economics.coupled_discount[economics.item_slot[item_p, item_s], item_s]
+    np.add.at(value, (economics.item_group[item_p, item_s], item_s), margin * discount)
     return value
 
 
-def site_breakdowns(fleet: Fleet, economics: GroupEconomics, allocation: Allocation) -> list[SiteBreakdown]:
-    profits = site_profits(fleet, economics, allocation)
-    horizon_hours = fleet.horizon.days * 24
+def site_breakdowns(
+    fleet: Fleet, economics: GroupEconomics, allocation: Allocation, grid: PlanGrid | None = None
+) -> list[SiteBreakdown]:
+    grid = grid or economics_grid(fleet, economics)
+    profits = site_profits(fleet, economics, allocation, grid)
+    planned_kw = planned_mining_kw(fleet, grid, present_racks(fleet, grid, allocation))
+    period_hours = np.diff(grid.timeline.bounds) * grid.timeline.step_hours
 
     def expected(field: np.ndarray, n: int) -> float:
         return float(field[n].mean())
@@ -197,29 +273,30 @@ def site_breakdowns(fleet: Fleet, economics: GroupEconomics, allocation: Allocat
     out = []
     for n, site in enumerate(fleet.sites):
         members = [grp for grp in fleet.rack_groups if grp.site == site.id]
-        mining_mw = (
-            sum(fleet.rack_power_kw(grp) * site.pue_mining * allocation.count(grp.id, Mode.MINE) for grp in members)
-            / KW_PER_MW
-        )
         energy = expected(profits.mining_energy_mwh, n)
         out.append(
             SiteBreakdown(
                 site=site.id,
                 contract=site.contract.type.value,
                 **{f"racks_{m.value}": sum(allocation.count(grp.id, m) for grp in members) for m in MODES},
-                mining_mw=mining_mw,
+                mining_mw=float(planned_kw[n].max(initial=0.0)) / KW_PER_MW,
                 ai_mw=converted_mw(fleet, allocation, site.id),
                 expected_hash_revenue_usd=expected(profits.hash_revenue_usd, n),
                 expected_power_cost_usd=expected(profits.power_cost_usd, n),
                 mining_opex_usd=expected(profits.mining_opex_usd, n),
                 idle_cost_usd=expected(profits.idle_cost_usd, n),
                 lease_revenue_usd=expected(profits.rent_usd, n),
-                capex_charge_usd=expected(profits.capex_charge_usd, n),
+                capex_usd=expected(profits.capex_usd, n),
+                terminal_value_usd=expected(profits.terminal_value_usd, n),
+                machine_sales_usd=expected(profits.machine_sales_usd, n),
+                move_cost_usd=expected(profits.move_cost_usd, n),
+                machines_bought_usd=expected(profits.machines_bought_usd, n),
+                expected_btc_mined=expected(profits.btc_mined, n),
                 expected_energy_mwh=energy,
                 expected_resale_revenue_usd=expected(profits.resale_revenue_usd, n),
                 dr_commitment_mw=allocation.site_dr_mw(site.id),
                 demand_response_credit_usd=expected(profits.dr_credit_usd, n),
-                expected_curtailed_mwh=mining_mw * horizon_hours - energy,
+                expected_curtailed_mwh=float(planned_kw[n] @ period_hours) / KW_PER_MW - energy,
                 expected_event_curtailed_mwh=expected(profits.event_curtailed_mwh, n),
                 expected_lost_ai_mwh=expected(profits.lost_ai_mwh, n),
                 expected_lost_ai_hours=expected(profits.lost_ai_hours, n),
@@ -230,14 +307,25 @@ def site_breakdowns(fleet: Fleet, economics: GroupEconomics, allocation: Allocat
     return out
 
 
-def machine_breakevens(fleet: Fleet, hashprice_usd_per_ph_day: float) -> list[MachineBreakeven]:
-    return [
-        MachineBreakeven(
-            machine=m.id,
-            efficiency_j_per_th=m.efficiency_j_per_th,
-            breakeven_power_price_usd_per_mwh=breakeven_power_price_usd_per_mwh(
-                hashprice_usd_per_ph_day, m.efficiency_j_per_th
-            ),
+def group_breakevens(fleet: Fleet, hashprice_usd_per_ph_day: float) -> list[GroupBreakeven]:
+    out = []
+    for group in fleet.rack_groups:
+        machine, site = fleet.machine(group.machine), fleet.site(group.site)
+        run_below = breakeven_power_price_usd_per_mwh(
+            hashprice_usd_per_ph_day, machine.efficiency_j_per_th, site.pue_mining, fleet.pool_fee_fraction
         )
-        for m in fleet.machines
-    ]
+        meter_mwh_per_day = fleet.rack_power_kw(group) * site.pue_mining * 24 / KW_PER_MW
+        out.append(
+            GroupBreakeven(
+                group=group.id,
+                site=site.id,
+                machine=machine.id,
+                efficiency_j_per_th=machine.efficiency_j_per_th,
+                pue=site.pue_mining,
+                pool_fee_fraction=fleet.pool_fee_fraction,
+                hashprice_usd_per_ph_day=hashprice_usd_per_ph_day,
+                run_below_usd_per_mwh=run_below,
+                keep_below_usd_per_mwh=run_below - group.opex_usd_per_rack_day / meter_mwh_per_day,
+            )
+        )
+    return out

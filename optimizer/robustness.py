@@ -31,6 +31,7 @@ from optimizer.allocation import MODES, Allocation, Mode, check_feasible, conver
 from optimizer.constants import KW_PER_MW
 from optimizer.economics import breakeven_power_price_usd_per_mwh
 from optimizer.fleet import Fleet, Objective
+from optimizer.modes import mode_of_lifecycle
 from optimizer.risk import profit_stats, risk_objective_value, weighted_quantile
 from optimizer.scenarios import MARKET_AXIS_FIELDS, ScenarioSet
 from optimizer.sensitivity import SensitivityReport
@@ -75,6 +76,8 @@ class SiteRacks(BaseModel):
     racks_mine: int
     racks_ai: int
     racks_idle: int
+    racks_sell: int = 0
+    racks_move: int = 0
     mining_mw: float  # at the meter, PUE included
     ai_mw: float  # converted critical IT capacity
     leased_mw: float
@@ -91,6 +94,8 @@ class PlanEvaluation(BaseModel):
     racks_mine: int
     racks_ai: int
     racks_idle: int
+    racks_sell: int = 0
+    racks_move: int = 0
     leased_mw: float
     sites: list[SiteRacks]
     mean_profit_usd: ConfidenceInterval
@@ -366,11 +371,28 @@ def value_at_risk(profits_usd: np.ndarray, alpha: float) -> float:
 
 def allocation_from_plan(plan) -> Allocation:
     """Rebuild the first-stage Allocation from a PlanResult (or its plan.json), so any saved plan can be scored."""
-    racks = {g.group: {Mode.MINE: g.racks_mine, Mode.AI: g.racks_ai, Mode.IDLE: g.racks_idle} for g in plan.allocation}
-    converted = frozenset(s.site for s in plan.ai_sites if s.converted)
+    racks = {g.group: {mode: getattr(g, f"racks_{mode.value}") for mode in MODES} for g in plan.allocation}
+    # a what-if that edits the counts per mode (racks_mine, ...) overrides the lifecycles it contradicts
+    lifecycles = {g.group: dict(g.lifecycles) for g in plan.allocation if g.lifecycles and _agrees(g)}
+    starts = {s.site: s.start_option for s in plan.ai_sites if s.converted}
     lease = {(o.offer, site): mw for o in plan.offers for site, mw in o.mw_by_site.items() if mw > 0}
     dr = {s.site: s.dr_commitment_mw for s in plan.sites if s.dr_commitment_mw > 0}
-    return Allocation(racks=racks, converted_sites=converted, lease_mw=lease, dr_mw=dr)
+    return Allocation(
+        racks=racks,
+        converted_sites=frozenset(starts),
+        lease_mw=lease,
+        dr_mw=dr,
+        lifecycles=lifecycles,
+        conversion_start=starts,
+        purchases=dict(getattr(plan, "purchases", {}) or {}),
+    )
+
+
+def _agrees(group) -> bool:
+    by_mode = dict.fromkeys(MODES, 0)
+    for key, n in group.lifecycles.items():
+        by_mode[mode_of_lifecycle(key)] += n
+    return all(by_mode[mode] == getattr(group, f"racks_{mode.value}") for mode in MODES)
 
 
 def calculator_allocation(
@@ -388,7 +410,8 @@ def calculator_allocation(
             fleet.pool_fee_fraction,
         )
         mine = breakeven > site_power_price_usd_per_mwh[site.id]
-        racks[group.id] = {Mode.MINE: group.racks if mine else 0, Mode.AI: 0, Mode.IDLE: 0 if mine else group.racks}
+        racks[group.id] = {**dict.fromkeys(MODES, 0), Mode.MINE: group.racks if mine else 0}
+        racks[group.id][Mode.IDLE] = 0 if mine else group.racks
     return Allocation(racks=racks)
 
 

@@ -148,6 +148,27 @@ def group_profile_usd(
     return hashprice_profile_usd(np.where(separable, revenue_usd, 0.0), np.where(separable, cost_usd, 0.0), factors)
 
 
+def hashprice_profiles_usd(fleet, grid, scenarios, economics: GroupEconomics, factors: np.ndarray) -> np.ndarray:
+    """[Q, P, S, F] present value of one rack of each profile mining each period at every hashprice factor.
+
+    Separable steps only, each step's revenue and cost discounted like the economics' mine value.
+    """
+    from optimizer.economics import profile_margins_usd
+
+    timeline = grid.timeline
+    discount = timeline.step_discount()
+    bounds = timeline.bounds
+    out = np.zeros((len(grid.profiles), timeline.n_periods, scenarios.n_scenarios, len(factors)))
+    for q, profile in enumerate(grid.profiles):
+        revenue, cost = profile_margins_usd(fleet, profile, scenarios)
+        separable = separable_steps(economics, profile.site, scenarios.n_steps)
+        for p in range(timeline.n_periods):
+            a, b = bounds[p], bounds[p + 1]
+            d = discount[a:b]
+            out[q, p] = group_profile_usd(revenue[:, a:b] * d, cost[:, a:b] * d, separable[:, a:b], factors)
+    return out
+
+
 def economics_at_factor(economics: GroupEconomics, profile: np.ndarray, factors: np.ndarray, factor: float):
     """The economics with every hashprice scaled by `factor`.
 

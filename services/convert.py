@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from optimizer.allocation import MODES, Allocation, Mode
 from optimizer.fleet import Fleet, FleetError, parse_fleet
+from optimizer.lifecycles import plan_grid
 from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings, allocation_from_plan
 from protos.hashpivot.v1 import fleet_pb2, plan_pb2, planner_service_pb2
@@ -363,10 +364,43 @@ def allocation_from_message(message: planner_service_pb2.Allocation, fleet: Flee
         if not (item.mw >= 0 and math.isfinite(item.mw)):
             problems.append((f"allocation.leases[{i}].mw", f"must be a finite number >= 0 (got {item.mw})"))
         lease[(item.offer, item.site)] = lease.get((item.offer, item.site), 0.0) + item.mw
+    lifecycles = {c.group: dict(c.lifecycles) for c in message.racks if c.lifecycles}
+    problems += _lifecycle_problems(fleet, message)
     if problems:
         raise FleetError(problems)
     dr_mw = {site: mw for site, mw in message.dr_mw_by_site.items() if mw > 0}
-    return Allocation(racks=racks, converted_sites=frozenset(message.converted_sites), lease_mw=lease, dr_mw=dr_mw)
+    starts = {site: int(message.conversion_start.get(site, 0)) for site in message.converted_sites}
+    return Allocation(
+        racks=racks,
+        converted_sites=frozenset(message.converted_sites),
+        lease_mw=lease,
+        dr_mw=dr_mw,
+        lifecycles=lifecycles,
+        conversion_start=starts,
+        purchases={k: v for k, v in message.purchases.items() if v},
+    )
+
+
+def _lifecycle_problems(fleet: Fleet, message: planner_service_pb2.Allocation) -> list[tuple[str, str]]:
+    """Lifecycle keys, start options and purchases that the fleet does not offer."""
+    grid = plan_grid(fleet)
+    problems = []
+    options = {g.id: {life.key for life in grid.lifecycles[i]} for i, g in enumerate(fleet.rack_groups)}
+    for i, counts in enumerate(message.racks):
+        for key, n in counts.lifecycles.items():
+            if key not in options.get(counts.group, set()):
+                problems.append((f"allocation.racks[{i}].lifecycles[{key}]", f"no such option for {counts.group!r}"))
+            elif n < 0:
+                problems.append((f"allocation.racks[{i}].lifecycles[{key}]", f"must be >= 0 (got {n})"))
+    for site, k in message.conversion_start.items():
+        starts = grid.conversion_start.get(site)
+        if starts is None or not 0 <= k < len(starts):
+            problems.append((f"allocation.conversion_start[{site}]", f"no start option {k} at {site!r}"))
+    known = {b.id for b in fleet.purchases}
+    for option_id, n in message.purchases.items():
+        if option_id not in known or n < 0:
+            problems.append((f"allocation.purchases[{option_id}]", f"unknown purchase option or negative ({n})"))
+    return problems
 
 
 def commitments_from_message(message: planner_service_pb2.Commitments, fleet: Fleet) -> Commitments:
@@ -393,9 +427,15 @@ def commitments_to_message(commitments: Commitments) -> planner_service_pb2.Comm
 def allocation_to_message(allocation: Allocation) -> planner_service_pb2.Allocation:
     return planner_service_pb2.Allocation(
         racks=[
-            planner_service_pb2.GroupCounts(group=g, **{f"racks_{m.value}": counts.get(m, 0) for m in MODES})
+            planner_service_pb2.GroupCounts(
+                group=g,
+                lifecycles=allocation.lifecycles.get(g, {}),
+                **{f"racks_{m.value}": counts.get(m, 0) for m in MODES},
+            )
             for g, counts in allocation.racks.items()
         ],
+        conversion_start=dict(allocation.conversion_start),
+        purchases=dict(allocation.purchases),
         converted_sites=sorted(allocation.converted_sites),
         leases=[
             planner_service_pb2.LeaseAssignment(offer=o, site=s, mw=mw) for (o, s), mw in allocation.lease_mw.items()

@@ -51,7 +51,7 @@ def print_plan(plan: PlanResult, console: Console) -> None:
             _usd(s.demand_response_credit_usd),
             _usd(s.mining_opex_usd + s.idle_cost_usd),
             _usd(s.lease_revenue_usd),
-            _usd(s.capex_charge_usd),
+            _usd(s.capex_usd),
             _usd(s.expected_sla_penalty_usd),
             _usd(s.expected_profit_usd),
         )

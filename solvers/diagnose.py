@@ -107,15 +107,25 @@ def diagnose_infeasible(model: pyo.ConcreteModel, time_limit_s: float = CHECK_TI
             if family.is_indexed():
                 keys = list(family.keys())
                 if len(keys) == 1:
-                    indices = (str(keys[0]),)
+                    indices = (_label(keys[0]),)
                 elif len(keys) <= MAX_INDEX_CHECKS:
-                    indices = tuple(str(k) for k in keys if _feasible_without(model, [family[k]], time_limit_s))
+                    indices = tuple(_label(k) for k in keys if _feasible_without(model, [family[k]], time_limit_s))
             label = CONSTRAINT_LABELS.get(family.local_name, family.local_name)
             culprits.append(ConstraintCulprit(family.local_name, label, indices))
         fixed = [v for v in model.component_data_objects(pyo.Var, descend_into=True) if v.fixed]
         if fixed and _feasible_unfixed(model, fixed, time_limit_s):
             culprits.append(ConstraintCulprit(COMMITMENTS, "the commitments", tuple(v.name for v in fixed)))
     return culprits
+
+
+# Families that define a variable from others rather than limit the plan: relaxing one only
+# unties a definition (e.g. a site "converting" at none of its start options), never a real limit.
+DEFINITIONS = frozenset({"one_start"})
+
+
+def _label(index) -> str:
+    """An index as a planner reads it: "spot", "spot,0" (site and start option or period)."""
+    return ",".join(str(part) for part in index) if isinstance(index, tuple) else str(index)
 
 
 def _first_stage_families(model: pyo.ConcreteModel) -> list[pyo.Constraint]:
@@ -126,6 +136,7 @@ def _first_stage_families(model: pyo.ConcreteModel) -> list[pyo.Constraint]:
         c
         for c in model.component_objects(pyo.Constraint, active=True, descend_into=True)
         if not (c.is_indexed() and scenario_set is not None and c.index_set() is scenario_set)
+        and c.local_name not in DEFINITIONS
     ]
 
 

@@ -9,19 +9,21 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from optimizer.allocation import Allocation, scenario_profits_usd
-from optimizer.economics import GroupEconomics, concat_economics, group_economics
+from optimizer.deal_report import conversion_results, timeline_events, year_figures
+from optimizer.economics import GroupEconomics, concat_economics, economics_grid, group_economics
 from optimizer.fleet import Fleet, RiskSettings, SolverSettings
 from optimizer.formulation import build_compact_model, extract_allocation
+from optimizer.lifecycles import plan_grid
 from optimizer.plan_result import (
     PlanResult,
     SolverReport,
     ai_results,
     group_allocations,
-    machine_breakevens,
+    group_breakevens,
     site_breakdowns,
 )
 from optimizer.risk import profit_stats
@@ -67,10 +69,38 @@ def batch_scenarios(fleet: Fleet, rows: range, seed: int, stream: int, provided:
     return select_rows(provided, rows)
 
 
+# Scenario-steps one chunk of a batch holds at once (~2 MB per float path array): a batch is drawn and
+# priced chunk by chunk, so a task's memory stays flat however long the horizon (a quarter's 2,184
+# hourly steps fit 114 scenarios a chunk, five years' 43,830 fit 5).
+STREAM_CELLS = 250_000
+
+
+def economics_chunks(
+    fleet: Fleet, rows: range, seed: int, stream: int, provided: ScenarioSet | None
+) -> Iterator[tuple[GroupEconomics, ScenarioSet]]:
+    """A batch's scenarios and their economics, chunk by chunk (at most STREAM_CELLS scenario-steps each)."""
+    grid = plan_grid(fleet)
+    per_chunk = max(1, STREAM_CELLS // max(1, fleet.horizon.n_steps))
+    for start in range(rows.start, rows.stop, per_chunk):
+        scenarios = batch_scenarios(fleet, range(start, min(start + per_chunk, rows.stop)), seed, stream, provided)
+        yield group_economics(fleet, scenarios, grid if scenarios.n_steps == grid.timeline.n_steps else None), scenarios
+
+
+def streamed_economics(
+    fleet: Fleet, rows: range, seed: int, stream: int, provided: ScenarioSet | None, keep: bool = False
+) -> tuple[GroupEconomics, ScenarioSet | None]:
+    """Economics of a batch computed chunk by chunk; identical to one pass over the whole batch."""
+    parts, kept = [], []
+    for economics, scenarios in economics_chunks(fleet, rows, seed, stream, provided):
+        parts.append(economics)
+        if keep:
+            kept.append(scenarios)
+    return concat_economics(parts), (concat_scenarios(kept) if keep else None)
+
+
 @lazy_remote(num_cpus=1)
 def _economics_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, keep: bool):
-    scenarios = batch_scenarios(fleet, rows, seed, stream, provided)
-    return group_economics(fleet, scenarios), (scenarios if keep else None)
+    return streamed_economics(fleet, rows, seed, stream, provided, keep)
 
 
 def compute_economics(
@@ -200,10 +230,13 @@ def _solve_on_ray(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
 def assemble_plan(
     fleet: Fleet, economics: GroupEconomics, solved: SolvedPlan, spec: ScenarioSpec, source: str
 ) -> PlanResult:
-    profits = scenario_profits_usd(fleet, economics, solved.allocation)
+    allocation, grid = solved.allocation, economics_grid(fleet, economics)
+    profits = scenario_profits_usd(fleet, economics, allocation, grid)
     stats = profit_stats(profits, fleet.risk.alpha)
-    ai_sites, offers = ai_results(fleet, solved.allocation)
+    ai_sites, offers = ai_results(fleet, allocation, grid)
     hashprice = float(economics.mean_hashprice_usd_per_ph_day.mean())
+    years, site_years = year_figures(fleet, grid, economics, allocation)
+    rate = fleet.finance.discount_rate_per_year
     return PlanResult(
         fleet=fleet.name,
         objective=fleet.risk.objective.value,
@@ -211,12 +244,12 @@ def assemble_plan(
         weight=fleet.risk.weight,
         horizon_days=fleet.horizon.days,
         expected_hashprice_usd_per_ph_day=hashprice,
-        allocation=group_allocations(fleet, economics, solved.allocation),
+        allocation=group_allocations(fleet, economics, allocation, grid),
         ai_sites=ai_sites,
         offers=offers,
         profit=stats.as_dict(),
-        sites=site_breakdowns(fleet, economics, solved.allocation),
-        breakeven=machine_breakevens(fleet, hashprice),
+        sites=site_breakdowns(fleet, economics, allocation, grid),
+        breakeven=group_breakevens(fleet, hashprice),
         solver=SolverReport(
             status=solved.outcome.status,
             objective_usd=solved.outcome.objective_usd,
@@ -238,6 +271,16 @@ def assemble_plan(
         },
         timings_s={},
         versions=software_versions(),
+        horizon_start=fleet.horizon.start.isoformat(),
+        discount_rate_per_year=rate,
+        money_basis=f"present value at {fleet.horizon.start.isoformat()}, discounted at {rate:.1%} a year"
+        if rate
+        else "nominal (no discounting)",
+        purchases=dict(allocation.purchases),
+        conversions=conversion_results(fleet, grid, economics, allocation),
+        years=years,
+        site_years=site_years,
+        timeline=timeline_events(fleet, grid, economics, allocation),
     )
 
 

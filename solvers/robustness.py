@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from optimizer.allocation import Allocation, Mode, all_mining, scenario_profits_usd
-from optimizer.economics import GroupEconomics, concat_economics, group_economics, rack_margin_usd
+from optimizer.economics import GroupEconomics, concat_economics, economics_grid, group_economics
 from optimizer.economics import site_power_price_usd_per_mwh as site_price_paths
 from optimizer.fleet import Fleet, Objective, SolverSettings
 from optimizer.plan_result import PlanResult
@@ -40,7 +40,7 @@ from optimizer.robustness import (
     typical_and_stress,
     value_at_risk,
 )
-from optimizer.scenarios import EVALUATION_STREAM, SAA_FIRST_STREAM, ScenarioSet, generate_scenarios, select_rows
+from optimizer.scenarios import EVALUATION_STREAM, SAA_FIRST_STREAM, ScenarioSet, select_rows
 from optimizer.sensitivity import (
     DOWN_GRID,
     EXTRA_MW,
@@ -51,23 +51,23 @@ from optimizer.sensitivity import (
     SensitivityReport,
     capacity_value,
     economics_at_factor,
-    group_profile_usd,
     hashprice_flips,
+    hashprice_profiles_usd,
     initial_brackets,
     pending_factors,
     profile_factors,
     refine,
-    separable_steps,
     with_site_capacity,
 )
 from solvers.planner import (
     Progress,
     ScenarioSpec,
     SolvedPlan,
-    batch_scenarios,
     compute_economics,
+    economics_chunks,
     solve_allocation,
     solve_remote,
+    streamed_economics,
 )
 from solvers.ray_pool import batches, ensure_ray, fan_out
 
@@ -108,24 +108,18 @@ def _one_thread(solver: SolverSettings) -> SolverSettings:
 @ray.remote(num_cpus=1)
 def _optimization_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, factors, profile_rows: int):
     """Economics, per-step sums (for the mean scenario) and the hashprice profile of a batch of the plan's scenarios."""
-    scenarios = batch_scenarios(fleet, rows, seed, stream, provided)
-    economics = group_economics(fleet, scenarios)
-    keep = max(0, min(len(rows), profile_rows - rows.start))
-    profile = None
-    if factors is not None and keep:
-        head, head_economics = select_rows(scenarios, range(keep)), economics.columns(np.arange(keep))
-        sites = {site.id: n for n, site in enumerate(fleet.sites)}
-        profile = np.stack(
-            [
-                group_profile_usd(
-                    *rack_margin_usd(fleet, g, head),
-                    separable_steps(head_economics, sites[group.site], head.n_steps),
-                    factors,
-                )
-                for g, group in enumerate(fleet.rack_groups)
-            ]
-        )
-    return economics, scenario_sums(scenarios), profile
+    parts, sums, profiles = [], [], []
+    for economics, scenarios in economics_chunks(fleet, rows, seed, stream, provided):
+        parts.append(economics)
+        sums.append(scenario_sums(scenarios))
+        start = int(economics.indices[0]) if economics.n_scenarios else rows.stop
+        keep = max(0, min(scenarios.n_scenarios, profile_rows - start))
+        if factors is not None and keep:
+            head, head_economics = select_rows(scenarios, range(keep)), economics.columns(np.arange(keep))
+            grid = economics_grid(fleet, economics)
+            profiles.append(hashprice_profiles_usd(fleet, grid, head, head_economics, factors))
+    profile = np.concatenate(profiles, axis=2) if profiles else None
+    return concat_economics(parts), add_sums(sums), profile
 
 
 @ray.remote(num_cpus=1)
@@ -134,7 +128,7 @@ def _replication(
 ):
     """One SAA replication: draw its scenarios, solve its optimum here, score the candidate on the same sample."""
     parts = [
-        group_economics(fleet, generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream))
+        streamed_economics(fleet, rows, seed, stream, None)[0]
         for rows in batches(count, batch_size)
     ]
     economics = concat_economics(parts)
@@ -165,7 +159,7 @@ def _wait_and_see_batch(fleet: Fleet, economics: GroupEconomics, solver: SolverS
 class OptimizationPass:
     economics: GroupEconomics
     mean_scenario: ScenarioSet
-    profile: np.ndarray | None  # [G, S', F], S' = min(count, settings.sensitivity_scenarios)
+    profile: np.ndarray | None  # [Q, P, S', F], S' = min(count, settings.sensitivity_scenarios)
     profile_indices: np.ndarray | None  # [S'] global indices of the profile's scenarios, ascending
     factors: np.ndarray | None
 
@@ -189,11 +183,11 @@ def optimization_pass(
     sums: ScenarioSums = add_sums([r[1] for r in results])
     profile, profile_indices = None, None
     if with_profile:
-        profile = np.concatenate([r[2] for r in results if r[2] is not None], axis=1)
+        profile = np.concatenate([r[2] for r in results if r[2] is not None], axis=2)
         # concat_economics orders scenarios by global index: put the profile in the same order
-        head_indices = np.concatenate([r[0].indices for r in results])[: profile.shape[1]]
+        head_indices = np.concatenate([r[0].indices for r in results])[: profile.shape[2]]
         order = np.argsort(head_indices, kind="stable")
-        profile, profile_indices = profile[:, order], head_indices[order]
+        profile, profile_indices = profile[:, :, order], head_indices[order]
     return OptimizationPass(economics, mean_scenario_from_sums(sums), profile, profile_indices, factors)
 
 
@@ -282,7 +276,7 @@ def _capacity_objective(
     capacity also sets its caps in curtailment events, which the economics hold."""
     parts = []
     for rows in batches(count, batch_size):
-        parts.append(group_economics(fleet, batch_scenarios(fleet, rows, seed, stream, provided)))
+        parts.append(streamed_economics(fleet, rows, seed, stream, provided)[0])
     return solve_allocation(fleet, concat_economics(parts), fleet.risk, solver).outcome.objective_usd
 
 
@@ -353,7 +347,7 @@ def sensitivity(
     hashprice = float(opt.mean_scenario.hashprice_usd_per_ph_day.mean())
     return SensitivityReport(
         expected_hashprice_usd_per_ph_day=hashprice,
-        scenarios=int(profile.shape[1]),
+        scenarios=int(profile.shape[2]),
         capacity_method=(
             f"re-solve of the MIP with the site's capacity + {EXTRA_MW:g} MW, economics recomputed (event caps scale "
             "with capacity), exact (mip_rel_gap 0)"

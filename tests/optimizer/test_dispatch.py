@@ -17,7 +17,7 @@ from optimizer.dispatch import (
 from optimizer.economics import group_economics, rack_margin_usd, rack_meter_kw, site_power_price_usd_per_mwh
 from optimizer.fleet import parse_fleet
 from optimizer.scenarios import generate_scenarios
-from tests.conftest import hand_scenarios, small_fleet_data
+from tests.fleets import hand_scenarios, small_fleet_data
 
 
 def one_group_fleet(contract: dict) -> dict:

@@ -3,7 +3,7 @@ import pytest
 
 from optimizer.economics import breakeven_power_price_usd_per_mwh, concat_economics, group_economics
 from optimizer.fleet import parse_fleet
-from tests.conftest import hand_scenarios, small_fleet_data
+from tests.fleets import hand_scenarios, small_fleet_data
 
 
 def test_rack_value_by_hand():

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from optimizer.fleet import FleetError, fleet_json_schema, load_fleet, parse_fleet, with_overrides
-from tests.conftest import EXAMPLES, small_fleet_data
+from tests.fleets import EXAMPLES, small_fleet_data
 
 
 def violation(data: dict) -> dict[str, str]:

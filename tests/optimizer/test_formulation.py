@@ -14,7 +14,7 @@ from optimizer.formulation import build_compact_model, extract_allocation
 from optimizer.risk import risk_objective_value
 from optimizer.scenarios import generate_scenarios
 from solvers.highs import solve
-from tests.conftest import medium_fleet_data, small_fleet_data
+from tests.fleets import medium_fleet_data, small_fleet_data
 
 RISKS = [
     RiskSettings(objective="expected"),

@@ -17,22 +17,23 @@ from optimizer.allocation import (
     Allocation,
     Mode,
     check_feasible,
-    lease_months,
     scenario_profits_usd,
     site_profits,
 )
+from optimizer.cashflows import monthly_credit_pv
 from optimizer.economics import concat_economics, group_economics
 from optimizer.extensive import build_extensive_model
 from optimizer.fleet import FleetError, RiskSettings, load_fleet, parse_fleet
-from optimizer.formulation import build_compact_model, extract_allocation
+from optimizer.formulation import build_compact_model, extract_allocation, fix_allocation
+from optimizer.lifecycles import plan_grid
 from optimizer.market import BitcoinMarket, Horizon, PowerMarket
 from optimizer.plan_result import site_breakdowns
 from optimizer.risk import risk_objective_value
 from optimizer.scenario_io import ScenarioFileError, load_scenarios, save_scenarios
 from optimizer.scenarios import concat_scenarios, generate_scenarios
 from solvers.highs import solve
-from tests.conftest import EXAMPLES, hand_scenarios, small_fleet_data
-from tests.conftest import events_fleet_data as shared_events_fleet_data
+from tests.fleets import EXAMPLES, hand_scenarios, small_fleet_data
+from tests.fleets import events_fleet_data as shared_events_fleet_data
 
 RISKS = [
     RiskSettings(objective="expected"),
@@ -95,13 +96,15 @@ def test_take_or_pay_runs_against_resale_and_adds_the_block_by_hand():
     new, old = 2, 1
     assert econ.run_fraction[new, 0] == pytest.approx(21 / 24)
     assert econ.run_fraction[old, 0] == pytest.approx(20 / 24)
-    assert econ.power_cost_usd[new, 0] == pytest.approx(20 * NEW_KW * 30 / 1000 + NEW_KW * 60 / 1000)
-    assert econ.mine_value_usd[new, 0] == pytest.approx(20 * NEW_MARGIN + (NEW_REVENUE - NEW_KW * 0.06) - 4.0)
+    assert econ.power_cost_usd[new, :, 0].sum() == pytest.approx(20 * NEW_KW * 30 / 1000 + NEW_KW * 60 / 1000)
+    assert econ.mine_value_usd[new, :, 0].sum() == pytest.approx(
+        20 * NEW_MARGIN + (NEW_REVENUE - NEW_KW * 0.06) - 4.0
+    )
     # the whole 0.25 MW block: resold at spot - fee every hour, paid at 33 every hour
     block_resale = 0.25 * (20 * 30 + 3 * 90 + 60)
-    assert econ.block_resale_usd[1, 0] == pytest.approx(block_resale)
-    assert econ.block_payment_usd[1, 0] == pytest.approx(0.25 * 24 * 33)
-    assert econ.contract_usd[0, 0] == 0.0  # the fixed-price site has no such term
+    assert econ.block_resale_usd[1, :, 0].sum() == pytest.approx(block_resale)
+    assert econ.block_payment_usd[1, :, 0].sum() == pytest.approx(0.25 * 24 * 33)
+    assert econ.contract_pv_usd[0, 0] == 0.0  # the fixed-price site has no such term
     # what a planner sees: resale = the block not drawn, at spot - fee
     allocation = Allocation(mining(old=3, new=3))
     profits = site_profits(fleet, econ, allocation)
@@ -119,8 +122,9 @@ def test_leased_ai_under_take_or_pay_forgoes_resale_once_live():
     fleet = parse_fleet(data)  # lead time 1 day: AI draws from step 24
     econ = group_economics(fleet, hand_scenarios(np.full(48, 36.0), spot))
     meter_mwh = 1.3  # one IT MW at PUE 1.3 for one hour
-    assert econ.ai_resale_usd_per_mw[1, 0] == pytest.approx(meter_mwh * (spot[24:] - 2).sum())
-    assert econ.ai_passthrough_usd_per_mw[1, 0] == pytest.approx(33 * meter_mwh * 24)
+    live = slice(1, None)  # periods from the ready step (24) on
+    assert econ.ai_resale_pv_usd_per_mw[1, live, 0].sum() == pytest.approx(meter_mwh * (spot[24:] - 2).sum())
+    assert econ.ai_passthrough_pv_usd_per_mw[1, live, 0].sum() == pytest.approx(33 * meter_mwh * 24)
     allocation = Allocation(mining(old=0, new=0, ai_new=2), frozenset({"spot"}), {("colo", "spot"): 0.05})
     profits = site_profits(fleet, econ, allocation)
     assert profits.ai_resale_usd[1, 0] == pytest.approx(0.05 * meter_mwh * (spot[24:] - 2).sum())
@@ -129,8 +133,8 @@ def test_leased_ai_under_take_or_pay_forgoes_resale_once_live():
 def test_fixed_and_index_contracts_keep_their_economics():
     fleet = one_day_fleet({"type": "index", "adder_usd_per_mwh": 2})
     econ = group_economics(fleet, hand_scenarios(np.full(24, 36.0), np.full(24, 28.0)))
-    assert econ.mine_value_usd[2, 0] == pytest.approx(24 * NEW_MARGIN - 4.0)
-    assert not econ.block_resale_usd.any() and not econ.ai_resale_usd_per_mw.any()
+    assert econ.mine_value_usd[2, :, 0].sum() == pytest.approx(24 * NEW_MARGIN - 4.0)
+    assert not econ.block_resale_usd.any() and not econ.ai_resale_pv_usd_per_mw.any()
     assert econ.n_coupled == 0
 
 
@@ -163,7 +167,7 @@ def test_a_cap_that_cannot_bind_stays_separable():
     fleet = parse_fleet(data)
     econ = group_economics(fleet, hand_scenarios(np.full(24, 36.0), np.full(24, 30.0), available))
     assert econ.n_coupled == 0
-    assert econ.mine_value_usd[2, 0] == pytest.approx(24 * NEW_MARGIN - 4.0)
+    assert econ.mine_value_usd[2, :, 0].sum() == pytest.approx(24 * NEW_MARGIN - 4.0)
 
 
 def test_ai_keeps_priority_and_loses_only_what_exceeds_the_cap():
@@ -197,7 +201,8 @@ def test_a_demand_response_call_drops_the_worst_margins_first():
     assert profit_change(fleet, allocation, hashprice, spot, dr_call=calls) == pytest.approx(0.0, abs=1e-9)
     econ = group_economics(fleet, hand_scenarios(hashprice, spot, dr_call=calls))
     credit = site_profits(fleet, econ, allocation).dr_credit_usd[1, 0]
-    assert credit == pytest.approx(0.05 * 6_000 * lease_months(1))
+    assert credit == pytest.approx(0.05 * 6_000 * 1 / (365.25 / 12))  # one day of a monthly credit, undiscounted
+    assert monthly_credit_pv(6_000, plan_grid(fleet).timeline) == pytest.approx(6_000 / (365.25 / 12))
 
 
 def test_demand_response_needs_a_programme_and_planned_mining_load():
@@ -228,20 +233,6 @@ def events_case():
     return fleet, scenarios, group_economics(fleet, scenarios)
 
 
-def fix_first_stage(model, fleet, allocation: Allocation) -> None:
-    for g, group in enumerate(fleet.rack_groups):
-        for mode in Mode:
-            model.x[g, mode.value].fix(allocation.count(group.id, mode))
-    for s in model.AI_SITES:
-        model.convert[s].fix(int(s in allocation.converted_sites))
-    for o in model.OFFERS:
-        model.accept[o].fix(int(allocation.offer_mw(o) > 0))
-    for o, s in model.PAIRS:
-        model.lease_mw[o, s].fix(allocation.lease_mw.get((o, s), 0.0))
-    for s in model.DR_SITES:
-        model.dr_mw[s].fix(allocation.site_dr_mw(s))
-
-
 def random_plans(fleet, rng, count: int):
     """Feasible plans across the space: mining/AI mixes, leases above and below the event caps, DR."""
     plans = []
@@ -265,9 +256,11 @@ def random_plans(fleet, rng, count: int):
 
 
 def _planned_mw(fleet, allocation, site_id):
-    from optimizer.allocation import planned_mining_kw
+    from optimizer.allocation import planned_mining_kw, present_racks
 
-    return planned_mining_kw(fleet, allocation, site_id) / 1000
+    grid = plan_grid(fleet)
+    n = [s.id for s in fleet.sites].index(site_id)
+    return planned_mining_kw(fleet, grid, present_racks(fleet, grid, allocation))[n].min() / 1000
 
 
 def test_evaluation_equals_the_dispatch_lp_for_any_plan(events_case):
@@ -282,7 +275,7 @@ def test_evaluation_equals_the_dispatch_lp_for_any_plan(events_case):
             lambda: build_extensive_model(fleet, scenarios, RISKS[0]),
         ):
             model = build()
-            fix_first_stage(model, fleet, plan)
+            fix_allocation(model, fleet, plan)
             solve(model, time_limit_s=60, mip_rel_gap=0.0)
             lp = np.array([pyo.value(model.profit[w]) for w in model.S])
             np.testing.assert_allclose(profits, lp, rtol=1e-9, atol=1e-6)
@@ -298,7 +291,7 @@ def test_evaluation_follows_the_mip_coefficient(events_case):
     shifted = dataclasses.replace(economics, mine_value_usd=economics.mine_value_usd + shift)
     mining = np.array([plan.count(g.id, Mode.MINE) for g in fleet.rack_groups])
     change = scenario_profits_usd(fleet, shifted, plan) - scenario_profits_usd(fleet, economics, plan)
-    np.testing.assert_allclose(change, mining @ shift, rtol=1e-9)
+    np.testing.assert_allclose(change, mining @ shift.sum(axis=1), rtol=1e-9)
 
 
 # --- compact = extensive ----------------------------------------------------------------------
@@ -358,7 +351,11 @@ def test_site_breakdown_adds_up_to_the_plan_profit(events_case):
             - s.mining_opex_usd
             - s.idle_cost_usd
             + s.lease_revenue_usd
-            - s.capex_charge_usd
+            + s.terminal_value_usd
+            - s.capex_usd
+            + s.machine_sales_usd
+            - s.move_cost_usd
+            - s.machines_bought_usd
         )
         assert parts == pytest.approx(s.expected_profit_usd, rel=1e-9, abs=1e-6)
         assert s.expected_curtailed_mwh >= s.expected_event_curtailed_mwh - 1e-9

@@ -8,6 +8,7 @@ import pytest
 from optimizer.allocation import Mode
 from optimizer.economics import breakeven_power_price_usd_per_mwh, group_economics, rack_margin_usd
 from optimizer.fleet import parse_fleet
+from optimizer.lifecycles import plan_grid
 from optimizer.risk import risk_objective_value
 from optimizer.robustness import (
     RiskObjective,
@@ -31,6 +32,7 @@ from optimizer.sensitivity import (
     economics_at_factor,
     group_profile_usd,
     hashprice_profile_usd,
+    hashprice_profiles_usd,
     initial_brackets,
     interpolate_profile,
     pending_factors,
@@ -39,7 +41,7 @@ from optimizer.sensitivity import (
     separable_steps,
     with_site_capacity,
 )
-from tests.conftest import small_fleet_data
+from tests.fleets import small_fleet_data
 
 
 def test_mmw_interval_by_hand():
@@ -133,9 +135,12 @@ def test_calculator_rule_by_hand():
     # breakeven = 1e6 * 40 / 24000 / e = 83.33 $/MWh at 20 J/TH, 55.56 at 30 J/TH, 46.30 at 30 J/TH and PUE 1.2.
     assert breakeven_power_price_usd_per_mwh(40.0, 30.0, 1.2) == pytest.approx(1e6 * 40 / 24_000 / 36)
     allocation = calculator_allocation(fleet, 40.0, {"a": 50.0, "b": 50.0})
-    assert allocation.racks["a-new"] == {Mode.MINE: 3, Mode.AI: 0, Mode.IDLE: 0}
-    assert allocation.racks["a-old"] == {Mode.MINE: 4, Mode.AI: 0, Mode.IDLE: 0}  # 55.56 > 50
-    assert allocation.racks["b-old"] == {Mode.MINE: 0, Mode.AI: 0, Mode.IDLE: 5}  # 46.30 < 50 with PUE 1.2
+    def counts(group: str) -> list[int]:
+        return [allocation.count(group, mode) for mode in (Mode.MINE, Mode.AI, Mode.IDLE)]
+
+    assert counts("a-new") == [3, 0, 0]
+    assert counts("a-old") == [4, 0, 0]  # 55.56 > 50
+    assert counts("b-old") == [0, 0, 5]  # 46.30 < 50 with PUE 1.2
     dearer = calculator_allocation(fleet, 40.0, {"a": 60.0, "b": 40.0})
     assert [dearer.count(g, Mode.MINE) for g in ("a-new", "a-old", "b-old")] == [3, 0, 5]
     assert not dearer.converted_sites and not dearer.lease_mw
@@ -180,7 +185,7 @@ def test_select_scenarios_and_typical_and_stress():
     _, _, economics = small_fleet_and_economics()
     picked = economics.columns([3, 1])
     np.testing.assert_array_equal(picked.indices, [3, 1])
-    np.testing.assert_array_equal(picked.mine_value_usd, economics.mine_value_usd[:, [3, 1]])
+    np.testing.assert_array_equal(picked.mine_value_usd, economics.mine_value_usd[..., [3, 1]])
     typical, stress = typical_and_stress(np.array([10, 11, 12, 13, 14]), np.array([5.0, -3.0, 9.0, 1.0, 7.0]))
     assert (typical, stress) == (10, 11)  # median profit 5.0 is scenario 10, worst -3.0 is 11
 
@@ -196,7 +201,9 @@ def test_hashprice_profile_matches_brute_force_and_the_economics():
             brute = np.maximum(factors[j] * revenue - cost, 0.0).sum(axis=1)
             np.testing.assert_allclose(profile[:, j], brute, rtol=1e-10, atol=1e-9)
         opex = group.opex_usd_per_rack_day * fleet.horizon.days
-        np.testing.assert_allclose(interpolate_profile(profile, factors, 1.0) - opex, economics.mine_value_usd[g])
+        np.testing.assert_allclose(
+            interpolate_profile(profile, factors, 1.0) - opex, economics.mine_value_usd[g].sum(axis=0)
+        )
         # between grid points the convex profile is interpolated: never below the exact value, and close to it
         f = 1.234
         exact = np.maximum(f * revenue - cost, 0.0).sum(axis=1)
@@ -208,14 +215,16 @@ def test_hashprice_profile_matches_brute_force_and_the_economics():
 def test_economics_at_factor_scales_only_the_mining_value():
     fleet, sc, economics = small_fleet_and_economics()
     factors = profile_factors()
-    profile = np.stack([hashprice_profile_usd(*rack_margin_usd(fleet, g, sc), factors) for g in range(3)])
+    profile = hashprice_profiles_usd(fleet, plan_grid(fleet), sc, economics, factors)
     same = economics_at_factor(economics, profile, factors, 1.0)
     np.testing.assert_allclose(same.mine_value_usd, economics.mine_value_usd)
     double = economics_at_factor(economics, profile, factors, 2.0)
     for g, group in enumerate(fleet.rack_groups):
         revenue, cost = rack_margin_usd(fleet, g, sc)
         opex = group.opex_usd_per_rack_day * fleet.horizon.days
-        np.testing.assert_allclose(double.mine_value_usd[g], np.maximum(2 * revenue - cost, 0).sum(axis=1) - opex)
+        np.testing.assert_allclose(
+            double.mine_value_usd[g].sum(axis=0), np.maximum(2 * revenue - cost, 0).sum(axis=1) - opex
+        )
     np.testing.assert_array_equal(double.energy_mwh, economics.energy_mwh)
 
 
@@ -223,7 +232,7 @@ def test_economics_at_a_grid_factor_equal_economics_of_scaled_scenarios():
     """Independent route: scale the hashprice paths themselves and recompute the economics."""
     fleet, sc, economics = small_fleet_and_economics()
     factors = profile_factors()
-    profile = np.stack([hashprice_profile_usd(*rack_margin_usd(fleet, g, sc), factors) for g in range(3)])
+    profile = hashprice_profiles_usd(fleet, plan_grid(fleet), sc, economics, factors)
     for j in (120, 300, 400):
         scaled = dataclasses.replace(sc, hashprice_usd_per_ph_day=sc.hashprice_usd_per_ph_day * factors[j])
         direct = group_economics(fleet, scaled)
@@ -243,14 +252,16 @@ def test_profile_skips_coupled_steps_and_items_scale():
     assert economics.n_coupled > 0
     factors = profile_factors()
     sites = {site.id: n for n, site in enumerate(fleet.sites)}
-    profile = []
     for g, group in enumerate(fleet.rack_groups):
         separable = separable_steps(economics, sites[group.site], sc.n_steps)
-        profile.append(group_profile_usd(*rack_margin_usd(fleet, g, sc), separable, factors))
+        flat = group_profile_usd(*rack_margin_usd(fleet, g, sc), separable, factors)
         opex = group.opex_usd_per_rack_day * fleet.horizon.days
-        np.testing.assert_allclose(interpolate_profile(profile[-1], factors, 1.0) - opex, economics.mine_value_usd[g])
+        np.testing.assert_allclose(
+            interpolate_profile(flat, factors, 1.0) - opex, economics.mine_value_usd[g].sum(axis=0)
+        )
     assert not separable_steps(economics, sites["spot"], sc.n_steps).all()
-    scaled = economics_at_factor(economics, np.stack(profile), factors, 1.5)
+    profile = hashprice_profiles_usd(fleet, plan_grid(fleet), sc, economics, factors)
+    scaled = economics_at_factor(economics, profile, factors, 1.5)
     np.testing.assert_allclose(scaled.item_hash_revenue_usd, 1.5 * economics.item_hash_revenue_usd)
     np.testing.assert_array_equal(scaled.item_power_cost_usd, economics.item_power_cost_usd)
 

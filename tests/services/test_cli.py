@@ -4,7 +4,7 @@ import json
 import pytest
 
 from services.cli import main
-from tests.conftest import EXAMPLES
+from tests.fleets import EXAMPLES
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from services import convert, healthcheck
 from services.cli import main
 from services.client import PlannerClient, PlannerError
 from solvers.diagnose import Commitments
-from tests.conftest import small_fleet_data
+from tests.fleets import small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message
 
 

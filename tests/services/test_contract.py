@@ -23,7 +23,7 @@ from services import convert
 from services.jobs import plan_json
 from solvers.planner import ScenarioSpec, assemble_plan, plan_fleet, solve_allocation
 from solvers.robustness import assess_plan
-from tests.conftest import EXAMPLES, events_fleet_data, small_fleet_data
+from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
 
 
 def test_every_fleet_field_has_a_proto_field():

@@ -16,7 +16,7 @@ from services.cli import main
 from services.report import print_robustness, run_matrix, write_report
 from solvers.planner import plan_fleet
 from solvers.robustness import assess_plan
-from tests.conftest import EXAMPLES, small_fleet_data
+from tests.fleets import EXAMPLES, small_fleet_data
 from tests.solvers.test_robustness import hedge_fleet_data
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services import convert
 from services.servicer import SERVER_TIME_METADATA, SERVICE_NAME
 from solvers.planner import plan_fleet
-from tests.conftest import EXAMPLES, events_fleet_data, small_fleet_data
+from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message, hard_fleet_data, rich_details
 from tests.services.test_contract import power_plan_with_robustness
 
@@ -147,12 +147,12 @@ def _offer_above_capacity(data):  # 0.1 MW leased x PUE 1.3 = 0.13 MW at a 0.12 
     "change, commitments, subjects, words",
     [
         (_budget_too_small, {"convert_sites": ["spot"]}, ["capital_budget", "convert[spot]"], "capital budget"),
-        (_ai_block_too_big, {"convert_sites": ["spot"]}, ["ai_min_block[spot]", "convert[spot]"], "AI minimum block"),
+        (_ai_block_too_big, {"convert_sites": ["spot"]}, ["ai_min_block[spot,0]", "convert[spot]"], "AI minimum block"),
         (_offer_above_conversion, {"accept_offers": ["colo"]}, ["offer_min[colo]", "accept[colo]"], "offer minimum"),
         (
             _offer_above_capacity,
             {"accept_offers": ["colo"]},
-            ["offer_min[colo]", "site_capacity[spot]", "accept[colo]"],
+            ["offer_min[colo]", "site_capacity[spot,1]", "accept[colo]"],
             "site capacity",
         ),
     ],

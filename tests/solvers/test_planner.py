@@ -5,7 +5,7 @@ from optimizer.allocation import scenario_profits_usd
 from optimizer.fleet import parse_fleet, with_overrides
 from optimizer.risk import profit_stats
 from solvers.planner import ScenarioSpec, compute_economics, plan_fleet
-from tests.conftest import small_fleet_data
+from tests.fleets import small_fleet_data
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from solvers.robustness import (
     submit_replications,
     wait_and_see,
 )
-from tests.conftest import small_fleet_data
+from tests.fleets import small_fleet_data
 
 
 def hedge_fleet_data(objective: str = "cvar", capacity_mw: float = 1.0, lease: bool = True) -> dict:
@@ -68,8 +68,9 @@ def hedge_fleet_data(objective: str = "cvar", capacity_mw: float = 1.0, lease: b
                 "opex_usd_per_rack_day": 2,
             }
         ],
+        # a one-month lease: its rent covers about the 30-day horizon, so the hedge is rent vs mining alone
         "lease_offers": (
-            [{"id": "colo", "rate_usd_per_kw_month": 30, "term_months": 12, "min_mw": 0, "max_mw": 1, "sites": ["dc"]}]
+            [{"id": "colo", "rate_usd_per_kw_month": 30, "term_months": 1, "min_mw": 0, "max_mw": 1, "sites": ["dc"]}]
             if lease
             else []
         ),
@@ -118,7 +119,8 @@ def test_gap_interval_covers_the_true_gap(ray_session, objective):
         refs = submit_replications(fleet, 8, 12, fleet.scenarios.seed, 6, candidate)
         gap = collect_gap(refs, fleet, 12, profits["c"], 0.95)
         assert min(gap.gap_usd) >= -1e-6  # each replication's optimum beats any feasible plan on its own sample
-        assert -1e-6 <= true_gap <= gap.upper_bound_usd, (name, true_gap, gap)
+        noise = 1e-9 * abs(optimum)  # float dust when the candidate is itself optimal
+        assert -1e-6 <= true_gap <= gap.upper_bound_usd + noise, (name, true_gap, gap)
         gaps[name] = (true_gap, gap)
     # the poor candidate is far from optimal, and the estimator sees it: within 3 standard errors
     true_gap, gap = gaps["all mining"]

@@ -98,7 +98,9 @@ class Horizon(_message.Message):
     start: _builtins.str
     """First day of the horizon, an ISO 8601 calendar date "YYYY-MM-DD" (default "2026-12-01")."""
     days: _builtins.int
-    """Length of the horizon in days, 1 to 1096 (default 91, one quarter)."""
+    """Length of the horizon in days, 1 to 3,653 (default 91, one quarter). The fleet file may give
+    `months` or `years` instead; they arrive here converted to days.
+    """
     step_hours: _builtins.int
     """Time step of the price paths in hours; one of 1, 2, 3, 4, 6, 8, 12, 24 (default 1)."""
     def __init__(
@@ -480,24 +482,32 @@ class Machine(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     HASHRATE_THS_FIELD_NUMBER: _builtins.int
     EFFICIENCY_J_PER_TH_FIELD_NUMBER: _builtins.int
+    RESALE_USD_PER_TH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Machine id, referenced by rack groups."""
     hashrate_ths: _builtins.float
     """Hashrate of one machine, TH/s."""
     efficiency_j_per_th: _builtins.float
     """Energy per unit of hash, J/TH (5 to 150)."""
+    resale_usd_per_th: _builtins.float
+    """Second-hand price per TH/s today, USD; it moves with hashprice in each scenario. Unset: the
+    machines cannot be sold and keep no value at the horizon's end.
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         hashrate_ths: _builtins.float = ...,
         efficiency_j_per_th: _builtins.float = ...,
+        resale_usd_per_th: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_resale_usd_per_th", b"_resale_usd_per_th", "resale_usd_per_th", b"resale_usd_per_th"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["efficiency_j_per_th", b"efficiency_j_per_th", "hashrate_ths", b"hashrate_ths", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resale_usd_per_th", b"_resale_usd_per_th", "efficiency_j_per_th", b"efficiency_j_per_th", "hashrate_ths", b"hashrate_ths", "id", b"id", "resale_usd_per_th", b"resale_usd_per_th"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__resale_usd_per_th: _TypeAlias = _typing.Literal["resale_usd_per_th"]  # noqa: Y015
+    _WhichOneofArgType__resale_usd_per_th: _TypeAlias = _typing.Literal["_resale_usd_per_th", b"_resale_usd_per_th"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resale_usd_per_th) -> _WhichOneofReturnType__resale_usd_per_th | None: ...
 
 Global___Machine: _TypeAlias = Machine  # noqa: Y015
 
@@ -586,44 +596,50 @@ class AiConversion(_message.Message):
 
     FIXED_CAPEX_USD_FIELD_NUMBER: _builtins.int
     CAPEX_USD_PER_MW_FIELD_NUMBER: _builtins.int
-    AMORTIZATION_YEARS_FIELD_NUMBER: _builtins.int
     LEAD_TIME_DAYS_FIELD_NUMBER: _builtins.int
     MIN_MW_FIELD_NUMBER: _builtins.int
     MAX_MW_FIELD_NUMBER: _builtins.int
+    START_MONTHS_FIELD_NUMBER: _builtins.int
+    CAPEX_SCHEDULE_FIELD_NUMBER: _builtins.int
     fixed_capex_usd: _builtins.float
     """Fixed conversion cost of the site, USD (default 0)."""
     capex_usd_per_mw: _builtins.float
     """Conversion cost per MW of critical IT load, USD/MW."""
-    amortization_years: _builtins.float
-    """Straight-line amortization period of the capex, years (default 5)."""
     lead_time_days: _builtins.int
-    """Days from the decision until converted capacity earns rent."""
+    """The build: days from the start of construction until converted capacity earns rent."""
     min_mw: _builtins.float
     """Smallest AI block the site converts, MW of critical IT load (default 0)."""
     max_mw: _builtins.float
     """Largest AI block the site can host, MW of critical IT load."""
+    @_builtins.property
+    def start_months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """When construction may start, months after the plan's start; the plan picks one or none
+        (default [0]).
+        """
+
+    @_builtins.property
+    def capex_schedule(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Share of the capex paid in each month of the build, summing to 1 (default: even spending)."""
+
     def __init__(
         self,
         *,
         fixed_capex_usd: _builtins.float | None = ...,
         capex_usd_per_mw: _builtins.float = ...,
-        amortization_years: _builtins.float | None = ...,
         lead_time_days: _builtins.int = ...,
         min_mw: _builtins.float | None = ...,
         max_mw: _builtins.float = ...,
+        start_months: _abc.Iterable[_builtins.float] | None = ...,
+        capex_schedule: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_amortization_years", b"_amortization_years", "_fixed_capex_usd", b"_fixed_capex_usd", "_min_mw", b"_min_mw", "amortization_years", b"amortization_years", "fixed_capex_usd", b"fixed_capex_usd", "min_mw", b"min_mw"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fixed_capex_usd", b"_fixed_capex_usd", "_min_mw", b"_min_mw", "fixed_capex_usd", b"fixed_capex_usd", "min_mw", b"min_mw"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amortization_years", b"_amortization_years", "_fixed_capex_usd", b"_fixed_capex_usd", "_min_mw", b"_min_mw", "amortization_years", b"amortization_years", "capex_usd_per_mw", b"capex_usd_per_mw", "fixed_capex_usd", b"fixed_capex_usd", "lead_time_days", b"lead_time_days", "max_mw", b"max_mw", "min_mw", b"min_mw"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fixed_capex_usd", b"_fixed_capex_usd", "_min_mw", b"_min_mw", "capex_schedule", b"capex_schedule", "capex_usd_per_mw", b"capex_usd_per_mw", "fixed_capex_usd", b"fixed_capex_usd", "lead_time_days", b"lead_time_days", "max_mw", b"max_mw", "min_mw", b"min_mw", "start_months", b"start_months"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__amortization_years: _TypeAlias = _typing.Literal["amortization_years"]  # noqa: Y015
-    _WhichOneofArgType__amortization_years: _TypeAlias = _typing.Literal["_amortization_years", b"_amortization_years"]  # noqa: Y015
     _WhichOneofReturnType__fixed_capex_usd: _TypeAlias = _typing.Literal["fixed_capex_usd"]  # noqa: Y015
     _WhichOneofArgType__fixed_capex_usd: _TypeAlias = _typing.Literal["_fixed_capex_usd", b"_fixed_capex_usd"]  # noqa: Y015
     _WhichOneofReturnType__min_mw: _TypeAlias = _typing.Literal["min_mw"]  # noqa: Y015
     _WhichOneofArgType__min_mw: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__amortization_years) -> _WhichOneofReturnType__amortization_years | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fixed_capex_usd) -> _WhichOneofReturnType__fixed_capex_usd | None: ...
     @_typing.overload
@@ -770,6 +786,9 @@ class LeaseOffer(_message.Message):
     MAX_MW_FIELD_NUMBER: _builtins.int
     SITES_FIELD_NUMBER: _builtins.int
     SLA_PENALTY_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    ESCALATOR_PER_YEAR_FIELD_NUMBER: _builtins.int
+    START_BY_FIELD_NUMBER: _builtins.int
+    TENANT_CAPEX_SHARE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Offer id."""
     rate_usd_per_kw_month: _builtins.float
@@ -784,6 +803,12 @@ class LeaseOffer(_message.Message):
     """Paid per MWh of critical IT load not served when a curtailment event cuts the site below it,
     USD/MWh (default 1,000).
     """
+    escalator_per_year: _builtins.float
+    """Rent rises by this share every lease year, e.g. 0.03 (default 0)."""
+    start_by: _builtins.str
+    """Rent must start by this ISO date "YYYY-MM-DD", or the offer lapses (default: no limit)."""
+    tenant_capex_share: _builtins.float
+    """Share of the per-MW conversion capex the tenant funds for the MW it leases, 0 to 1 (default 0)."""
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the AI-ready sites that may host the lease."""
@@ -798,21 +823,143 @@ class LeaseOffer(_message.Message):
         max_mw: _builtins.float = ...,
         sites: _abc.Iterable[_builtins.str] | None = ...,
         sla_penalty_usd_per_mwh: _builtins.float | None = ...,
+        escalator_per_year: _builtins.float | None = ...,
+        start_by: _builtins.str | None = ...,
+        tenant_capex_share: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "min_mw", b"min_mw", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_escalator_per_year", b"_escalator_per_year", "_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "_start_by", b"_start_by", "_tenant_capex_share", b"_tenant_capex_share", "escalator_per_year", b"escalator_per_year", "min_mw", b"min_mw", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "start_by", b"start_by", "tenant_capex_share", b"tenant_capex_share"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "id", b"id", "max_mw", b"max_mw", "min_mw", b"min_mw", "rate_usd_per_kw_month", b"rate_usd_per_kw_month", "sites", b"sites", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "term_months", b"term_months"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_escalator_per_year", b"_escalator_per_year", "_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "_start_by", b"_start_by", "_tenant_capex_share", b"_tenant_capex_share", "escalator_per_year", b"escalator_per_year", "id", b"id", "max_mw", b"max_mw", "min_mw", b"min_mw", "rate_usd_per_kw_month", b"rate_usd_per_kw_month", "sites", b"sites", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "start_by", b"start_by", "tenant_capex_share", b"tenant_capex_share", "term_months", b"term_months"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__escalator_per_year: _TypeAlias = _typing.Literal["escalator_per_year"]  # noqa: Y015
+    _WhichOneofArgType__escalator_per_year: _TypeAlias = _typing.Literal["_escalator_per_year", b"_escalator_per_year"]  # noqa: Y015
     _WhichOneofReturnType__min_mw: _TypeAlias = _typing.Literal["min_mw"]  # noqa: Y015
     _WhichOneofArgType__min_mw: _TypeAlias = _typing.Literal["_min_mw", b"_min_mw"]  # noqa: Y015
     _WhichOneofReturnType__sla_penalty_usd_per_mwh: _TypeAlias = _typing.Literal["sla_penalty_usd_per_mwh"]  # noqa: Y015
     _WhichOneofArgType__sla_penalty_usd_per_mwh: _TypeAlias = _typing.Literal["_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh"]  # noqa: Y015
+    _WhichOneofReturnType__start_by: _TypeAlias = _typing.Literal["start_by"]  # noqa: Y015
+    _WhichOneofArgType__start_by: _TypeAlias = _typing.Literal["_start_by", b"_start_by"]  # noqa: Y015
+    _WhichOneofReturnType__tenant_capex_share: _TypeAlias = _typing.Literal["tenant_capex_share"]  # noqa: Y015
+    _WhichOneofArgType__tenant_capex_share: _TypeAlias = _typing.Literal["_tenant_capex_share", b"_tenant_capex_share"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__escalator_per_year) -> _WhichOneofReturnType__escalator_per_year | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__min_mw) -> _WhichOneofReturnType__min_mw | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__sla_penalty_usd_per_mwh) -> _WhichOneofReturnType__sla_penalty_usd_per_mwh | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_by) -> _WhichOneofReturnType__start_by | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__tenant_capex_share) -> _WhichOneofReturnType__tenant_capex_share | None: ...
 
 Global___LeaseOffer: _TypeAlias = LeaseOffer  # noqa: Y015
+
+@_typing.final
+class PurchaseOption(_message.Message):
+    """New machines the fleet may buy: racks of one machine class for one site."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    PRICE_USD_PER_TH_FIELD_NUMBER: _builtins.int
+    DELIVERY_DAYS_FIELD_NUMBER: _builtins.int
+    MACHINES_PER_RACK_FIELD_NUMBER: _builtins.int
+    MAX_RACKS_FIELD_NUMBER: _builtins.int
+    OPEX_USD_PER_RACK_DAY_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Purchase option id."""
+    machine: _builtins.str
+    """Id of the machine model bought."""
+    site: _builtins.str
+    """Id of the site the racks go to."""
+    price_usd_per_th: _builtins.float
+    """Price per TH/s, USD, paid on order at the plan's start."""
+    delivery_days: _builtins.int
+    """Days from order to first hash (default 0)."""
+    machines_per_rack: _builtins.int
+    """Machines per rack."""
+    max_racks: _builtins.int
+    """Most racks that can be bought."""
+    opex_usd_per_rack_day: _builtins.float
+    """Mining-mode opex per rack and day, USD (default 0)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        machine: _builtins.str = ...,
+        site: _builtins.str = ...,
+        price_usd_per_th: _builtins.float = ...,
+        delivery_days: _builtins.int | None = ...,
+        machines_per_rack: _builtins.int = ...,
+        max_racks: _builtins.int = ...,
+        opex_usd_per_rack_day: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "delivery_days", b"delivery_days", "opex_usd_per_rack_day", b"opex_usd_per_rack_day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "delivery_days", b"delivery_days", "id", b"id", "machine", b"machine", "machines_per_rack", b"machines_per_rack", "max_racks", b"max_racks", "opex_usd_per_rack_day", b"opex_usd_per_rack_day", "price_usd_per_th", b"price_usd_per_th", "site", b"site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__delivery_days: _TypeAlias = _typing.Literal["delivery_days"]  # noqa: Y015
+    _WhichOneofArgType__delivery_days: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days"]  # noqa: Y015
+    _WhichOneofReturnType__opex_usd_per_rack_day: _TypeAlias = _typing.Literal["opex_usd_per_rack_day"]  # noqa: Y015
+    _WhichOneofArgType__opex_usd_per_rack_day: _TypeAlias = _typing.Literal["_opex_usd_per_rack_day", b"_opex_usd_per_rack_day"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delivery_days) -> _WhichOneofReturnType__delivery_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__opex_usd_per_rack_day) -> _WhichOneofReturnType__opex_usd_per_rack_day | None: ...
+
+Global___PurchaseOption: _TypeAlias = PurchaseOption  # noqa: Y015
+
+@_typing.final
+class FleetMoves(_message.Message):
+    """Moving racks to another site with free capacity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COST_USD_PER_RACK_FIELD_NUMBER: _builtins.int
+    DOWNTIME_DAYS_FIELD_NUMBER: _builtins.int
+    cost_usd_per_rack: _builtins.float
+    """Cost of moving one rack, USD."""
+    downtime_days: _builtins.int
+    """Days a moved rack does not mine."""
+    def __init__(
+        self,
+        *,
+        cost_usd_per_rack: _builtins.float = ...,
+        downtime_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_usd_per_rack", b"cost_usd_per_rack", "downtime_days", b"downtime_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetMoves: _TypeAlias = FleetMoves  # noqa: Y015
+
+@_typing.final
+class Finance(_message.Message):
+    """How cash flows are valued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISCOUNT_RATE_PER_YEAR_FIELD_NUMBER: _builtins.int
+    discount_rate_per_year: _builtins.float
+    """Annual discount rate (a WACC) to the plan's start, 0 to 1 (default 0: nominal)."""
+    def __init__(
+        self,
+        *,
+        discount_rate_per_year: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_discount_rate_per_year", b"_discount_rate_per_year", "discount_rate_per_year", b"discount_rate_per_year"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_discount_rate_per_year", b"_discount_rate_per_year", "discount_rate_per_year", b"discount_rate_per_year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__discount_rate_per_year: _TypeAlias = _typing.Literal["discount_rate_per_year"]  # noqa: Y015
+    _WhichOneofArgType__discount_rate_per_year: _TypeAlias = _typing.Literal["_discount_rate_per_year", b"_discount_rate_per_year"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__discount_rate_per_year) -> _WhichOneofReturnType__discount_rate_per_year | None: ...
+
+Global___Finance: _TypeAlias = Finance  # noqa: Y015
 
 @_typing.final
 class RiskSettings(_message.Message):
@@ -962,12 +1109,17 @@ class Fleet(_message.Message):
     RISK_FIELD_NUMBER: _builtins.int
     SOLVER_FIELD_NUMBER: _builtins.int
     SCENARIOS_FIELD_NUMBER: _builtins.int
+    PURCHASES_FIELD_NUMBER: _builtins.int
+    MOVES_FIELD_NUMBER: _builtins.int
+    FINANCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the fleet, for reports (default "fleet")."""
     pool_fee_fraction: _builtins.float
     """Mining pool fee as a fraction of hash revenue, 0 to 0.2 (default 0.02)."""
     capital_budget_usd: _builtins.float
-    """Cap on total conversion capex, USD (default: no cap)."""
+    """Cap on capital committed: conversion capex net of tenant funding plus machines bought, USD
+    (default: no cap).
+    """
     @_builtins.property
     def horizon(self) -> Global___Horizon:
         """Planning horizon (defaults: see Horizon)."""
@@ -1008,6 +1160,18 @@ class Fleet(_message.Message):
     def scenarios(self) -> Global___ScenarioSettings:
         """Scenario sample."""
 
+    @_builtins.property
+    def purchases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PurchaseOption]:
+        """Machines the fleet may buy."""
+
+    @_builtins.property
+    def moves(self) -> Global___FleetMoves:
+        """Rack moves between sites; unset: racks stay at their site."""
+
+    @_builtins.property
+    def finance(self) -> Global___Finance:
+        """Discounting (defaults: see Finance)."""
+
     def __init__(
         self,
         *,
@@ -1024,10 +1188,13 @@ class Fleet(_message.Message):
         risk: Global___RiskSettings | None = ...,
         solver: Global___SolverSettings | None = ...,
         scenarios: Global___ScenarioSettings | None = ...,
+        purchases: _abc.Iterable[Global___PurchaseOption] | None = ...,
+        moves: Global___FleetMoves | None = ...,
+        finance: Global___Finance | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "horizon", b"horizon", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "risk", b"risk", "scenarios", b"scenarios", "solver", b"solver"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "risk", b"risk", "scenarios", b"scenarios", "solver", b"solver"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "horizon", b"horizon", "lease_offers", b"lease_offers", "machines", b"machines", "markets", b"markets", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "rack_groups", b"rack_groups", "risk", b"risk", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "lease_offers", b"lease_offers", "machines", b"machines", "markets", b"markets", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "purchases", b"purchases", "rack_groups", b"rack_groups", "risk", b"risk", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__capital_budget_usd: _TypeAlias = _typing.Literal["capital_budget_usd"]  # noqa: Y015
     _WhichOneofArgType__capital_budget_usd: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd"]  # noqa: Y015

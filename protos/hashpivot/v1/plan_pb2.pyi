@@ -127,6 +127,26 @@ class Plan(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class PurchasesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PLAN_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     FLEET_FIELD_NUMBER: _builtins.int
@@ -146,6 +166,14 @@ class Plan(_message.Message):
     TIMINGS_S_FIELD_NUMBER: _builtins.int
     VERSIONS_FIELD_NUMBER: _builtins.int
     ROBUSTNESS_FIELD_NUMBER: _builtins.int
+    HORIZON_START_FIELD_NUMBER: _builtins.int
+    DISCOUNT_RATE_PER_YEAR_FIELD_NUMBER: _builtins.int
+    MONEY_BASIS_FIELD_NUMBER: _builtins.int
+    PURCHASES_FIELD_NUMBER: _builtins.int
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    YEARS_FIELD_NUMBER: _builtins.int
+    SITE_YEARS_FIELD_NUMBER: _builtins.int
+    TIMELINE_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """Id of the stored plan: Dispatch, Evaluate and GetPlan take it."""
     fleet: _builtins.str
@@ -160,6 +188,12 @@ class Plan(_message.Message):
     """Length of the horizon, days."""
     expected_hashprice_usd_per_ph_day: _builtins.float
     """Mean hashprice over the scenarios and the horizon, USD per PH/s per day."""
+    horizon_start: _builtins.str
+    """First day of the horizon, ISO date: present values are as of this day."""
+    discount_rate_per_year: _builtins.float
+    """Annual rate present values are discounted at (0: every figure is nominal)."""
+    money_basis: _builtins.str
+    """What the money figures are, in words, e.g. "present value at 2026-12-01, discounted at 10.0% a year"."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the plan was made."""
@@ -185,8 +219,8 @@ class Plan(_message.Message):
         """Expected economics per site."""
 
     @_builtins.property
-    def breakeven(self) -> _containers.RepeatedCompositeFieldContainer[Global___MachineBreakeven]:
-        """Breakeven power price per machine model."""
+    def breakeven(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupBreakeven]:
+        """The run/curtail rule of every rack group (breakeven.csv)."""
 
     @_builtins.property
     def solver(self) -> Global___SolverReport:
@@ -210,6 +244,26 @@ class Plan(_message.Message):
         sensitivity; unset unless asked for (OptimizeRequest.robustness, SubmitPlanJobRequest.robustness).
         """
 
+    @_builtins.property
+    def purchases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Racks bought per purchase option id."""
+
+    @_builtins.property
+    def conversions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConversionResult]:
+        """Each conversion the plan makes: timing, capex, rent, NPV, IRR, payback."""
+
+    @_builtins.property
+    def years(self) -> _containers.RepeatedCompositeFieldContainer[Global___YearFigures]:
+        """Expected nominal figures per plan year."""
+
+    @_builtins.property
+    def site_years(self) -> _containers.RepeatedCompositeFieldContainer[Global___SiteYear]:
+        """Expected nominal EBITDA, BTC and rent per site and year."""
+
+    @_builtins.property
+    def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEvent]:
+        """What happens when: builds, ready dates, lease ends, sales, moves, deliveries, the halving."""
+
     def __init__(
         self,
         *,
@@ -226,26 +280,288 @@ class Plan(_message.Message):
         offers: _abc.Iterable[Global___OfferResult] | None = ...,
         profit: Global___ProfitStats | None = ...,
         sites: _abc.Iterable[Global___SiteBreakdown] | None = ...,
-        breakeven: _abc.Iterable[Global___MachineBreakeven] | None = ...,
+        breakeven: _abc.Iterable[Global___GroupBreakeven] | None = ...,
         solver: Global___SolverReport | None = ...,
         scenarios: Global___ScenarioInfo | None = ...,
         timings_s: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         versions: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         robustness: Global___RobustnessReport | None = ...,
+        horizon_start: _builtins.str = ...,
+        discount_rate_per_year: _builtins.float = ...,
+        money_basis: _builtins.str = ...,
+        purchases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        conversions: _abc.Iterable[Global___ConversionResult] | None = ...,
+        years: _abc.Iterable[Global___YearFigures] | None = ...,
+        site_years: _abc.Iterable[Global___SiteYear] | None = ...,
+        timeline: _abc.Iterable[Global___TimelineEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "solver", b"solver"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "create_time", b"create_time", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver", "timings_s", b"timings_s", "versions", b"versions", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "conversions", b"conversions", "create_time", b"create_time", "discount_rate_per_year", b"discount_rate_per_year", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "horizon_start", b"horizon_start", "money_basis", b"money_basis", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "purchases", b"purchases", "robustness", b"robustness", "scenarios", b"scenarios", "site_years", b"site_years", "sites", b"sites", "solver", b"solver", "timeline", b"timeline", "timings_s", b"timings_s", "versions", b"versions", "weight", b"weight", "years", b"years"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Plan: _TypeAlias = Plan  # noqa: Y015
 
 @_typing.final
+class ConversionResult(_message.Message):
+    """A conversion the plan makes. Money figures are present values unless they say nominal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    READY_DATE_FIELD_NUMBER: _builtins.int
+    IT_MW_FIELD_NUMBER: _builtins.int
+    LEASED_MW_FIELD_NUMBER: _builtins.int
+    CAPEX_USD_FIELD_NUMBER: _builtins.int
+    CAPEX_PV_USD_FIELD_NUMBER: _builtins.int
+    RENT_PV_USD_FIELD_NUMBER: _builtins.int
+    TERMINAL_VALUE_USD_FIELD_NUMBER: _builtins.int
+    PROJECT_NPV_USD_FIELD_NUMBER: _builtins.int
+    MINING_FORGONE_PV_USD_FIELD_NUMBER: _builtins.int
+    IRR_FIELD_NUMBER: _builtins.int
+    PAYBACK_MONTHS_FIELD_NUMBER: _builtins.int
+    site: _builtins.str
+    """Site id."""
+    start_date: _builtins.str
+    """Construction starts, ISO date."""
+    ready_date: _builtins.str
+    """First rent, ISO date."""
+    it_mw: _builtins.float
+    """Converted critical IT capacity, MW."""
+    leased_mw: _builtins.float
+    """Leased MW."""
+    capex_usd: _builtins.float
+    """Capex net of tenant funding, nominal USD."""
+    capex_pv_usd: _builtins.float
+    """Capex along its schedule, present value."""
+    rent_pv_usd: _builtins.float
+    """Rent inside the horizon, present value."""
+    terminal_value_usd: _builtins.float
+    """Rent past the horizon, present value."""
+    project_npv_usd: _builtins.float
+    """Rent and terminal value minus capex, present values."""
+    mining_forgone_pv_usd: _builtins.float
+    """Expected present value the converted racks would have earned mining from the start."""
+    irr: _builtins.float
+    """Annual IRR of the project's nominal monthly cash; unset when there is none."""
+    payback_months: _builtins.float
+    """Months from the plan's start until the project's cumulative cash turns non-negative; unset if never."""
+    def __init__(
+        self,
+        *,
+        site: _builtins.str = ...,
+        start_date: _builtins.str = ...,
+        ready_date: _builtins.str = ...,
+        it_mw: _builtins.float = ...,
+        leased_mw: _builtins.float = ...,
+        capex_usd: _builtins.float = ...,
+        capex_pv_usd: _builtins.float = ...,
+        rent_pv_usd: _builtins.float = ...,
+        terminal_value_usd: _builtins.float = ...,
+        project_npv_usd: _builtins.float = ...,
+        mining_forgone_pv_usd: _builtins.float = ...,
+        irr: _builtins.float | None = ...,
+        payback_months: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_irr", b"_irr", "_payback_months", b"_payback_months", "irr", b"irr", "payback_months", b"payback_months"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_irr", b"_irr", "_payback_months", b"_payback_months", "capex_pv_usd", b"capex_pv_usd", "capex_usd", b"capex_usd", "irr", b"irr", "it_mw", b"it_mw", "leased_mw", b"leased_mw", "mining_forgone_pv_usd", b"mining_forgone_pv_usd", "payback_months", b"payback_months", "project_npv_usd", b"project_npv_usd", "ready_date", b"ready_date", "rent_pv_usd", b"rent_pv_usd", "site", b"site", "start_date", b"start_date", "terminal_value_usd", b"terminal_value_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__irr: _TypeAlias = _typing.Literal["irr"]  # noqa: Y015
+    _WhichOneofArgType__irr: _TypeAlias = _typing.Literal["_irr", b"_irr"]  # noqa: Y015
+    _WhichOneofReturnType__payback_months: _TypeAlias = _typing.Literal["payback_months"]  # noqa: Y015
+    _WhichOneofArgType__payback_months: _TypeAlias = _typing.Literal["_payback_months", b"_payback_months"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__irr) -> _WhichOneofReturnType__irr | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__payback_months) -> _WhichOneofReturnType__payback_months | None: ...
+
+Global___ConversionResult: _TypeAlias = ConversionResult  # noqa: Y015
+
+@_typing.final
+class YearFigures(_message.Message):
+    """Expected nominal figures of one plan year (year 0 = the first twelve months)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    YEAR_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    BTC_MINED_FIELD_NUMBER: _builtins.int
+    HASH_REVENUE_USD_FIELD_NUMBER: _builtins.int
+    MINING_POWER_COST_USD_FIELD_NUMBER: _builtins.int
+    MINING_OPEX_USD_FIELD_NUMBER: _builtins.int
+    RENT_USD_FIELD_NUMBER: _builtins.int
+    CAPEX_USD_FIELD_NUMBER: _builtins.int
+    EBITDA_USD_FIELD_NUMBER: _builtins.int
+    CASH_COST_USD_PER_BTC_FIELD_NUMBER: _builtins.int
+    ALL_IN_COST_USD_PER_BTC_FIELD_NUMBER: _builtins.int
+    year: _builtins.int
+    """Plan year."""
+    start_date: _builtins.str
+    """First day of the year, ISO date."""
+    btc_mined: _builtins.float
+    """BTC mined after pool fee."""
+    hash_revenue_usd: _builtins.float
+    """Hash revenue, USD."""
+    mining_power_cost_usd: _builtins.float
+    """Mining power at its marginal price (take-or-pay: the resale forgone), USD."""
+    mining_opex_usd: _builtins.float
+    """Mining opex, USD."""
+    rent_usd: _builtins.float
+    """Rent, USD."""
+    capex_usd: _builtins.float
+    """Conversion capex paid, USD."""
+    ebitda_usd: _builtins.float
+    """Operating cash: revenue, power, resale, credits, penalties, opex, idle costs and rent."""
+    cash_cost_usd_per_btc: _builtins.float
+    """(Mining power + mining opex) / BTC mined, USD; unset when nothing is mined."""
+    all_in_cost_usd_per_btc: _builtins.float
+    """Cash cost plus the machines' depreciation per BTC, USD; unset when nothing is mined."""
+    def __init__(
+        self,
+        *,
+        year: _builtins.int = ...,
+        start_date: _builtins.str = ...,
+        btc_mined: _builtins.float = ...,
+        hash_revenue_usd: _builtins.float = ...,
+        mining_power_cost_usd: _builtins.float = ...,
+        mining_opex_usd: _builtins.float = ...,
+        rent_usd: _builtins.float = ...,
+        capex_usd: _builtins.float = ...,
+        ebitda_usd: _builtins.float = ...,
+        cash_cost_usd_per_btc: _builtins.float | None = ...,
+        all_in_cost_usd_per_btc: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_all_in_cost_usd_per_btc", b"_all_in_cost_usd_per_btc", "_cash_cost_usd_per_btc", b"_cash_cost_usd_per_btc", "all_in_cost_usd_per_btc", b"all_in_cost_usd_per_btc", "cash_cost_usd_per_btc", b"cash_cost_usd_per_btc"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_all_in_cost_usd_per_btc", b"_all_in_cost_usd_per_btc", "_cash_cost_usd_per_btc", b"_cash_cost_usd_per_btc", "all_in_cost_usd_per_btc", b"all_in_cost_usd_per_btc", "btc_mined", b"btc_mined", "capex_usd", b"capex_usd", "cash_cost_usd_per_btc", b"cash_cost_usd_per_btc", "ebitda_usd", b"ebitda_usd", "hash_revenue_usd", b"hash_revenue_usd", "mining_opex_usd", b"mining_opex_usd", "mining_power_cost_usd", b"mining_power_cost_usd", "rent_usd", b"rent_usd", "start_date", b"start_date", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__all_in_cost_usd_per_btc: _TypeAlias = _typing.Literal["all_in_cost_usd_per_btc"]  # noqa: Y015
+    _WhichOneofArgType__all_in_cost_usd_per_btc: _TypeAlias = _typing.Literal["_all_in_cost_usd_per_btc", b"_all_in_cost_usd_per_btc"]  # noqa: Y015
+    _WhichOneofReturnType__cash_cost_usd_per_btc: _TypeAlias = _typing.Literal["cash_cost_usd_per_btc"]  # noqa: Y015
+    _WhichOneofArgType__cash_cost_usd_per_btc: _TypeAlias = _typing.Literal["_cash_cost_usd_per_btc", b"_cash_cost_usd_per_btc"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__all_in_cost_usd_per_btc) -> _WhichOneofReturnType__all_in_cost_usd_per_btc | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cash_cost_usd_per_btc) -> _WhichOneofReturnType__cash_cost_usd_per_btc | None: ...
+
+Global___YearFigures: _TypeAlias = YearFigures  # noqa: Y015
+
+@_typing.final
+class SiteYear(_message.Message):
+    """Expected nominal figures of one site in one plan year."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SITE_FIELD_NUMBER: _builtins.int
+    YEAR_FIELD_NUMBER: _builtins.int
+    EBITDA_USD_FIELD_NUMBER: _builtins.int
+    BTC_MINED_FIELD_NUMBER: _builtins.int
+    RENT_USD_FIELD_NUMBER: _builtins.int
+    site: _builtins.str
+    """Site id."""
+    year: _builtins.int
+    """Plan year."""
+    ebitda_usd: _builtins.float
+    """Operating cash, USD."""
+    btc_mined: _builtins.float
+    """BTC mined after pool fee."""
+    rent_usd: _builtins.float
+    """Rent, USD."""
+    def __init__(
+        self,
+        *,
+        site: _builtins.str = ...,
+        year: _builtins.int = ...,
+        ebitda_usd: _builtins.float = ...,
+        btc_mined: _builtins.float = ...,
+        rent_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["btc_mined", b"btc_mined", "ebitda_usd", b"ebitda_usd", "rent_usd", b"rent_usd", "site", b"site", "year", b"year"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SiteYear: _TypeAlias = SiteYear  # noqa: Y015
+
+@_typing.final
+class TimelineEvent(_message.Message):
+    """One dated event of the plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATE_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    date: _builtins.str
+    """ISO date."""
+    event: _builtins.str
+    """construction_start, hall_ready, lease_end, sale, move, delivery or halving."""
+    detail: _builtins.str
+    """What, in words."""
+    def __init__(
+        self,
+        *,
+        date: _builtins.str = ...,
+        event: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["date", b"date", "detail", b"detail", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelineEvent: _TypeAlias = TimelineEvent  # noqa: Y015
+
+@_typing.final
 class GroupAllocation(_message.Message):
     """Racks of one group in each mode."""
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LifecyclesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class OptionValuesUsdPerRackEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     GROUP_FIELD_NUMBER: _builtins.int
     SITE_FIELD_NUMBER: _builtins.int
@@ -259,6 +575,12 @@ class GroupAllocation(_message.Message):
     EXPECTED_MINE_VALUE_USD_PER_RACK_FIELD_NUMBER: _builtins.int
     RUN_FRACTION_FIELD_NUMBER: _builtins.int
     BREAKEVEN_POWER_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    RACKS_SELL_FIELD_NUMBER: _builtins.int
+    RACKS_MOVE_FIELD_NUMBER: _builtins.int
+    RACK_IDS_SELL_FIELD_NUMBER: _builtins.int
+    RACK_IDS_MOVE_FIELD_NUMBER: _builtins.int
+    LIFECYCLES_FIELD_NUMBER: _builtins.int
+    OPTION_VALUES_USD_PER_RACK_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """Rack group id."""
     site: _builtins.str
@@ -282,6 +604,10 @@ class GroupAllocation(_message.Message):
     """Power price above which a rack of the group should curtail, at the expected hashprice,
     the site's mining PUE and the pool fee, USD/MWh.
     """
+    racks_sell: _builtins.int
+    """Racks sold at the start."""
+    racks_move: _builtins.int
+    """Racks moved to another site at the start."""
     @_builtins.property
     def rack_ids_mine(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the mining racks."""
@@ -293,6 +619,24 @@ class GroupAllocation(_message.Message):
     @_builtins.property
     def rack_ids_idle(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the idle racks."""
+
+    @_builtins.property
+    def rack_ids_sell(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the racks sold."""
+
+    @_builtins.property
+    def rack_ids_move(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Ids of the racks moved."""
+
+    @_builtins.property
+    def lifecycles(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The decision: racks per lifecycle option ("mine", "idle", "sell", "move:SITE",
+        "ai@K:sell|store|move:SITE").
+        """
+
+    @_builtins.property
+    def option_values_usd_per_rack(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Expected present value of one rack on each lifecycle option, USD (rent and capex of AI slots excluded)."""
 
     def __init__(
         self,
@@ -309,10 +653,16 @@ class GroupAllocation(_message.Message):
         expected_mine_value_usd_per_rack: _builtins.float = ...,
         run_fraction: _builtins.float = ...,
         breakeven_power_price_usd_per_mwh: _builtins.float = ...,
+        racks_sell: _builtins.int = ...,
+        racks_move: _builtins.int = ...,
+        rack_ids_sell: _abc.Iterable[_builtins.str] | None = ...,
+        rack_ids_move: _abc.Iterable[_builtins.str] | None = ...,
+        lifecycles: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        option_values_usd_per_rack: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "expected_mine_value_usd_per_rack", b"expected_mine_value_usd_per_rack", "group", b"group", "machine", b"machine", "rack_ids_ai", b"rack_ids_ai", "rack_ids_idle", b"rack_ids_idle", "rack_ids_mine", b"rack_ids_mine", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "run_fraction", b"run_fraction", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "expected_mine_value_usd_per_rack", b"expected_mine_value_usd_per_rack", "group", b"group", "lifecycles", b"lifecycles", "machine", b"machine", "option_values_usd_per_rack", b"option_values_usd_per_rack", "rack_ids_ai", b"rack_ids_ai", "rack_ids_idle", b"rack_ids_idle", "rack_ids_mine", b"rack_ids_mine", "rack_ids_move", b"rack_ids_move", "rack_ids_sell", b"rack_ids_sell", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "racks_move", b"racks_move", "racks_sell", b"racks_sell", "run_fraction", b"run_fraction", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -328,6 +678,9 @@ class SiteAi(_message.Message):
     CONVERTED_FIELD_NUMBER: _builtins.int
     AI_MW_FIELD_NUMBER: _builtins.int
     LEASED_MW_FIELD_NUMBER: _builtins.int
+    START_OPTION_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    READY_DATE_FIELD_NUMBER: _builtins.int
     site: _builtins.str
     """Site id."""
     converted: _builtins.bool
@@ -336,6 +689,12 @@ class SiteAi(_message.Message):
     """Critical IT capacity of the converted rack slots, MW."""
     leased_mw: _builtins.float
     """Capacity leased to tenants, MW."""
+    start_option: _builtins.int
+    """Index into the site's ai.start_months of the chosen start."""
+    start_date: _builtins.str
+    """Construction starts, ISO date; empty when not converted."""
+    ready_date: _builtins.str
+    """First rent, ISO date; empty when not converted."""
     def __init__(
         self,
         *,
@@ -343,10 +702,13 @@ class SiteAi(_message.Message):
         converted: _builtins.bool = ...,
         ai_mw: _builtins.float = ...,
         leased_mw: _builtins.float = ...,
+        start_option: _builtins.int = ...,
+        start_date: _builtins.str = ...,
+        ready_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "converted", b"converted", "leased_mw", b"leased_mw", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "converted", b"converted", "leased_mw", b"leased_mw", "ready_date", b"ready_date", "site", b"site", "start_date", b"start_date", "start_option", b"start_option"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -464,9 +826,10 @@ Global___ProfitStats: _TypeAlias = ProfitStats  # noqa: Y015
 
 @_typing.final
 class SiteBreakdown(_message.Message):
-    """Expected economics of one site over the horizon. expected_profit_usd = hash revenue - power cost
-    + resale revenue + demand-response credit - SLA penalty - opex - idle cost + lease revenue - capex
-    charge.
+    """Expected economics of one site over the horizon, every USD figure a present value (Plan.money_basis).
+    expected_profit_usd (the site's NPV) = hash revenue - power cost + resale revenue + demand-response
+    credit - SLA penalty - opex - idle cost + machine sales - move costs - machines bought + lease
+    revenue + terminal value - capex.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -482,7 +845,7 @@ class SiteBreakdown(_message.Message):
     MINING_OPEX_USD_FIELD_NUMBER: _builtins.int
     IDLE_COST_USD_FIELD_NUMBER: _builtins.int
     LEASE_REVENUE_USD_FIELD_NUMBER: _builtins.int
-    CAPEX_CHARGE_USD_FIELD_NUMBER: _builtins.int
+    CAPEX_USD_FIELD_NUMBER: _builtins.int
     EXPECTED_ENERGY_MWH_FIELD_NUMBER: _builtins.int
     EXPECTED_PROFIT_USD_FIELD_NUMBER: _builtins.int
     CONTRACT_FIELD_NUMBER: _builtins.int
@@ -494,6 +857,11 @@ class SiteBreakdown(_message.Message):
     EXPECTED_LOST_AI_MWH_FIELD_NUMBER: _builtins.int
     EXPECTED_LOST_AI_HOURS_FIELD_NUMBER: _builtins.int
     EXPECTED_SLA_PENALTY_USD_FIELD_NUMBER: _builtins.int
+    TERMINAL_VALUE_USD_FIELD_NUMBER: _builtins.int
+    MACHINE_SALES_USD_FIELD_NUMBER: _builtins.int
+    MOVE_COST_USD_FIELD_NUMBER: _builtins.int
+    MACHINES_BOUGHT_USD_FIELD_NUMBER: _builtins.int
+    EXPECTED_BTC_MINED_FIELD_NUMBER: _builtins.int
     site: _builtins.str
     """Site id."""
     racks_mine: _builtins.int
@@ -517,9 +885,9 @@ class SiteBreakdown(_message.Message):
     idle_cost_usd: _builtins.float
     """Cost of idle racks, USD."""
     lease_revenue_usd: _builtins.float
-    """Lease revenue, USD."""
-    capex_charge_usd: _builtins.float
-    """The horizon's share of the conversion capex, USD."""
+    """Rent inside the horizon, USD."""
+    capex_usd: _builtins.float
+    """Conversion capex along its schedule, net of tenant funding, USD."""
     expected_energy_mwh: _builtins.float
     """Expected energy drawn by mining at the meter, MWh."""
     expected_profit_usd: _builtins.float
@@ -548,6 +916,16 @@ class SiteBreakdown(_message.Message):
     """Expected hours with some AI load shed."""
     expected_sla_penalty_usd: _builtins.float
     """Expected SLA penalty paid for the AI energy not served, USD."""
+    terminal_value_usd: _builtins.float
+    """Rent and take-or-pay tenant power past the horizon, USD."""
+    machine_sales_usd: _builtins.float
+    """Machines sold, and those kept valued at the horizon's end, USD."""
+    move_cost_usd: _builtins.float
+    """Rack moves, USD."""
+    machines_bought_usd: _builtins.float
+    """Machines bought, USD."""
+    expected_btc_mined: _builtins.float
+    """BTC mined after pool fee over the horizon."""
     def __init__(
         self,
         *,
@@ -562,7 +940,7 @@ class SiteBreakdown(_message.Message):
         mining_opex_usd: _builtins.float = ...,
         idle_cost_usd: _builtins.float = ...,
         lease_revenue_usd: _builtins.float = ...,
-        capex_charge_usd: _builtins.float = ...,
+        capex_usd: _builtins.float = ...,
         expected_energy_mwh: _builtins.float = ...,
         expected_profit_usd: _builtins.float = ...,
         contract: _fleet_pb2.ContractType.ValueType = ...,
@@ -574,46 +952,73 @@ class SiteBreakdown(_message.Message):
         expected_lost_ai_mwh: _builtins.float = ...,
         expected_lost_ai_hours: _builtins.float = ...,
         expected_sla_penalty_usd: _builtins.float = ...,
+        terminal_value_usd: _builtins.float = ...,
+        machine_sales_usd: _builtins.float = ...,
+        move_cost_usd: _builtins.float = ...,
+        machines_bought_usd: _builtins.float = ...,
+        expected_btc_mined: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "capex_charge_usd", b"capex_charge_usd", "contract", b"contract", "demand_response_credit_usd", b"demand_response_credit_usd", "dr_commitment_mw", b"dr_commitment_mw", "expected_curtailed_mwh", b"expected_curtailed_mwh", "expected_energy_mwh", b"expected_energy_mwh", "expected_event_curtailed_mwh", b"expected_event_curtailed_mwh", "expected_hash_revenue_usd", b"expected_hash_revenue_usd", "expected_lost_ai_hours", b"expected_lost_ai_hours", "expected_lost_ai_mwh", b"expected_lost_ai_mwh", "expected_power_cost_usd", b"expected_power_cost_usd", "expected_profit_usd", b"expected_profit_usd", "expected_resale_revenue_usd", b"expected_resale_revenue_usd", "expected_sla_penalty_usd", b"expected_sla_penalty_usd", "idle_cost_usd", b"idle_cost_usd", "lease_revenue_usd", b"lease_revenue_usd", "mining_mw", b"mining_mw", "mining_opex_usd", b"mining_opex_usd", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "capex_usd", b"capex_usd", "contract", b"contract", "demand_response_credit_usd", b"demand_response_credit_usd", "dr_commitment_mw", b"dr_commitment_mw", "expected_btc_mined", b"expected_btc_mined", "expected_curtailed_mwh", b"expected_curtailed_mwh", "expected_energy_mwh", b"expected_energy_mwh", "expected_event_curtailed_mwh", b"expected_event_curtailed_mwh", "expected_hash_revenue_usd", b"expected_hash_revenue_usd", "expected_lost_ai_hours", b"expected_lost_ai_hours", "expected_lost_ai_mwh", b"expected_lost_ai_mwh", "expected_power_cost_usd", b"expected_power_cost_usd", "expected_profit_usd", b"expected_profit_usd", "expected_resale_revenue_usd", b"expected_resale_revenue_usd", "expected_sla_penalty_usd", b"expected_sla_penalty_usd", "idle_cost_usd", b"idle_cost_usd", "lease_revenue_usd", b"lease_revenue_usd", "machine_sales_usd", b"machine_sales_usd", "machines_bought_usd", b"machines_bought_usd", "mining_mw", b"mining_mw", "mining_opex_usd", b"mining_opex_usd", "move_cost_usd", b"move_cost_usd", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "site", b"site", "terminal_value_usd", b"terminal_value_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SiteBreakdown: _TypeAlias = SiteBreakdown  # noqa: Y015
 
 @_typing.final
-class MachineBreakeven(_message.Message):
-    """Breakeven power price of a machine model."""
+class GroupBreakeven(_message.Message):
+    """The run/curtail rule of a rack group at the plan's expected hashprice."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    GROUP_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
     MACHINE_FIELD_NUMBER: _builtins.int
     EFFICIENCY_J_PER_TH_FIELD_NUMBER: _builtins.int
-    BREAKEVEN_POWER_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    PUE_FIELD_NUMBER: _builtins.int
+    POOL_FEE_FRACTION_FIELD_NUMBER: _builtins.int
+    HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    RUN_BELOW_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    KEEP_BELOW_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Rack group id."""
+    site: _builtins.str
+    """Site id."""
     machine: _builtins.str
     """Machine id."""
     efficiency_j_per_th: _builtins.float
     """Energy per unit of hash, J/TH."""
-    breakeven_power_price_usd_per_mwh: _builtins.float
-    """Power price above which the machine loses money at the expected hashprice, PUE 1 and no pool
-    fee, USD/MWh.
-    """
+    pue: _builtins.float
+    """Mining PUE of the site."""
+    pool_fee_fraction: _builtins.float
+    """Pool fee fraction."""
+    hashprice_usd_per_ph_day: _builtins.float
+    """Hashprice the rule assumes, USD per PH/s per day."""
+    run_below_usd_per_mwh: _builtins.float
+    """A rack runs in a step exactly when the power price it pays is below this, USD/MWh at the meter."""
+    keep_below_usd_per_mwh: _builtins.float
+    """Average power price below which a rack running every hour covers its opex too, USD/MWh."""
     def __init__(
         self,
         *,
+        group: _builtins.str = ...,
+        site: _builtins.str = ...,
         machine: _builtins.str = ...,
         efficiency_j_per_th: _builtins.float = ...,
-        breakeven_power_price_usd_per_mwh: _builtins.float = ...,
+        pue: _builtins.float = ...,
+        pool_fee_fraction: _builtins.float = ...,
+        hashprice_usd_per_ph_day: _builtins.float = ...,
+        run_below_usd_per_mwh: _builtins.float = ...,
+        keep_below_usd_per_mwh: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "efficiency_j_per_th", b"efficiency_j_per_th", "machine", b"machine"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["efficiency_j_per_th", b"efficiency_j_per_th", "group", b"group", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "keep_below_usd_per_mwh", b"keep_below_usd_per_mwh", "machine", b"machine", "pool_fee_fraction", b"pool_fee_fraction", "pue", b"pue", "run_below_usd_per_mwh", b"run_below_usd_per_mwh", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MachineBreakeven: _TypeAlias = MachineBreakeven  # noqa: Y015
+Global___GroupBreakeven: _TypeAlias = GroupBreakeven  # noqa: Y015
 
 @_typing.final
 class SolverReport(_message.Message):
@@ -854,6 +1259,8 @@ class SiteRacks(_message.Message):
     AI_MW_FIELD_NUMBER: _builtins.int
     LEASED_MW_FIELD_NUMBER: _builtins.int
     DR_COMMITMENT_MW_FIELD_NUMBER: _builtins.int
+    RACKS_SELL_FIELD_NUMBER: _builtins.int
+    RACKS_MOVE_FIELD_NUMBER: _builtins.int
     site: _builtins.str
     """Site id."""
     racks_mine: _builtins.int
@@ -870,6 +1277,10 @@ class SiteRacks(_message.Message):
     """Capacity leased to tenants, MW."""
     dr_commitment_mw: _builtins.float
     """Committed curtailable mining load (demand response), MW at the meter."""
+    racks_sell: _builtins.int
+    """Racks sold."""
+    racks_move: _builtins.int
+    """Racks moved to another site."""
     def __init__(
         self,
         *,
@@ -881,10 +1292,12 @@ class SiteRacks(_message.Message):
         ai_mw: _builtins.float = ...,
         leased_mw: _builtins.float = ...,
         dr_commitment_mw: _builtins.float = ...,
+        racks_sell: _builtins.int = ...,
+        racks_move: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "dr_commitment_mw", b"dr_commitment_mw", "leased_mw", b"leased_mw", "mining_mw", b"mining_mw", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_mw", b"ai_mw", "dr_commitment_mw", b"dr_commitment_mw", "leased_mw", b"leased_mw", "mining_mw", b"mining_mw", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "racks_move", b"racks_move", "racks_sell", b"racks_sell", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -914,6 +1327,8 @@ class PlanEvaluation(_message.Message):
     CVAR_USD_FIELD_NUMBER: _builtins.int
     WORST_PROFIT_USD_FIELD_NUMBER: _builtins.int
     OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    RACKS_SELL_FIELD_NUMBER: _builtins.int
+    RACKS_MOVE_FIELD_NUMBER: _builtins.int
     plan: _builtins.str
     """Which plan: "stochastic" (the plan), "mean_value", "calculator" or "all_mining"."""
     description: _builtins.str
@@ -944,6 +1359,10 @@ class PlanEvaluation(_message.Message):
     """Profit of the worst scenario, USD."""
     objective_usd: _builtins.float
     """The fleet's risk objective out of sample, USD."""
+    racks_sell: _builtins.int
+    """Racks sold."""
+    racks_move: _builtins.int
+    """Racks moved to another site."""
     @_builtins.property
     def violations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Constraints the plan breaks, "path: message" (a baseline is reported as is)."""
@@ -977,10 +1396,12 @@ class PlanEvaluation(_message.Message):
         cvar_usd: _builtins.float = ...,
         worst_profit_usd: _builtins.float = ...,
         objective_usd: _builtins.float = ...,
+        racks_sell: _builtins.int = ...,
+        racks_move: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mean_profit_usd", b"mean_profit_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvar_usd", b"cvar_usd", "description", b"description", "feasible", b"feasible", "leased_mw", b"leased_mw", "mean_profit_usd", b"mean_profit_usd", "objective_usd", b"objective_usd", "p50_profit_usd", b"p50_profit_usd", "p5_profit_usd", b"p5_profit_usd", "p95_profit_usd", b"p95_profit_usd", "plan", b"plan", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "sites", b"sites", "std_profit_usd", b"std_profit_usd", "var_usd", b"var_usd", "violations", b"violations", "worst_profit_usd", b"worst_profit_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cvar_usd", b"cvar_usd", "description", b"description", "feasible", b"feasible", "leased_mw", b"leased_mw", "mean_profit_usd", b"mean_profit_usd", "objective_usd", b"objective_usd", "p50_profit_usd", b"p50_profit_usd", "p5_profit_usd", b"p5_profit_usd", "p95_profit_usd", b"p95_profit_usd", "plan", b"plan", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "racks_move", b"racks_move", "racks_sell", b"racks_sell", "sites", b"sites", "std_profit_usd", b"std_profit_usd", "var_usd", b"var_usd", "violations", b"violations", "worst_profit_usd", b"worst_profit_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

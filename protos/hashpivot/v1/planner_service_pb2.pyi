@@ -475,10 +475,33 @@ class GroupCounts(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LifecyclesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     GROUP_FIELD_NUMBER: _builtins.int
     RACKS_MINE_FIELD_NUMBER: _builtins.int
     RACKS_AI_FIELD_NUMBER: _builtins.int
     RACKS_IDLE_FIELD_NUMBER: _builtins.int
+    RACKS_SELL_FIELD_NUMBER: _builtins.int
+    RACKS_MOVE_FIELD_NUMBER: _builtins.int
+    LIFECYCLES_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """Rack group id."""
     racks_mine: _builtins.int
@@ -487,6 +510,16 @@ class GroupCounts(_message.Message):
     """Racks converted to AI/HPC."""
     racks_idle: _builtins.int
     """Racks idle."""
+    racks_sell: _builtins.int
+    """Racks sold at the start."""
+    racks_move: _builtins.int
+    """Racks moved to another site at the start (needs `lifecycles` to say where)."""
+    @_builtins.property
+    def lifecycles(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The exact decision, racks per lifecycle option ("mine", "idle", "sell", "move:SITE",
+        "ai@K:sell|store|move:SITE"); when given it supersedes the counts above.
+        """
+
     def __init__(
         self,
         *,
@@ -494,10 +527,13 @@ class GroupCounts(_message.Message):
         racks_mine: _builtins.int = ...,
         racks_ai: _builtins.int = ...,
         racks_idle: _builtins.int = ...,
+        racks_sell: _builtins.int = ...,
+        racks_move: _builtins.int = ...,
+        lifecycles: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "lifecycles", b"lifecycles", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "racks_move", b"racks_move", "racks_sell", b"racks_sell"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -559,10 +595,52 @@ class Allocation(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ConversionStartEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PurchasesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RACKS_FIELD_NUMBER: _builtins.int
     CONVERTED_SITES_FIELD_NUMBER: _builtins.int
     LEASES_FIELD_NUMBER: _builtins.int
     DR_MW_BY_SITE_FIELD_NUMBER: _builtins.int
+    CONVERSION_START_FIELD_NUMBER: _builtins.int
+    PURCHASES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def racks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupCounts]:
         """Counts for every rack group of the fleet."""
@@ -581,6 +659,14 @@ class Allocation(_message.Message):
         sites left out commit nothing.
         """
 
+    @_builtins.property
+    def conversion_start(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Chosen start option (index into ai.start_months) per converted site; sites left out start at 0."""
+
+    @_builtins.property
+    def purchases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Racks bought per purchase option id."""
+
     def __init__(
         self,
         *,
@@ -588,10 +674,12 @@ class Allocation(_message.Message):
         converted_sites: _abc.Iterable[_builtins.str] | None = ...,
         leases: _abc.Iterable[Global___LeaseAssignment] | None = ...,
         dr_mw_by_site: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        conversion_start: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        purchases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["converted_sites", b"converted_sites", "dr_mw_by_site", b"dr_mw_by_site", "leases", b"leases", "racks", b"racks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversion_start", b"conversion_start", "converted_sites", b"converted_sites", "dr_mw_by_site", b"dr_mw_by_site", "leases", b"leases", "purchases", b"purchases", "racks", b"racks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,271 @@
+"""What a rack can do over the horizon: its lifecycle options, and the rack profiles they mine as.
+
+A *profile* is a rack configuration at a site (machines per rack and class, opex): every rack group
+is one at its own site, and, when moves are allowed, one at each other site; every purchase option
+is one. The per-rack economics (optimizer.economics) are computed per profile and period.
+
+A *lifecycle* is one first-stage choice for one rack of a group, written as what it does period by
+period (optimizer.timeline): the MIP counts racks per (group, lifecycle) - integers, never one
+binary per rack. The options:
+
+- `mine`: mines at its site all horizon; kept at the end.
+- `idle`: stays in place switched off (idle cost per rack-day); kept at the end.
+- `sell`: sold at the plan's start at the machine's resale price.
+- `move:SITE`: moved at the start (cost per rack), mines at SITE once the downtime is over.
+- `ai@K:FATE`: the rack's slot becomes AI/HPC capacity in the site's conversion starting at its K-th
+  start option: the rack mines until then, and its machines are then `sell` (sold at that date's
+  resale price), `store` (kept idle; idle cost) or `move:SITE` (as above, from that date).
+
+Machines still owned at the horizon's end are valued at their resale price then (salvage). Resale
+prices move with hashprice: a machine's second-hand price in a scenario at a date is its price per
+TH/s today times hashprice then over hashprice at the start (both daily means), the way ASIC
+price indices track hashprice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimizer.constants import DAYS_PER_MONTH, KW_PER_MW
+from optimizer.fleet import Fleet
+from optimizer.modes import Mode
+from optimizer.timeline import Timeline, build_timeline
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Racks of one configuration at one site: what the economics price per (profile, period, scenario)."""
+
+    key: str  # group id, "group@site" for a moved group, "buy:option" for a purchase
+    site: int  # position in fleet.sites
+    hashrate_ths: float  # per rack
+    meter_kw: float  # per rack at the site's mining PUE
+    it_kw: float  # per rack without PUE: the IT load its slot frees when converted
+    opex_usd_per_rack_day: float
+    max_racks: int  # most racks that could ever mine as this profile
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    key: str
+    mode: Mode  # how the rack is reported: mine, idle, sell, move or ai
+    mining: tuple[tuple[int, int, int], ...] = ()  # (profile, first period, stop period)
+    idle: tuple[int, int] | None = None  # (first period, stop period) the machines sit idle
+    conversion: int | None = None  # start option index K of the group's site's conversion
+    sold_at: int | None = None  # boundary index at which the machines are sold
+    moved_at: int | None = None  # boundary index at which the move cost is paid
+    kept: bool = True  # machines owned at the horizon's end
+
+
+@dataclass(frozen=True)
+class PlanGrid:
+    """The fleet's periods, profiles and lifecycle options: everything the MIP is indexed by."""
+
+    timeline: Timeline
+    profiles: tuple[Profile, ...]
+    group_profile: tuple[int, ...]  # [G] own-site profile of each group
+    purchase_profile: tuple[int, ...]  # [B] profile of each purchase option
+    lifecycles: tuple[tuple[Lifecycle, ...], ...]  # [G] options of each group
+    conversion_start: dict[str, tuple[int, ...]]  # site id -> boundary index of each start option
+    conversion_ready: dict[str, tuple[int, ...]]  # site id -> boundary index at which each option's hall is live
+    delivery: tuple[int, ...]  # [B] boundary index at which each purchase starts mining
+
+    @property
+    def n_periods(self) -> int:
+        return self.timeline.n_periods
+
+    def profile_index(self, key: str) -> int:
+        return next(q for q, p in enumerate(self.profiles) if p.key == key)
+
+
+def plan_grid(fleet: Fleet, n_steps: int | None = None) -> PlanGrid:
+    """The fleet's grid over its horizon, or over the first `n_steps` steps (a shorter evaluation window)."""
+    hours, n_steps = fleet.horizon.step_hours, n_steps or fleet.horizon.n_steps
+    probe = build_timeline(hours, n_steps, fleet.finance.discount_rate_per_year, [])
+    timeline = build_timeline(hours, n_steps, fleet.finance.discount_rate_per_year, _decision_days(fleet, probe))
+    profiles, group_profile, purchase_profile = _profiles(fleet)
+    starts, ready = {}, {}
+    for site in fleet.sites:
+        if site.ai is not None:
+            start_steps = [timeline.step_at_months(m) for m in site.ai.start_months]
+            starts[site.id] = tuple(timeline.period_starting_at(s) for s in start_steps)
+            ready[site.id] = tuple(
+                timeline.period_starting_at(timeline.step_at_hours(s * hours + site.ai.build_days * 24))
+                for s in start_steps
+            )
+    delivery = tuple(timeline.period_starting_at(timeline.step_at_days(b.delivery_days)) for b in fleet.purchases)
+    grid = PlanGrid(timeline, profiles, group_profile, purchase_profile, (), starts, ready, delivery)
+    options = tuple(_group_lifecycles(fleet, grid, g) for g in range(len(fleet.rack_groups)))
+    return PlanGrid(timeline, profiles, group_profile, purchase_profile, options, starts, ready, delivery)
+
+
+def _decision_days(fleet: Fleet, probe: Timeline) -> list[float]:
+    """Days after the start at which some rack's activity can change."""
+    hours = fleet.horizon.step_hours
+    days: list[float] = [b.delivery_days for b in fleet.purchases]
+    downtime = fleet.moves.downtime_days if fleet.moves else None
+    if downtime is not None:
+        days.append(downtime)
+    for site in fleet.sites:
+        if site.ai is None:
+            continue
+        for months in site.ai.start_months:
+            start_days = probe.step_at_months(months) * hours / 24
+            days += [start_days, start_days + site.ai.build_days]
+            ready_months = (start_days + site.ai.build_days) / DAYS_PER_MONTH
+            days += [(ready_months + o.term_months) * DAYS_PER_MONTH for o in fleet.lease_offers if site.id in o.sites]
+            if downtime is not None:
+                days.append(start_days + downtime)
+    return days
+
+
+def _profiles(fleet: Fleet) -> tuple[tuple[Profile, ...], tuple[int, ...], tuple[int, ...]]:
+    site_index = {s.id: n for n, s in enumerate(fleet.sites)}
+    profiles: list[Profile] = []
+
+    def add(key, site_id, machine_id, per_rack, opex, max_racks) -> int:
+        machine, site = fleet.machine(machine_id), fleet.site(site_id)
+        it_kw = per_rack * machine.power_kw
+        profiles.append(
+            Profile(
+                key,
+                site_index[site_id],
+                per_rack * machine.hashrate_ths,
+                it_kw * site.pue_mining,
+                it_kw,
+                opex,
+                max_racks,
+            )
+        )
+        return len(profiles) - 1
+
+    group_profile = tuple(
+        add(g.id, g.site, g.machine, g.machines_per_rack, g.opex_usd_per_rack_day, g.racks) for g in fleet.rack_groups
+    )
+    if fleet.moves is not None:
+        for g in fleet.rack_groups:
+            for site in fleet.sites:
+                if site.id != g.site:
+                    add(f"{g.id}@{site.id}", site.id, g.machine, g.machines_per_rack, g.opex_usd_per_rack_day, g.racks)
+    purchase_profile = tuple(
+        add(f"buy:{b.id}", b.site, b.machine, b.machines_per_rack, b.opex_usd_per_rack_day, b.max_racks)
+        for b in fleet.purchases
+    )
+    return tuple(profiles), group_profile, purchase_profile
+
+
+def _group_lifecycles(fleet: Fleet, grid: PlanGrid, g: int) -> tuple[Lifecycle, ...]:
+    group = fleet.rack_groups[g]
+    own, end = grid.group_profile[g], grid.n_periods
+    sellable = fleet.machine(group.machine).resale_usd_per_th is not None
+    options = [Lifecycle("mine", Mode.MINE, mining=((own, 0, end),)), Lifecycle("idle", Mode.IDLE, idle=(0, end))]
+    if sellable:
+        options.append(Lifecycle("sell", Mode.SELL, sold_at=0, kept=False))
+    for target, first in _move_targets(fleet, grid, g, 0):
+        options.append(Lifecycle(f"move:{target}", Mode.MOVE, mining=_mining(grid, g, target, first), moved_at=0))
+    if fleet.can_convert(group):
+        for k, start in enumerate(grid.conversion_start[group.site]):
+            before = ((own, 0, start),) if start > 0 else ()
+            options.append(Lifecycle(f"ai@{k}:store", Mode.AI, mining=before, idle=(start, end), conversion=k))
+            if sellable:
+                options.append(
+                    Lifecycle(f"ai@{k}:sell", Mode.AI, mining=before, conversion=k, sold_at=start, kept=False)
+                )
+            for target, first in _move_targets(fleet, grid, g, start):
+                mining = before + _mining(grid, g, target, first)
+                options.append(Lifecycle(f"ai@{k}:move:{target}", Mode.AI, mining=mining, conversion=k, moved_at=start))
+    return tuple(options)
+
+
+def _move_targets(fleet: Fleet, grid: PlanGrid, g: int, at: int) -> list[tuple[str, int]]:
+    """(site id, first mining period) for each site the group's racks may move to at boundary `at`."""
+    if fleet.moves is None or at >= grid.n_periods:
+        return []
+    timeline = grid.timeline
+    arrive_step = timeline.step_at_hours(timeline.bounds[at] * timeline.step_hours + fleet.moves.downtime_days * 24)
+    first = timeline.period_starting_at(arrive_step)
+    return [(s.id, first) for s in fleet.sites if s.id != fleet.rack_groups[g].site]
+
+
+def _mining(grid: PlanGrid, g: int, target: str, first: int) -> tuple[tuple[int, int, int], ...]:
+    group_key = next(p.key for q, p in enumerate(grid.profiles) if q == grid.group_profile[g])
+    q = grid.profile_index(f"{group_key}@{target}")
+    return ((q, first, grid.n_periods),) if first < grid.n_periods else ()
+
+
+def presence(grid: PlanGrid) -> dict[tuple[int, int], list[tuple[int, int]]]:
+    """(profile, period) -> the (group, lifecycle) pairs whose racks mine as that profile in that period."""
+    out: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for g, options in enumerate(grid.lifecycles):
+        for ell, life in enumerate(options):
+            for q, first, stop in life.mining:
+                for p in range(first, stop):
+                    out.setdefault((q, p), []).append((g, ell))
+    return out
+
+
+def converted_it_mw_per_rack(fleet: Fleet, g: int) -> float:
+    return fleet.rack_power_kw(fleet.rack_groups[g]) / KW_PER_MW
+
+
+def rack_resale_usd(fleet: Fleet, g: int) -> float:
+    """Today's resale price of one rack of the group's machines (0 when they cannot be sold)."""
+    group = fleet.rack_groups[g]
+    price = fleet.machine(group.machine).resale_usd_per_th
+    return 0.0 if price is None else price * fleet.rack_hashrate_ths(group)
+
+
+def lifecycle_values_usd(fleet: Fleet, grid: PlanGrid, economics) -> np.ndarray:
+    """[G, L_max, S] present value of one rack of each (group, lifecycle) in each scenario; padding is 0.
+
+    Mining periods earn the profile's mine value (positive margins minus opex); idle periods cost the
+    group's idle cost; sales and salvage earn the resale price at that date; moves cost their fee.
+    """
+    timeline = grid.timeline
+    n_scen = economics.n_scenarios
+    width = max(len(options) for options in grid.lifecycles)
+    out = np.zeros((len(grid.lifecycles), width, n_scen))
+    idle_days = timeline.period_discounted_days()
+    boundary_discount = timeline.discount_at_hours(timeline.bounds * timeline.step_hours)
+    cumulative = np.cumsum(economics.mine_value_usd, axis=1)  # [Q, P, S]
+    for g, options in enumerate(grid.lifecycles):
+        group = fleet.rack_groups[g]
+        resale = rack_resale_usd(fleet, g)
+        for ell, life in enumerate(options):
+            value = np.zeros(n_scen)
+            for q, first, stop in life.mining:
+                if stop > first:
+                    value += cumulative[q, stop - 1] - (cumulative[q, first - 1] if first > 0 else 0.0)
+            if life.idle is not None:
+                value -= group.idle_cost_usd_per_rack_day * idle_days[life.idle[0] : life.idle[1]].sum()
+            if life.sold_at is not None:
+                value += resale * economics.hashprice_ratio[life.sold_at] * boundary_discount[life.sold_at]
+            if life.kept:
+                value += resale * economics.hashprice_ratio[-1] * boundary_discount[-1]
+            if life.moved_at is not None:
+                value -= fleet.moves.cost_usd_per_rack * boundary_discount[life.moved_at]
+            out[g, ell] = value
+    return out
+
+
+def purchase_values_usd(fleet: Fleet, grid: PlanGrid, economics) -> np.ndarray:
+    """[B, S] present value of one purchased rack: mining from delivery, salvage, minus its price."""
+    timeline = grid.timeline
+    end_discount = timeline.discount_at_hours(timeline.horizon_hours)
+    cumulative = np.cumsum(economics.mine_value_usd, axis=1)
+    out = np.zeros((len(fleet.purchases), economics.n_scenarios))
+    for b, option in enumerate(fleet.purchases):
+        q, first = grid.purchase_profile[b], grid.delivery[b]
+        profile = grid.profiles[q]
+        mined = cumulative[q, -1] - (cumulative[q, first - 1] if first > 0 else 0.0) if first < grid.n_periods else 0.0
+        resale = fleet.machine(option.machine).resale_usd_per_th or 0.0
+        salvage = resale * profile.hashrate_ths * economics.hashprice_ratio[-1] * end_discount
+        out[b] = mined + salvage - purchase_price_usd(fleet, b)
+    return out
+
+
+def purchase_price_usd(fleet: Fleet, b: int) -> float:
+    option = fleet.purchases[b]
+    return option.price_usd_per_th * option.machines_per_rack * fleet.machine(option.machine).hashrate_ths
