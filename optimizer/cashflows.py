@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import brentq
 
 from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, KW_PER_MW, MONTHS_PER_YEAR
 from optimizer.fleet import AiConversion, LeaseOffer
@@ -136,7 +135,16 @@ def irr(cash_usd: np.ndarray) -> float | None:
     f_low, f_high = npv(cash, low), npv(cash, high)
     if f_low * f_high > 0:
         return None
-    return float(brentq(lambda r: npv(cash, r), low, high, xtol=1e-10))
+    # bisection on the bracket: scipy's root finders would cost every CLI start its import (scipy.stats)
+    for _ in range(200):
+        middle = (low + high) / 2
+        if npv(cash, middle) * f_low > 0:
+            low, f_low = middle, npv(cash, middle)
+        else:
+            high = middle
+        if high - low < 1e-12:
+            break
+    return float((low + high) / 2)
 
 
 def payback_months(cash_usd: np.ndarray) -> float | None:

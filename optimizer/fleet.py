@@ -267,9 +267,19 @@ class RiskSettings(StrictModel):
 
 
 class SolverSettings(StrictModel):
-    time_limit_s: float = Field(120.0, gt=0, le=86_400)
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        le=86_400,
+        description="MIP time limit, seconds; unset: scaled with the model size (docs/formulation.md).",
+    )
     mip_rel_gap: float = Field(1e-6, ge=0, le=1)
     threads: int = Field(1, ge=1, le=256)
+    max_accepted_gap: float = Field(
+        0.01,
+        ge=0,
+        description="A solve that stops at a limit with a larger relative gap flags the plan (CLI exits non-zero).",
+    )
 
 
 class ScenarioSettings(StrictModel):

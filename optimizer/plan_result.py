@@ -132,6 +132,11 @@ class SolverReport(BaseModel):
     wall_s: float
     variables: int
     constraints: int
+    time_limit_s: float | None = None  # the limit the solve ran under (the fleet's, or scaled with the model)
+    max_accepted_gap: float = 0.01  # SolverSettings.max_accepted_gap
+    # the solve stopped at a limit (time, interrupt) with mip_gap above max_accepted_gap: the plan may be
+    # far from optimal (solvers/limits.py); `hashpivot plan` exits non-zero unless --accept-gap
+    gap_exceeded: bool = False
 
 
 class PlanResult(BaseModel):

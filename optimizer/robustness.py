@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, Field
-from scipy import stats
 
 from optimizer.allocation import MODES, Allocation, Mode, check_feasible, converted_mw
 from optimizer.constants import KW_PER_MW
@@ -177,6 +176,8 @@ def t_interval(values: np.ndarray, confidence_level: float, method: str = "t") -
         return ConfidenceInterval(
             estimate_usd=mean, lower_usd=-np.inf, upper_usd=np.inf, confidence_level=confidence_level, method=method
         )
+    from scipy import stats  # ~0.5 s to import: only when an interval is computed (CLI start-up)
+
     half = float(stats.t.ppf(0.5 + confidence_level / 2, n - 1) * values.std(ddof=1) / np.sqrt(n))
     return ConfidenceInterval(
         estimate_usd=mean,
@@ -241,6 +242,8 @@ def mmw_upper_bound(gaps: Sequence[float], confidence_level: float) -> tuple[flo
     if k < 2:
         raise ValueError(f"the MMW interval needs at least 2 replications, got {k}")
     mean, std = float(gaps.mean()), float(gaps.std(ddof=1))
+    from scipy import stats  # lazy, as in mean_interval
+
     return mean, std, mean + float(stats.t.ppf(confidence_level, k - 1)) * std / np.sqrt(k)
 
 

@@ -18,6 +18,8 @@ from services.tables import output_console, print_plan, write_plan_outputs
 
 console = Console(stderr=True)
 
+EXIT_GAP = 3  # the plan was written, but its solve stopped at a limit with a gap above the accepted one
+
 
 def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plan", help="plan a fleet file: mine, lease for AI/HPC, or idle, per rack")
@@ -27,7 +29,12 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=[o.value for o in Objective], help="risk objective")
     p.add_argument("--alpha", type=float, help="CVaR level, e.g. 0.95")
     p.add_argument("--cvar-weight", type=float, help="weight of CVaR against expected profit")
-    p.add_argument("--time-limit", type=float, help="solver time limit in seconds")
+    p.add_argument("--time-limit", type=float, help="solver time limit, seconds (default: fleet's, else model-scaled)")
+    p.add_argument(
+        "--accept-gap",
+        action="store_true",
+        help=f"exit 0 even if the solve stopped at a limit with a gap above solver.max_accepted_gap (not {EXIT_GAP})",
+    )
     p.add_argument("--scenario-file", type=Path, help="use these scenarios (NPZ, docs/scenarios.md) instead of drawing")
     p.add_argument("--export-scenarios", type=Path, help="write the scenarios the plan used to this NPZ file")
     p.add_argument("--workers", type=int, help="at most this many Ray tasks at once (never changes the plan)")
@@ -57,9 +64,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from optimizer.scenario_io import load_scenarios, save_scenarios  # noqa: I001
-    from solvers.planner import plan_fleet
-    from solvers.ray_pool import ensure_ray
+    from optimizer.scenario_io import load_scenarios
+    from solvers.ray_pool import settle_ray_start
 
     check_input_file(args.fleet, "fleet file")
     if args.scenario_file:
@@ -72,7 +78,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
     provided = None
     if args.scenario_file:
         provided = load_scenarios(args.scenario_file, [m.id for m in fleet.markets], fleet.horizon.n_steps)
-    ensure_ray(args.ray_address)
+    local = _start_ray_if_needed(args, fleet, provided)
+    try:
+        return _plan(args, fleet, provided, local, previous)
+    finally:
+        settle_ray_start()  # a Ray still starting (the run failed early) finishes, so it shuts down cleanly
+
+
+def _start_ray_if_needed(args: argparse.Namespace, fleet, provided) -> bool:
+    """Whether the plan runs in-process; Ray starts in the background (sized to the work) if the plan's
+    work pays for it or robustness follows, while the planner is imported and the plan made."""
+    from solvers.ray_pool import batches, cpus_for, runs_in_process, start_ray_background
+
+    count = fleet.scenarios.count if provided is None else provided.n_scenarios
+    local = runs_in_process(fleet, count, args.ray_address)
+    if not local or not args.no_robustness:
+        parts = len(batches(count, fleet.scenarios.batch_size))
+        start_ray_background(args.ray_address, num_cpus=cpus_for(parts if args.no_robustness else 1 << 16))
+    return local
+
+
+def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict | None) -> int:
+    from optimizer.scenario_io import save_scenarios
+    from solvers.planner import plan_fleet
+
     with _progress_bar() as bar:
         tasks: dict[str, int] = {}
 
@@ -87,6 +116,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             workers=args.workers,
             keep_scenarios=bool(args.export_scenarios),
             progress=progress,
+            local=local,
         )
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
     if args.export_scenarios:
@@ -107,6 +137,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if run is not None:
         paths += write_report(fleet, plan, run, args.out, previous=previous)
     console.print(f"wrote {', '.join(str(p) for p in paths)}")
+    if plan.solver.gap_exceeded:
+        from services.tables import gap_warning
+
+        if args.accept_gap:
+            console.print(f"[yellow]{gap_warning(plan)} (accepted: --accept-gap)[/yellow]")
+        else:
+            console.print(f"[red]{gap_warning(plan)}[/red]; exiting {EXIT_GAP} (pass --accept-gap to accept it)")
+            return EXIT_GAP
     return 0
 
 

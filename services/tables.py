@@ -87,7 +87,9 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
         values = {v.group: v for v in rack_values(fleet, plan)}
     columns = ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh")
     columns += ("mining $/rack", "AI $/rack", "idle $/rack") if values else ("value $/rack",)
-    table = new_table(f"Allocation: {plan.fleet} ({plan.horizon_days} days)", columns, ("group", "site", "machine"))
+    unproven = " - UNPROVEN, see the solver line" if plan.solver.gap_exceeded else ""
+    title = f"Allocation: {plan.fleet} ({plan.horizon_days} days){unproven}"
+    table = new_table(title, columns, ("group", "site", "machine"))
     for g in plan.allocation:
         cells = [
             g.group,
@@ -151,6 +153,18 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
     console.print(
         f"solver: {s.status}, gap {s.mip_gap:.2e}, {s.variables} variables, {s.constraints} constraints, "
         f"solve {s.wall_s:.2f}s, total {plan.timings_s.get('total_s', 0):.1f}s"
+    )
+    if s.gap_exceeded:
+        console.print(gap_warning(plan), style="bold red")
+
+
+def gap_warning(plan: PlanResult) -> str:
+    """One line saying the plan is unproven: the solve stopped at a limit with a gap above the accepted one."""
+    s = plan.solver
+    limit = f" of {s.time_limit_s:.0f} s" if s.status == "time_limit" and s.time_limit_s is not None else ""
+    return (
+        f"UNPROVEN PLAN: the solver stopped at its {s.status.replace('_', ' ')}{limit} with a gap of {s.mip_gap:.2%} "
+        f"(accepted: {s.max_accepted_gap:.2%}); the allocation may be far from the best one"
     )
 
 

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import ray
-
 from optimizer.allocation import Allocation, scenario_profits_usd
 from optimizer.deal_report import conversion_results, timeline_events, year_figures
 from optimizer.economics import GroupEconomics, concat_economics, economics_grid, group_economics
@@ -33,7 +31,18 @@ from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenario
 from optimizer.ties import break_ties
 from solvers.diagnose import Commitments, apply_commitments, explain_infeasible
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, solve
-from solvers.ray_pool import batches, ensure_ray, fan_out
+from solvers.limits import gap_exceeded, resolved_time_limit_s
+from solvers.ray_pool import (
+    batches,
+    ensure_ray,
+    fan_out,
+    get,
+    in_process,
+    lazy_remote,
+    put,
+    running_in_process,
+    runs_in_process,
+)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -90,7 +99,7 @@ def streamed_economics(
     return concat_economics(parts), (concat_scenarios(kept) if keep else None)
 
 
-@ray.remote(num_cpus=1)
+@lazy_remote(num_cpus=1)
 def _economics_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, keep: bool):
     return streamed_economics(fleet, rows, seed, stream, provided, keep)
 
@@ -104,8 +113,8 @@ def compute_economics(
     progress: Progress = _no_progress,
 ) -> tuple[GroupEconomics, ScenarioSet | None]:
     """Per-rack economics of every scenario, computed in Ray batches; identical for any batching."""
-    fleet_ref = ray.put(fleet)
-    provided_ref = None if spec.provided is None else ray.put(spec.provided)  # put once, pass references
+    fleet_ref = put(fleet)
+    provided_ref = None if spec.provided is None else put(spec.provided)  # put once, pass references
     parts = batches(spec.count, batch_size)
     done = [0]
 
@@ -132,6 +141,7 @@ class SolvedPlan:
     build_s: float
     variables: int
     constraints: int
+    time_limit_s: float | None = None
 
 
 def solve_allocation(
@@ -151,8 +161,9 @@ def solve_allocation(
     if commitments is not None:
         apply_commitments(model, commitments)
     build_s = time.perf_counter() - start
+    time_limit_s = resolved_time_limit_s(solver, fleet, economics)
     try:
-        outcome = solve(model, solver.time_limit_s, solver.mip_rel_gap, solver.threads, on_mip_progress)
+        outcome = solve(model, time_limit_s, solver.mip_rel_gap, solver.threads, on_mip_progress)
     except NoSolutionInTimeError:
         raise
     except InfeasiblePlanError:
@@ -163,10 +174,11 @@ def solve_allocation(
         build_s=build_s,
         variables=model.nvariables(),
         constraints=model.nconstraints(),
+        time_limit_s=time_limit_s,
     )
 
 
-solve_remote = ray.remote(num_cpus=1)(solve_allocation)
+solve_remote = lazy_remote(num_cpus=1)(solve_allocation)
 
 
 def plan_fleet(
@@ -176,16 +188,26 @@ def plan_fleet(
     keep_scenarios: bool = False,
     progress: Progress = _no_progress,
     solve_plan: Callable[[Fleet, GroupEconomics], SolvedPlan] | None = None,
+    local: bool | None = None,
 ) -> tuple[PlanResult, ScenarioSet | None]:
     """Plan the fleet end to end; returns the plan and, if asked, the scenarios it used.
 
     `solve_plan` replaces the default MIP solve (one `solve_remote` task), e.g. by one a caller can
-    cancel, bound by a deadline or follow (solvers/runs.py).
+    cancel, bound by a deadline or follow (solvers/runs.py). `local`: True runs every task in this
+    process, False on Ray, None decides by the work (`runs_in_process`); the plan is the same.
     """
-    ensure_ray()
+    count = fleet.scenarios.count if provided is None else provided.n_scenarios
+    if local is None:
+        local = runs_in_process(fleet, count)
+    if not local:
+        ensure_ray()
+    with in_process(local):
+        return _plan_fleet(fleet, provided, count, workers, keep_scenarios, progress, solve_plan)
+
+
+def _plan_fleet(fleet, provided, count, workers, keep_scenarios, progress, solve_plan):
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    count = fleet.scenarios.count if provided is None else provided.n_scenarios
     spec = ScenarioSpec(count=count, seed=fleet.scenarios.seed, provided=provided)
     economics, scenarios = compute_economics(fleet, spec, fleet.scenarios.batch_size, workers, keep_scenarios, progress)
     timings["scenarios_s"] = time.perf_counter() - start
@@ -201,7 +223,9 @@ def plan_fleet(
 
 
 def _solve_on_ray(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
-    return ray.get(solve_remote.remote(fleet, economics, fleet.risk, fleet.solver))
+    if running_in_process():
+        return solve_allocation(fleet, economics, fleet.risk, fleet.solver)
+    return get(solve_remote.remote(fleet, economics, fleet.risk, fleet.solver))
 
 
 def assemble_plan(
@@ -235,6 +259,9 @@ def assemble_plan(
             wall_s=solved.outcome.wall_s,
             variables=solved.variables,
             constraints=solved.constraints,
+            time_limit_s=solved.time_limit_s,
+            max_accepted_gap=fleet.solver.max_accepted_gap,
+            gap_exceeded=gap_exceeded(solved.outcome.status, solved.outcome.mip_gap, fleet.solver.max_accepted_gap),
         ),
         scenarios={
             "count": spec.count,

@@ -1,18 +1,148 @@
-"""Ray plumbing: start or join a cluster, and fan batches out with bounded concurrency."""
+"""Ray plumbing: start or join a cluster, fan batches out with bounded concurrency, or run in-process.
+
+Ray is imported only when a run uses it (its import and start-up are ~1 s and several seconds on
+a small machine). The embedded Ray starts with what the run needs: no dashboard, CPUs sized to
+the work, and it can start in a background thread (`start_ray_background`) while the caller does
+other things; `ensure_ray` then waits for it. Small runs execute the same task functions in the
+calling process (`in_process()`), where Ray would cost more than the work: same functions, same
+arguments, same order, so the same results.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
-
-import ray
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
 
+_state = threading.local()  # .in_process: the calling thread runs tasks in-process
+_start_lock = threading.Lock()
+_starting: threading.Event | None = None  # set when a background start has finished
+_start_error: BaseException | None = None
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray once."""
+
+# ---------------------------------------------------------------------------------------------
+# Where tasks run
+
+
+def running_in_process() -> bool:
+    return getattr(_state, "in_process", False)
+
+
+@contextlib.contextmanager
+def in_process(enabled: bool = True) -> Iterator[None]:
+    """Within the block (this thread), fan_out, put and LazyRemote calls run here instead of on Ray."""
+    before = running_in_process()
+    _state.in_process = enabled
+    try:
+        yield
+    finally:
+        _state.in_process = before
+
+
+def ray_active() -> bool:
+    """Ray is up or starting in this process (without importing Ray when it never was)."""
+    if _starting is not None:
+        return True
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def cluster_configured(address: str | None = None) -> bool:
+    return bool(address or os.environ.get(RAY_ADDRESS_ENV))
+
+
+# A run of little work skips Ray, whose start-up would cost more than the work. Work is counted in
+# cells, scenario x step x (rack group + site), the shape of the economics. Drawing and pricing the
+# scenarios of examples/fleet.yaml took 0.08 us of CPU per cell (200 and 1,000 scenarios, 2 cores)
+# and ~0.2 us of wall time with the machine shared four ways; ECONOMICS_S_PER_CELL takes the loaded
+# figure. An embedded Ray costs RAY_STARTUP_S before its first task runs (import ~0.7 s, init
+# ~5 s: GCS, raylet, agents, prestarted workers; bench/bench_pipeline.py shows the tiny plan at
+# ~11 s on Ray against ~1-2 s in-process). Ray saves at most the share (1 - 1/cores) of the work,
+# so it only pays when that exceeds its cost: on two cores, above ~40M cells (the example fleet at
+# ~1,500 scenarios).
+ECONOMICS_S_PER_CELL = 0.25e-6
+RAY_STARTUP_S = 5.0
+
+
+def work_cells(fleet: Any, count: int) -> int:
+    """Scenario x step x (rack group + site) of a run on `fleet` (an optimizer.fleet.Fleet)."""
+    return count * fleet.horizon.n_steps * (len(fleet.rack_groups) + len(fleet.sites))
+
+
+def runs_in_process(fleet: Any, count: int, address: str | None = None, cores: int | None = None) -> bool:
+    """True when a run should skip Ray: no cluster configured, Ray not already up or starting, and the
+    parallel saving on the economics smaller than the start-up of an embedded Ray."""
+    if cluster_configured(address) or ray_active():
+        return False
+    cores = cores or os.cpu_count() or 1
+    saving_s = work_cells(fleet, count) * ECONOMICS_S_PER_CELL * (1 - 1 / cores)
+    return saving_s < RAY_STARTUP_S
+
+
+class LazyRemote:
+    """`ray.remote(**options)(fn)`, made on first `.remote()`, so importing a module does not import Ray.
+
+    Calling it runs `fn` here; `fan_out` runs `fn` in-process under `in_process()`.
+    """
+
+    def __init__(self, fn: Callable, **options: Any):
+        self.fn = fn
+        self._options = options
+        self._remote = None
+        self.__name__ = getattr(fn, "__name__", "task")
+        self.__doc__ = fn.__doc__
+
+    def _ray_function(self):
+        if self._remote is None:
+            import ray
+
+            self._remote = ray.remote(**self._options)(self.fn)
+        return self._remote
+
+    def remote(self, *args: Any, **kwargs: Any):
+        return self._ray_function().remote(*args, **kwargs)
+
+    def options(self, **options: Any):
+        return self._ray_function().options(**options)
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        return self.fn(*args, **kwargs)
+
+
+def lazy_remote(**options: Any) -> Callable[[Callable], LazyRemote]:
+    """Decorator: `@lazy_remote(num_cpus=1)` in place of `@ray.remote(num_cpus=1)`."""
+    return lambda fn: LazyRemote(fn, **options)
+
+
+def put(value: Any) -> Any:
+    """ray.put on Ray (put once, pass the reference); the value itself in-process."""
+    if running_in_process():
+        return value
+    import ray
+
+    return ray.put(value)
+
+
+def get(ref: Any) -> Any:
+    if running_in_process():
+        return ref
+    import ray
+
+    return ray.get(ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting Ray
+
+
+def _init(address: str | None, num_cpus: int | None) -> None:
+    import ray
+
     if ray.is_initialized():
         return
     address = address or os.environ.get(RAY_ADDRESS_ENV)
@@ -25,6 +155,84 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         log_to_driver=False,
         configure_logging=False,
     )
+
+
+def start_ray_background(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Import and start Ray in a background thread; `ensure_ray` waits for it. No-op if up or starting.
+
+    The thread stays alive, parked, for the life of the process: Ray starts its GCS and raylet with
+    PR_SET_PDEATHSIG, which on Linux kills them when the *thread* that forked them exits.
+    """
+    global _starting, _start_error
+    with _start_lock:
+        if ray_active():
+            return
+        started = threading.Event()
+
+        def run() -> None:
+            global _start_error
+            quiet = _NotMainThreadFilter()
+            loggers = [logging.getLogger(name) for name in ("ray", "ray._private.worker")]
+            for logger in loggers:
+                logger.addFilter(quiet)
+            try:
+                _init(address, num_cpus)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by ensure_ray in the caller's thread
+                _start_error = exc
+            finally:
+                for logger in loggers:
+                    logger.removeFilter(quiet)
+                started.set()
+            _park.wait()  # keep Ray's processes alive: they die with the thread that started them
+
+        _start_error = None
+        _starting = started
+        threading.Thread(target=run, name="ray-start", daemon=True).start()
+
+
+_park = threading.Event()  # never set: the background starter thread waits on it until the process exits
+
+
+class _NotMainThreadFilter(logging.Filter):
+    """Ray warns that it sets no SIGTERM handler off the main thread: expected when started in the background."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray once.
+
+    If `start_ray_background` started one, wait for it (and raise what it raised).
+    """
+    if settle_ray_start():
+        if _start_error is not None:
+            raise _start_error
+        return
+    _init(address, num_cpus)
+
+
+def settle_ray_start() -> bool:
+    """Wait for a background start still running; True if there was one (its error, if any, is in
+    `_start_error`). A process must not exit with Ray half-started: its processes would outlive it."""
+    global _starting
+    with _start_lock:
+        started = _starting
+    if started is None:
+        return False
+    started.wait()
+    with _start_lock:
+        _starting = None
+    return True
+
+
+def cpus_for(batches_count: int) -> int:
+    """CPUs of an embedded Ray sized to the work: no more workers than batches, nor than cores."""
+    return max(1, min(os.cpu_count() or 1, batches_count))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fan-out
 
 
 def batches(count: int, batch_size: int) -> list[range]:
@@ -40,8 +248,13 @@ def fan_out(
     """Run `remote_fn.remote(*args)` for each args tuple; results in submission order.
 
     At most `max_in_flight` tasks run at once (None: all submitted together), so the
-    number of workers is a setting that never changes the result.
+    number of workers is a setting that never changes the result. Under `in_process()`
+    the task function runs here, one batch after the other.
     """
+    if running_in_process():
+        return _run_here(remote_fn, arg_lists, on_done)
+    import ray
+
     results: list[Any] = [None] * len(arg_lists)
     pending: dict[Any, int] = {}
     queue: Iterable[tuple[int, tuple]] = iter(enumerate(arg_lists))
@@ -60,7 +273,21 @@ def fan_out(
     return results
 
 
+def _run_here(remote_fn: Any, arg_lists: Sequence[tuple], on_done: Callable[[int], None] | None) -> list[Any]:
+    fn = getattr(remote_fn, "fn", None) or getattr(remote_fn, "_function", None)
+    if fn is None:
+        raise TypeError(f"{remote_fn!r} cannot run in-process: make it with lazy_remote")
+    results = []
+    for index, args in enumerate(arg_lists):
+        results.append(fn(*args))
+        if on_done:
+            on_done(index)
+    return results
+
+
 def _collect_one(pending: dict[Any, int], results: list[Any], on_done: Callable[[int], None] | None) -> None:
+    import ray
+
     [ready], _ = ray.wait(list(pending), num_returns=1)
     index = pending.pop(ready)
     results[index] = ray.get(ready)

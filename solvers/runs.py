@@ -36,6 +36,7 @@ from optimizer.risk import ProfitStats, profit_stats, risk_objective_value
 from optimizer.robustness import RobustnessReport, RobustnessSettings
 from solvers.diagnose import Commitments
 from solvers.highs import MipProgress, NoSolutionInTimeError
+from solvers.limits import resolved_time_limit_s
 from solvers.planner import ScenarioSpec, SolvedPlan, compute_economics, plan_fleet, solve_remote
 from solvers.robustness import assess_plan
 
@@ -198,7 +199,7 @@ def _solve_stoppable(
     fleet: Fleet, economics: GroupEconomics, commitments: Commitments | None, control: RunControl, relay
 ) -> SolvedPlan:
     control.check()
-    limit_s = solve_time_limit_s(fleet.solver.time_limit_s, control.remaining_s())
+    limit_s = solve_time_limit_s(resolved_time_limit_s(fleet.solver, fleet, economics), control.remaining_s())
     solver = fleet.solver.model_copy(update={"time_limit_s": limit_s})
     key = uuid.uuid4().hex
     reporter = MipReporter(relay, key) if relay is not None else None

@@ -1023,29 +1023,39 @@ class SolverSettings(_message.Message):
     TIME_LIMIT_S_FIELD_NUMBER: _builtins.int
     MIP_REL_GAP_FIELD_NUMBER: _builtins.int
     THREADS_FIELD_NUMBER: _builtins.int
+    MAX_ACCEPTED_GAP_FIELD_NUMBER: _builtins.int
     time_limit_s: _builtins.float
-    """Time limit of the MIP solve, seconds (default 120). A call deadline shortens it."""
+    """Time limit of the MIP solve, seconds (default: scaled with the model size, docs/formulation.md).
+    A call deadline shortens it.
+    """
     mip_rel_gap: _builtins.float
     """Relative MIP gap at which the solve stops (default 1e-6)."""
     threads: _builtins.int
     """HiGHS threads (default 1)."""
+    max_accepted_gap: _builtins.float
+    """A solve that stops at a limit with a larger relative gap flags the plan (default 0.01)."""
     def __init__(
         self,
         *,
         time_limit_s: _builtins.float | None = ...,
         mip_rel_gap: _builtins.float | None = ...,
         threads: _builtins.int | None = ...,
+        max_accepted_gap: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_mip_rel_gap", b"_mip_rel_gap", "_threads", b"_threads", "_time_limit_s", b"_time_limit_s", "mip_rel_gap", b"mip_rel_gap", "threads", b"threads", "time_limit_s", b"time_limit_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accepted_gap", b"_max_accepted_gap", "_mip_rel_gap", b"_mip_rel_gap", "_threads", b"_threads", "_time_limit_s", b"_time_limit_s", "max_accepted_gap", b"max_accepted_gap", "mip_rel_gap", b"mip_rel_gap", "threads", b"threads", "time_limit_s", b"time_limit_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_mip_rel_gap", b"_mip_rel_gap", "_threads", b"_threads", "_time_limit_s", b"_time_limit_s", "mip_rel_gap", b"mip_rel_gap", "threads", b"threads", "time_limit_s", b"time_limit_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accepted_gap", b"_max_accepted_gap", "_mip_rel_gap", b"_mip_rel_gap", "_threads", b"_threads", "_time_limit_s", b"_time_limit_s", "max_accepted_gap", b"max_accepted_gap", "mip_rel_gap", b"mip_rel_gap", "threads", b"threads", "time_limit_s", b"time_limit_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_accepted_gap: _TypeAlias = _typing.Literal["max_accepted_gap"]  # noqa: Y015
+    _WhichOneofArgType__max_accepted_gap: _TypeAlias = _typing.Literal["_max_accepted_gap", b"_max_accepted_gap"]  # noqa: Y015
     _WhichOneofReturnType__mip_rel_gap: _TypeAlias = _typing.Literal["mip_rel_gap"]  # noqa: Y015
     _WhichOneofArgType__mip_rel_gap: _TypeAlias = _typing.Literal["_mip_rel_gap", b"_mip_rel_gap"]  # noqa: Y015
     _WhichOneofReturnType__threads: _TypeAlias = _typing.Literal["threads"]  # noqa: Y015
     _WhichOneofArgType__threads: _TypeAlias = _typing.Literal["_threads", b"_threads"]  # noqa: Y015
     _WhichOneofReturnType__time_limit_s: _TypeAlias = _typing.Literal["time_limit_s"]  # noqa: Y015
     _WhichOneofArgType__time_limit_s: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_accepted_gap) -> _WhichOneofReturnType__max_accepted_gap | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mip_rel_gap) -> _WhichOneofReturnType__mip_rel_gap | None: ...
     @_typing.overload

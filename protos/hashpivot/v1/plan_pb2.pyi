@@ -1033,6 +1033,9 @@ class SolverReport(_message.Message):
     WALL_S_FIELD_NUMBER: _builtins.int
     VARIABLES_FIELD_NUMBER: _builtins.int
     CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    TIME_LIMIT_S_FIELD_NUMBER: _builtins.int
+    MAX_ACCEPTED_GAP_FIELD_NUMBER: _builtins.int
+    GAP_EXCEEDED_FIELD_NUMBER: _builtins.int
     status: Global___SolveStatus.ValueType
     """How the solve ended."""
     objective_usd: _builtins.float
@@ -1047,6 +1050,16 @@ class SolverReport(_message.Message):
     """Number of model variables."""
     constraints: _builtins.int
     """Number of model constraints."""
+    time_limit_s: _builtins.float
+    """Time limit the solve ran under, seconds: the fleet's, or scaled with the model size when the
+    fleet sets none (docs/formulation.md), shortened by a call deadline.
+    """
+    max_accepted_gap: _builtins.float
+    """Largest relative gap a plan may keep when the solve stops at a limit (SolverSettings.max_accepted_gap)."""
+    gap_exceeded: _builtins.bool
+    """True when the solve stopped at a limit (time, interrupt) with mip_gap above max_accepted_gap:
+    the plan may be far from the optimum; give it more time or accept the gap knowingly.
+    """
     def __init__(
         self,
         *,
@@ -1057,12 +1070,17 @@ class SolverReport(_message.Message):
         wall_s: _builtins.float = ...,
         variables: _builtins.int = ...,
         constraints: _builtins.int = ...,
+        time_limit_s: _builtins.float | None = ...,
+        max_accepted_gap: _builtins.float = ...,
+        gap_exceeded: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s", "time_limit_s", b"time_limit_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_usd", b"bound_usd", "constraints", b"constraints", "mip_gap", b"mip_gap", "objective_usd", b"objective_usd", "status", b"status", "variables", b"variables", "wall_s", b"wall_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s", "bound_usd", b"bound_usd", "constraints", b"constraints", "gap_exceeded", b"gap_exceeded", "max_accepted_gap", b"max_accepted_gap", "mip_gap", b"mip_gap", "objective_usd", b"objective_usd", "status", b"status", "time_limit_s", b"time_limit_s", "variables", b"variables", "wall_s", b"wall_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__time_limit_s: _TypeAlias = _typing.Literal["time_limit_s"]  # noqa: Y015
+    _WhichOneofArgType__time_limit_s: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_limit_s) -> _WhichOneofReturnType__time_limit_s | None: ...
 
 Global___SolverReport: _TypeAlias = SolverReport  # noqa: Y015
 
