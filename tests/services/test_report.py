@@ -84,7 +84,17 @@ def test_xlsx_holds_the_same_numbers_as_the_csvs(hedge_run, tmp_path):
     fleet, plan, _ = hedge_run
     write_plan_outputs(plan, tmp_path, fleet)
     book = load_workbook(tmp_path / "plan.xlsx")
-    assert book.sheetnames == ["summary", "allocation", "sites", "offers", "breakeven"]
+    assert book.sheetnames == [
+        "summary",
+        "allocation",
+        "sites",
+        "offers",
+        "breakeven",
+        "conversions",
+        "years",
+        "site_years",
+        "timeline",
+    ]
     for name in ("allocation", "sites", "offers", "breakeven"):
         with (tmp_path / f"{name}.csv").open() as handle:
             rows = list(csv.reader(handle))
