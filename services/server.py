@@ -26,8 +26,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.hashpivot.v1 import planner_service_pb2_grpc
-from services.jobs import JobRunner, JobStore, default_db_path
+from services.runner import JobRunner
 from services.servicer import SERVICE_NAME, PlannerServicer
+from services.store import JobStore, default_db_path
 from solvers.ray_pool import ensure_ray
 from solvers.runs import new_relay
 

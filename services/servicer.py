@@ -34,7 +34,8 @@ from optimizer.plan_result import PlanResult
 from protos.hashpivot.v1 import jobs_pb2, planner_service_pb2, planner_service_pb2_grpc
 from services import convert
 from services.errors import ServiceError, abort, allocation_error, invalid_argument, not_found, to_service_error
-from services.jobs import JobRecord, JobRunner, JobState, JobStore
+from services.runner import JobRunner
+from services.store import JobRecord, JobState, JobStore
 from solvers.planner import ScenarioSpec
 from solvers.runs import STOP_CANCELLED, RunControl, RunStopped, run_evaluation, run_plan
 

@@ -10,7 +10,7 @@ from optimizer.robustness import RobustnessSettings
 from protos.hashpivot.v1 import jobs_pb2, plan_pb2
 from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services import convert
-from services.jobs import SCHEMA_VERSION, JobState, JobStore
+from services.store import SCHEMA_VERSION, JobState, JobStore
 from solvers.diagnose import Commitments
 from tests.conftest import small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message, hard_fleet_data

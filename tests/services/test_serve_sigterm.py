@@ -11,7 +11,7 @@ from pathlib import Path
 import ray
 
 from services.client import PlannerClient
-from services.jobs import JobState, JobStore
+from services.store import JobState, JobStore
 from tests.services.grpc_harness import hard_fleet_data
 
 HASHPIVOT = str(Path(sys.executable).parent / "hashpivot")
