@@ -11,7 +11,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
-from services.service_cli import add_client_parser, add_robustness_arguments, add_serve_parser, robustness_overrides
+from services.service_cli import (
+    add_client_parser,
+    add_robustness_arguments,
+    add_serve_parser,
+    add_token_parser,
+    robustness_overrides,
+)
 from services.tables import print_plan, write_plan_outputs
 
 console = Console(stderr=True)
@@ -121,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the fleet file's JSON Schema")
     schema.set_defaults(func=cmd_schema)
     add_serve_parser(sub)
+    add_token_parser(sub)
     add_client_parser(sub)
     return parser
 

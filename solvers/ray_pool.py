@@ -9,6 +9,7 @@ from typing import Any
 import ray
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+LOOPBACK = "127.0.0.1"
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -19,12 +20,27 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False)
         return
+    _keep_on_loopback()
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
+        _node_ip_address=LOOPBACK,  # ray.init's documented node-IP option: GCS, raylet, workers bind here
     )
+
+
+def _keep_on_loopback() -> None:
+    """An embedded Ray serves only this process, so none of its ports may listen beyond loopback.
+
+    Ray replaces a loopback _node_ip_address by the machine's routable IP (services.
+    resolve_ip_for_localhost) unless multi-node clustering is off, which is how Ray itself runs on
+    macOS and Windows; turning it off here keeps every port of the embedded node on 127.0.0.1
+    (tests/services/test_security.py checks the listening sockets).
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def batches(count: int, batch_size: int) -> list[range]:

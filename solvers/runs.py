@@ -35,7 +35,7 @@ from optimizer.plan_result import PlanResult, SiteBreakdown, site_breakdowns
 from optimizer.risk import ProfitStats, profit_stats, risk_objective_value
 from optimizer.robustness import RobustnessReport, RobustnessSettings
 from solvers.diagnose import Commitments
-from solvers.highs import MipProgress, NoSolutionInTimeError
+from solvers.highs import MipProgress, NoSolutionInTimeError, SolveError
 from solvers.planner import ScenarioSpec, SolvedPlan, compute_economics, plan_fleet, solve_remote
 from solvers.robustness import assess_plan
 
@@ -51,8 +51,9 @@ STOP_CANCELLED = "cancelled"  # a user cancelled: the job ends CANCELLED
 STOP_SHUTDOWN = "shutdown"  # the server is stopping: the job goes back to the queue
 
 
-class RunDeadlineError(RuntimeError):
-    """The call's deadline came before the run could finish its work."""
+class RunDeadlineError(SolveError):
+    """The call's deadline came before the run could finish its work (the solver's own limit is
+    NoSolutionInTimeError: a caller that retries on DEADLINE_EXCEEDED must only see this one)."""
 
 
 class RunStopped(Exception):
@@ -190,7 +191,7 @@ def solve_time_limit_s(configured_s: float, remaining_s: float | None) -> float:
         return configured_s
     usable = remaining_s * (1.0 - DEADLINE_SHARE_KEPT) - DEADLINE_MARGIN_S
     if usable < MIN_SOLVE_S:
-        raise NoSolutionInTimeError(f"the call deadline leaves no time to solve ({remaining_s:.2f} s left)")
+        raise RunDeadlineError(f"the call deadline leaves no time to solve ({remaining_s:.2f} s left)")
     return min(configured_s, usable)
 
 
@@ -208,10 +209,20 @@ def _solve_stoppable(
         if relay is not None:
             _relay_progress(relay, key, control)
         if ready:
-            return unwrap_ray(lambda: ray.get(ref))
+            return _fetch_solved(ref, limit_s < fleet.solver.time_limit_s)
         if control.stop_reason is not None:
             ray.cancel(ref, force=True)  # kills the worker process, and HiGHS with it
             raise RunStopped(control.stop_reason)
+
+
+def _fetch_solved(ref, deadline_bound: bool) -> SolvedPlan:
+    """The solve's result; no plan in time is the caller's deadline only when the deadline set the limit."""
+    try:
+        return unwrap_ray(lambda: ray.get(ref))
+    except NoSolutionInTimeError as exc:
+        if deadline_bound:
+            raise RunDeadlineError(f"no plan found before the call deadline ({exc})") from None
+        raise
 
 
 def _relay_progress(relay, key: str, control: RunControl) -> None:
