@@ -137,7 +137,8 @@ class JobRunner:
                 "max_queued_jobs_per_caller", f"{unfinished} jobs queued or running, limit {quota}"
             )
             raise resource_exhausted(
-                f"too many unfinished jobs ({unfinished}, limit {quota}): wait for some to end or cancel them",
+                f"max_queued_jobs_per_caller: {unfinished} unfinished jobs, limit {quota}; "
+                "wait for some to end or cancel them",
                 [violation],
             )
         job, created = self.store.create_job(fleet, commitments, request_id, robustness, owner)

@@ -87,8 +87,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_format)
     try:
         config = serve_config(args)
-        config.authenticator()  # refuses to start without tokens unless --insecure
         JobStore(config.db_path).close()  # a corrupt or unwritable database fails here, before Ray starts
+        if not config.insecure:
+            config.authenticator()  # no tokens: refused here, before Ray starts (insecure warns once, at start)
     except (StoreError, TokenFileError, ServerConfigError) as exc:
         console.print(f"hashpivot serve: {exc}", highlight=False, soft_wrap=True)
         return 2
