@@ -5,8 +5,10 @@ server needs around it:
 - stop: `RunControl.stop()` from any thread. The next progress tick raises `RunStopped`, which
   makes `fan_out` cancel the pending Ray batches; during the MIP the solve task is polled and
   `ray.cancel(ref, force=True)` kills the worker running HiGHS.
-- deadline: the time left on the call becomes the HiGHS time limit (minus a margin for the
-  reply), so a plan with its gap comes back before the caller gives up.
+- deadline: the time left on the call becomes the HiGHS time limit, minus what the call still
+  needs around HiGHS: the model build and transfer inside the Ray task (learnt from earlier solves,
+  per unit of model size: SolveOverhead) and a margin for the reply. So a plan with its gap comes
+  back before the caller gives up, rather than DEADLINE_EXCEEDED with the plan half made.
 - progress: stage and scenarios done from the pipeline; incumbent and bound from the HiGHS MIP
   callbacks inside the Ray worker, relayed through a small Ray actor.
 - robustness (optional, after the plan): solvers.robustness.assess_plan runs inside one Ray task of
@@ -44,6 +46,11 @@ from solvers.robustness import assess_plan
 DEADLINE_SHARE_KEPT = 0.1
 DEADLINE_MARGIN_S = 0.3
 MIN_SOLVE_S = 0.05  # less than this left: no point starting HiGHS
+# Model build + transfer + worker start around HiGHS, seconds per (group x scenario): a first guess,
+# replaced by what solves on this server measure (examples/fleet.yaml: ~0.5 s warm for 1,600 units).
+INITIAL_OVERHEAD_S_PER_UNIT = 4e-4
+MIN_OVERHEAD_S = 0.2
+OVERHEAD_SMOOTHING = 0.3  # weight of the newest observation
 POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP progress
 
 ROBUSTNESS_STAGE = "robustness"  # reported when the assessment starts, before its own stages
@@ -185,22 +192,51 @@ def run_plan(
     return plan
 
 
-def solve_time_limit_s(configured_s: float, remaining_s: float | None) -> float:
-    """The fleet's time limit, shortened to fit the time left on the call."""
+class SolveOverhead:
+    """What a solve costs besides HiGHS's own time limit, learnt per unit of model size."""
+
+    def __init__(self) -> None:
+        self._s_per_unit = INITIAL_OVERHEAD_S_PER_UNIT
+        self._lock = threading.Lock()
+
+    def estimate_s(self, units: int) -> float:
+        return max(MIN_OVERHEAD_S, self._s_per_unit * units)
+
+    def observe(self, units: int, overhead_s: float) -> None:
+        if units <= 0 or overhead_s <= 0:
+            return
+        with self._lock:
+            self._s_per_unit += OVERHEAD_SMOOTHING * (overhead_s / units - self._s_per_unit)
+
+
+SOLVE_OVERHEAD = SolveOverhead()
+
+
+def solve_time_limit_s(configured_s: float, remaining_s: float | None, overhead_s: float = 0.0) -> float:
+    """The fleet's time limit, shortened to fit the time left on the call after the work around HiGHS."""
     if remaining_s is None:
         return configured_s
-    usable = remaining_s * (1.0 - DEADLINE_SHARE_KEPT) - DEADLINE_MARGIN_S
+    usable = remaining_s * (1.0 - DEADLINE_SHARE_KEPT) - DEADLINE_MARGIN_S - overhead_s
     if usable < MIN_SOLVE_S:
-        raise RunDeadlineError(f"the call deadline leaves no time to solve ({remaining_s:.2f} s left)")
+        raise RunDeadlineError(
+            f"the call deadline leaves no time to solve ({remaining_s:.2f} s left, "
+            f"~{overhead_s:.2f} s of it needed to build the model): give the call more time or submit a job"
+        )
     return min(configured_s, usable)
+
+
+def _model_units(fleet: Fleet) -> int:
+    return max(1, len(fleet.rack_groups)) * fleet.scenarios.count
 
 
 def _solve_stoppable(
     fleet: Fleet, economics: GroupEconomics, commitments: Commitments | None, control: RunControl, relay
 ) -> SolvedPlan:
     control.check()
-    limit_s = solve_time_limit_s(fleet.solver.time_limit_s, control.remaining_s())
+    units = _model_units(fleet)
+    limit_s = solve_time_limit_s(fleet.solver.time_limit_s, control.remaining_s(), SOLVE_OVERHEAD.estimate_s(units))
     solver = fleet.solver.model_copy(update={"time_limit_s": limit_s})
+    submitted = time.monotonic()
     key = uuid.uuid4().hex
     reporter = MipReporter(relay, key) if relay is not None else None
     ref = solve_remote.remote(fleet, economics, fleet.risk, solver, on_mip_progress=reporter, commitments=commitments)
@@ -209,7 +245,9 @@ def _solve_stoppable(
         if relay is not None:
             _relay_progress(relay, key, control)
         if ready:
-            return _fetch_solved(ref, limit_s < fleet.solver.time_limit_s)
+            solved = _fetch_solved(ref, limit_s < fleet.solver.time_limit_s)
+            SOLVE_OVERHEAD.observe(units, time.monotonic() - submitted - solved.outcome.wall_s)
+            return solved
         if control.stop_reason is not None:
             ray.cancel(ref, force=True)  # kills the worker process, and HiGHS with it
             raise RunStopped(control.stop_reason)

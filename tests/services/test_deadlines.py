@@ -1,0 +1,60 @@
+"""Deadlines that hold: the time budget covers economics, model build and solve (issue 12, item 5)."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from protos.hashpivot.v1 import plan_pb2
+from protos.hashpivot.v1 import planner_service_pb2 as pb
+from services.client import fleet_message
+from solvers.runs import RunDeadlineError, SolveOverhead, solve_time_limit_s
+from tests.conftest import EXAMPLES
+from tests.services.grpc_harness import ServerThread, hard_fleet_data
+
+
+@pytest.fixture(scope="module")
+def stub(ray_session, tmp_path_factory):
+    with ServerThread(tmp_path_factory.mktemp("deadlines") / "db.sqlite") as server, server.channel() as channel:
+        yield server.stub(channel)
+
+
+def test_a_short_deadline_on_the_example_fleet_returns_a_plan(stub):
+    """Issue 12: examples/fleet.yaml with a 3 s deadline ended DEADLINE_EXCEEDED every time, because the
+    solver's limit ignored the model build. Now the build is budgeted (learnt from the first solve)."""
+    fleet = fleet_message(EXAMPLES / "fleet.yaml")
+    stub.Optimize(pb.OptimizeRequest(fleet=fleet), timeout=120)  # warm workers; teaches the build overhead
+    started = time.monotonic()
+    plan = stub.Optimize(pb.OptimizeRequest(fleet=fleet), timeout=3.0).plan
+    assert time.monotonic() - started < 3.0
+    assert plan.solver.status in (plan_pb2.SOLVE_STATUS_OPTIMAL, plan_pb2.SOLVE_STATUS_TIME_LIMIT)
+    assert plan.allocation  # a whole plan, not a stub
+
+
+def test_the_solvers_own_time_limit_is_not_a_deadline(stub):
+    """A tiny solver time limit under a generous deadline is the request's doing: never DEADLINE_EXCEEDED
+    (clients retry that); either the incumbent found within the limit, or FAILED_PRECONDITION saying so."""
+    data = hard_fleet_data(time_limit_s=0.001)
+    try:
+        plan = stub.Optimize(pb.OptimizeRequest(fleet=fleet_message(data)), timeout=120).plan
+    except grpc.RpcError as error:
+        assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert "time_limit_s" in error.details()
+    else:
+        assert plan.solver.status == plan_pb2.SOLVE_STATUS_TIME_LIMIT
+
+
+def test_the_solve_limit_leaves_room_for_the_build_and_the_reply():
+    assert solve_time_limit_s(60, None) == 60  # no deadline: the fleet's limit
+    assert solve_time_limit_s(60, 10.0) == pytest.approx(10 * 0.9 - 0.3)
+    assert solve_time_limit_s(60, 10.0, overhead_s=2.0) == pytest.approx(10 * 0.9 - 0.3 - 2.0)
+    with pytest.raises(RunDeadlineError, match="build the model"):
+        solve_time_limit_s(60, 1.0, overhead_s=1.0)
+    overhead = SolveOverhead()
+    before = overhead.estimate_s(10_000)
+    for _ in range(20):
+        overhead.observe(10_000, 9.0)  # builds on this server take 9 s for this size (first guess: 4 s)
+    assert before == pytest.approx(4.0) and overhead.estimate_s(10_000) == pytest.approx(9.0, rel=0.01)
+    assert overhead.estimate_s(1) == pytest.approx(0.2)  # never below the floor
