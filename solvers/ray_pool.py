@@ -18,6 +18,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get(RAY_ADDRESS_ENV)
     if address:
+        if _is_loopback_address(address):  # a Ray on this machine kept on loopback (e.g. by another ensure_ray)
+            _keep_on_loopback()
         ray.init(address=address, log_to_driver=False)
         return
     _keep_on_loopback()
@@ -30,6 +32,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     )
 
 
+def _is_loopback_address(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", LOOPBACK, "::1")
+
+
 def _keep_on_loopback() -> None:
     """An embedded Ray serves only this process, so none of its ports may listen beyond loopback.
 
@@ -40,7 +47,7 @@ def _keep_on_loopback() -> None:
     """
     from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_constants.ENABLE_RAY_CLUSTER = False  # also makes a driver joining such a Ray find its node on 127.0.0.1
 
 
 def batches(count: int, batch_size: int) -> list[range]:
