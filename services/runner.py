@@ -112,13 +112,15 @@ class JobRunner:
         """The job if `owner` may see it, with live progress while it runs (`snapshot`, else the run's
         latest), or with its outcome while that waits for the store."""
         job = self.store.get_job(job_id, owner)
-        if job is None:
-            return None
-        active, pending = self._active.get(job_id), self._pending.get(job_id)
+        return None if job is None else self.live(job, snapshot)
+
+    def live(self, job: JobRecord, snapshot: ProgressSnapshot | None = None) -> JobRecord:
+        """A stored job as it is now: live progress while it runs, its outcome while that waits for the store."""
+        active, pending = self._active.get(job.job_id), self._pending.get(job.job_id)
         if active is not None and job.state is JobState.RUNNING:
-            job = dataclasses.replace(job, progress=snapshot or active.control.snapshot)
-        elif pending is not None:
-            job = dataclasses.replace(job, state=pending.state, progress=pending.progress, error=pending.error)
+            return dataclasses.replace(job, progress=snapshot or active.control.snapshot)
+        if pending is not None:
+            return dataclasses.replace(job, state=pending.state, progress=pending.progress, error=pending.error)
         return job
 
     async def submit(

@@ -245,7 +245,9 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         state = _PROTO_TO_STATE.get(request.state) if request.state else None
         page = paging.page_request(request.page_size, request.page_token, "ListPlanJobs", caller.sees, request.state)
         jobs = self._store.list_jobs(caller.sees, state, page.size + 1, page.after)
-        response = planner_service_pb2.ListPlanJobsResponse(jobs=[convert.job_to_message(j) for j in jobs[: page.size]])
+        response = planner_service_pb2.ListPlanJobsResponse(
+            jobs=[convert.job_to_message(self._runner.live(j)) for j in jobs[: page.size]]
+        )
         if len(jobs) > page.size:
             last = jobs[page.size - 1]
             response.next_page_token = paging.encode_token((last.created_at, last.job_id), page.filter_digest)

@@ -19,8 +19,10 @@ server needs around it:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import statistics
 import threading
 import time
 import uuid
@@ -46,11 +48,16 @@ from solvers.robustness import assess_plan
 DEADLINE_SHARE_KEPT = 0.1
 DEADLINE_MARGIN_S = 0.3
 MIN_SOLVE_S = 0.05  # less than this left: no point starting HiGHS
-# Model build + transfer + worker start around HiGHS, seconds per (group x scenario): a first guess,
-# replaced by what solves on this server measure (examples/fleet.yaml: ~0.5 s warm for 1,600 units).
-INITIAL_OVERHEAD_S_PER_UNIT = 4e-4
+# Around HiGHS, a solve task also starts (or reuses) a worker, ships the economics and builds the
+# model: a fixed part plus a part per (group x scenario). The per-unit rate is learnt from this
+# server's solves (median of the latest, so a cold worker start or a wait for a free CPU does not
+# distort it); the first guess fits examples/fleet.yaml (~0.5 s warm for 1,600 units).
 MIN_OVERHEAD_S = 0.2
-OVERHEAD_SMOOTHING = 0.3  # weight of the newest observation
+INITIAL_OVERHEAD_S_PER_UNIT = 2e-4
+OVERHEAD_SAMPLES = 9
+# Never reserve more than this share of the usable time for the overhead: a pessimistic estimate
+# must shorten the solve, not refuse a call that could have returned a plan.
+MAX_OVERHEAD_SHARE = 0.4
 POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP progress
 
 ROBUSTNESS_STAGE = "robustness"  # reported when the assessment starts, before its own stages
@@ -193,20 +200,22 @@ def run_plan(
 
 
 class SolveOverhead:
-    """What a solve costs besides HiGHS's own time limit, learnt per unit of model size."""
+    """What a solve costs besides HiGHS's own time limit: MIN_OVERHEAD_S plus a learnt rate per unit of model size."""
 
     def __init__(self) -> None:
-        self._s_per_unit = INITIAL_OVERHEAD_S_PER_UNIT
+        self._rates: collections.deque[float] = collections.deque(maxlen=OVERHEAD_SAMPLES)
         self._lock = threading.Lock()
 
     def estimate_s(self, units: int) -> float:
-        return max(MIN_OVERHEAD_S, self._s_per_unit * units)
+        with self._lock:
+            rate = statistics.median(self._rates) if self._rates else INITIAL_OVERHEAD_S_PER_UNIT
+        return MIN_OVERHEAD_S + rate * units
 
     def observe(self, units: int, overhead_s: float) -> None:
-        if units <= 0 or overhead_s <= 0:
+        if units <= 0:
             return
         with self._lock:
-            self._s_per_unit += OVERHEAD_SMOOTHING * (overhead_s / units - self._s_per_unit)
+            self._rates.append(max(0.0, overhead_s - MIN_OVERHEAD_S) / units)
 
 
 SOLVE_OVERHEAD = SolveOverhead()
@@ -216,7 +225,8 @@ def solve_time_limit_s(configured_s: float, remaining_s: float | None, overhead_
     """The fleet's time limit, shortened to fit the time left on the call after the work around HiGHS."""
     if remaining_s is None:
         return configured_s
-    usable = remaining_s * (1.0 - DEADLINE_SHARE_KEPT) - DEADLINE_MARGIN_S - overhead_s
+    usable = remaining_s * (1.0 - DEADLINE_SHARE_KEPT) - DEADLINE_MARGIN_S
+    usable -= min(overhead_s, MAX_OVERHEAD_SHARE * usable)
     if usable < MIN_SOLVE_S:
         raise RunDeadlineError(
             f"the call deadline leaves no time to solve ({remaining_s:.2f} s left, "
