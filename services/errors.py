@@ -33,7 +33,7 @@ from protos.hashpivot.v1 import jobs_pb2
 from services.convert import field_path
 from solvers.diagnose import InfeasibleConstraintError
 from solvers.highs import InfeasiblePlanError, NoSolutionInTimeError
-from solvers.runs import RunDeadlineError
+from solvers.runs import RAY_LOST_ERRORS, RunDeadlineError
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,9 @@ def to_service_error(exc: BaseException, fleet_prefix: str = "fleet") -> Service
         return store_unavailable(exc)
     if isinstance(exc, RunDeadlineError):
         return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    if isinstance(exc, RAY_LOST_ERRORS):
+        log.error("Ray lost a worker or node: %s", type(exc).__name__)
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, "the compute cluster lost a worker or node; retry")
     if isinstance(exc, NoSolutionInTimeError):
         return failed_precondition(f"{exc}: no plan within the solver time limit; raise fleet.solver.time_limit_s")
     if isinstance(exc, InfeasibleConstraintError | InfeasiblePlanError):

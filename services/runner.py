@@ -37,7 +37,15 @@ from services.errors import (
 )
 from services.store import JobRecord, JobState, JobStore, new_id
 from solvers.diagnose import Commitments
-from solvers.runs import STOP_CANCELLED, STOP_SHUTDOWN, ProgressSnapshot, RunControl, RunStopped, run_plan
+from solvers.runs import (
+    RAY_LOST_ERRORS,
+    STOP_CANCELLED,
+    STOP_SHUTDOWN,
+    ProgressSnapshot,
+    RunControl,
+    RunStopped,
+    run_plan,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +264,10 @@ class JobRunner:
             plan = await asyncio.to_thread(run_plan, fleet, job.commitments, control, self.relay, job.robustness)
             outcome = _Outcome(JobState.SUCCEEDED, control.snapshot, plan=(new_id("plan"), fleet, plan))
             metrics.SOLVE_SECONDS.observe(plan.solver.wall_s)
+        except RAY_LOST_ERRORS as exc:  # the cluster failed, not the job: run it again (capped like a crash)
+            log.error("job %s lost its Ray worker or node (%s): re-queued", job.job_id, type(exc).__name__)
+            with contextlib.suppress(StoreWriteError):  # left RUNNING: the next server re-queues it
+                self.store.requeue_crashed(job.job_id, self.max_crashes, self.crash_backoff_s)
         except RunStopped as stop:
             if stop.reason == STOP_SHUTDOWN:
                 with contextlib.suppress(StoreWriteError):  # left RUNNING: the next server re-queues it

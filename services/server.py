@@ -43,7 +43,7 @@ from services.runner import JobRunner
 from services.servicer import SERVICE_NAME, PlannerServicer
 from services.store import JobStore, default_db_path
 from solvers.ray_pool import ensure_ray
-from solvers.runs import new_relay
+from solvers.runs import new_relay, ping
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # plans of large fleets list every rack id
 DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; a network bind is a deliberate --host
 HEALTH_POLL_S = 2.0  # how often an unwritable store is probed (and health updated)
 RETENTION_EVERY_S = 3600.0
+RAY_PROBE_EVERY_S = 10.0
+RAY_PROBE_TIMEOUT_S = 10.0
+RAY_PROBE_FAILURES = 3  # consecutive failed probes before Ray counts as lost (a busy machine is slow, not dead)
+RAY_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: the supervisor (services/supervisor.py) starts a new server and Ray
 RUN_THREADS = 32  # runs wait on Ray in threads: enough that Optimize calls do not queue behind jobs
 
 
@@ -107,6 +111,7 @@ class ServerConfig:
     metrics_port: int | None = None
     max_crashes: int = 3
     crash_backoff_s: float = 5.0
+    exit_on_ray_loss: bool = True  # False (tests in one process): health NOT_SERVING and a log line only
 
     def authenticator(self) -> Authenticator:
         if self.insecure:
@@ -203,11 +208,18 @@ class PlannerServer:
             await self.health.set(service, status)
 
     async def _maintain(self) -> None:
-        """Follow the store's writability with health, store outcomes that waited, sweep retention hourly."""
-        serving, since_sweep = True, 0.0
+        """Follow the store's writability with health, store outcomes that waited, sweep retention hourly,
+        and leave (for the supervisor to restart) when Ray is lost."""
+        serving, since_sweep, since_probe, ray_failures = True, 0.0, 0.0, 0
         while True:
             await asyncio.sleep(HEALTH_POLL_S)
             since_sweep += HEALTH_POLL_S
+            since_probe += HEALTH_POLL_S
+            if since_probe >= RAY_PROBE_EVERY_S:
+                since_probe = 0.0
+                ray_failures = 0 if await asyncio.to_thread(self._ray_answers) else ray_failures + 1
+                if ray_failures >= RAY_PROBE_FAILURES:
+                    await self._ray_lost()
             writable = self.store.writable or self.store.probe_write()
             if writable and self.runner.flush_pending():
                 writable = False
@@ -220,6 +232,23 @@ class PlannerServer:
             if since_sweep >= RETENTION_EVERY_S:
                 since_sweep = 0.0
                 self._sweep()
+
+    def _ray_answers(self) -> bool:
+        try:
+            ray.get(ping.remote(), timeout=RAY_PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach Ray counts
+            log.warning("Ray did not answer a probe: %s", type(exc).__name__)
+            return False
+        return True
+
+    async def _ray_lost(self) -> None:
+        """Ray cannot be reached: say so, stop answering, and exit for a fresh server and Ray.
+        Running jobs stay RUNNING in the store; the next server re-queues them (counting a crash)."""
+        log.error("Ray is lost (%d probes failed): exiting for the supervisor to restart", RAY_PROBE_FAILURES)
+        await self._set_health(False)
+        if self.config.exit_on_ray_loss:
+            logging.shutdown()
+            os._exit(RAY_LOST_EXIT_CODE)  # not sys.exit: threads blocked in Ray calls would keep the process alive
 
     def _sweep(self) -> None:
         retention = self.config.retention

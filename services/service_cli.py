@@ -54,6 +54,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--retain-jobs", type=int, help="keep at most this many finished jobs (newest)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
     p.add_argument("--log-format", choices=["text", "json"], default="text", help="log lines as text or JSON")
+    p.add_argument(
+        "--no-supervise",
+        dest="supervise",
+        action="store_false",
+        help="run the server in this process; by default a supervisor restarts it if it dies (e.g. with its Ray)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -93,6 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (StoreError, TokenFileError, ServerConfigError) as exc:
         console.print(f"hashpivot serve: {exc}", highlight=False, soft_wrap=True)
         return 2
+    if args.supervise:
+        from services.supervisor import supervise
+
+        return supervise(sys.argv[1:])
     ensure_ray(args.ray_address)  # from the main thread, where Ray installs its own signal handling
     asyncio.run(serve(config))
     return 0

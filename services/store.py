@@ -370,6 +370,24 @@ class JobStore:
             ).rowcount
         return requeued, failed
 
+    def requeue_crashed(self, job_id: str, max_crashes: int = 3, backoff_s: float = 5.0) -> JobState:
+        """A run lost to Ray (its node or worker died): back to the queue after a back-off, or FAILED
+        after max_crashes such losses, exactly as a server death counts. -> the job's new state."""
+        error = ServiceError(grpc.StatusCode.ABORTED, POISON_MESSAGE.format(crashes=max_crashes))
+        now = time.time()
+        with self._write():
+            self._db.execute(
+                "UPDATE jobs SET state = ?, ended_at = ?, crashes = crashes + 1, error_json = ?"
+                " WHERE job_id = ? AND state = ? AND crashes + 1 >= ?",
+                (JobState.FAILED.value, now, json.dumps(error.as_dict()), job_id, JobState.RUNNING.value, max_crashes),
+            )
+            self._db.execute(
+                "UPDATE jobs SET state = ?, progress_json = NULL, crashes = crashes + 1,"
+                " not_before = ? * (1 << crashes) + ? WHERE job_id = ? AND state = ?",
+                (JobState.QUEUED.value, backoff_s, now, job_id, JobState.RUNNING.value),
+            )
+        return self.get_job(job_id).state
+
     def requeue(self, job_id: str) -> None:
         """A graceful stop put the job back: no crash, no back-off."""
         with self._write():

@@ -70,6 +70,17 @@ class RunDeadlineError(SolveError):
     NoSolutionInTimeError: a caller that retries on DEADLINE_EXCEEDED must only see this one)."""
 
 
+# Ray losing the process or node a run depends on: the run did not fail, the cluster did; re-run it.
+RAY_LOST_ERRORS = (
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.RaySystemError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.RayActorError,
+)
+
+
 class RunStopped(Exception):
     def __init__(self, reason: str):
         self.reason = reason
@@ -167,6 +178,12 @@ class MipReporter:
 
 def new_relay():
     return ProgressRelay.remote()
+
+
+@ray.remote(num_cpus=0)
+def ping() -> bool:
+    """A task, not an actor call: it needs the raylet (worker lease), so it fails when the Ray node is gone."""
+    return True
 
 
 def _finite(value: float) -> float | None:

@@ -34,6 +34,7 @@ class ServerThread:
         self.config = config or ServerConfig(insecure=True)
         self.config.host, self.config.port, self.config.db_path = "127.0.0.1", 0, db_path
         self.config.max_concurrent_jobs, self.config.grace_s = max_concurrent_jobs, grace_s
+        self.config.exit_on_ray_loss = False  # the test process must never exit under a slow Ray
         self.server = PlannerServer(self.config)
         self._started = threading.Event()
         self._error: BaseException | None = None

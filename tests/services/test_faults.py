@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -184,6 +185,112 @@ def test_kill_9_mid_job_then_restart_reruns_the_job(ray_session, tmp_path):
         final = [e.job for e in stub.WatchPlanJob(pb.WatchPlanJobRequest(job_id=job_id), timeout=120)][-1]
         assert final.state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED and final.attempts == 2
         assert server.server.store.get_job(job_id).crashes == 1
+
+
+def _descendants(pid: int) -> set[int]:
+    found, frontier = set(), [pid]
+    while frontier:
+        out = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True, text=True).stdout
+        children = {int(p) for p in out.split()} - found
+        frontier += list(children)
+        found |= children
+    return found
+
+
+def _program(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    except OSError:
+        return ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(
+    not os.environ.get("HASHPIVOT_SLOW_TESTS"),
+    reason="starts two servers with their own Ray (1-2 min on 2 cores): set HASHPIVOT_SLOW_TESTS=1",
+)
+def test_a_dead_ray_node_restarts_the_server_and_requeues_its_job(tmp_path):
+    """Killing the embedded Ray's raylet ends the server process from native code; the supervisor of
+    `hashpivot serve` says so in the log, starts a new server (and Ray), and the job runs again."""
+    port, db, log_path = _free_port(), tmp_path / "db.sqlite", tmp_path / "serve.log"
+    with open(log_path, "w") as log_file:
+        supervisor = subprocess.Popen(
+            [HASHPIVOT, "serve", "--insecure", "--port", str(port), "--db", str(db)],
+            stderr=log_file,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+    target = f"127.0.0.1:{port}"
+    try:
+        wait_for(lambda: "serving on" in log_path.read_text(), timeout_s=120)
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_stub(channel)
+            request = pb.SubmitPlanJobRequest(fleet=fleet_message(hard_fleet_data(time_limit_s=2)))
+            job_id = stub.SubmitPlanJob(request, timeout=30).job.job_id
+            wait_for(
+                lambda: (
+                    stub.GetPlanJob(pb.GetPlanJobRequest(job_id=job_id), timeout=10).job.state
+                    == jobs_pb2.PLAN_JOB_STATE_RUNNING
+                ),
+                timeout_s=120,
+            )
+            raylets = [p for p in _descendants(supervisor.pid) if _program(p).endswith("/raylet")]
+            assert raylets, "no raylet under the server"
+            os.kill(raylets[0], signal.SIGKILL)
+            wait_for(lambda: "exited unexpectedly" in log_path.read_text(), timeout_s=60)
+            assert supervisor.poll() is None  # the supervisor lives on
+        with grpc.insecure_channel(target) as channel:  # the new server, same port and database
+            wait_for(lambda: _serving(channel), timeout_s=120)
+            job = pb_stub(channel).GetPlanJob(pb.GetPlanJobRequest(job_id=job_id), timeout=10).job
+            assert job.state in (jobs_pb2.PLAN_JOB_STATE_QUEUED, jobs_pb2.PLAN_JOB_STATE_RUNNING)  # to run again
+        assert JobStore(db).get_job(job_id).crashes == 1  # counted towards the poison-job cap
+    finally:  # the whole group at once: a graceful stop is test_serve_sigterm's subject, not this one's
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor.pid, signal.SIGKILL)
+        supervisor.wait(30)
+
+
+def test_the_supervisor_restarts_a_server_that_dies_and_stops_with_one_that_stops(tmp_path, caplog):
+    """What a dead Ray node does to the server (the process ends from native code), in miniature: the
+    child dies once with code 1, is restarted after the back-off, then stops cleanly."""
+    from services.supervisor import supervise
+
+    marker = tmp_path / "died-once"
+    child = f"import pathlib, sys; m = pathlib.Path({str(marker)!r}); sys.exit(0 if m.exists() else m.touch() or 1)"
+    with caplog.at_level(logging.ERROR):
+        assert supervise([], command=[sys.executable, "-c", child]) == 0
+    assert marker.exists()
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == ["the server process exited unexpectedly (code 1"]
+    assert supervise([], command=[sys.executable, "-c", "import sys; sys.exit(2)"]) == 2  # a refused start: no retry
+
+
+def test_a_run_that_loses_its_ray_node_is_requeued_not_failed(tmp_path):
+    import ray
+
+    store = JobStore(tmp_path / "db.sqlite")
+    job, _ = store.create_job(parse_fleet(small_fleet_data()), Commitments())
+    store.claim_next()
+    assert store.requeue_crashed(job.job_id, max_crashes=2, backoff_s=60) is JobState.QUEUED
+    assert store.get_job(job.job_id).crashes == 1 and store.claim_next() is None  # backing off
+    store._db.execute("UPDATE jobs SET state = 'running' WHERE job_id = ?", (job.job_id,))
+    assert store.requeue_crashed(job.job_id, max_crashes=2, backoff_s=60) is JobState.FAILED  # the cap
+    store.close()
+    lost = to_service_error(ray.exceptions.LocalRayletDiedError())
+    assert lost.code is grpc.StatusCode.UNAVAILABLE  # a unary call: retryable, not INTERNAL
+
+
+def _serving(channel) -> bool:
+    try:
+        return health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
 
 
 def pb_stub(channel):
