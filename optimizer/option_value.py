@@ -163,17 +163,26 @@ def value_of_waiting(
     time_limit_s: float = 120.0,
     mip_rel_gap: float = 0.0,
     wait_and_see: bool = True,
+    progress=None,
 ) -> WaitingValue:
-    """Solve the plan's tree (stream 0) and `replications` independent trees (streams 2, 3, ...)."""
+    """Solve the plan's tree (stream 0) and `replications` independent trees (streams 2, 3, ...).
+
+    `progress(stage, done, total)` hears "tree" once the plan's tree is solved and "tree reps" per replication.
+    """
     from optimizer.robustness import t_interval
 
     seed = fleet.scenarios.seed if seed is None else seed
     tree = build_tree(decision_months, branching, fleet.horizon.step_hours, fleet.horizon.n_steps)
     options = dict(risk=risk, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
+    report = progress or (lambda stage, done, total: None)
+    report("tree", 0, 1)
     in_sample = solve_tree(fleet, tree, seed, OPTIMIZATION_STREAM, wait_and_see=wait_and_see, **options)
-    reps = tuple(
-        solve_tree(fleet, tree, seed, SAA_FIRST_STREAM + r, wait_and_see=False, **options) for r in range(replications)
-    )
+    report("tree", 1, 1)
+    reps = []
+    for r in range(replications):
+        reps.append(solve_tree(fleet, tree, seed, SAA_FIRST_STREAM + r, wait_and_see=False, **options))
+        report("tree reps", r + 1, replications)
+    reps = tuple(reps)
     values = np.array([r.value_of_waiting_usd for r in reps]) if reps else np.array([in_sample.value_of_waiting_usd])
     ci = t_interval(values, confidence_level)
     interval = Interval(ci.estimate_usd, ci.lower_usd, ci.upper_usd, confidence_level, tuple(float(v) for v in values))

@@ -43,7 +43,37 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     add_robustness_arguments(p, opt_in=False)
     p.add_argument("--no-robustness", action="store_true", help="skip baselines, out-of-sample scoring and report.html")
     p.add_argument("--compare", type=Path, metavar="PREV.json", help="a previous plan.json: report.html shows the diff")
+    p.add_argument(
+        "--decision-dates",
+        type=_months_list,
+        metavar="0,6,12",
+        help="months after the start at which decisions are taken: plan on a scenario tree and value the option "
+        "to wait (plan.json `tree`, tree_nodes.csv, decision_rule.csv)",
+    )
+    p.add_argument(
+        "--branching", type=_int_list, default=[3], metavar="K[,K...]", help="children per decision date (default 3)"
+    )
+    p.add_argument(
+        "--tree-replications",
+        type=int,
+        default=5,
+        help="independent trees for the value-of-waiting interval (default 5; 0: in-sample only)",
+    )
     p.set_defaults(func=cmd_plan)
+
+
+def _months_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected months like 0,6,12, got {text!r}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 3 or 3,2, got {text!r}") from None
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -119,11 +149,17 @@ def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict
             local=local,
         )
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
+        if getattr(args, "decision_dates", None):
+            plan = plan.model_copy(update={"tree": _tree(args, fleet, progress)})
     if args.export_scenarios:
         args.export_scenarios.parent.mkdir(parents=True, exist_ok=True)
         save_scenarios(args.export_scenarios, scenarios)
     out_console = output_console()
     print_plan(plan, out_console, fleet)
+    if plan.tree is not None:
+        from services.tables import print_tree
+
+        print_tree(plan.tree, out_console)
     if run is not None:
         from services.report import print_robustness, write_report
 
@@ -167,6 +203,27 @@ def _assess(args: argparse.Namespace, fleet, plan, provided, progress):
 
     settings = RobustnessSettings(**robustness_overrides(args))
     return assess_plan(fleet, plan, provided=provided, settings=settings, workers=args.workers, progress=progress)
+
+
+def _tree(args: argparse.Namespace, fleet, progress):
+    """The multi-stage plan on a scenario tree, the value of waiting and the decision rule (optimizer.option_value)."""
+    from optimizer.option_value import value_of_waiting
+    from optimizer.tree_report import tree_report
+
+    dates = args.decision_dates
+    branching = args.branching * len(dates) if len(args.branching) == 1 else args.branching
+    if len(branching) != len(dates):
+        raise ValueError(f"--branching: one factor, or one per decision date ({len(dates)}), got {args.branching}")
+    result = value_of_waiting(
+        fleet,
+        dates,
+        branching,
+        replications=args.tree_replications,
+        time_limit_s=fleet.solver.time_limit_s or 120.0,
+        mip_rel_gap=fleet.solver.mip_rel_gap,
+        progress=progress,
+    )
+    return tree_report(fleet, dates, branching, result)
 
 
 def _progress_bar() -> Progress:
