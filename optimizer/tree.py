@@ -133,11 +133,18 @@ def build_tree(
     """A uniform tree: `branching[j]` equally likely children after decision date j (one int: the same everywhere)."""
     steps = decision_steps_of(decision_months, step_hours, n_steps)
     ks = [int(branching)] * len(steps) if isinstance(branching, int) else [int(k) for k in branching]
-    if len(ks) != len(steps) or any(k < 1 for k in ks):
-        raise ValueError(f"one branching factor >= 1 per decision date: dates {list(decision_months)}, branching {ks}")
+    if len(ks) != len(steps):
+        raise ValueError(f"one branching factor per decision date: dates {list(decision_months)}, branching {ks}")
+    return build_tree_from_branching(steps, ks, n_steps)
+
+
+def build_tree_from_branching(decision_steps: Sequence[int], branching: Sequence[int], n_steps: int) -> ScenarioTree:
+    """The uniform tree on decision steps: `branching[j]` equally likely children per node of depth j."""
+    if len(branching) != len(decision_steps) or any(k < 1 for k in branching):
+        raise ValueError(f"one branching factor >= 1 per decision date, got {list(branching)}")
     parent, position, probability = [-1], [()], [1.0]
     frontier = [0]
-    for k in ks:
+    for k in branching:
         nxt = []
         for node in frontier:
             for c in range(k):
@@ -146,4 +153,4 @@ def build_tree(
                 probability.append(1.0 / k)
                 nxt.append(len(parent) - 1)
         frontier = nxt
-    return ScenarioTree(steps, n_steps, tuple(parent), tuple(position), tuple(probability))
+    return ScenarioTree(tuple(decision_steps), n_steps, tuple(parent), tuple(position), tuple(probability))

@@ -100,6 +100,8 @@ class TreeScenarios:
     scenarios: ScenarioSet  # [S] leaves, indices = leaf numbers
     node_btc_price_usd: np.ndarray  # [N] BTC price at the node's decision date (the root: today's)
     node_hashprice_usd_per_ph_day: np.ndarray  # [N] mean hashprice over the 30 days before the date (root: today's)
+    segments: tuple = dataclasses.field(default=(), repr=False)  # [N] each node's segment (None for the root)
+    states: tuple = dataclasses.field(default=(), repr=False)  # [N] the path state after each node's segment
 
     @property
     def leaf_probability(self) -> np.ndarray:
@@ -113,8 +115,16 @@ def generate_tree_scenarios(
     tree: ScenarioTree,
     seed: int,
     stream: int = OPTIMIZATION_STREAM,
+    *,
+    given: dict | None = None,
+    key_prefix: tuple[int, ...] = (),
 ) -> TreeScenarios:
-    """Draw every node's segment from its parent's end state; the leaves' paths are their concatenations."""
+    """Draw every node's segment from its parent's end state; the leaves' paths are their concatenations.
+
+    `given` maps nodes to a (segment, end state) already known - a realised history, when a rolling
+    policy re-plans at a later node (optimizer.rolling); `key_prefix` is prepended to each drawn
+    node's position in its seed key (the look-ahead trees of different history nodes stay independent).
+    """
     if tree.n_steps != horizon.n_steps:
         raise ValueError(f"the tree spans {tree.n_steps} steps, the horizon {horizon.n_steps}")
     calendar = _Calendar.of(horizon)
@@ -130,10 +140,14 @@ def generate_tree_scenarios(
     ]
     segments: list[dict | None] = [None] * tree.n_nodes
     states: list[PathState | None] = [None] * tree.n_nodes
+    given = given or {}
     for node in range(1, tree.n_nodes):  # breadth first: a parent always comes before its children
         first, stop = tree.segment(node)
+        if node in given:
+            segments[node], states[node] = given[node]
+            continue
         segments[node], states[node] = draw_segment(
-            node_rng(seed, stream, tree.position[node]),
+            node_rng(seed, stream, (*key_prefix, *tree.position[node])),
             bitcoin,
             markets,
             base_prices,
@@ -157,7 +171,7 @@ def generate_tree_scenarios(
         rows.append(row)
     scenarios = _scenario_set(rows, markets, horizon, leaves)
     btc, hashprice = _node_observations(tree, segments, bitcoin, horizon)
-    return TreeScenarios(tree, scenarios, btc, hashprice)
+    return TreeScenarios(tree, scenarios, btc, hashprice, tuple(segments), tuple(states))
 
 
 def _scenario_set(rows: list[dict], markets: Sequence[PowerMarket], horizon: Horizon, leaves) -> ScenarioSet:
