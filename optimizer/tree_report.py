@@ -46,6 +46,12 @@ class ValueInterval(BaseModel):
     replications_usd: list[float]
 
 
+class PolicyResult(BaseModel):
+    policy: str
+    objective_usd: float
+    mean_usd: float
+
+
 class TreeReport(BaseModel):
     decision_months: list[float]
     branching: list[int]
@@ -62,12 +68,14 @@ class TreeReport(BaseModel):
     now_or_never_conversions: dict[str, int]
     tree: list[TreeNodeResult]
     decision_rules: list[DecisionRuleResult]
+    out_of_sample: list[PolicyResult] = []  # the rolling policy, now-or-never and the calculator on a fresh tree
+    out_of_sample_value_of_waiting_usd: float | None = None
     model_sizes: dict[str, dict[str, int]]  # multistage / now_or_never -> nodes, scenarios, variables, ...
     timings_s: dict[str, float]
 
 
-def tree_report(fleet, decision_months: list[float], branching: list[int], result) -> TreeReport:
-    """From optimizer.option_value.WaitingValue."""
+def tree_report(fleet, decision_months: list[float], branching: list[int], result, rolling=None) -> TreeReport:
+    """From optimizer.option_value.WaitingValue (and optimizer.rolling.RollingEvaluation when scored)."""
     import dataclasses
 
     from optimizer.option_value import decision_rules
@@ -119,6 +127,8 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
     now_plan = solution.now_plan
     timings = dict(solution.timings_s)
     timings["replications"] = sum(sum(r.timings_s.values()) for r in result.replications)
+    if rolling is not None:
+        timings["rolling_out_of_sample"] = rolling.wall_s
     return TreeReport(
         decision_months=[float(m) for m in decision_months],
         branching=[int(k) for k in branching],
@@ -141,6 +151,11 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
         now_or_never_conversions=dict(now_plan.conversion_start),
         tree=nodes,
         decision_rules=rules,
+        out_of_sample=[
+            PolicyResult(policy=p.policy, objective_usd=p.objective_usd, mean_usd=p.mean_usd)
+            for p in (rolling.scores if rolling is not None else ())
+        ],
+        out_of_sample_value_of_waiting_usd=rolling.value_of_waiting_usd if rolling is not None else None,
         model_sizes={
             "multistage": dataclasses.asdict(solution.multistage_size),
             "now_or_never": dataclasses.asdict(solution.now_or_never_size),

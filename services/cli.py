@@ -268,7 +268,14 @@ def _tree(args: argparse.Namespace, fleet, progress):
         mip_rel_gap=fleet.solver.mip_rel_gap,
         progress=progress,
     )
-    return tree_report(fleet, dates, branching, result)
+    rolling = None
+    if not args.no_robustness:
+        from optimizer.rolling import evaluate_rolling
+
+        progress("tree oos", 0, 1)
+        rolling = evaluate_rolling(fleet, result.in_sample, fleet.scenarios.seed)
+        progress("tree oos", 1, 1)
+    return tree_report(fleet, dates, branching, result, rolling)
 
 
 def _progress_bar() -> Progress:

@@ -332,6 +332,8 @@ def print_tree(report, console: Console) -> None:
         f"{vw.estimate_usd:,.0f} [{vw.lower_usd:,.0f}, {vw.upper_usd:,.0f}] at {vw.confidence_level:.0%} "
         f"over {len(vw.replications_usd)} independent trees"
     )
+    for score in report.out_of_sample:
+        console.print(f"  out of sample (fresh tree): {score.policy} {score.objective_usd:,.0f}")
     table = Table(title="Decisions per node")
     for column in ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW"):
         table.add_column(column)
