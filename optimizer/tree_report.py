@@ -4,6 +4,8 @@ builds it from optimizer.option_value's results."""
 
 from __future__ import annotations
 
+import math
+
 from pydantic import BaseModel
 
 
@@ -40,8 +42,8 @@ class DecisionRuleResult(BaseModel):
 
 class ValueInterval(BaseModel):
     estimate_usd: float
-    lower_usd: float
-    upper_usd: float
+    lower_usd: float | None  # None: fewer than two independent trees
+    upper_usd: float | None
     confidence_level: float
     replications_usd: list[float]
 
@@ -141,8 +143,8 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
         value_of_waiting_in_sample_usd=solution.value_of_waiting_usd,
         value_of_waiting=ValueInterval(
             estimate_usd=interval.estimate_usd,
-            lower_usd=interval.lower_usd,
-            upper_usd=interval.upper_usd,
+            lower_usd=interval.lower_usd if math.isfinite(interval.lower_usd) else None,
+            upper_usd=interval.upper_usd if math.isfinite(interval.upper_usd) else None,
             confidence_level=interval.confidence_level,
             replications_usd=list(interval.values_usd),
         ),

@@ -327,11 +327,14 @@ def print_tree(report, console: Console) -> None:
         f"  multi-stage {report.multistage_usd:,.0f}  now-or-never {report.now_or_never_usd:,.0f}"
         + (f"  wait-and-see {report.wait_and_see_usd:,.0f}" if report.wait_and_see_usd is not None else "")
     )
-    console.print(
-        f"  value of waiting {report.value_of_waiting_in_sample_usd:,.0f} in sample; "
-        f"{vw.estimate_usd:,.0f} [{vw.lower_usd:,.0f}, {vw.upper_usd:,.0f}] at {vw.confidence_level:.0%} "
-        f"over {len(vw.replications_usd)} independent trees"
-    )
+    if vw.lower_usd is None:
+        interval = "no interval (fewer than two independent trees: --tree-replications)"
+    else:
+        interval = (
+            f"{vw.estimate_usd:,.0f} [{vw.lower_usd:,.0f}, {vw.upper_usd:,.0f}] at {vw.confidence_level:.0%} "
+            f"over {len(vw.replications_usd)} independent trees"
+        )
+    console.print(f"  value of waiting {report.value_of_waiting_in_sample_usd:,.0f} in sample; {interval}")
     for score in report.out_of_sample:
         console.print(f"  out of sample (fresh tree): {score.policy} {score.objective_usd:,.0f}")
     table = Table(title="Decisions per node")

@@ -38,3 +38,21 @@ def test_plan_on_a_tree_writes_the_tree_value_of_waiting_and_rule(ray_session, t
     assert "value of waiting" in printed and "rule: month 6" in printed
     with pytest.raises(SystemExit):
         main([*args, "--decision-dates", "0,x"])
+
+
+def test_report_shows_the_tree_the_rule_and_the_rolling_score(ray_session, tmp_path):
+    data = waiting_fleet_data(55.0)
+    data["scenarios"] = {"seed": 3, "count": 3}
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    quick = ["--oos-scenarios", "10", "--replications", "0", "--wait-and-see", "0", "--no-sensitivity"]
+    args = ["plan", str(fleet_file), *quick, "--out", str(out), "--decision-dates", "0,6", "--tree-replications", "0"]
+    assert main(args) == 0
+    tree = json.loads((out / "plan.json").read_text())["tree"]
+    assert [p["policy"] for p in tree["out_of_sample"]] == ["multi-stage (rolling)", "now-or-never", "calculator"]
+    rolling, now, _ = (p["objective_usd"] for p in tree["out_of_sample"])
+    assert tree["out_of_sample_value_of_waiting_usd"] == pytest.approx(rolling - now)
+    html = (out / "report.html").read_text()
+    assert "Decide now, or wait" in html and "decision rule chart rule_a" in html
+    assert (out / "scenario_tree.png").stat().st_size > 10_000 and (out / "decision_rule_a.png").exists()
