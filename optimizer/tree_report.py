@@ -9,6 +9,27 @@ import math
 from pydantic import BaseModel
 
 
+class LifecycleCount(BaseModel):
+    group: str
+    lifecycle: str  # optimizer.lifecycles key: sell, idle, move:SITE, ai@K:FATE, mine
+    racks: int
+
+
+class ModelSizeRow(BaseModel):
+    model: str  # "multistage" or "now_or_never"
+    nodes: int
+    scenarios: int
+    variables: int
+    integer_variables: int
+    constraints: int
+
+
+def lifecycle_rows(lifecycles: dict[str, dict[str, int]]) -> list[LifecycleCount]:
+    return [
+        LifecycleCount(group=g, lifecycle=k, racks=n) for g, counts in lifecycles.items() for k, n in counts.items()
+    ]
+
+
 class TreeNodeResult(BaseModel):
     node: int
     parent: int  # -1: the root
@@ -17,7 +38,7 @@ class TreeNodeResult(BaseModel):
     probability: float  # of reaching the node
     btc_price_usd: float  # at the node's date
     hashprice_usd_per_ph_day: float  # 30-day mean before the node's date
-    lifecycles: dict[str, dict[str, int]]  # group -> lifecycle -> racks decided at this node
+    lifecycles: list[LifecycleCount]  # racks put on each lifecycle at this node
     conversions: dict[str, int]  # site -> start option started at this node
     lease_mw: dict[str, float]  # "offer@site" -> MW leased on a hall started here
 
@@ -66,13 +87,13 @@ class TreeReport(BaseModel):
     value_of_waiting_in_sample_usd: float
     value_of_waiting: ValueInterval  # over independent trees
     now: TreeNodeResult  # the root: what to do today
-    now_or_never_lifecycles: dict[str, dict[str, int]]
+    now_or_never_lifecycles: list[LifecycleCount]
     now_or_never_conversions: dict[str, int]
     tree: list[TreeNodeResult]
     decision_rules: list[DecisionRuleResult]
     out_of_sample: list[PolicyResult] = []  # the rolling policy, now-or-never and the calculator on a fresh tree
     out_of_sample_value_of_waiting_usd: float | None = None
-    model_sizes: dict[str, dict[str, int]]  # multistage / now_or_never -> nodes, scenarios, variables, ...
+    model_sizes: list[ModelSizeRow]  # the multi-stage and now-or-never models on the in-sample tree
     timings_s: dict[str, float]
 
 
@@ -99,7 +120,7 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
                 probability=float(probability[n]),
                 btc_price_usd=float(paths.node_btc_price_usd[n]),
                 hashprice_usd_per_ph_day=float(paths.node_hashprice_usd_per_ph_day[n]),
-                lifecycles=d.lifecycles if d else {},
+                lifecycles=lifecycle_rows(d.lifecycles) if d else [],
                 conversions=d.conversion_start if d else {},
                 lease_mw={f"{o}@{s}": mw for (o, s), mw in d.lease_mw.items()} if d else {},
             )
@@ -149,7 +170,7 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
             replications_usd=list(interval.values_usd),
         ),
         now=nodes[0],
-        now_or_never_lifecycles=now_plan.lifecycle_counts(fleet),
+        now_or_never_lifecycles=lifecycle_rows(now_plan.lifecycle_counts(fleet)),
         now_or_never_conversions=dict(now_plan.conversion_start),
         tree=nodes,
         decision_rules=rules,
@@ -158,10 +179,10 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
             for p in (rolling.scores if rolling is not None else ())
         ],
         out_of_sample_value_of_waiting_usd=rolling.value_of_waiting_usd if rolling is not None else None,
-        model_sizes={
-            "multistage": dataclasses.asdict(solution.multistage_size),
-            "now_or_never": dataclasses.asdict(solution.now_or_never_size),
-        },
+        model_sizes=[
+            ModelSizeRow(model="multistage", **dataclasses.asdict(solution.multistage_size)),
+            ModelSizeRow(model="now_or_never", **dataclasses.asdict(solution.now_or_never_size)),
+        ],
         timings_s=timings,
     )
 
@@ -184,7 +205,7 @@ def tree_tables(report: TreeReport) -> dict[str, list[dict]]:
             "probability": n.probability,
             "btc_price_usd": n.btc_price_usd,
             "hashprice_usd_per_ph_day": n.hashprice_usd_per_ph_day,
-            "lifecycles": text(n.lifecycles),
+            "lifecycles": "; ".join(f"{c.group}:{c.lifecycle}={c.racks}" for c in n.lifecycles),
             "conversions": text(n.conversions),
             "lease_mw": text(n.lease_mw),
         }

@@ -58,12 +58,11 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
         "to wait (plan.json `tree`, tree_nodes.csv, decision_rule.csv)",
     )
     p.add_argument(
-        "--branching", type=_int_list, default=[3], metavar="K[,K...]", help="children per decision date (default 3)"
+        "--branching", type=_int_list, metavar="K[,K...]", help="children per decision date (default 3, or the file's)"
     )
     p.add_argument(
         "--tree-replications",
         type=int,
-        default=5,
         help="independent trees for the value-of-waiting interval (default 5; 0: in-sample only)",
     )
     p.set_defaults(func=cmd_plan)
@@ -106,6 +105,12 @@ def _overrides(args: argparse.Namespace) -> dict:
     for section, key, value in pairs:
         if value is not None:
             patch.setdefault(section, {})[key] = value
+    if getattr(args, "decision_dates", None):
+        patch["tree"] = {"decision_months": args.decision_dates}
+    if getattr(args, "branching", None) is not None:
+        patch.setdefault("tree", {})["branching"] = args.branching
+    if getattr(args, "tree_replications", None) is not None:
+        patch.setdefault("tree", {})["replications"] = args.tree_replications
     return patch
 
 
@@ -193,8 +198,10 @@ def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict
             local=local,
         )
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
-        if getattr(args, "decision_dates", None):
-            plan = plan.model_copy(update={"tree": _tree(args, fleet, progress)})
+        if fleet.tree is not None:
+            from solvers.tree_plan import plan_tree
+
+            plan = plan.model_copy(update={"tree": plan_tree(fleet, progress)})
     if args.export_scenarios:
         args.export_scenarios.parent.mkdir(parents=True, exist_ok=True)
         save_scenarios(args.export_scenarios, scenarios)
@@ -248,34 +255,6 @@ def _assess(args: argparse.Namespace, fleet, plan, provided, progress):
 
     settings = RobustnessSettings(**robustness_overrides(args))
     return assess_plan(fleet, plan, provided=provided, settings=settings, workers=args.workers, progress=progress)
-
-
-def _tree(args: argparse.Namespace, fleet, progress):
-    """The multi-stage plan on a scenario tree, the value of waiting and the decision rule (optimizer.option_value)."""
-    from optimizer.option_value import value_of_waiting
-    from optimizer.tree_report import tree_report
-
-    dates = args.decision_dates
-    branching = args.branching * len(dates) if len(args.branching) == 1 else args.branching
-    if len(branching) != len(dates):
-        raise ValueError(f"--branching: one factor, or one per decision date ({len(dates)}), got {args.branching}")
-    result = value_of_waiting(
-        fleet,
-        dates,
-        branching,
-        replications=args.tree_replications,
-        time_limit_s=fleet.solver.time_limit_s or 120.0,
-        mip_rel_gap=fleet.solver.mip_rel_gap,
-        progress=progress,
-    )
-    rolling = None
-    if not args.no_robustness:
-        from optimizer.rolling import evaluate_rolling
-
-        progress("tree oos", 0, 1)
-        rolling = evaluate_rolling(fleet, result.in_sample, fleet.scenarios.seed)
-        progress("tree oos", 1, 1)
-    return tree_report(fleet, dates, branching, result, rolling)
 
 
 def _progress_bar() -> Progress:

@@ -350,7 +350,7 @@ def print_tree(report, console: Console) -> None:
             f"{n.probability:.3f}",
             f"{n.btc_price_usd:,.0f}",
             f"{n.hashprice_usd_per_ph_day:.1f}",
-            "; ".join(f"{g}: " + ", ".join(f"{k}={v}" for k, v in c.items()) for g, c in n.lifecycles.items()),
+            "; ".join(f"{c.group}: {c.lifecycle}={c.racks}" for c in n.lifecycles),
             ", ".join(f"{s}@{k}" for s, k in n.conversions.items()),
             ", ".join(f"{k}={v:.3f}" for k, v in n.lease_mw.items()),
         )

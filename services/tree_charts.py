@@ -28,10 +28,9 @@ def _label(node) -> str:
     parts = [f"#{node.node}"]
     for site, k in node.conversions.items():
         parts.append(f"convert {site}@{k}")
-    for group, counts in node.lifecycles.items():
-        for key, n in counts.items():
-            if not key.startswith("ai@"):
-                parts.append(f"{group} {key} {n}")
+    for count in node.lifecycles:
+        if not count.lifecycle.startswith("ai@"):
+            parts.append(f"{count.group} {count.lifecycle} {count.racks}")
     for key, mw in node.lease_mw.items():
         parts.append(f"lease {key} {mw:.1f} MW")
     return "\n".join(parts)
