@@ -38,7 +38,7 @@ from optimizer.fleet import Fleet, RiskSettings
 from optimizer.formulation import build_compact_model, extract_allocation
 from optimizer.multistage import TreePlan, build_multistage_model, extract_tree_plan, tree_index
 from optimizer.scenarios import OPTIMIZATION_STREAM, SAA_FIRST_STREAM
-from optimizer.tree import ScenarioTree, build_tree
+from optimizer.tree import ScenarioTree, build_tree, build_tree_from_branching
 from optimizer.tree_scenarios import TreeScenarios, generate_tree_scenarios
 
 
@@ -96,14 +96,17 @@ def solve_tree(
     time_limit_s: float = 120.0,
     mip_rel_gap: float = 0.0,
     wait_and_see: bool = True,
+    paths: TreeScenarios | None = None,
 ) -> TreeSolution:
-    """Draw the tree's paths, then solve the multi-stage, now-or-never and (optionally) wait-and-see plans."""
+    """Draw the tree's paths (or take `paths`: a user's tree), then solve the multi-stage, now-or-never and
+    (optionally) wait-and-see plans."""
     from solvers.highs import solve
 
     risk = risk or fleet.risk
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    paths = generate_tree_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, tree, seed, stream)
+    if paths is None:
+        paths = generate_tree_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, tree, seed, stream)
     economics = group_economics(fleet, paths.scenarios)
     timings["scenarios_and_economics"] = time.perf_counter() - start
 
@@ -164,19 +167,29 @@ def value_of_waiting(
     mip_rel_gap: float = 0.0,
     wait_and_see: bool = True,
     progress=None,
+    provided: TreeScenarios | None = None,
 ) -> WaitingValue:
     """Solve the plan's tree (stream 0) and `replications` independent trees (streams 2, 3, ...).
 
     `progress(stage, done, total)` hears "tree" once the plan's tree is solved and "tree reps" per replication.
+    `provided`: the plan's tree from a file (optimizer.tree_io); the independent trees are drawn with its shape
+    when it is uniform, else with `decision_months` and `branching`.
     """
     from optimizer.robustness import t_interval
 
     seed = fleet.scenarios.seed if seed is None else seed
-    tree = build_tree(decision_months, branching, fleet.horizon.step_hours, fleet.horizon.n_steps)
+    if provided is None:
+        tree = build_tree(decision_months, branching, fleet.horizon.step_hours, fleet.horizon.n_steps)
+    else:  # independent trees of the provided tree's dates and (first nodes') branching
+        ks = [len(provided.tree.children(provided.tree.nodes_at_depth(j)[0])) for j in range(provided.tree.n_stages)]
+        tree = build_tree_from_branching(provided.tree.decision_steps, ks, provided.tree.n_steps)
     options = dict(risk=risk, time_limit_s=time_limit_s, mip_rel_gap=mip_rel_gap)
     report = progress or (lambda stage, done, total: None)
     report("tree", 0, 1)
-    in_sample = solve_tree(fleet, tree, seed, OPTIMIZATION_STREAM, wait_and_see=wait_and_see, **options)
+    in_tree = tree if provided is None else provided.tree
+    in_sample = solve_tree(
+        fleet, in_tree, seed, OPTIMIZATION_STREAM, wait_and_see=wait_and_see, paths=provided, **options
+    )
     report("tree", 1, 1)
     reps = []
     for r in range(replications):

@@ -10,20 +10,38 @@ cost), every draw is keyed by (seed, stream, node position), so the result is th
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from optimizer.fleet import Fleet
 from optimizer.tree_report import TreeReport, tree_report
 
 
-def plan_tree(fleet: Fleet, progress: Callable[[str, int, int], None] | None = None) -> TreeReport:
+def plan_tree(
+    fleet: Fleet,
+    progress: Callable[[str, int, int], None] | None = None,
+    provided=None,
+    export_path=None,
+    out_of_sample: bool | None = None,
+    replications: int | None = None,
+) -> TreeReport:
+    """`provided`: the plan's tree from a file (optimizer.tree_io); `export_path`: write the plan's tree there."""
+    from optimizer.fleet import TreeSettings
     from optimizer.option_value import value_of_waiting
     from optimizer.rolling import evaluate_rolling
 
     settings = fleet.tree
-    if settings is None:
+    if provided is not None:
+        dates, branching = tree_shape(provided.tree, fleet.horizon.step_hours)
+        settings = settings or TreeSettings(
+            decision_months=dates,
+            branching=branching,
+            **({} if replications is None else {"replications": replications}),
+        )
+    elif settings is None:
         raise ValueError("the fleet has no `tree` settings")
+    else:
+        dates, branching = settings.decision_months, settings.per_date()
     report = progress or (lambda stage, done, total: None)
-    dates, branching = settings.decision_months, settings.per_date()
     result = value_of_waiting(
         fleet,
         dates,
@@ -32,9 +50,15 @@ def plan_tree(fleet: Fleet, progress: Callable[[str, int, int], None] | None = N
         time_limit_s=fleet.solver.time_limit_s or 120.0,
         mip_rel_gap=fleet.solver.mip_rel_gap,
         progress=report,
+        provided=provided,
     )
+    if export_path is not None:
+        from optimizer.tree_io import save_tree_scenarios
+
+        Path(export_path).parent.mkdir(parents=True, exist_ok=True)
+        save_tree_scenarios(export_path, result.in_sample.paths)
     rolling = None
-    if settings.out_of_sample:
+    if settings.out_of_sample if out_of_sample is None else out_of_sample:
         report("tree oos", 0, 1)
         rolling = evaluate_rolling(
             fleet,
@@ -45,3 +69,12 @@ def plan_tree(fleet: Fleet, progress: Callable[[str, int, int], None] | None = N
         )
         report("tree oos", 1, 1)
     return tree_report(fleet, dates, branching, result, rolling)
+
+
+def tree_shape(tree, step_hours: int) -> tuple[list[float], list[int]]:
+    """Decision months (from the decision steps) and the branching after each date (of the first node there)."""
+    from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY
+
+    months = [round(step * step_hours / HOURS_PER_DAY / DAYS_PER_MONTH, 6) for step in tree.decision_steps]
+    branching = [len(tree.children(tree.nodes_at_depth(j)[0])) for j in range(tree.n_stages)]
+    return months, branching

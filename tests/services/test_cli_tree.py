@@ -56,3 +56,21 @@ def test_report_shows_the_tree_the_rule_and_the_rolling_score(ray_session, tmp_p
     html = (out / "report.html").read_text()
     assert "Decide now, or wait" in html and "decision rule chart rule_a" in html
     assert (out / "scenario_tree.png").stat().st_size > 10_000 and (out / "decision_rule_a.png").exists()
+
+
+def test_export_tree_then_plan_on_the_tree_file(ray_session, tmp_path):
+    data = waiting_fleet_data(55.0)
+    data["scenarios"] = {"seed": 3, "count": 3}
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(data))
+    base = ["plan", str(fleet_file), "--no-robustness", "--tree-replications", "0"]
+    exported = tmp_path / "trees" / "used.npz"
+    assert main([*base, "--decision-dates", "0,6", "--out", str(tmp_path / "a"), "--export-tree", str(exported)]) == 0
+    assert main([*base, "--tree-file", str(exported), "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "plan.json").read_text())["tree"]
+    b = json.loads((tmp_path / "b" / "plan.json").read_text())["tree"]
+    assert b["multistage_usd"] == pytest.approx(a["multistage_usd"], rel=1e-12)
+    assert b["branching"] == [3, 3] and b["decision_months"] == [0.0, 6.01232]  # 183 daily steps
+    assert [(n["lifecycles"], n["conversions"]) for n in b["tree"]] == [
+        (n["lifecycles"], n["conversions"]) for n in a["tree"]
+    ]
