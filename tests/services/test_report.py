@@ -63,6 +63,9 @@ def test_board_sections_hold_the_plan_numbers(hedge_run, tmp_path):
         assert anchor in html
     for site in plan.sites:
         assert f"${round(site.expected_profit_usd):,}" in html
+    assert plan.conversions and 'id="conversions"' in html and 'id="timeline"' in html
+    for c in plan.conversions:
+        assert f"${round(c.project_npv_usd):,}" in html and c.ready_date in html
     for v in rack_values(fleet, plan):
         assert f"${round(v.mine_usd):,}" in html
         if v.ai_usd is not None:
