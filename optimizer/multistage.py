@@ -30,7 +30,9 @@ share the node at depth j share every variable of depth <= j; nothing a node dec
 segment below it.
 
 Later decisions are those the fleet's own dates offer: conversion start options (with the machines'
-fate at that date: sold, stored or moved) and the lease taken on the converted hall. Plain sales,
+fate at that date: sold, stored or moved) and the lease taken on the converted hall, while the offer
+is still open (an offer lapses for start options ready after its `start_by`: optimizer.allocation
+.lease_terms). Plain sales,
 moves, idling and purchases are decided at the root (their lifecycles start at the plan's start).
 
 `build_nonanticipative_extensive_model` is the textbook counterpart (per-leaf copies of every
@@ -151,7 +153,11 @@ def _add_node_variables(model, fleet: Fleet, grid: PlanGrid, index: TreeIndex) -
     )
     model.lease_mw = pyo.Var(model.NLEASES, domain=pyo.NonNegativeReals)
     model.B = pyo.Set(initialize=range(len(fleet.purchases)))
-    model.buy = pyo.Var(model.B, domain=pyo.NonNegativeIntegers, bounds=lambda m, b: (0, fleet.purchases[b].max_racks))
+    model.buy = pyo.Var(
+        model.B,
+        domain=pyo.NonNegativeIntegers,
+        bounds=lambda m, b: (fleet.purchases[b].min_racks, fleet.purchases[b].max_racks),
+    )
     dr_sites = [s.id for s in fleet.sites if s.demand_response is not None]
     model.dr_mw = pyo.Var(
         dr_sites, domain=pyo.NonNegativeReals, bounds=lambda m, s: (0, fleet.site(s).demand_response.max_mw)
@@ -172,7 +178,10 @@ def add_leaf_view(block, model, fleet: Fleet, grid: PlanGrid, index: TreeIndex, 
     )
     block.dr_mw = pyo.Expression(block.DR_SITES, rule=lambda b, s: model.dr_mw[s])
     block.convert = pyo.Var(block.AI_SITES, domain=pyo.Binary)  # the path converted the site (at most once)
-    block.accept = pyo.Var(block.OFFERS, domain=pyo.Binary)  # the path signed the offer
+    # the path signed the offer; a lease already signed (quarterly re-planning) is signed on every path
+    block.accept = pyo.Var(
+        block.OFFERS, domain=pyo.Binary, bounds=lambda b, o: (int(fleet.lease_offer(o).committed), 1)
+    )
     F._add_expressions(block, fleet, grid)
     F.define_rack_count(block, fleet)
     F.define_one_start_per_site(block)
