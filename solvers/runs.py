@@ -213,6 +213,10 @@ def run_plan(
     if robustness is not None:
         report = _assess_stoppable(fleet, plan, robustness, control, relay)
         plan = plan.model_copy(update={"robustness": report})
+    if fleet.tree is not None:
+        from solvers.tree_plan import plan_tree
+
+        plan = plan.model_copy(update={"tree": plan_tree(fleet, progress=control.pipeline_progress)})
     control.update(stage="done", stage_done=1, stage_total=1)
     return plan
 
