@@ -32,6 +32,8 @@ def test_a_short_deadline_on_the_example_fleet_returns_a_plan(stub):
     # the example's fleet over one quarter (as the issue measured it; the file plans five years)
     data = yaml.safe_load((EXAMPLES / "fleet.yaml").read_text())
     data["horizon"] = {"start": "2026-12-01", "days": 91, "step_hours": 1}
+    for option in ("moves", "purchases"):  # the fleet as the issue measured it: racks stay where they are
+        data.pop(option)
     fleet = fleet_message(data)
     started = time.monotonic()
     stub.Optimize(pb.OptimizeRequest(fleet=fleet), timeout=120)  # warm workers; teaches the build overhead
