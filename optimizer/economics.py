@@ -334,7 +334,7 @@ def _halving_step(scenarios: ScenarioSet) -> np.ndarray:
 
 def _hashprice_ratio(scenarios: ScenarioSet, bounds: np.ndarray) -> np.ndarray:
     """[P + 1, S] mean hashprice of the day from each boundary (the last day for the end) over the first day's."""
-    per_day = max(1, HOURS_PER_DAY // scenarios.step_hours)
+    per_day = max(1, int(HOURS_PER_DAY // scenarios.step_hours))
     hp = scenarios.hashprice_usd_per_ph_day
     first = hp[:, :per_day].mean(axis=1)
     starts = np.minimum(bounds, max(0, scenarios.n_steps - per_day))

@@ -1,6 +1,6 @@
 """The plan's time grid: steps, the periods the MIP sees, and discounting to the plan's start.
 
-The hourly (or coarser) steps of the price paths are grouped into *periods*: the runs of steps
+The steps (15-minute, hourly or coarser) of the price paths are grouped into *periods*: the runs of steps
 between consecutive dates at which some decision can change what a rack does (a conversion starts,
 a hall is ready, a move or a delivery completes) or at which the plan reports (each anniversary of
 the start). Within a period every decision is constant, so the per-rack mining value of a period is
@@ -24,7 +24,7 @@ from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, HOURS_PER_YEAR, M
 
 @dataclass(frozen=True)
 class Timeline:
-    step_hours: int
+    step_hours: float  # step length in hours (0.25 for 15 minutes)
     n_steps: int
     discount_rate_per_year: float
     bounds: np.ndarray  # [P + 1] step indices: 0 = b_0 < b_1 < ... < b_P = n_steps
@@ -84,7 +84,7 @@ class Timeline:
         return self.discount_at_hours(starts)
 
 
-def build_timeline(step_hours: int, n_steps: int, discount_rate: float, dates_days: Iterable[float]) -> Timeline:
+def build_timeline(step_hours: float, n_steps: int, discount_rate: float, dates_days: Iterable[float]) -> Timeline:
     """A timeline whose periods break at every anniversary and at each of `dates_days` inside the horizon."""
     grid = Timeline(step_hours, n_steps, discount_rate, np.array([0, n_steps]))
     year_days = DAYS_PER_MONTH * MONTHS_PER_YEAR

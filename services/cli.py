@@ -77,7 +77,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     fleet = with_overrides(load_fleet(args.fleet), _overrides(args))
     provided = None
     if args.scenario_file:
-        provided = load_scenarios(args.scenario_file, [m.id for m in fleet.markets], fleet.horizon.n_steps)
+        provided = load_scenarios(
+            args.scenario_file, [m.id for m in fleet.markets], fleet.horizon.n_steps, fleet.horizon.step_hours
+        )
     local = _start_ray_if_needed(args, fleet, provided)
     try:
         return _plan(args, fleet, provided, local, previous)
