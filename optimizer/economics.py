@@ -6,14 +6,30 @@ a period of a scenario is the sum over the period's steps of max(margin, 0), the
 of the profile, so the second stage is linear in the rack counts (DESIGN.md section 3). Values are
 discounted to the plan's start (optimizer.timeline) and net of opex.
 
-Computed in flat memory, one (site, scenario) at a time and never as profile x step arrays: a rack
-of profile q with H TH/s, meter load E kW runs in step t exactly when
+Computed in flat memory, one site at a time and never as profile x step arrays: a rack of profile q
+with H TH/s, meter load E kW runs in step t exactly when
 
     H (1 - pool fee) hashprice_t > E price_t / 1000   <=>   key_t = price_t / hashprice_t < theta_q,
 
-theta_q = 1000 H (1 - pool fee) / E. Sorting the steps of a (site, scenario, period) by key once,
-every profile's sums (revenue, cost, energy, BTC, discounted or not) are prefix sums read at
-searchsorted(theta_q): O(T log T + Q log T) per (site, scenario) instead of O(Q T).
+theta_q = 1000 H (1 - pool fee) / E, which depends on the machine's efficiency and the site's PUE only:
+a site's groups share a handful of distinct thresholds (one per machine model there), however many
+groups, rack sizes and opex levels it has (near-equal floats are merged, THRESHOLD_TIE). Per site the
+U distinct thresholds give U run masks [S, U, T] (key < theta_u), and one batched matrix product per
+period multiplies them with weight rows shared by every site ([S, W, T]: hashprice per TH-hour, the
+same discounted, BTC per TH/s-step, 1 and the discount factor; per market, spot and discounted spot).
+A site's marginal price is spot x weight + offset (fixed, index + adder, resale - fee), so its cost
+sums come from the same rows. Every profile's sums are its per-rack scale times its threshold's sums:
+O(S T U) per site, independent of the number of profiles but for the [Q, P, S] outputs.
+
+Memory of one Ray task (solvers.planner streams a batch in chunks of at most STREAM_CELLS = 250,000
+scenario-steps): the chunk's scenario arrays (~(5 + 3 M) x 8 B per scenario-step for M markets), the
+shared weights (5 x 8 B), one market's spot rows (2 x 8 B), one site's keys and masks ((1 + U) x 8 B)
+and the coupled points of the events: about (40 + 40 M + 8 U) B x 250,000, i.e. 60-100 MB for the
+example's four markets and four machine models, whatever the number of groups, steps (15-minute or
+hourly, one quarter or five years) or scenarios; plus the batch's outputs, [Q, P, S_batch] x 9 fields
+x 8 B and the coupled slots and items ([I, S_batch], I = coupled steps x profiles of the site), and the
+worker's interpreter with numpy, pydantic and Ray (~150-200 MiB). bench/bench_pipeline.py measures it:
+under 512 MiB per task for 1,000 groups x 1,000 scenarios hourly and 300 groups at 15 minutes.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):
 a curtailment event that caps the site's power, and a demand-response call that makes its mining

@@ -254,6 +254,15 @@ def test_plan_reports_the_value_of_fifteen_minute_dispatch(tiny):
     assert sub.value_usd == pytest.approx(value_q - value_h, rel=1e-6) and sub.value_usd > 10.0
     hourly_result, _ = plan_fleet(fleet_h, local=True)
     assert hourly_result.subhourly is None
+    # the gRPC Plan carries it (field 50), and a 15-minute fleet crosses the contract with its step
+    from services.convert import fleet_from_message, fleet_to_message, plan_from_message, plan_to_message
+
+    message = plan_to_message(result)
+    assert message.HasField("subhourly") and message.subhourly.value_usd == pytest.approx(sub.value_usd)
+    assert plan_from_message(message).subhourly == sub
+    assert not plan_to_message(hourly_result).HasField("subhourly")
+    assert fleet_to_message(fleet_q).horizon.step_minutes == 15
+    assert fleet_from_message(fleet_to_message(fleet_q)).horizon == fleet_q.horizon
 
 
 def test_scenario_files_at_fifteen_minutes(tmp_path, tiny):
