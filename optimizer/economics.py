@@ -50,6 +50,7 @@ the site forgoes); both are kept here per site, period and scenario.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -246,13 +247,24 @@ class _SitePrice:
             return np.full(len(scen), self.offset)
         return self._scenarios.power_price(self.market)[scen, step] + self.offset
 
-    def keys(self, hashprice_th_hour: np.ndarray) -> np.ndarray:
-        """[S, T] price / hashprice per TH-hour (price_keys), without materialising a fixed price."""
-        if self.follows_spot:
-            return price_keys(self._scenarios.power_price(self.market) + self.offset, hashprice_th_hour)
-        if np.all(hashprice_th_hour > 0):
-            return self.offset / hashprice_th_hour
-        return price_keys(np.full(hashprice_th_hour.shape, self.offset), hashprice_th_hour)
+    def keys(self, hashprice_th_hour: np.ndarray, positive: bool, out: np.ndarray) -> np.ndarray:
+        """[S, T] price / hashprice per TH-hour (price_keys) into `out`, without materialising a fixed price.
+
+        `positive`: every hashprice is > 0 (the usual case: then a plain division).
+        """
+        if not positive:
+            price = self._scenarios.power_price(self.market) + self.offset if self.follows_spot else self.offset
+            out[...] = price_keys(np.broadcast_to(price, hashprice_th_hour.shape), hashprice_th_hour)
+        elif self.follows_spot:
+            np.add(self._scenarios.power_price(self.market), self.offset, out=out)
+            np.divide(out, hashprice_th_hour, out=out)
+        else:
+            np.divide(self.offset, hashprice_th_hour, out=out)
+        return out
+
+    def keys_at(self, hashprice_th_hour: np.ndarray, scen: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """The keys at some (scenario, step) points."""
+        return price_keys(self.at(scen, step), hashprice_th_hour[scen, step])
 
 
 @dataclass(frozen=True)
@@ -330,9 +342,27 @@ class _Thresholds:
         return _Thresholds(members, values, of_member, load)
 
 
+_SCRATCH = threading.local()  # per thread: Ray runs one task at a time per worker, tests may use threads
+
+
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A reusable float buffer of `shape`, valid until the next call with the same name in this thread.
+
+    Batches are priced chunk after chunk with the same shapes; fresh arrays of megabytes are fresh pages
+    from the kernel, and faulting them in costs more than the arithmetic done on them. The buffers stay
+    at the largest chunk's size: masks U, keys 1, weights 5 + 2 M floats per scenario-step of a chunk.
+    """
+    pool = _SCRATCH.__dict__.setdefault("pool", {})
+    size = int(np.prod(shape))
+    buffer = pool.get(name)
+    if buffer is None or buffer.size < size:
+        buffer = pool[name] = np.empty(size)
+    return buffer[:size].reshape(shape)
+
+
 def _run_masks(keys: np.ndarray, thresholds: _Thresholds) -> np.ndarray:
-    """[S, U, T] float 1.0 where key < theta_u (the threshold's profiles run), else 0.0."""
-    masks = np.empty((keys.shape[0], len(thresholds.values), keys.shape[1]))
+    """[S, U, T] float 1.0 where key < theta_u (the threshold's profiles run), else 0.0 (a scratch buffer)."""
+    masks = _scratch("masks", (keys.shape[0], len(thresholds.values), keys.shape[1]))
     for u, theta in enumerate(thresholds.values):
         np.less(keys, theta, out=masks[:, u, :], casting="unsafe")
     return masks
@@ -382,24 +412,44 @@ def group_economics(fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None 
             f"{timeline.n_steps} of {timeline.step_hours:g} h"
         )
     n_q, n_p, n_scen = len(grid.profiles), timeline.n_periods, scenarios.n_scenarios
-    sums = {name: np.zeros((n_q, n_p, n_scen)) for name in _PROFILE_SUMS}
-    runs = np.zeros((n_q, n_scen))
     hashprice = scenarios.hashprice_usd_per_th_hour
     weights = _Weights(scenarios, hashprice, timeline.step_discount())
-    site_steps, keys_of, prices = [], [], []
+    site_steps, prices = [], []
     profiles = _ProfileArrays.of(fleet, grid)
+    per_threshold, threshold_of = [], np.zeros(n_q, dtype=np.int64)  # global threshold index of each profile
+    positive = bool(np.all(hashprice > 0))
+    keys = _scratch("keys", hashprice.shape)
     for n, site in enumerate(fleet.sites):
         price = _SitePrice(site, scenarios)
-        keys = price.keys(hashprice)
+        price.keys(hashprice, positive, out=keys)
         thresholds = _Thresholds.of(profiles, n)
         masks = _run_masks(keys, thresholds)
         steps = _site_steps(fleet, grid, n, scenarios, masks, thresholds)
         site_steps.append(steps)
-        keys_of.append(keys)
         prices.append(price)
         if len(thresholds.members):
-            _threshold_sums(fleet, grid, profiles, thresholds, masks, keys, steps, price, weights, sums, runs)
+            threshold_of[thresholds.members] = sum(len(t["runs"]) for t in per_threshold) + thresholds.of_member
+            per_threshold.append(_threshold_sums(grid, thresholds, masks, keys, steps, price, weights))
         del masks
+    # every profile's sums: its threshold's, times its per-rack scale
+    hours = timeline.step_hours
+    rev_scale = profiles.hashrate_ths * (1 - fleet.pool_fee_fraction)  # per TH-hour of hashprice
+    mwh_scale = profiles.meter_kw / KW_PER_MW * hours  # MWh one rack draws in a step
+    scale = {"revenue": rev_scale, "revenue_pv": rev_scale, "btc": rev_scale}
+    scale |= {"cost": mwh_scale, "cost_pv": mwh_scale, "energy": mwh_scale}
+    sums = {}
+    for name in _PROFILE_SUMS:
+        if per_threshold:
+            values = np.concatenate([t[name] for t in per_threshold]).take(threshold_of, axis=0)
+            values *= scale[name][:, None, None]
+        else:
+            values = np.zeros((n_q, n_p, n_scen))
+        sums[name] = values
+    runs = (
+        np.concatenate([t["runs"] for t in per_threshold]).take(threshold_of, axis=0)
+        if per_threshold
+        else np.zeros((n_q, n_scen))
+    )
     opex_pv = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * timeline.period_discounted_days()
     return GroupEconomics(
         indices=np.asarray(scenarios.indices),
@@ -416,7 +466,7 @@ def group_economics(fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None 
         halving_step=_halving_step(scenarios),
         hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
         **_contract_terms(fleet, grid, scenarios),
-        **_coupled_slots(fleet, grid, scenarios, site_steps, keys_of, prices, profiles),
+        **_coupled_slots(fleet, grid, scenarios, site_steps, prices, profiles),
     )
 
 
@@ -435,7 +485,7 @@ class _Weights:
 
     def __init__(self, scenarios: ScenarioSet, hashprice: np.ndarray, discount: np.ndarray) -> None:
         n_scen, n_steps = hashprice.shape
-        self.shared = np.empty((n_scen, len(_SHARED), n_steps))
+        self.shared = _scratch("weights", (n_scen, len(_SHARED), n_steps))
         self.shared[:, 0] = hashprice
         np.multiply(hashprice, discount, out=self.shared[:, 1])
         np.multiply(hashprice, scenarios.step_hours, out=self.shared[:, 2])
@@ -447,49 +497,47 @@ class _Weights:
     def spot(self, market: str) -> np.ndarray:
         if market not in self._spot:
             price = self._scenarios.power_price(market)
-            rows = np.empty((price.shape[0], 2, price.shape[1]))
+            rows = _scratch(f"spot:{self._scenarios.markets.index(market)}", (price.shape[0], 2, price.shape[1]))
             rows[:, 0] = price
             np.multiply(price, self._discount, out=rows[:, 1])
             self._spot[market] = rows
         return self._spot[market]
 
 
-def _threshold_sums(fleet, grid, profiles, thresholds, masks, keys, steps, price, weights, sums, runs) -> None:
-    """Fill the site's profiles' period sums: masks x weights per period, once per distinct threshold."""
+def _threshold_sums(grid, thresholds, masks, keys, steps, price, weights) -> dict[str, np.ndarray]:
+    """The site's sums per distinct threshold, per unit of a rack's scale: [U, P, S] per name, runs [U, S].
+
+    Masks x weights per period (one batched matrix product); coupled steps count as run steps but are
+    kept out of the sums.
+    """
     hours = grid.timeline.step_hours
-    members, of_member = thresholds.members, thresholds.of_member
-    rev_scale = profiles.hashrate_ths[members] * (1 - fleet.pool_fee_fraction)  # per TH-hour
-    mwh_scale = profiles.meter_kw[members] / KW_PER_MW * hours  # MWh one rack draws in a step
-    if len(steps.scen):  # coupled steps: counted as run steps, kept out of the sums
+    n_u, n_p, n_scen = len(thresholds.values), grid.timeline.n_periods, masks.shape[0]
+    out = {name: np.empty((n_u, n_p, n_scen)) for name in _PROFILE_SUMS}
+    out["runs"] = np.zeros((n_u, n_scen))
+    if len(steps.scen):
         runs_coupled = keys[steps.scen, steps.step][:, None] < thresholds.values[None, :]  # [C, U]
-        counted = np.zeros((runs.shape[1], len(thresholds.values)))
-        np.add.at(counted, steps.scen, runs_coupled)
-        runs[members] += counted[:, of_member].T
+        for u in range(n_u):
+            out["runs"][u] += np.bincount(steps.scen, runs_coupled[:, u], minlength=n_scen)
         masks[steps.scen, :, steps.step] = 0.0
     bounds = grid.timeline.bounds
-    for p in range(grid.timeline.n_periods):
+    for p in range(n_p):
         a, b = bounds[p], bounds[p + 1]
         period_masks = masks[:, :, a:b]
-        shared = np.matmul(period_masks, weights.shared[:, :, a:b].transpose(0, 2, 1))  # [S, U, W]
-        count, discount_sum = shared[:, :, 3], shared[:, :, 4]
+        shared = np.matmul(period_masks, weights.shared[:, :, a:b].transpose(0, 2, 1)).transpose(1, 2, 0)  # [U, W, S]
+        count, discount_sum = shared[:, 3], shared[:, 4]
         cost, cost_pv = price.offset * count, price.offset * discount_sum
         if price.follows_spot:
-            spot = np.matmul(period_masks, weights.spot(price.market)[:, :, a:b].transpose(0, 2, 1))
-            cost = cost + price.spot_weight * spot[:, :, 0]
-            cost_pv = cost_pv + price.spot_weight * spot[:, :, 1]
-        per_threshold = {  # [S, U] per unit of scale
-            "revenue": shared[:, :, 0] * hours,
-            "revenue_pv": shared[:, :, 1] * hours,
-            "btc": shared[:, :, 2],
-            "cost": cost,
-            "cost_pv": cost_pv,
-            "energy": count,
-        }
-        scale = {"revenue": rev_scale, "revenue_pv": rev_scale, "btc": rev_scale}
-        scale |= {"cost": mwh_scale, "cost_pv": mwh_scale, "energy": mwh_scale}
-        for name, values in per_threshold.items():
-            sums[name][members, p, :] = scale[name][:, None] * values[:, of_member].T
-        runs[members] += count[:, of_member].T
+            spot = np.matmul(period_masks, weights.spot(price.market)[:, :, a:b].transpose(0, 2, 1)).transpose(1, 2, 0)
+            cost = cost + price.spot_weight * spot[:, 0]
+            cost_pv = cost_pv + price.spot_weight * spot[:, 1]
+        out["revenue"][:, p] = shared[:, 0] * hours
+        out["revenue_pv"][:, p] = shared[:, 1] * hours
+        out["btc"][:, p] = shared[:, 2]
+        out["cost"][:, p] = cost
+        out["cost_pv"][:, p] = cost_pv
+        out["energy"][:, p] = count
+        out["runs"] += count
+    return out
 
 
 def _halving_step(scenarios: ScenarioSet) -> np.ndarray:
@@ -554,7 +602,6 @@ def _coupled_slots(
     grid: PlanGrid,
     scenarios: ScenarioSet,
     site_steps: list[_SiteSteps],
-    keys_of: list[np.ndarray],
     prices: list[_SitePrice],
     profiles: _ProfileArrays,
 ) -> dict[str, np.ndarray]:
@@ -583,39 +630,33 @@ def _coupled_slots(
             resale[here] = resale_price_usd_per_mwh(s, scenarios)[scen[here], step[here]]
     out["coupled_resale_usd_per_mwh"][slot, scen] = resale
 
-    # items: the site's profiles with a positive margin in the slot's step, in (scenario, slot, profile) order:
-    # a point's position g in the sorted slots orders (scenario, slot), so g * Q + profile orders the items
+    # items: the site's profiles with a positive margin in the slot's step, in (scenario, slot, profile) order.
+    # Slots of a scenario run site by site, so a site's items follow the items of the sites before it in
+    # that scenario: their position is the earlier sites' item count there plus their rank within the site.
     hours = scenarios.step_hours
     hashprice = scenarios.hashprice_usd_per_th_hour
-    n_q = len(profiles.site)
-    parts = []
+    parts, before = [], np.zeros(n_scen, dtype=np.int64)
     for n in range(len(fleet.sites)):
         here = np.flatnonzero(site == n)
         members = np.flatnonzero(profiles.site == n)
         if not len(here) or not len(members):
             continue
         s_, t_ = scen[here], step[here]
-        point, member = np.nonzero(keys_of[n][s_, t_][:, None] < profiles.theta[members][None, :])
+        # [C, Q_n] positive margins; nonzero walks it point by point, profile by profile: already in order
+        point, member = np.nonzero(prices[n].keys_at(hashprice, s_, t_)[:, None] < profiles.theta[members][None, :])
         q = members[member]
-        revenue = profiles.hashrate_ths[q] * hashprice[s_[point], t_[point]] * (1.0 - fleet.pool_fee_fraction) * hours
+        item_scen = s_[point]
+        revenue = profiles.hashrate_ths[q] * hashprice[item_scen, t_[point]] * (1.0 - fleet.pool_fee_fraction) * hours
         cost = profiles.meter_kw[q] / KW_PER_MW * hours * prices[n].at(s_, t_)[point]
-        parts.append((here[point] * n_q + q, q, revenue, cost))
-    key, item_group, item_revenue, item_cost = (
-        np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in range(4)
-    )
-    order = np.argsort(key, kind="stable")  # sorted runs, one per site: a merge
-    point = (key[order] // max(1, n_q)).astype(np.int64)
-    item_scen = scen[point]
-    position = _positions_within(item_scen, n_scen)
-    n_items = int(position.max()) + 1 if len(position) else 0
-    for name, values in (
-        ("item_slot", slot[point]),
-        ("item_group", item_group[order].astype(np.int64)),
-        ("item_hash_revenue_usd", item_revenue[order]),
-        ("item_power_cost_usd", item_cost[order]),
-    ):
+        position = before[item_scen] + _positions_within(item_scen, n_scen)
+        before += np.bincount(item_scen, minlength=n_scen)
+        parts.append((position, item_scen, slot[here][point], q, revenue, cost))
+    n_items = int(before.max()) if n_scen else 0
+    position, item_scen = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in (0, 1))
+    for i, name in enumerate(("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd"), start=2):
         out[name] = np.full((n_items, n_scen), _PADDING[name])
-        out[name][position, item_scen] = values
+        if parts:
+            out[name][position, item_scen] = np.concatenate([p[i] for p in parts])
     return out
 
 
