@@ -22,14 +22,16 @@ sums come from the same rows. Every profile's sums are its per-rack scale times 
 O(S T U) per site, independent of the number of profiles but for the [Q, P, S] outputs.
 
 Memory of one Ray task (solvers.planner streams a batch in chunks of at most STREAM_CELLS = 250,000
-scenario-steps): the chunk's scenario arrays (~(5 + 3 M) x 8 B per scenario-step for M markets), the
-shared weights (5 x 8 B), one market's spot rows (2 x 8 B), one site's keys and masks ((1 + U) x 8 B)
-and the coupled points of the events: about (40 + 40 M + 8 U) B x 250,000, i.e. 60-100 MB for the
-example's four markets and four machine models, whatever the number of groups, steps (15-minute or
-hourly, one quarter or five years) or scenarios; plus the batch's outputs, [Q, P, S_batch] x 9 fields
-x 8 B and the coupled slots and items ([I, S_batch], I = coupled steps x profiles of the site), and the
-worker's interpreter with numpy, pydantic and Ray (~150-200 MiB). bench/bench_pipeline.py measures it:
-under 512 MiB per task for 1,000 groups x 1,000 scenarios hourly and 300 groups at 15 minutes.
+scenario-steps), per scenario-step of a chunk: its scenario arrays ((5 + 3 M) x 8 B for M markets),
+the shared weights (5 x 8 B), the markets' spot rows (2 M x 8 B), the keys (8 B) and one site's masks
+(U x 8 B), the last four in per-thread scratch buffers reused chunk after chunk (_scratch): about
+(90 + 40 M + 8 U) B x 250,000 = 70 MB for the example's four markets and four machine models,
+whatever the number of groups, steps (15-minute or hourly, a quarter or five years) or scenarios.
+On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled slots and items
+([I, S_batch], I = the most coupled steps x candidate profiles in one scenario), and the worker's
+interpreter with numpy, pydantic and Ray (~150-200 MiB). Measured by bench/bench_pipeline.py (peak
+RSS of the worker process): ~250 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 50), ~220
+MiB for 300 groups x 200 scenarios at 15 minutes; the bound to hold is 512 MiB.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):
 a curtailment event that caps the site's power, and a demand-response call that makes its mining
