@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -279,6 +280,9 @@ class _SiteSteps:
     dr_call: np.ndarray  # bool [C]
 
 
+_PROFILE_CACHE: dict[int, tuple] = {}  # id(grid) -> (weak reference to it, pool fee, _ProfileArrays)
+
+
 @dataclass(frozen=True)
 class _ProfileArrays:
     """Per-profile figures as arrays, built once per batch (a fleet may have thousands of profiles)."""
@@ -291,6 +295,17 @@ class _ProfileArrays:
 
     @staticmethod
     def of(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
+        """Cached per grid (a batch's chunks share it); the pool fee is part of the key."""
+        cached = _PROFILE_CACHE.get(id(grid))
+        if cached is not None and cached[0]() is grid and cached[1] == fleet.pool_fee_fraction:
+            return cached[2]
+        arrays = _ProfileArrays._build(fleet, grid)
+        _PROFILE_CACHE.clear()  # one grid at a time: a worker prices one batch after another
+        _PROFILE_CACHE[id(grid)] = (weakref.ref(grid), fleet.pool_fee_fraction, arrays)
+        return arrays
+
+    @staticmethod
+    def _build(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
         profiles = grid.profiles
         hashrate = np.array([p.hashrate_ths for p in profiles], dtype=float)
         meter_kw = np.array([p.meter_kw for p in profiles], dtype=float)
