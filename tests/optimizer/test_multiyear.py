@@ -313,3 +313,21 @@ def test_streamed_economics_equal_a_direct_computation_per_step_to_the_cent(make
     assert (economics.hash_revenue_usd > 0).any() and (direct["runs"] < 1).any()  # racks run and curtail
     if fleet.markets[0].curtailment_events:
         assert economics.n_coupled > 0  # the coupled steps are exercised too
+
+
+def test_economics_do_not_depend_on_the_chunks_priced_before():
+    """Scratch buffers are reused chunk after chunk: a batch priced after a larger and a smaller one, in other
+    fleets, gives the same figures as priced first, and a batch split in two rejoins to the whole."""
+    from optimizer.economics import concat_economics
+    from optimizer.scenarios import select_rows
+
+    fleet, other = parse_fleet(random_fleet_data(0, scenarios=4)), parse_fleet(random_fleet_data(1, scenarios=6))
+    scenarios = scenarios_for(fleet)
+    first = group_economics(fleet, scenarios)
+    group_economics(other, scenarios_for(other))
+    group_economics(fleet, select_rows(scenarios, range(1, 2)))
+    again = group_economics(fleet, scenarios)
+    halves = concat_economics([group_economics(fleet, select_rows(scenarios, r)) for r in (range(0, 3), range(3, 4))])
+    for name in ("mine_value_usd", "hash_revenue_usd", "power_cost_pv_usd", "run_fraction", "item_power_cost_usd"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+        np.testing.assert_allclose(getattr(halves, name), getattr(first, name), rtol=1e-12, atol=1e-9)
