@@ -85,8 +85,9 @@ class PlanGrid:
 def plan_grid(fleet: Fleet, n_steps: int | None = None) -> PlanGrid:
     """The fleet's grid over its horizon, or over the first `n_steps` steps (a shorter evaluation window)."""
     hours, n_steps = fleet.horizon.step_hours, n_steps or fleet.horizon.n_steps
-    probe = build_timeline(hours, n_steps, fleet.finance.discount_rate_per_year, [])
-    timeline = build_timeline(hours, n_steps, fleet.finance.discount_rate_per_year, _decision_days(fleet, probe))
+    rate, start = fleet.finance.discount_rate_per_year, fleet.horizon.start
+    probe = build_timeline(hours, n_steps, rate, [], start)
+    timeline = build_timeline(hours, n_steps, rate, _decision_days(fleet, probe), start)
     profiles, group_profile, purchase_profile = _profiles(fleet)
     starts, ready = {}, {}
     for site in fleet.sites:

@@ -13,7 +13,13 @@ from rich.text import Text
 
 from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
 from services.messages import check_input_file, check_output_dir, check_output_file, one_line
-from services.service_cli import add_client_parser, add_robustness_arguments, add_serve_parser, robustness_overrides
+from services.service_cli import (
+    add_client_parser,
+    add_robustness_arguments,
+    add_serve_parser,
+    add_token_parser,
+    robustness_overrides,
+)
 from services.tables import output_console, print_plan, write_plan_outputs
 
 console = Console(stderr=True)
@@ -450,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_parser(sub)
     _diff_parser(sub)
     add_serve_parser(sub)
+    add_token_parser(sub)
     add_client_parser(sub)
     client_calls = next(a for a in sub.choices["client"]._actions if isinstance(a, argparse._SubParsersAction))
     _client_sweep_parser(client_calls)

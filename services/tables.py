@@ -76,7 +76,7 @@ def _cell(value) -> str:
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.0f}"
+    return f"-${-value:,.0f}" if round(value) < 0 else f"${value:,.0f}"
 
 
 def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
