@@ -4,7 +4,10 @@ Prints, side by side in one run, each figure with the machine's load when it was
 1. start-up: `hashpivot plan examples/tiny.yaml --no-robustness` against `python -c "import numpy,
    pyomo.environ"` (interleaved runs, median and best; target: within 2x), and the same tiny plan
    forced onto an embedded Ray for reference;
-2. economics against one numpy pass over the same scenario arrays: SLOT for the lead's figures;
+2. economics against one numpy pass over the same scenario arrays (ratio; target within 3x), peak memory
+   of one Ray task (target < 512 MiB) and of the process tree (1,000 groups x 1,000 scenarios hourly,
+   target < 3 GiB; 300 groups x 200 scenarios at 15 minutes), and the value of 15-minute dispatch over
+   hourly dispatch on the same paths averaged to hours (synthetic fleets on examples/fleet.yaml's markets);
 3. build + load against the HiGHS run on examples/fleet.yaml at 200 and 1,000 scenarios: Pyomo
    build, matrix compile (standard form) and passModel, against HiGHS's own run time; next to it,
    what loading the same model through Pyomo's HiGHS interface (set_instance) took, the path replaced;
@@ -89,14 +92,191 @@ def startup(repeats: int, out_dir: str, with_ray: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. economics vs the one-pass numpy limit (issue 13 item 2, the lead's)
+# 2. economics vs the one-pass numpy limit, peak memory of a Ray task and of the process tree (item 2),
+#    and the value of 15-minute dispatch over hourly on the same paths (item 1)
 
 
-def economics_slot() -> None:
-    print("\n[2] economics vs one numpy pass over the same scenario arrays")
-    print("  SLOT: the lead's figures (issue 13 item 2, flat-memory economics) go here:")
-    print("        1,000 groups x 1,000 scenarios hourly; 300 groups x 200 scenarios at 15 minutes;")
-    print("        economics s | one-pass numpy s | ratio (target <= 3x) | peak MiB per Ray task (target < 512)")
+def synthetic_fleet(
+    groups: int, scenarios: int, step_minutes: int = 60, days: int = 91, example: bool = False, events: bool = True
+):
+    """examples/fleet.yaml's markets, sites, offers and risk with `groups` synthetic rack groups over its four
+    sites (machines, rack sizes and opex varied so every group is its own profile); no moves or purchases
+    (each would multiply the profiles); a quarter from 2026-12-01, so the winter events and calls fall inside.
+    `events=False` drops the markets' curtailment events and demand-response calls: every step separable."""
+    from optimizer.fleet import load_fleet, parse_fleet
+
+    data = load_fleet(EXAMPLE).model_dump(mode="json", exclude_none=True)
+    if not events:
+        for market in data["markets"]:
+            market["curtailment_events"] = []
+            market.pop("demand_response_calls", None)
+        for site in data["sites"]:
+            site.pop("demand_response", None)
+    if not example:
+        data.pop("moves", None)
+        data["purchases"] = []
+        machines = [m["id"] for m in data["machines"]]
+        sites = data["sites"]
+        data["rack_groups"] = [
+            {
+                "id": f"g{i:04d}",
+                "site": sites[i % len(sites)]["id"],
+                "machine": machines[(i // len(sites)) % len(machines)],
+                "racks": 2,
+                "machines_per_rack": 4 + i % 7,
+                "opex_usd_per_rack_day": 2.0 + 0.01 * (i % 97),
+                "convertible": "ai" in sites[i % len(sites)],
+            }
+            for i in range(groups)
+        ]
+    data["horizon"] = {"start": "2026-12-01", "days": days, "step_minutes": step_minutes}
+    data["scenarios"] = {**data["scenarios"], "count": scenarios}
+    return parse_fleet(data)
+
+
+def one_pass_s(chunks) -> float:
+    """One numpy pass over the same scenario arrays: (price x hashprice).sum() per market, plus every other
+    array the economics reads (BTC price, subsidy, events, calls) summed once: the bandwidth limit."""
+    start = time.process_time()
+    total = 0.0
+    for sc in chunks:
+        hp = sc.hashprice_usd_per_ph_day
+        for m in range(len(sc.markets)):
+            total += float((sc.power_price_usd_per_mwh[m] * hp).sum())
+        total += float(sc.btc_price_usd.sum()) + float(sc.subsidy_btc.sum())
+        if sc.available_power_fraction is not None:
+            total += float(sc.available_power_fraction.sum())
+        if sc.dr_call is not None:
+            total += float(sc.dr_call.sum())
+    return time.process_time() - start
+
+
+def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int, events: bool = True) -> None:
+    import numpy as np
+
+    from optimizer.economics import group_economics
+    from optimizer.lifecycles import plan_grid
+    from solvers.planner import STREAM_CELLS, batch_scenarios
+
+    fleet = synthetic_fleet(groups, count, step_minutes, events=events)
+    grid = plan_grid(fleet)
+    per_chunk = max(1, STREAM_CELLS // fleet.horizon.n_steps)  # the chunks a Ray task streams
+    chunks = [
+        batch_scenarios(fleet, range(a, min(a + per_chunk, count)), fleet.scenarios.seed, 0, None)
+        for a in range(0, count, per_chunk)
+    ]
+    cells = sum(c.n_scenarios * c.n_steps for c in chunks)
+    econ, limit = [], []
+    for _ in range(repeats):
+        limit.append(one_pass_s(chunks))
+        start = time.process_time()
+        for c in chunks:
+            group_economics(fleet, c, grid)
+        econ.append(time.process_time() - start)
+        limit.append(one_pass_s(chunks))
+    e, lim = min(econ), min(limit)
+    verdict = "OK" if e <= 3 * lim else "ABOVE TARGET"
+    kind = "events+calls" if events else "separable"
+    print(
+        f"  {groups:5d} groups x {count:5d} scen, {step_minutes:2d} min, {fleet.horizon.n_steps:5d} steps, "
+        f"{kind:12s}: economics {e:6.3f}s | one pass {lim:6.3f}s | ratio {e / lim:5.2f}x (target <= 3x: "
+        f"{verdict}) | {cells / e / 1e6:5.1f} M scenario-steps/s ({load()})"
+    )
+    del chunks
+    np.empty(0)
+
+
+def tree_peaks(cmd: list[str], env: dict) -> tuple[float, float, float, int, str]:
+    """Run `cmd`; (wall s, peak tree GiB, peak MiB of any one Ray worker process, max procs, worker's name)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak, most, worker_peak, worker_name = 0, 0, 0, "-"
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, most, worker_peak, worker_name
+        while not stop.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            total = 0
+            for p in procs:
+                try:
+                    rss = p.memory_info().rss
+                    name = " ".join(p.cmdline()[:1])
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                total += rss
+                if name.startswith("ray::_economics_batch"):  # a worker's title while it runs the task
+                    if rss > worker_peak:
+                        worker_peak, worker_name = rss, name
+            peak, most = max(peak, total), max(most, len(procs))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {err[-2000:]}")
+    return time.perf_counter() - start, peak / 2**30, worker_peak / 2**20, most, worker_name
+
+
+def economics_memory(groups: int, count: int, step_minutes: int) -> None:
+    """Scenarios and economics of the synthetic fleet on an embedded Ray (2 workers), gathered in the driver."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    code = (
+        "import sys; sys.path.insert(0, 'bench'); from bench_pipeline import synthetic_fleet; "
+        "from solvers.planner import ScenarioSpec, compute_economics; from solvers.ray_pool import ensure_ray; "
+        f"f = synthetic_fleet({groups}, {count}, {step_minutes}); ensure_ray(); "
+        f"e, _ = compute_economics(f, ScenarioSpec(count={count}, seed=f.scenarios.seed), f.scenarios.batch_size); "
+        "print(e.mine_value_usd.shape, e.n_coupled)"
+    )
+    wall_s, tree_gib, task_mib, procs, name = tree_peaks([PYTHON, "-c", code], env)
+    task_ok = "OK" if task_mib < 512 else "ABOVE TARGET"
+    line = (
+        f"  {groups:5d} groups x {count:5d} scen, {step_minutes:2d} min: wall {wall_s:6.1f}s | peak Ray task "
+        f"{task_mib:6.0f} MiB (target < 512: {task_ok}) | peak tree {tree_gib:5.2f} GiB"
+    )
+    if groups >= 1000 and count >= 1000:
+        line += f" (target < 3 GiB: {'OK' if tree_gib < 3 else 'ABOVE TARGET'})"
+    print(f"{line} | <= {procs} processes ({load()})")
+
+
+def subhourly_value(count: int, days: int) -> None:
+    """examples/fleet.yaml's own fleet over `days` from 2026-12-01 at 15 minutes, and its hourly twin on the
+    same paths averaged to hours (what `hashpivot plan` reports as plan.json "subhourly")."""
+    from solvers.planner import plan_fleet
+
+    fleet = synthetic_fleet(0, count, 15, days=days, example=True)
+    (result, _), wall_s = timed(lambda: plan_fleet(fleet, local=True))
+    sub = result.subhourly
+    print(
+        f"  examples/fleet.yaml, {days} days, {count} scen, 15 min vs hourly means ({fleet.risk.objective.value}): "
+        f"objective {sub.objective_usd / 1e6:.4f}M vs {sub.hourly_objective_usd / 1e6:.4f}M USD, value "
+        f"{sub.value_usd:,.0f} USD ({sub.value_usd / abs(sub.hourly_objective_usd):.3%}); mean profit "
+        f"+{sub.mean_profit_value_usd:,.0f} USD; same allocation {sub.same_allocation}; plan {wall_s:.1f}s, of "
+        f"which hourly twin {result.timings_s['hourly_twin_s']:.1f}s ({load()})"
+    )
+
+
+def economics_section(quick: bool) -> None:
+    print("\n[2] economics vs one numpy pass over the same scenario arrays (in-process, CPU time, best of runs;")
+    print("    the chunks a Ray task streams: <= 250,000 scenario-steps each; examples/fleet.yaml's four markets and")
+    print("    sites; with its winter events and calls (coupled steps: one item per profile and step), and without)")
+    cases = [(300, 50, 15), (1000, 100, 60)] if quick else [(1000, 1000, 60), (300, 200, 15)]
+    for groups, count, minutes in cases:
+        for events in (True, False):
+            economics_vs_limit(groups, count, minutes, repeats=2 if quick else 3, events=events)
+    print("    peak memory: scenarios + economics on an embedded Ray (num_cpus = cores), gathered in the driver;")
+    print("    tree = RSS summed over the driver and every descendant; task = the largest Ray worker process")
+    for groups, count, minutes in cases:
+        economics_memory(groups, count, minutes)
+    print("    value of 15-minute dispatch over hourly dispatch, same paths averaged to hours (in-process):")
+    subhourly_value(20 if quick else 100, 91)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +402,7 @@ def main() -> None:
     print(f"hashpivot pipeline bench: {machine()}")
     out_dir = "/tmp/hashpivot-bench-pipeline"
     startup(args.repeats, out_dir, with_ray=not args.quick)
-    economics_slot()
+    economics_section(args.quick)
     handoff(args.scenarios, old_interface=True)
     if not args.quick:
         memory(args.memory_scenarios)

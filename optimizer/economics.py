@@ -6,14 +6,32 @@ a period of a scenario is the sum over the period's steps of max(margin, 0), the
 of the profile, so the second stage is linear in the rack counts (DESIGN.md section 3). Values are
 discounted to the plan's start (optimizer.timeline) and net of opex.
 
-Computed in flat memory, one (site, scenario) at a time and never as profile x step arrays: a rack
-of profile q with H TH/s, meter load E kW runs in step t exactly when
+Computed in flat memory, one site at a time and never as profile x step arrays: a rack of profile q
+with H TH/s, meter load E kW runs in step t exactly when
 
     H (1 - pool fee) hashprice_t > E price_t / 1000   <=>   key_t = price_t / hashprice_t < theta_q,
 
-theta_q = 1000 H (1 - pool fee) / E. Sorting the steps of a (site, scenario, period) by key once,
-every profile's sums (revenue, cost, energy, BTC, discounted or not) are prefix sums read at
-searchsorted(theta_q): O(T log T + Q log T) per (site, scenario) instead of O(Q T).
+theta_q = 1000 H (1 - pool fee) / E, which depends on the machine's efficiency and the site's PUE only:
+a site's groups share a handful of distinct thresholds (one per machine model there), however many
+groups, rack sizes and opex levels it has (near-equal floats are merged, THRESHOLD_TIE). Per site the
+U distinct thresholds give U run masks [S, U, T] (key < theta_u), and one batched matrix product per
+period multiplies them with weight rows shared by every site ([S, W, T]: hashprice per TH-hour, the
+same discounted, BTC per TH/s-step, 1 and the discount factor; per market, spot and discounted spot).
+A site's marginal price is spot x weight + offset (fixed, index + adder, resale - fee), so its cost
+sums come from the same rows. Every profile's sums are its per-rack scale times its threshold's sums:
+O(S T U) per site, independent of the number of profiles but for the [Q, P, S] outputs.
+
+Memory of one Ray task (solvers.planner streams a batch in chunks of at most STREAM_CELLS = 250,000
+scenario-steps), per scenario-step of a chunk: its scenario arrays ((5 + 3 M) x 8 B for M markets),
+the shared weights (5 x 8 B), the markets' spot rows (2 M x 8 B), the keys (8 B) and one site's masks
+(U x 8 B), the last four in per-thread scratch buffers reused chunk after chunk (_scratch): about
+(90 + 40 M + 8 U) B x 250,000 = 70 MB for the example's four markets and four machine models,
+whatever the number of groups, steps (15-minute or hourly, a quarter or five years) or scenarios.
+On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled slots and items
+([I, S_batch], I = the most coupled steps x candidate profiles in one scenario), and the worker's
+interpreter with numpy, pydantic and Ray (~150-200 MiB). Measured by bench/bench_pipeline.py (peak
+RSS of the worker process): ~250 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 50), ~220
+MiB for 300 groups x 200 scenarios at 15 minutes; the bound to hold is 512 MiB.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):
 a curtailment event that caps the site's power, and a demand-response call that makes its mining
@@ -34,6 +52,8 @@ the site forgoes); both are kept here per site, period and scenario.
 from __future__ import annotations
 
 import dataclasses
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -206,63 +226,247 @@ def price_keys(price: np.ndarray, hashprice_th_hour: np.ndarray) -> np.ndarray:
     return np.where(hashprice_th_hour > 0, keys, np.where(price < 0, -np.inf, np.inf))
 
 
+class _SitePrice:
+    """The marginal price of a site as spot x `spot_weight` + `offset` (USD/MWh): fixed, index or resale."""
+
+    def __init__(self, site: Site, scenarios: ScenarioSet) -> None:
+        contract = site.contract
+        if contract.type is ContractType.FIXED:
+            self.spot_weight, self.offset = 0.0, contract.price_usd_per_mwh
+        elif contract.type is ContractType.TAKE_OR_PAY:
+            self.spot_weight, self.offset = 1.0, -contract.resale_fee_usd_per_mwh
+        else:
+            self.spot_weight, self.offset = 1.0, contract.adder_usd_per_mwh
+        self.market = site.market
+        self._scenarios = scenarios
+
+    @property
+    def follows_spot(self) -> bool:
+        return self.spot_weight != 0.0
+
+    def at(self, scen: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """The price at some (scenario, step) points."""
+        if not self.follows_spot:
+            return np.full(len(scen), self.offset)
+        return self._scenarios.power_price(self.market)[scen, step] + self.offset
+
+    def keys(self, hashprice_th_hour: np.ndarray, positive: bool, out: np.ndarray) -> np.ndarray:
+        """[S, T] price / hashprice per TH-hour (price_keys) into `out`, without materialising a fixed price.
+
+        `positive`: every hashprice is > 0 (the usual case: then a plain division).
+        """
+        if not positive:
+            price = self._scenarios.power_price(self.market) + self.offset if self.follows_spot else self.offset
+            out[...] = price_keys(np.broadcast_to(price, hashprice_th_hour.shape), hashprice_th_hour)
+        elif self.follows_spot:
+            np.add(self._scenarios.power_price(self.market), self.offset, out=out)
+            np.divide(out, hashprice_th_hour, out=out)
+        else:
+            np.divide(self.offset, hashprice_th_hour, out=out)
+        return out
+
+    def keys_at(self, hashprice_th_hour: np.ndarray, scen: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """The keys at some (scenario, step) points."""
+        return price_keys(self.at(scen, step), hashprice_th_hour[scen, step])
+
+
 @dataclass(frozen=True)
 class _SiteSteps:
-    """Per-site [S, T] masks and caps that decide which steps couple."""
+    """The coupled steps of one site, as sparse points sorted by (scenario, step)."""
 
-    coupled: np.ndarray  # bool [S, T]
-    cap_kw: np.ndarray  # [S, T], inf outside events
-    dr_call: np.ndarray  # bool [S, T]
+    scen: np.ndarray  # int [C]
+    step: np.ndarray  # int [C]
+    cap_kw: np.ndarray  # [C] power the site may draw at the meter; inf without an event
+    dr_call: np.ndarray  # bool [C]
 
 
-def _site_steps(fleet: Fleet, grid: PlanGrid, n: int, scenarios: ScenarioSet, keys: np.ndarray) -> _SiteSteps:
-    """Where a cap or a demand-response call can bind: the most the site could draw exceeds what it may."""
+_PROFILE_CACHE: dict[int, tuple] = {}  # id(grid) -> (weak reference to it, pool fee, _ProfileArrays)
+
+
+@dataclass(frozen=True)
+class _ProfileArrays:
+    """Per-profile figures as arrays, built once per batch (a fleet may have thousands of profiles)."""
+
+    site: np.ndarray  # int [Q]
+    hashrate_ths: np.ndarray  # [Q] per rack
+    meter_kw: np.ndarray  # [Q] per rack
+    theta: np.ndarray  # [Q] run threshold (run_threshold)
+    max_load_kw: np.ndarray  # [Q] every rack of the profile running
+
+    @staticmethod
+    def of(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
+        """Cached per grid (a batch's chunks share it); the pool fee is part of the key."""
+        cached = _PROFILE_CACHE.get(id(grid))
+        if cached is not None and cached[0]() is grid and cached[1] == fleet.pool_fee_fraction:
+            return cached[2]
+        arrays = _ProfileArrays._build(fleet, grid)
+        _PROFILE_CACHE.clear()  # one grid at a time: a worker prices one batch after another
+        _PROFILE_CACHE[id(grid)] = (weakref.ref(grid), fleet.pool_fee_fraction, arrays)
+        return arrays
+
+    @staticmethod
+    def _build(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
+        profiles = grid.profiles
+        hashrate = np.array([p.hashrate_ths for p in profiles], dtype=float)
+        meter_kw = np.array([p.meter_kw for p in profiles], dtype=float)
+        return _ProfileArrays(
+            site=np.array([p.site for p in profiles], dtype=np.int64),
+            hashrate_ths=hashrate,
+            meter_kw=meter_kw,
+            theta=_merge_ties(np.array([run_threshold(fleet, p) for p in profiles], dtype=float)),
+            max_load_kw=np.array([p.max_racks for p in profiles], dtype=float) * meter_kw,
+        )
+
+
+# Thresholds closer than this (relative) are one: racks of one machine model at one site have the same theta
+# mathematically, but n H / (n E) rounds differently for different rack sizes n. A key that close to a
+# threshold is a step with a margin of ~1e-12 of its revenue, which runs or not at no cost either way.
+THRESHOLD_TIE = 1e-12
+
+
+def _merge_ties(theta: np.ndarray) -> np.ndarray:
+    """Each threshold replaced by the smallest of its run of near-equal thresholds (THRESHOLD_TIE)."""
+    if len(theta) < 2:
+        return theta
+    order = np.argsort(theta, kind="stable")
+    ordered = theta[order]
+    new_run = np.concatenate(([True], np.diff(ordered) > THRESHOLD_TIE * np.abs(ordered[1:])))
+    first = np.maximum.accumulate(np.where(new_run, np.arange(len(ordered)), 0))
+    merged = np.empty_like(theta)
+    merged[order] = ordered[first]
+    return merged
+
+
+@dataclass(frozen=True)
+class _Thresholds:
+    """The distinct run thresholds of a site's profiles: the sums are computed once per threshold.
+
+    theta = 1000 H (1 - fee) / E depends on the machine's efficiency and the site's PUE only, so a site's
+    many groups (any rack size, opex or count) share a handful of thresholds, one per machine model.
+    """
+
+    members: np.ndarray  # int [Q_n] profiles at the site
+    values: np.ndarray  # [U] distinct thresholds, ascending
+    of_member: np.ndarray  # int [Q_n] position of each member's threshold in `values`
+    load_kw: np.ndarray  # [U] most mining load at the threshold: every rack of its profiles running
+
+    @staticmethod
+    def of(profiles: _ProfileArrays, n: int) -> _Thresholds:
+        members = np.flatnonzero(profiles.site == n)
+        values, of_member = np.unique(profiles.theta[members], return_inverse=True)
+        of_member = of_member.reshape(-1)
+        load = np.bincount(of_member, profiles.max_load_kw[members], len(values))
+        return _Thresholds(members, values, of_member, load)
+
+
+_SCRATCH = threading.local()  # per thread: Ray runs one task at a time per worker, tests may use threads
+
+
+def _scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A reusable float buffer of `shape`, valid until the next call with the same name in this thread.
+
+    Batches are priced chunk after chunk with the same shapes; fresh arrays of megabytes are fresh pages
+    from the kernel, and faulting them in costs more than the arithmetic done on them. The buffers stay
+    at the largest chunk's size: masks U, keys 1, weights 5 + 2 M floats per scenario-step of a chunk.
+    """
+    pool = _SCRATCH.__dict__.setdefault("pool", {})
+    size = int(np.prod(shape))
+    buffer = pool.get(name)
+    if buffer is None or buffer.size < size:
+        buffer = pool[name] = np.empty(size)
+    return buffer[:size].reshape(shape)
+
+
+def _run_masks(keys: np.ndarray, thresholds: _Thresholds) -> np.ndarray:
+    """[S, U, T] float 1.0 where key < theta_u (the threshold's profiles run), else 0.0 (a scratch buffer)."""
+    masks = _scratch("masks", (keys.shape[0], len(thresholds.values), keys.shape[1]))
+    for u, theta in enumerate(thresholds.values):
+        np.less(keys, theta, out=masks[:, u, :], casting="unsafe")
+    return masks
+
+
+def _site_steps(
+    fleet: Fleet, grid: PlanGrid, n: int, scenarios: ScenarioSet, masks: np.ndarray, thresholds: _Thresholds
+) -> _SiteSteps:
+    """Where a cap or a demand-response call can bind: the most the site could draw exceeds what it may.
+
+    Only steps in an event or a call can couple, and they are rare: the test runs on those points alone.
+    """
     site = fleet.sites[n]
-    members = [q for q, p in enumerate(grid.profiles) if p.site == n]
-    theta = np.array([run_threshold(fleet, grid.profiles[q]) for q in members])
-    load = np.array([grid.profiles[q].max_racks * grid.profiles[q].meter_kw for q in members])
-    order = np.argsort(theta)
-    cumulative = np.concatenate(([0.0], np.cumsum(load[order])))
-    # profiles with theta > key run: total load minus those with theta <= key
-    running_load_kw = cumulative[-1] - cumulative[np.searchsorted(theta[order], keys, side="right")]
-    fraction = scenarios.available_fraction(site.market)
-    cap_kw = np.where(fraction < 1.0, fraction * site.capacity_mw * KW_PER_MW, np.inf)
-    ai_live = np.arange(scenarios.n_steps) >= earliest_ai_step(grid, site)
-    most_kw = running_load_kw + np.where(ai_live, max_ai_load_kw(fleet, site), 0.0)
-    cap_binds = most_kw > cap_kw
-    dr_call = scenarios.dr_called(site.market) if site.demand_response is not None else np.zeros_like(cap_binds)
+    empty = np.zeros(0, dtype=np.int64)
+    cap_s = cap_t = call_s = call_t = empty
+    if scenarios.available_power_fraction is not None:
+        cap_s, cap_t = np.nonzero(scenarios.available_fraction(site.market) < 1.0)
+    if scenarios.dr_call is not None and site.demand_response is not None:
+        call_s, call_t = np.nonzero(scenarios.dr_called(site.market))
+    if not len(cap_s) and not len(call_s):
+        return _SiteSteps(empty, empty, np.zeros(0), np.zeros(0, dtype=bool))
+    # candidate points: in an event or a call, in (scenario, step) order
+    points = np.unique(np.concatenate([cap_s * scenarios.n_steps + cap_t, call_s * scenarios.n_steps + call_t]))
+    scen, step = points // scenarios.n_steps, points % scenarios.n_steps
+    # profiles whose theta exceeds the key run: their most load summed
+    running_kw = masks[scen, :, step] @ thresholds.load_kw if len(thresholds.values) else np.zeros(len(scen))
+    cap_kw = np.full(len(scen), np.inf)
+    in_event = np.isin(points, cap_s * scenarios.n_steps + cap_t)
+    if in_event.any():
+        fraction = scenarios.available_fraction(site.market)[scen[in_event], step[in_event]]
+        cap_kw[in_event] = fraction * site.capacity_mw * KW_PER_MW
+    ai_live = step >= earliest_ai_step(grid, site)
+    ai_kw = np.where(ai_live, max_ai_load_kw(fleet, site), 0.0) if ai_live.any() else 0.0
+    dr_call = np.isin(points, call_s * scenarios.n_steps + call_t)
     # the drop is measured from the planned load, so it can bind only if some rack would run
-    dr_binds = dr_call & (running_load_kw > 0)
-    return _SiteSteps(coupled=cap_binds | dr_binds, cap_kw=cap_kw, dr_call=dr_call)
+    binds = (running_kw + ai_kw > cap_kw) | (dr_call & (running_kw > 0))
+    return _SiteSteps(scen=scen[binds], step=step[binds], cap_kw=cap_kw[binds], dr_call=dr_call[binds])
 
 
 def group_economics(fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None = None) -> GroupEconomics:
     """Economics of a batch of scenarios on the fleet's plan grid (periods and profiles)."""
     grid = grid or plan_grid(fleet, scenarios.n_steps)
     timeline = grid.timeline
-    if scenarios.n_steps != timeline.n_steps or scenarios.step_hours != timeline.step_hours:
+    if scenarios.n_steps != timeline.n_steps or abs(scenarios.step_hours - timeline.step_hours) > 1e-12:
         raise ValueError(
-            f"scenarios have {scenarios.n_steps} steps of {scenarios.step_hours} h, the horizon "
-            f"{timeline.n_steps} of {timeline.step_hours} h"
+            f"scenarios have {scenarios.n_steps} steps of {scenarios.step_hours:g} h, the horizon "
+            f"{timeline.n_steps} of {timeline.step_hours:g} h"
         )
     n_q, n_p, n_scen = len(grid.profiles), timeline.n_periods, scenarios.n_scenarios
-    sums = {name: np.zeros((n_q, n_p, n_scen)) for name in _PROFILE_SUMS}
-    runs = np.zeros((n_q, n_scen))
     hashprice = scenarios.hashprice_usd_per_th_hour
-    btc_per_th_step = hashprice * scenarios.step_hours / scenarios.btc_price_usd
-    discount = timeline.step_discount()
-    site_steps, keys_of = [], []
+    weights = _Weights(scenarios, hashprice, timeline.step_discount())
+    site_steps, prices = [], []
+    profiles = _ProfileArrays.of(fleet, grid)
+    per_threshold, threshold_of = [], np.zeros(n_q, dtype=np.int64)  # global threshold index of each profile
+    positive = bool(np.all(hashprice > 0))
+    keys = _scratch("keys", hashprice.shape)
     for n, site in enumerate(fleet.sites):
-        keys = price_keys(site_power_price_usd_per_mwh(site, scenarios), hashprice)
-        steps = _site_steps(fleet, grid, n, scenarios, keys)
+        price = _SitePrice(site, scenarios)
+        price.keys(hashprice, positive, out=keys)
+        thresholds = _Thresholds.of(profiles, n)
+        masks = _run_masks(keys, thresholds)
+        steps = _site_steps(fleet, grid, n, scenarios, masks, thresholds)
         site_steps.append(steps)
-        keys_of.append(keys)
-        members = [q for q, p in enumerate(grid.profiles) if p.site == n]
-        if members:
-            price = site_power_price_usd_per_mwh(site, scenarios)
-            _sorted_sums(
-                fleet, grid, members, keys, steps.coupled, hashprice, price, btc_per_th_step, discount, sums, runs
-            )
+        prices.append(price)
+        if len(thresholds.members):
+            threshold_of[thresholds.members] = sum(len(t["runs"]) for t in per_threshold) + thresholds.of_member
+            per_threshold.append(_threshold_sums(grid, thresholds, masks, keys, steps, price, weights))
+        del masks
+    # every profile's sums: its threshold's, times its per-rack scale
+    hours = timeline.step_hours
+    rev_scale = profiles.hashrate_ths * (1 - fleet.pool_fee_fraction)  # per TH-hour of hashprice
+    mwh_scale = profiles.meter_kw / KW_PER_MW * hours  # MWh one rack draws in a step
+    scale = {"revenue": rev_scale, "revenue_pv": rev_scale, "btc": rev_scale}
+    scale |= {"cost": mwh_scale, "cost_pv": mwh_scale, "energy": mwh_scale}
+    sums = {}
+    for name in _PROFILE_SUMS:
+        if per_threshold:
+            values = np.concatenate([t[name] for t in per_threshold]).take(threshold_of, axis=0)
+            values *= scale[name][:, None, None]
+        else:
+            values = np.zeros((n_q, n_p, n_scen))
+        sums[name] = values
+    runs = (
+        np.concatenate([t["runs"] for t in per_threshold]).take(threshold_of, axis=0)
+        if per_threshold
+        else np.zeros((n_q, n_scen))
+    )
     opex_pv = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * timeline.period_discounted_days()
     return GroupEconomics(
         indices=np.asarray(scenarios.indices),
@@ -279,51 +483,77 @@ def group_economics(fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None 
         halving_step=_halving_step(scenarios),
         hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
         **_contract_terms(fleet, grid, scenarios),
-        **_coupled_slots(fleet, grid, scenarios, site_steps, keys_of),
+        **_coupled_slots(fleet, grid, scenarios, site_steps, prices, profiles),
     )
 
 
 _PROFILE_SUMS = ("revenue", "cost", "revenue_pv", "cost_pv", "energy", "btc")
+# rows of the shared weight matrix: what a running rack accumulates per step, before its per-rack scale
+_SHARED = ("hashprice", "hashprice_pv", "btc", "count", "discount")
 
 
-def _sorted_sums(fleet, grid, members, keys, coupled, hashprice, price, btc, discount, sums, runs) -> None:
-    """Fill the profiles' period sums from steps sorted by key, one period at a time."""
+class _Weights:
+    """[S, W, T] weights summed over the running steps, built once per batch and shared by every site.
+
+    Shared rows: hashprice per TH-hour (nominal and discounted), BTC per TH/s, 1 and the discount factor;
+    per market, built on first use: spot and discounted spot. A site's power cost is spot x weight +
+    offset (_SitePrice), so its sums are these rows' sums: no per-site price array is summed.
+    """
+
+    def __init__(self, scenarios: ScenarioSet, hashprice: np.ndarray, discount: np.ndarray) -> None:
+        n_scen, n_steps = hashprice.shape
+        self.shared = _scratch("weights", (n_scen, len(_SHARED), n_steps))
+        self.shared[:, 0] = hashprice
+        np.multiply(hashprice, discount, out=self.shared[:, 1])
+        np.multiply(hashprice, scenarios.step_hours, out=self.shared[:, 2])
+        self.shared[:, 2] /= scenarios.btc_price_usd
+        self.shared[:, 3] = 1.0
+        self.shared[:, 4] = discount
+        self._scenarios, self._discount, self._spot = scenarios, discount, {}
+
+    def spot(self, market: str) -> np.ndarray:
+        if market not in self._spot:
+            price = self._scenarios.power_price(market)
+            rows = _scratch(f"spot:{self._scenarios.markets.index(market)}", (price.shape[0], 2, price.shape[1]))
+            rows[:, 0] = price
+            np.multiply(price, self._discount, out=rows[:, 1])
+            self._spot[market] = rows
+        return self._spot[market]
+
+
+def _threshold_sums(grid, thresholds, masks, keys, steps, price, weights) -> dict[str, np.ndarray]:
+    """The site's sums per distinct threshold, per unit of a rack's scale: [U, P, S] per name, runs [U, S].
+
+    Masks x weights per period (one batched matrix product); coupled steps count as run steps but are
+    kept out of the sums.
+    """
     hours = grid.timeline.step_hours
-    theta = np.array([run_threshold(fleet, grid.profiles[q]) for q in members])
-    scale = {  # per-rack factor of each weight's prefix sum
-        "revenue": np.array([grid.profiles[q].hashrate_ths for q in members]) * (1 - fleet.pool_fee_fraction) * hours,
-        "cost": np.array([grid.profiles[q].meter_kw for q in members]) / KW_PER_MW * hours,
-    }
-    scale["revenue_pv"], scale["cost_pv"], scale["energy"] = scale["revenue"], scale["cost"], scale["cost"]
-    scale["btc"] = scale["revenue"] / hours
+    n_u, n_p, n_scen = len(thresholds.values), grid.timeline.n_periods, masks.shape[0]
+    out = {name: np.empty((n_u, n_p, n_scen)) for name in _PROFILE_SUMS}
+    out["runs"] = np.zeros((n_u, n_scen))
+    if len(steps.scen):
+        runs_coupled = keys[steps.scen, steps.step][:, None] < thresholds.values[None, :]  # [C, U]
+        for u in range(n_u):
+            out["runs"][u] += np.bincount(steps.scen, runs_coupled[:, u], minlength=n_scen)
+        masks[steps.scen, :, steps.step] = 0.0
     bounds = grid.timeline.bounds
-    for p in range(grid.timeline.n_periods):
+    for p in range(n_p):
         a, b = bounds[p], bounds[p + 1]
-        order = np.argsort(keys[:, a:b], axis=1, kind="stable")
-        separable = ~np.take_along_axis(coupled[:, a:b], order, axis=1)
-        d = discount[a:b][order]
-        hp = np.take_along_axis(hashprice[:, a:b], order, axis=1) * separable
-        pr = np.take_along_axis(price[:, a:b], order, axis=1) * separable
-        weights = {
-            "revenue": hp,
-            "cost": pr,
-            "revenue_pv": hp * d,
-            "cost_pv": pr * d,
-            "energy": separable.astype(float),
-            "btc": np.take_along_axis(btc[:, a:b], order, axis=1) * separable,
-        }
-        prefix = {name: _prefix_sums(w) for name, w in weights.items()}
-        sorted_keys = np.take_along_axis(keys[:, a:b], order, axis=1)
-        for s in range(keys.shape[0]):
-            below = np.searchsorted(sorted_keys[s], theta, side="left")  # steps with key < theta run
-            runs[members, s] += below
-            for name in _PROFILE_SUMS:
-                sums[name][members, p, s] = scale[name] * prefix[name][s, below]
-
-
-def _prefix_sums(weights: np.ndarray) -> np.ndarray:
-    out = np.zeros((weights.shape[0], weights.shape[1] + 1))
-    np.cumsum(weights, axis=1, out=out[:, 1:])
+        period_masks = masks[:, :, a:b]
+        shared = np.matmul(period_masks, weights.shared[:, :, a:b].transpose(0, 2, 1)).transpose(1, 2, 0)  # [U, W, S]
+        count, discount_sum = shared[:, 3], shared[:, 4]
+        cost, cost_pv = price.offset * count, price.offset * discount_sum
+        if price.follows_spot:
+            spot = np.matmul(period_masks, weights.spot(price.market)[:, :, a:b].transpose(0, 2, 1)).transpose(1, 2, 0)
+            cost = cost + price.spot_weight * spot[:, 0]
+            cost_pv = cost_pv + price.spot_weight * spot[:, 1]
+        out["revenue"][:, p] = shared[:, 0] * hours
+        out["revenue_pv"][:, p] = shared[:, 1] * hours
+        out["btc"][:, p] = shared[:, 2]
+        out["cost"][:, p] = cost
+        out["cost_pv"][:, p] = cost_pv
+        out["energy"][:, p] = count
+        out["runs"] += count
     return out
 
 
@@ -334,7 +564,7 @@ def _halving_step(scenarios: ScenarioSet) -> np.ndarray:
 
 def _hashprice_ratio(scenarios: ScenarioSet, bounds: np.ndarray) -> np.ndarray:
     """[P + 1, S] mean hashprice of the day from each boundary (the last day for the end) over the first day's."""
-    per_day = max(1, HOURS_PER_DAY // scenarios.step_hours)
+    per_day = max(1, int(HOURS_PER_DAY // scenarios.step_hours))
     hp = scenarios.hashprice_usd_per_ph_day
     first = hp[:, :per_day].mean(axis=1)
     starts = np.minimum(bounds, max(0, scenarios.n_steps - per_day))
@@ -385,12 +615,19 @@ def _contract_terms(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet) -> dic
 
 
 def _coupled_slots(
-    fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, site_steps: list[_SiteSteps], keys_of: list[np.ndarray]
+    fleet: Fleet,
+    grid: PlanGrid,
+    scenarios: ScenarioSet,
+    site_steps: list[_SiteSteps],
+    prices: list[_SitePrice],
+    profiles: _ProfileArrays,
 ) -> dict[str, np.ndarray]:
     """Padded [K, S] slots and [I, S] items of the coupled steps, in (site, step) order per scenario."""
     n_scen = scenarios.n_scenarios
-    coupled = np.stack([s.coupled for s in site_steps], axis=1) if site_steps else np.zeros((n_scen, 0, 0), bool)
-    scen, site, step = np.nonzero(coupled)  # [S, N, T] order: scenario, then site, then step
+    parts = [(st.scen, np.full(len(st.scen), n), st.step) for n, st in enumerate(site_steps)]
+    scen, site, step = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in range(3))
+    order = np.lexsort((step, site, scen))  # scenario, then site, then step
+    scen, site, step = scen[order].astype(np.int64), site[order].astype(np.int64), step[order].astype(np.int64)
     slot = _positions_within(scen, n_scen)
     n_slots = int(slot.max()) + 1 if len(slot) else 0
 
@@ -399,43 +636,44 @@ def _coupled_slots(
     out["coupled_step"][slot, scen] = step
     out["coupled_discount"][slot, scen] = grid.timeline.step_discount()[step] if len(step) else 1.0
     out["coupled_btc_price_usd"][slot, scen] = scenarios.btc_price_usd[scen, step]
+    cap = np.concatenate([st.cap_kw for st in site_steps]) if site_steps else np.zeros(0)
+    call = np.concatenate([st.dr_call for st in site_steps]) if site_steps else np.zeros(0, bool)
+    out["coupled_cap_kw"][slot, scen] = cap[order]
+    out["coupled_dr_call"][slot, scen] = call[order]
     resale = np.zeros(len(site))
-    for n, steps in enumerate(site_steps):
+    for n, s in enumerate(fleet.sites):
         here = site == n
-        out["coupled_cap_kw"][slot[here], scen[here]] = steps.cap_kw[scen[here], step[here]]
-        out["coupled_dr_call"][slot[here], scen[here]] = steps.dr_call[scen[here], step[here]]
-        if fleet.sites[n].contract.resells:
-            resale[here] = resale_price_usd_per_mwh(fleet.sites[n], scenarios)[scen[here], step[here]]
+        if s.contract.resells and here.any():
+            resale[here] = resale_price_usd_per_mwh(s, scenarios)[scen[here], step[here]]
     out["coupled_resale_usd_per_mwh"][slot, scen] = resale
 
-    # items: the site's profiles with a positive margin in the slot's step
+    # items: the site's profiles with a positive margin in the slot's step, in (scenario, slot, profile) order.
+    # Slots of a scenario run site by site, so a site's items follow the items of the sites before it in
+    # that scenario: their position is the earlier sites' item count there plus their rank within the site.
     hours = scenarios.step_hours
     hashprice = scenarios.hashprice_usd_per_th_hour
-    parts = []
-    for q, profile in enumerate(grid.profiles):
-        here = np.flatnonzero(site == profile.site)
+    parts, before = [], np.zeros(n_scen, dtype=np.int64)
+    for n in range(len(fleet.sites)):
+        here = np.flatnonzero(site == n)
+        members = np.flatnonzero(profiles.site == n)
+        if not len(here) or not len(members):
+            continue
         s_, t_ = scen[here], step[here]
-        positive = keys_of[profile.site][s_, t_] < run_threshold(fleet, profile)
-        s_, t_, k_ = s_[positive], t_[positive], slot[here][positive]
-        price = site_power_price_usd_per_mwh(fleet.sites[profile.site], scenarios)[s_, t_]
-        revenue = profile.hashrate_ths * hashprice[s_, t_] * (1.0 - fleet.pool_fee_fraction) * hours
-        cost = profile.meter_kw / KW_PER_MW * hours * price
-        parts.append((s_, k_, np.full(len(s_), q), revenue, cost))
-    item_scen, item_slot, item_group, item_revenue, item_cost = (
-        np.concatenate([p[i] for p in parts]) if parts else np.empty(0) for i in range(5)
-    )
-    order = np.lexsort((item_group, item_slot, item_scen))
-    item_scen = item_scen[order].astype(np.int64)
-    position = _positions_within(item_scen, n_scen)
-    n_items = int(position.max()) + 1 if len(position) else 0
-    for name, values in (
-        ("item_slot", item_slot),
-        ("item_group", item_group),
-        ("item_hash_revenue_usd", item_revenue),
-        ("item_power_cost_usd", item_cost),
-    ):
+        # [C, Q_n] positive margins; nonzero walks it point by point, profile by profile: already in order
+        point, member = np.nonzero(prices[n].keys_at(hashprice, s_, t_)[:, None] < profiles.theta[members][None, :])
+        q = members[member]
+        item_scen = s_[point]
+        revenue = profiles.hashrate_ths[q] * hashprice[item_scen, t_[point]] * (1.0 - fleet.pool_fee_fraction) * hours
+        cost = profiles.meter_kw[q] / KW_PER_MW * hours * prices[n].at(s_, t_)[point]
+        position = before[item_scen] + _positions_within(item_scen, n_scen)
+        before += np.bincount(item_scen, minlength=n_scen)
+        parts.append((position, item_scen, slot[here][point], q, revenue, cost))
+    n_items = int(before.max()) if n_scen else 0
+    position, item_scen = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in (0, 1))
+    for i, name in enumerate(("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd"), start=2):
         out[name] = np.full((n_items, n_scen), _PADDING[name])
-        out[name][position, item_scen] = values[order]
+        if parts:
+            out[name][position, item_scen] = np.concatenate([p[i] for p in parts])
     return out
 
 

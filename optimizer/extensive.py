@@ -75,7 +75,7 @@ def build_extensive_model(fleet: Fleet, scenarios: ScenarioSet, risk: RiskSettin
 
 
 def _daily_hashprice(scenarios: ScenarioSet, w: int, step: int) -> float:
-    per_day = max(1, HOURS_PER_DAY // scenarios.step_hours)
+    per_day = max(1, int(HOURS_PER_DAY // scenarios.step_hours))
     start = min(step, scenarios.n_steps - per_day)
     return float(scenarios.hashprice_usd_per_ph_day[w, start : start + per_day].mean())
 

@@ -13,6 +13,11 @@ import datetime as dt
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 STEP_HOURS_ALLOWED = (1, 2, 3, 4, 6, 8, 12, 24)  # divisors of a day, so every step sits inside one day
+# Sub-hourly steps divide an hour (ERCOT settles real time in 15-minute intervals, fleet managers curtail on
+# 5-minute dispatch); longer steps are whole hours dividing a day. Either way every step sits inside one hour
+# or one day, so an hour (a day) is a whole number of steps.
+STEP_MINUTES_ALLOWED = (5, 10, 15, 20, 30, *(60 * h for h in STEP_HOURS_ALLOWED))
+MINUTES_PER_HOUR = 60
 
 
 # A pinned series: one value per calendar month of the horizon, the last one holding after the list ends;
@@ -48,11 +53,26 @@ MAX_HORIZON_DAYS = 3_653  # ten years: the longest colocation leases run 10-15 y
 
 
 class Horizon(StrictModel):
-    """The planning horizon: a start date and a length in days, or in `months` or `years` (converted to days)."""
+    """The planning horizon: a start date and a length in days, or in `months` or `years` (converted to days).
+
+    The step is `step_minutes` (5, 10, 15, 20, 30, 60, 120, ... 1440); `step_hours` (1, 2, 3, 4, 6, 8, 12, 24)
+    is still accepted as before and converted. Give at most one of them (neither: hourly). Everywhere
+    downstream the step length is `step_hours`, a float number of hours (0.25 for 15 minutes).
+    """
 
     start: dt.date = Field(dt.date(2026, 12, 1), description="First day of the planning horizon.")
     days: int = Field(91, ge=1, le=MAX_HORIZON_DAYS, description="Length of the horizon; 91 days is one quarter.")
-    step_hours: int = Field(1, description="Time step of the price paths, in hours; must divide 24.")
+    step_minutes: int = Field(
+        60,
+        description=f"Time step of the price paths, in minutes: one of {STEP_MINUTES_ALLOWED} (15 = ERCOT's "
+        "settlement interval). Give this or step_hours, not both.",
+    )
+    step_hours: int | float | None = Field(
+        None,
+        exclude=True,
+        description=f"Time step in whole hours, one of {STEP_HOURS_ALLOWED}: the older spelling of step_minutes, "
+        "converted to it. Once parsed, the step length in (fractional) hours.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -73,14 +93,35 @@ class Horizon(StrictModel):
 
     @field_validator("step_hours")
     @classmethod
-    def _divides_day(cls, value: int) -> int:
-        if value not in STEP_HOURS_ALLOWED:
-            raise ValueError(f"must be one of {STEP_HOURS_ALLOWED}, got {value}")
+    def _divides_day(cls, value):
+        if value is not None and value not in STEP_HOURS_ALLOWED:
+            raise ValueError(f"must be one of {STEP_HOURS_ALLOWED}, got {value:g}")
         return value
+
+    @field_validator("step_minutes")
+    @classmethod
+    def _divides_hour_or_day(cls, value: int) -> int:
+        if value not in STEP_MINUTES_ALLOWED:
+            raise ValueError(f"must be one of {STEP_MINUTES_ALLOWED}, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_step(self) -> Horizon:
+        given = self.model_fields_set & {"step_minutes", "step_hours"}
+        if given == {"step_minutes", "step_hours"} and self.step_hours is not None:
+            raise ValueError("give one of step_minutes or step_hours, not both")
+        if "step_hours" in given and self.step_hours is not None:
+            object.__setattr__(self, "step_minutes", int(round(self.step_hours * MINUTES_PER_HOUR)))
+        object.__setattr__(self, "step_hours", self.step_minutes / MINUTES_PER_HOUR)
+        return self
+
+    @property
+    def steps_per_day(self) -> int:
+        return 24 * MINUTES_PER_HOUR // self.step_minutes
 
     @property
     def n_steps(self) -> int:
-        return self.days * 24 // self.step_hours
+        return self.days * self.steps_per_day
 
 
 def _calendar_days(start, value: float, unit: str) -> int:
@@ -196,6 +237,13 @@ class PowerMarket(StrictModel):
     peak_month: int = Field(8, ge=1, le=12)
     reversion_per_day: float = Field(1.5, gt=0, le=100)
     vol_per_sqrt_day: float = Field(0.3, ge=0, le=5)
+    intra_hour_vol: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="Std of the relative price deviation of a sub-hourly step from its hour's level; the "
+        "deviations average to zero over each hour, so hourly and longer steps never see them.",
+    )
     spike_prob_per_hour: float = Field(0.002, ge=0, le=1)
     spike_mean_usd_per_mwh: float = Field(600.0, ge=0)
     spike_decay_hours: float = Field(3.0, gt=0)

@@ -140,6 +140,25 @@ class SolverReport(BaseModel):
     gap_exceeded: bool = False
 
 
+class SubhourlyValue(BaseModel):
+    """What dispatching at the horizon's sub-hourly step is worth over hourly dispatch, same scenarios.
+
+    Two plans of the same fleet and risk settings: one on the sub-hourly paths, one on the same paths
+    averaged to hourly means (optimizer.scenarios.hourly_means), as an hourly planner would see them. A rack
+    dispatched hourly earns, on the sub-hourly paths, exactly the sum of its hour's margins, so the hourly
+    plan's figures are also its value when run on the true paths with hourly run/curtail decisions.
+    """
+
+    step_minutes: int
+    objective_usd: float  # the sub-hourly plan's objective (solver.objective_usd)
+    hourly_objective_usd: float  # the plan made and dispatched on hourly means
+    value_usd: float  # objective_usd - hourly_objective_usd
+    mean_profit_usd: float
+    hourly_mean_profit_usd: float
+    mean_profit_value_usd: float  # mean_profit_usd - hourly_mean_profit_usd
+    same_allocation: bool  # both plans put the same racks in the same modes
+
+
 class PlanResult(BaseModel):
     fleet: str
     objective: str
@@ -169,6 +188,7 @@ class PlanResult(BaseModel):
     site_years: list[SiteYear] = []
     timeline: list[TimelineEvent] = []
     tree: TreeReport | None = None  # the multi-stage plan on a scenario tree and the value of waiting (issue 9)
+    subhourly: SubhourlyValue | None = None  # sub-hourly horizons only: the value of dispatch below an hour
 
     def totals(self) -> dict[Mode, int]:
         return {mode: sum(getattr(g, f"racks_{mode.value}") for g in self.allocation) for mode in MODES}

@@ -420,7 +420,7 @@ class ScenarioSums:
     """Per-step sums of every price path over a batch of scenarios: batches add up, then divide once."""
 
     count: int
-    step_hours: int
+    step_hours: float  # step length in hours (0.25 for 15 minutes)
     markets: tuple[str, ...]
     sums: dict[str, np.ndarray]
 

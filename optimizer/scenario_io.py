@@ -1,7 +1,7 @@
 """Scenario files: users' own price paths in, the scenarios a plan used out. One NPZ format.
 
 The format is documented in docs/scenarios.md. Every [S, T] array has one row per scenario
-and one column per step of `step_hours`. On load a file may carry the hashprice itself, or
+and one column per step (`step_minutes`, or the older `step_hours`). On load a file may carry the hashprice itself, or
 the BTC price and network hashrate to derive it from (treating the network hashrate as the
 hashrate the difficulty is tuned to). Grid events and demand-response calls are optional per-market
 arrays; absent means none. Every problem raises ScenarioFileError naming the array.
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from optimizer.constants import block_subsidy_btc
-from optimizer.market import STEP_HOURS_ALLOWED, BitcoinMarket
+from optimizer.market import MINUTES_PER_HOUR, STEP_HOURS_ALLOWED, STEP_MINUTES_ALLOWED, BitcoinMarket
 from optimizer.scenarios import ScenarioSet, hashprice_usd_per_ph_day
 
 POWER_PRICE_PREFIX = "power_price_usd_per_mwh__"
@@ -30,6 +30,7 @@ FEES = "fees_btc_per_block"
 SUBSIDY = "subsidy_btc"
 HASHPRICE = "hashprice_usd_per_ph_day"
 STEP_HOURS = "step_hours"
+STEP_MINUTES = "step_minutes"
 INDICES = "indices"
 PATH_ARRAYS = (HASHPRICE, BTC_PRICE, HASHRATE, FEES, SUBSIDY)
 # optional: the rows are the leaves of a scenario tree (optimizer.tree_io, docs/scenarios.md)
@@ -62,7 +63,10 @@ def save_scenarios(path: str | os.PathLike, scenarios: ScenarioSet) -> None:
             arrays[AVAILABLE_PREFIX + market_id] = scenarios.available_fraction(market_id)
         if scenarios.dr_call is not None:
             arrays[DR_CALL_PREFIX + market_id] = scenarios.dr_called(market_id)
-    arrays[STEP_HOURS] = np.int64(scenarios.step_hours)
+    minutes = round(scenarios.step_hours * MINUTES_PER_HOUR)
+    arrays[STEP_MINUTES] = np.int64(minutes)
+    if minutes % MINUTES_PER_HOUR == 0:  # whole hours: also the older key, for readers that predate minutes
+        arrays[STEP_HOURS] = np.int64(minutes // MINUTES_PER_HOUR)
     arrays[INDICES] = np.asarray(scenarios.indices, dtype=np.int64)
     # uncompressed: random float paths barely compress, and saving stays fast for big sets
     with open(path, "wb") as file:
@@ -73,7 +77,7 @@ def load_scenarios(
     path: str | os.PathLike,
     required_markets: Sequence[str] | None = None,
     expected_steps: int | None = None,
-    expected_step_hours: int | None = None,
+    expected_step_hours: float | None = None,
 ) -> ScenarioSet:
     """Read and validate a scenario file; power markets keep the file's order."""
     arrays = _read_arrays(path)
@@ -149,7 +153,7 @@ def _read_member(archive: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 
 
 def _reject_unknown_arrays(arrays: Mapping[str, np.ndarray]) -> None:
-    known = {*PATH_ARRAYS, STEP_HOURS, INDICES, *TREE_ARRAYS}
+    known = {*PATH_ARRAYS, STEP_HOURS, STEP_MINUTES, INDICES, *TREE_ARRAYS}
     for name in arrays:
         if name in MARKET_PREFIXES:
             raise ScenarioFileError(name, "per-market array without a market id after the '__'")
@@ -158,17 +162,37 @@ def _reject_unknown_arrays(arrays: Mapping[str, np.ndarray]) -> None:
             raise ScenarioFileError(name, f"unknown array; expected {sorted(known)} and {per_market}")
 
 
-def _step_hours(arrays: Mapping[str, np.ndarray], expected: int | None) -> int:
-    if STEP_HOURS not in arrays:
-        raise ScenarioFileError(STEP_HOURS, f"missing: the length of a step in hours, one of {STEP_HOURS_ALLOWED}")
-    value = arrays[STEP_HOURS]
-    if value.size != 1 or value.dtype.kind not in "iuf" or not float(value.item()).is_integer():
-        raise ScenarioFileError(STEP_HOURS, f"must be a single whole number of hours, got {value!r}")
-    step_hours = int(value.item())
-    if step_hours not in STEP_HOURS_ALLOWED:
-        raise ScenarioFileError(STEP_HOURS, f"must be one of {STEP_HOURS_ALLOWED}, got {step_hours}")
-    if expected is not None and step_hours != expected:
-        raise ScenarioFileError(STEP_HOURS, f"is {step_hours} h but the horizon uses {expected} h steps")
+def _step_hours(arrays: Mapping[str, np.ndarray], expected: float | None) -> float:
+    """The step length in hours, from `step_minutes` or `step_hours` (both present: they must agree)."""
+    if STEP_HOURS not in arrays and STEP_MINUTES not in arrays:
+        raise ScenarioFileError(
+            STEP_MINUTES,
+            f"missing: the length of a step, step_minutes one of {STEP_MINUTES_ALLOWED} "
+            f"(or step_hours one of {STEP_HOURS_ALLOWED})",
+        )
+    minutes = {}
+    for name, allowed, per in ((STEP_MINUTES, STEP_MINUTES_ALLOWED, 1), (STEP_HOURS, STEP_HOURS_ALLOWED, 60)):
+        if name not in arrays:
+            continue
+        value = arrays[name]
+        unit = "minutes" if per == 1 else "hours"
+        if value.size != 1 or value.dtype.kind not in "iuf" or not float(value.item()).is_integer():
+            raise ScenarioFileError(name, f"must be a single whole number of {unit}, got {value!r}")
+        if int(value.item()) not in allowed:
+            raise ScenarioFileError(name, f"must be one of {allowed}, got {int(value.item())}")
+        minutes[name] = int(value.item()) * per
+    if len(set(minutes.values())) > 1:
+        raise ScenarioFileError(
+            STEP_HOURS, f"is {minutes[STEP_HOURS] // 60} h but step_minutes is {minutes[STEP_MINUTES]}"
+        )
+    name, step_minutes = next(iter(minutes.items()))
+    step_hours = step_minutes / MINUTES_PER_HOUR
+    if expected is not None and abs(step_hours - expected) > 1e-9:
+        if name == STEP_HOURS:
+            raise ScenarioFileError(name, f"is {step_hours:g} h but the horizon uses {expected:g} h steps")
+        raise ScenarioFileError(
+            name, f"is {step_minutes} min but the horizon uses {round(expected * MINUTES_PER_HOUR)} min steps"
+        )
     return step_hours
 
 

@@ -1,7 +1,8 @@
 """Monte Carlo price scenarios: BTC price, network hashrate, difficulty, fees and power prices.
 
 Every value at step t is the value over the step starting t * step_hours after midnight of
-`horizon.start`; step 0 starts from the market's current figures (BTC price, hashrate, fees,
+`horizon.start` (step_hours a float: 0.25 for `horizon.step_minutes` 15); step 0 starts from the
+market's current figures (BTC price, hashrate, fees,
 chain height), so the first hashprice is the hand-computed one.
 
 Reproducibility (DESIGN.md section 4): the scenario with global index i is drawn only from
@@ -55,6 +56,21 @@ by the Bessel function I0(a_s), X by centring at -var/2), so the long-run mean o
 `spike_mean_usd_per_mwh` and decays as exp(-hours / spike_decay_hours); the step value is its
 average over the step. Spikes add spike_prob_per_hour * spike_mean * spike_decay_hours to the
 long-run mean (see `expected_spike_usd_per_mwh`). The sum is clipped to [floor, cap].
+
+Sub-hourly steps (`horizon.step_minutes` < 60, e.g. ERCOT's 15-minute settlement intervals): the OU
+factor and the spikes above are discretised exactly at the step (decay exp(-kappa dt), start
+probability 1 - (1 - p)^dt, spike level averaged over the step), so a short spike
+(`spike_decay_hours` of a fraction of an hour) lives in a step or two. The daily shape takes its
+hour's value. On top, an *intra-hour noise* multiplies the base (before spikes):
+    base_t * (1 + v e_t),  e_t = (z_t - mean of z over the step's hour) * sqrt(k / (k - 1)),
+z_t iid standard normal, k steps per hour, v = `intra_hour_vol` (default 0.15, an assumption to
+calibrate on one's own settlement data). Each e_t has unit variance, yet the e_t of an hour sum to
+exactly zero: the term averages to one over every hour, so its variance vanishes at hourly
+aggregation and hourly means of a 15-minute path are the hourly model's law plus the OU's own
+intra-hour movement. It is drawn after every other path of the market, and only below an hour, so
+hourly paths are unchanged by it. `hourly_means` aggregates a sub-hourly set to hourly means (the same
+paths as an hourly planner would see them): the value of 15-minute dispatch is a plan on the paths
+against a plan on their hourly means.
 Markets are independent of each other and of bitcoin.
 
 Grid events and demand-response calls (per market, drawn AFTER every path above, market by
@@ -113,7 +129,7 @@ class ScenarioSet:
     """A batch of S scenarios of T steps; rows are scenarios, `indices` their global numbers."""
 
     indices: np.ndarray  # int64 [S]
-    step_hours: int
+    step_hours: float  # step length in hours: 0.25 for 15-minute steps
     btc_price_usd: np.ndarray  # [S, T]
     network_hashrate_ehs: np.ndarray  # [S, T] actual network hashrate
     fees_btc_per_block: np.ndarray  # [S, T]
@@ -165,6 +181,15 @@ class ScenarioSet:
     @property
     def n_steps(self) -> int:
         return self.hashprice_usd_per_ph_day.shape[1]
+
+    @property
+    def steps_per_hour(self) -> int:
+        """Steps in an hour (1 for hourly or longer steps)."""
+        return max(1, round(1 / self.step_hours))
+
+    @property
+    def steps_per_day(self) -> int:
+        return round(HOURS_PER_DAY / self.step_hours)
 
     @property
     def hashprice_usd_per_th_hour(self) -> np.ndarray:
@@ -244,6 +269,40 @@ def select_rows(scenarios: ScenarioSet, rows: range) -> ScenarioSet:
     return ScenarioSet(**values)
 
 
+def hourly_means(scenarios: ScenarioSet) -> ScenarioSet:
+    """The same paths at hourly steps: every [.., T] array averaged over the steps of each hour.
+
+    Hourly or longer sets come back unchanged. The subsidy is the hour's first (so a halving still starts
+    on a step boundary); a demand-response call holds in the hour when it covers most of its steps, the
+    available power fraction is the hour's mean (its energy).
+    """
+    k = scenarios.steps_per_hour
+    if k == 1:
+        return scenarios
+    if scenarios.n_steps % k:
+        raise ValueError(f"{scenarios.n_steps} steps of {scenarios.step_hours} h are not whole hours")
+
+    def mean(values: np.ndarray | None) -> np.ndarray | None:
+        if values is None:
+            return None
+        values = np.asarray(values, dtype=float)
+        return values.reshape(*values.shape[:-1], values.shape[-1] // k, k).mean(axis=-1)
+
+    return ScenarioSet(
+        indices=scenarios.indices,
+        step_hours=1.0,
+        btc_price_usd=mean(scenarios.btc_price_usd),
+        network_hashrate_ehs=mean(scenarios.network_hashrate_ehs),
+        fees_btc_per_block=mean(scenarios.fees_btc_per_block),
+        subsidy_btc=scenarios.subsidy_btc[:, ::k].copy(),
+        hashprice_usd_per_ph_day=mean(scenarios.hashprice_usd_per_ph_day),
+        markets=scenarios.markets,
+        power_price_usd_per_mwh=mean(scenarios.power_price_usd_per_mwh),
+        available_power_fraction=mean(scenarios.available_power_fraction),
+        dr_call=None if scenarios.dr_call is None else mean(scenarios.dr_call) > 0.5,
+    )
+
+
 def scenario_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """The only source of randomness of scenario `index` in `stream` (0 optimisation, 1 evaluation, 2+k SAA k)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream, index)))
@@ -310,10 +369,11 @@ def generate_scenarios(
 class _Calendar:
     """Time grid shared by all scenarios of a horizon."""
 
-    step_hours: int
+    step_hours: float
     n_steps: int
     dt_years: float
     hour_slot: np.ndarray  # [T] which step of the day each step is (0 .. 24/step_hours - 1)
+    steps_per_day: int
     year_fraction: np.ndarray  # [T] position of the step's middle in the calendar year
     month: np.ndarray  # [T] calendar month (1-12) of the step
     month_index: np.ndarray  # [T] months since the horizon's first month (0, 1, ...)
@@ -321,21 +381,27 @@ class _Calendar:
     @staticmethod
     def of(horizon: Horizon) -> _Calendar:
         step_hours, n_steps = horizon.step_hours, horizon.n_steps
-        hours_from_start = np.arange(n_steps) * step_hours
-        steps_per_day = HOURS_PER_DAY // step_hours
+        minutes_from_start = np.arange(n_steps, dtype=np.int64) * horizon.step_minutes
+        hours_from_start = minutes_from_start / 60
+        steps_per_day = horizon.steps_per_day
         start_day_of_year = horizon.start.timetuple().tm_yday - 1
         middle_days = start_day_of_year + (hours_from_start + step_hours / 2) / HOURS_PER_DAY
-        step_starts = np.datetime64(horizon.start, "h") + hours_from_start.astype("timedelta64[h]")
+        step_starts = np.datetime64(horizon.start, "m") + minutes_from_start.astype("timedelta64[m]")
         return _Calendar(
             step_hours=step_hours,
             n_steps=n_steps,
             dt_years=step_hours / HOURS_PER_DAY / DAYS_PER_YEAR,
             hour_slot=np.arange(n_steps) % steps_per_day,
+            steps_per_day=steps_per_day,
             year_fraction=(middle_days / DAYS_PER_YEAR) % 1.0,
             month=step_starts.astype("datetime64[M]").astype(np.int64) % MONTHS_PER_YEAR + 1,
             month_index=step_starts.astype("datetime64[M]").astype(np.int64)
             - np.datetime64(horizon.start, "M").astype(np.int64),
         )
+
+    @property
+    def steps_per_hour(self) -> int:
+        return max(1, round(1 / self.step_hours))
 
     def in_months(self, months: Sequence[int]) -> np.ndarray:
         """[T] bool: the step lies in one of the calendar months."""
@@ -432,7 +498,7 @@ def simulate_network(
     btc_price_usd: np.ndarray,
     fees_btc_per_block: np.ndarray,
     hashrate_noise: np.ndarray,
-    step_hours: int,
+    step_hours: float,
     start: _NetworkState | None = None,
 ) -> NetworkPath:
     """Hashrate, difficulty, height and hashprice along one price path ([T] arrays).
@@ -548,15 +614,33 @@ def _base_price_usd_per_mwh(market: PowerMarket, calendar: _Calendar) -> np.ndar
 def _power_price_path(
     rng: np.random.Generator, market: PowerMarket, base_price: np.ndarray, calendar: _Calendar
 ) -> np.ndarray:
-    price = base_price * np.exp(_ou_log_deviation(rng, market, calendar)) + _spikes(rng, market, calendar)
-    return np.clip(price, market.floor_usd_per_mwh, market.cap_usd_per_mwh)
+    base = base_price * np.exp(_ou_log_deviation(rng, market, calendar))
+    spikes = _spikes(rng, market, calendar)
+    if calendar.steps_per_hour > 1:  # drawn last and only below an hour: hourly paths keep their draws
+        base = base * _intra_hour_factor(rng, market, calendar)
+    return np.clip(base + spikes, market.floor_usd_per_mwh, market.cap_usd_per_mwh)
+
+
+def _intra_hour_factor(rng: np.random.Generator, market: PowerMarket, calendar: _Calendar) -> np.ndarray:
+    """[T] 1 + v e_t, e_t standard normals demeaned within each hour and rescaled to unit variance.
+
+    The factor averages exactly one over every hour, so its variance vanishes at hourly granularity; it is
+    floored at zero (at the default v = 0.15 a floor needs a 6.7-sigma draw).
+    """
+    k = calendar.steps_per_hour
+    z = rng.standard_normal(calendar.n_steps).reshape(-1, k)
+    e = (z - z.mean(axis=1, keepdims=True)) * np.sqrt(k / (k - 1))
+    return np.maximum(0.0, 1.0 + market.intra_hour_vol * e.reshape(-1))
 
 
 def _daily_factor(market: PowerMarket, calendar: _Calendar) -> np.ndarray:
     hours = np.arange(HOURS_PER_DAY)
     hourly = np.exp(market.daily_shape_amplitude * np.cos(2 * np.pi * (hours - market.peak_hour) / HOURS_PER_DAY))
     hourly /= hourly.mean()  # mean one over the day
-    per_slot = hourly.reshape(-1, calendar.step_hours).mean(axis=1)  # a step is the average of its hours
+    if calendar.steps_per_hour > 1:  # a sub-hourly step takes its hour's value
+        per_slot = np.repeat(hourly, calendar.steps_per_hour)
+    else:
+        per_slot = hourly.reshape(-1, round(calendar.step_hours)).mean(axis=1)  # a step averages its hours
     return per_slot[calendar.hour_slot]
 
 
@@ -615,7 +699,7 @@ def _demand_response_calls(
     calls = market.demand_response_calls
     if calls is None:
         return called
-    steps_per_day = HOURS_PER_DAY // calendar.step_hours
+    steps_per_day = calendar.steps_per_day
     days_in_season = np.flatnonzero(calendar.in_months(calls.months)[::steps_per_day])
     count = rng.poisson(calendar.expected_count(calls.calls_per_year, calls.months)) if len(days_in_season) else 0
     length = int(np.ceil(calls.call_hours / calendar.step_hours))

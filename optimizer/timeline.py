@@ -1,6 +1,6 @@
 """The plan's time grid: steps, the periods the MIP sees, and discounting to the plan's start.
 
-The hourly (or coarser) steps of the price paths are grouped into *periods*: the runs of steps
+The steps (15-minute, hourly or coarser) of the price paths are grouped into *periods*: the runs of steps
 between consecutive dates at which some decision can change what a rack does (a conversion starts,
 a hall is ready, a move or a delivery completes) or at which the plan reports (each anniversary of
 the start). Within a period every decision is constant, so the per-rack mining value of a period is
@@ -25,7 +25,7 @@ from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, HOURS_PER_YEAR, M
 
 @dataclass(frozen=True)
 class Timeline:
-    step_hours: int
+    step_hours: float  # step length in hours (0.25 for 15 minutes)
     n_steps: int
     discount_rate_per_year: float
     bounds: np.ndarray  # [P + 1] step indices: 0 = b_0 < b_1 < ... < b_P = n_steps
@@ -86,7 +86,7 @@ class Timeline:
 
 
 def build_timeline(
-    step_hours: int, n_steps: int, discount_rate: float, dates_days: Iterable[float], start: dt.date | None = None
+    step_hours: float, n_steps: int, discount_rate: float, dates_days: Iterable[float], start: dt.date | None = None
 ) -> Timeline:
     """A timeline whose periods break at every anniversary of `start` (calendar years; Julian years without a
     start) and at each of `dates_days` inside the horizon."""

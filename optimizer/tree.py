@@ -118,7 +118,7 @@ class ScenarioTree:
         return int(np.searchsorted(np.asarray(self.decision_steps), step, side="right") - 1)
 
 
-def decision_steps_of(decision_months: Sequence[float], step_hours: int, n_steps: int) -> tuple[int, ...]:
+def decision_steps_of(decision_months: Sequence[float], step_hours: float, n_steps: int) -> tuple[int, ...]:
     """Each decision date as the first step starting at or after it (dates are rounded like every plan date)."""
     steps = []
     for months in decision_months:
@@ -128,7 +128,7 @@ def decision_steps_of(decision_months: Sequence[float], step_hours: int, n_steps
 
 
 def build_tree(
-    decision_months: Sequence[float], branching: int | Sequence[int], step_hours: int, n_steps: int
+    decision_months: Sequence[float], branching: int | Sequence[int], step_hours: float, n_steps: int
 ) -> ScenarioTree:
     """A uniform tree: `branching[j]` equally likely children after decision date j (one int: the same everywhere)."""
     steps = decision_steps_of(decision_months, step_hours, n_steps)

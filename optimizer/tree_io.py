@@ -142,7 +142,7 @@ def _check_shared_history(tree: ScenarioTree, scenarios: ScenarioSet) -> None:
 def _observations(tree: ScenarioTree, scenarios: ScenarioSet) -> tuple[np.ndarray, np.ndarray]:
     from optimizer.constants import HOURS_PER_DAY
 
-    window = max(1, 30 * HOURS_PER_DAY // scenarios.step_hours)
+    window = max(1, round(30 * HOURS_PER_DAY / scenarios.step_hours))
     btc = np.empty(tree.n_nodes)
     hashprice = np.empty(tree.n_nodes)
     for node in range(tree.n_nodes):

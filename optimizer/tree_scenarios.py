@@ -209,7 +209,7 @@ def _node_observations(tree: ScenarioTree, segments, bitcoin: BitcoinMarket, hor
     )
     if bitcoin.hashprice_usd_per_ph_day is not None:
         today = float(np.ravel(bitcoin.hashprice_usd_per_ph_day)[0])
-    window = max(1, 30 * HOURS_PER_DAY // horizon.step_hours)
+    window = max(1, round(30 * HOURS_PER_DAY / horizon.step_hours))
     btc = np.full(tree.n_nodes, float(bitcoin.btc_price_usd))
     hashprice = np.full(tree.n_nodes, today)
     for node in range(1, tree.n_nodes):
@@ -381,7 +381,7 @@ def _calls_segment(rng, market: PowerMarket, price: np.ndarray, cal: _Calendar, 
     calls = market.demand_response_calls
     if calls is None:
         return called, np.array(tail, dtype=bool)
-    steps_per_day = HOURS_PER_DAY // cal.step_hours
+    steps_per_day = round(HOURS_PER_DAY / cal.step_hours)
     day_starts = np.flatnonzero((first + np.arange(n)) % steps_per_day == 0)  # days that begin in the segment
     in_season = day_starts[cal.in_months(calls.months)[day_starts]]
     count = rng.poisson(cal.expected_count(calls.calls_per_year, calls.months)) if len(in_season) else 0

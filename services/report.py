@@ -279,7 +279,7 @@ def fan_chart(path: Path, fleet: Fleet, scenarios, title: str = "") -> None:
     ]
     fig = _figure((12, 2.6 * ((len(panels) + 1) // 2) + 0.6))
     axes = fig.subplots((len(panels) + 1) // 2, 2, squeeze=False).ravel()
-    steps_per_day = max(1, 24 // scenarios.step_hours)
+    steps_per_day = max(1, int(24 // scenarios.step_hours))
     for ax, (title, values) in zip(axes, panels, strict=False):
         n_days = values.shape[1] // steps_per_day
         daily = values[:, : n_days * steps_per_day].reshape(values.shape[0], n_days, steps_per_day).mean(axis=2)

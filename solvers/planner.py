@@ -6,6 +6,7 @@ they need; Pyomo models are built inside the worker that solves them.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import platform
 import time
@@ -15,19 +16,21 @@ from dataclasses import dataclass
 from optimizer.allocation import Allocation, scenario_profits_usd
 from optimizer.deal_report import conversion_results, timeline_events, year_figures
 from optimizer.economics import GroupEconomics, concat_economics, economics_grid, group_economics
-from optimizer.fleet import Fleet, RiskSettings, SolverSettings
+from optimizer.fleet import Fleet, RiskSettings, SolverSettings, with_overrides
 from optimizer.formulation import build_compact_model, extract_allocation
 from optimizer.lifecycles import plan_grid
+from optimizer.market import Horizon
 from optimizer.plan_result import (
     PlanResult,
     SolverReport,
+    SubhourlyValue,
     ai_results,
     group_allocations,
     group_breakevens,
     site_breakdowns,
 )
 from optimizer.risk import profit_stats
-from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios, select_rows
+from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios, hourly_means, select_rows
 from optimizer.ties import break_ties
 from solvers.diagnose import Commitments, apply_commitments, explain_infeasible
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, solve
@@ -61,13 +64,31 @@ class ScenarioSpec:
     seed: int
     stream: int = OPTIMIZATION_STREAM
     provided: ScenarioSet | None = None
+    # draw (or read) the paths at this sub-hourly step, then average them to the fleet's hourly step
+    # (optimizer.scenarios.hourly_means): the hourly twin of a sub-hourly plan, same paths
+    draw_step_minutes: int | None = None
 
 
-def batch_scenarios(fleet: Fleet, rows: range, seed: int, stream: int, provided: ScenarioSet | None) -> ScenarioSet:
-    """The scenarios of one batch: drawn from the fleet's market model, or the user's own rows."""
+def batch_scenarios(
+    fleet: Fleet,
+    rows: range,
+    seed: int,
+    stream: int,
+    provided: ScenarioSet | None,
+    draw_step_minutes: int | None = None,
+) -> ScenarioSet:
+    """The scenarios of one batch: drawn from the fleet's market model, or the user's own rows.
+
+    `draw_step_minutes`: drawn at that (sub-hourly) step and returned as hourly means.
+    """
+    if draw_step_minutes is None:
+        if provided is None:
+            return generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream)
+        return select_rows(provided, rows)
     if provided is None:
-        return generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, rows, seed, stream)
-    return select_rows(provided, rows)
+        horizon = Horizon(start=fleet.horizon.start, days=fleet.horizon.days, step_minutes=draw_step_minutes)
+        return hourly_means(generate_scenarios(fleet.bitcoin, fleet.markets, horizon, rows, seed, stream))
+    return hourly_means(select_rows(provided, rows))
 
 
 # Scenario-steps one chunk of a batch holds at once (~2 MB per float path array): a batch is drawn and
@@ -77,22 +98,35 @@ STREAM_CELLS = 250_000
 
 
 def economics_chunks(
-    fleet: Fleet, rows: range, seed: int, stream: int, provided: ScenarioSet | None
+    fleet: Fleet,
+    rows: range,
+    seed: int,
+    stream: int,
+    provided: ScenarioSet | None,
+    draw_step_minutes: int | None = None,
 ) -> Iterator[tuple[GroupEconomics, ScenarioSet]]:
     """A batch's scenarios and their economics, chunk by chunk (at most STREAM_CELLS scenario-steps each)."""
     grid = plan_grid(fleet)
-    per_chunk = max(1, STREAM_CELLS // max(1, fleet.horizon.n_steps))
+    drawn_steps = fleet.horizon.n_steps * (60 // draw_step_minutes if draw_step_minutes else 1)
+    per_chunk = max(1, STREAM_CELLS // max(1, drawn_steps))
     for start in range(rows.start, rows.stop, per_chunk):
-        scenarios = batch_scenarios(fleet, range(start, min(start + per_chunk, rows.stop)), seed, stream, provided)
+        chunk = range(start, min(start + per_chunk, rows.stop))
+        scenarios = batch_scenarios(fleet, chunk, seed, stream, provided, draw_step_minutes)
         yield group_economics(fleet, scenarios, grid if scenarios.n_steps == grid.timeline.n_steps else None), scenarios
 
 
 def streamed_economics(
-    fleet: Fleet, rows: range, seed: int, stream: int, provided: ScenarioSet | None, keep: bool = False
+    fleet: Fleet,
+    rows: range,
+    seed: int,
+    stream: int,
+    provided: ScenarioSet | None,
+    keep: bool = False,
+    draw_step_minutes: int | None = None,
 ) -> tuple[GroupEconomics, ScenarioSet | None]:
     """Economics of a batch computed chunk by chunk; identical to one pass over the whole batch."""
     parts, kept = [], []
-    for economics, scenarios in economics_chunks(fleet, rows, seed, stream, provided):
+    for economics, scenarios in economics_chunks(fleet, rows, seed, stream, provided, draw_step_minutes):
         parts.append(economics)
         if keep:
             kept.append(scenarios)
@@ -100,8 +134,8 @@ def streamed_economics(
 
 
 @lazy_remote(num_cpus=1)
-def _economics_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, keep: bool):
-    return streamed_economics(fleet, rows, seed, stream, provided, keep)
+def _economics_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, keep: bool, draw_step_minutes=None):
+    return streamed_economics(fleet, rows, seed, stream, provided, keep, draw_step_minutes)
 
 
 def compute_economics(
@@ -125,7 +159,10 @@ def compute_economics(
     progress("scenarios", 0, spec.count)
     results = fan_out(
         _economics_batch,
-        [(fleet_ref, rows, spec.seed, spec.stream, provided_ref, keep_scenarios) for rows in parts],
+        [
+            (fleet_ref, rows, spec.seed, spec.stream, provided_ref, keep_scenarios, spec.draw_step_minutes)
+            for rows in parts
+        ],
         workers,
         tick,
     )
@@ -218,8 +255,58 @@ def _plan_fleet(fleet, provided, count, workers, keep_scenarios, progress, solve
     timings["model_build_s"] = solved.build_s
     timings["solve_s"] = solved.outcome.wall_s
     result = assemble_plan(fleet, economics, solved, spec, source="file" if provided is not None else "generated")
+    if fleet.horizon.step_minutes < 60:
+        hourly_start = time.perf_counter()
+        result = result.model_copy(
+            update={"subhourly": subhourly_value(fleet, spec, solved, result, workers, solve_plan or _solve_on_ray)}
+        )
+        timings["hourly_twin_s"] = time.perf_counter() - hourly_start
     timings["total_s"] = time.perf_counter() - start
     return result.model_copy(update={"timings_s": timings}), scenarios
+
+
+def hourly_fleet(fleet: Fleet) -> Fleet:
+    """The same fleet on an hourly horizon: the twin a sub-hourly plan is compared with."""
+    return with_overrides(fleet, {"horizon": {"step_minutes": 60}})
+
+
+def hourly_twin(
+    fleet: Fleet,
+    spec: ScenarioSpec,
+    workers: int | None = None,
+    solve_plan: Callable[[Fleet, GroupEconomics], SolvedPlan] | None = None,
+) -> tuple[Fleet, GroupEconomics, SolvedPlan]:
+    """Plan the hourly twin of a sub-hourly fleet on the hourly means of the same scenarios."""
+    twin = hourly_fleet(fleet)
+    twin_spec = dataclasses.replace(spec, draw_step_minutes=fleet.horizon.step_minutes)
+    economics, _ = compute_economics(twin, twin_spec, fleet.scenarios.batch_size, workers)
+    return twin, economics, (solve_plan or _solve_on_ray)(twin, economics)
+
+
+def subhourly_value(
+    fleet: Fleet,
+    spec: ScenarioSpec,
+    solved: SolvedPlan,
+    result: PlanResult,
+    workers: int | None = None,
+    solve_plan: Callable[[Fleet, GroupEconomics], SolvedPlan] | None = None,
+) -> SubhourlyValue:
+    """The sub-hourly plan against the hourly plan on the same paths averaged to hours."""
+    twin, economics, hourly = hourly_twin(fleet, spec, workers, solve_plan)
+    profits = scenario_profits_usd(twin, economics, hourly.allocation, economics_grid(twin, economics))
+    hourly_mean = float(profits.mean())
+    objective, hourly_objective = solved.outcome.objective_usd, hourly.outcome.objective_usd
+    mean = float(result.profit["mean_usd"])
+    return SubhourlyValue(
+        step_minutes=fleet.horizon.step_minutes,
+        objective_usd=objective,
+        hourly_objective_usd=hourly_objective,
+        value_usd=objective - hourly_objective,
+        mean_profit_usd=mean,
+        hourly_mean_profit_usd=hourly_mean,
+        mean_profit_value_usd=mean - hourly_mean,
+        same_allocation=solved.allocation.lifecycle_counts(fleet) == hourly.allocation.lifecycle_counts(twin),
+    )
 
 
 def _solve_on_ray(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:

@@ -75,7 +75,7 @@ def plan_tree(
     return tree_report(fleet, dates, branching, result, rolling)
 
 
-def tree_shape(tree, step_hours: int) -> tuple[list[float], list[int]]:
+def tree_shape(tree, step_hours: float) -> tuple[list[float], list[int]]:
     """Decision months (from the decision steps) and the branching after each date (of the first node there)."""
     from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY
 

@@ -290,3 +290,90 @@ def long_lease_fleet_data(rate_usd_per_kw_month: float, days: int = 1826, scenar
         "scenarios": {"count": scenarios, "seed": 3, "batch_size": 4},
         "solver": {"time_limit_s": 60, "mip_rel_gap": 0.0},
     }
+
+
+def random_fleet_data(seed: int, scenarios: int = 3) -> dict:
+    """A random fleet for property tests of the economics: every contract type, random machines, PUEs, rack
+    sizes (so many groups share a run threshold), events, demand response, AI, 15-minute or hourly steps."""
+    rng = np.random.default_rng(seed)
+    step = [{"step_minutes": 15}, {"step_hours": 1}, {"step_minutes": 30}, {"step_hours": 3}][seed % 4]
+    markets = [
+        {
+            "id": f"m{i}",
+            "mean_price_usd_per_mwh": float(rng.uniform(25, 60)),
+            "vol_per_sqrt_day": float(rng.uniform(0.1, 1.2)),
+            "spike_prob_per_hour": float(rng.uniform(0, 0.03)),
+            "spike_decay_hours": float(rng.choice([0.25, 1.0, 3.0])),
+            "intra_hour_vol": float(rng.uniform(0, 0.4)),
+            "curtailment_events": [
+                {
+                    "name": "storm",
+                    "events_per_year": float(rng.uniform(20, 80)),
+                    "mean_duration_hours": float(rng.uniform(1, 12)),
+                    "available_fraction": float(rng.uniform(0, 0.8)),
+                    "price_floor_usd_per_mwh": float(rng.uniform(100, 900)),
+                }
+            ]
+            if i == 0
+            else [],
+            "demand_response_calls": {"calls_per_year": float(rng.uniform(20, 60)), "call_hours": 2}
+            if i == 0
+            else None,
+        }
+        for i in range(2)
+    ]
+    machines = [
+        {"id": f"k{i}", "hashrate_ths": float(rng.uniform(90, 300)), "efficiency_j_per_th": float(rng.uniform(12, 32))}
+        for i in range(3)
+    ]
+    contracts = [
+        {"type": "fixed", "price_usd_per_mwh": float(rng.uniform(25, 55))},
+        {"type": "index", "adder_usd_per_mwh": float(rng.uniform(-5, 8))},
+        {"type": "take_or_pay", "price_usd_per_mwh": float(rng.uniform(25, 45)), "resale_fee_usd_per_mwh": 2.0},
+    ]
+    sites = []
+    for n, contract in enumerate(contracts):
+        site = {
+            "id": f"s{n}",
+            "market": f"m{n % 2}",
+            "capacity_mw": 3.0,
+            "pue_mining": float(rng.uniform(1.0, 1.2)),
+            "contract": contract,
+        }
+        if n != 1:
+            site["demand_response"] = {"credit_usd_per_mw_month": 5000, "max_mw": 1.0}
+        if n == 2:
+            site["pue_ai"] = 1.3
+            site["ai"] = {"capex_usd_per_mw": 2_000_000, "lead_time_days": 2, "min_mw": 0.1, "max_mw": 1.0}
+        sites.append(site)
+    groups = [
+        {
+            "id": f"g{i}",
+            "site": f"s{i % 3}",
+            "machine": f"k{int(rng.integers(3))}",
+            "racks": int(rng.integers(1, 6)),
+            "machines_per_rack": int(rng.integers(3, 13)),
+            "opex_usd_per_rack_day": float(rng.uniform(0, 6)),
+        }
+        for i in range(12)
+    ]
+    return {
+        "name": f"random-{seed}",
+        "horizon": {"start": "2026-12-01", "days": int(rng.integers(20, 50)), **step},
+        "finance": {"discount_rate_per_year": float(rng.uniform(0, 0.15))},
+        "markets": markets,
+        "machines": machines,
+        "sites": sites,
+        "rack_groups": groups,
+        "lease_offers": [
+            {
+                "id": "colo",
+                "rate_usd_per_kw_month": 130,
+                "term_months": 12,
+                "min_mw": 0.1,
+                "max_mw": 1.0,
+                "sites": ["s2"],
+            }
+        ],
+        "scenarios": {"count": scenarios, "seed": seed, "batch_size": 2},
+    }

@@ -23,7 +23,7 @@ from optimizer.lifecycles import PlanGrid, plan_grid
 from optimizer.plan_result import group_breakevens
 from optimizer.risk import risk_objective_value
 from solvers.highs import solve
-from tests.fleets import RISKS, long_lease_fleet_data, pivot_fleet_data, scenarios_for
+from tests.fleets import EXAMPLES, RISKS, long_lease_fleet_data, pivot_fleet_data, random_fleet_data, scenarios_for
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +246,88 @@ def test_sorted_prefix_economics_equal_a_direct_sum_per_step():
             a, b = bounds[p], bounds[p + 1]
             direct = margin[:, a:b].sum(axis=1) - opex[a:b].sum()
             np.testing.assert_allclose(economics.mine_value_usd[q, p], direct, rtol=1e-10, atol=1e-6)
+
+
+def direct_economics(fleet: Fleet, scenarios, economics, grid: PlanGrid) -> dict[str, np.ndarray]:
+    """Every per-rack figure step by step: a rack runs where its margin is positive; coupled steps are left
+    out of the sums (they are dispatched explicitly) but count as run steps in the price rule."""
+    from optimizer.economics import NO_SITE, profile_margins_usd
+
+    discount, bounds, hours = grid.timeline.step_discount(), grid.timeline.bounds, grid.timeline.step_hours
+    n_q, n_s, n_t = len(grid.profiles), scenarios.n_scenarios, scenarios.n_steps
+    coupled = np.zeros((len(fleet.sites), n_s, n_t), dtype=bool)
+    k, s = np.nonzero(economics.coupled_site != NO_SITE)
+    coupled[economics.coupled_site[k, s], s, economics.coupled_step[k, s]] = True
+    out = {name: np.zeros((n_q, grid.n_periods, n_s)) for name in ("rev", "cost", "rev_pv", "cost_pv", "mwh", "btc")}
+    out["runs"] = np.zeros((n_q, n_s))
+    for q, profile in enumerate(grid.profiles):
+        revenue, cost = profile_margins_usd(fleet, profile, scenarios)
+        run = revenue > cost
+        out["runs"][q] = run.sum(axis=1) / n_t
+        runs = run & ~coupled[profile.site]
+        per_step = {
+            "rev": revenue * runs,
+            "cost": cost * runs,
+            "rev_pv": revenue * runs * discount,
+            "cost_pv": cost * runs * discount,
+            "mwh": profile.meter_kw / 1000 * hours * runs,
+            "btc": revenue / scenarios.btc_price_usd * runs,
+        }
+        for name, values in per_step.items():
+            for p in range(grid.n_periods):
+                out[name][q, p] = values[:, bounds[p] : bounds[p + 1]].sum(axis=1)
+    return out
+
+
+def example_five_years():
+    from optimizer.fleet import load_fleet, with_overrides
+
+    return with_overrides(load_fleet(EXAMPLES / "fleet.yaml"), {"scenarios": {"count": 3}})
+
+
+@pytest.mark.parametrize(
+    "make_fleet",
+    [example_five_years, *(lambda seed=seed: parse_fleet(random_fleet_data(seed)) for seed in range(6))],
+    ids=["example", *(f"random{seed}" for seed in range(6))],
+)
+def test_streamed_economics_equal_a_direct_computation_per_step_to_the_cent(make_fleet):
+    """Every profile sum of the threshold-shared, masks-by-matmul economics against the plain per-step sums:
+    the example fleet (five years hourly, moves, purchases, events, take-or-pay) and random fleets (every
+    contract type, 15-, 30-, 60- and 180-minute steps, events and calls, many groups per threshold)."""
+    fleet = make_fleet()
+    scenarios = scenarios_for(fleet)
+    economics, grid = group_economics(fleet, scenarios), plan_grid(fleet)
+    direct = direct_economics(fleet, scenarios, economics, grid)
+    cent = 0.005
+    np.testing.assert_allclose(economics.hash_revenue_usd, direct["rev"], rtol=0, atol=cent)
+    np.testing.assert_allclose(economics.power_cost_usd, direct["cost"], rtol=0, atol=cent)
+    np.testing.assert_allclose(economics.hash_revenue_pv_usd, direct["rev_pv"], rtol=0, atol=cent)
+    np.testing.assert_allclose(economics.power_cost_pv_usd, direct["cost_pv"], rtol=0, atol=cent)
+    np.testing.assert_allclose(economics.energy_mwh, direct["mwh"], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(economics.btc_mined, direct["btc"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(economics.run_fraction, direct["runs"])
+    opex = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * grid.timeline.period_discounted_days()
+    np.testing.assert_allclose(
+        economics.mine_value_usd, direct["rev_pv"] - direct["cost_pv"] - opex[:, :, None], rtol=0, atol=cent
+    )
+    assert (economics.hash_revenue_usd > 0).any() and (direct["runs"] < 1).any()  # racks run and curtail
+    if fleet.markets[0].curtailment_events:
+        assert economics.n_coupled > 0  # the coupled steps are exercised too
+
+
+def test_economics_do_not_depend_on_the_chunks_priced_before():
+    """Scratch buffers are reused chunk after chunk: a batch priced after a larger and a smaller one, in other
+    fleets, gives the same figures as priced first, and a batch split in two rejoins to the whole."""
+    from optimizer.economics import concat_economics
+    from optimizer.scenarios import select_rows
+
+    fleet, other = parse_fleet(random_fleet_data(0, scenarios=4)), parse_fleet(random_fleet_data(1, scenarios=6))
+    scenarios = scenarios_for(fleet)
+    first = group_economics(fleet, scenarios)
+    group_economics(other, scenarios_for(other))
+    group_economics(fleet, select_rows(scenarios, range(1, 2)))
+    again = group_economics(fleet, scenarios)
+    halves = concat_economics([group_economics(fleet, select_rows(scenarios, r)) for r in (range(0, 3), range(3, 4))])
+    for name in ("mine_value_usd", "hash_revenue_usd", "power_cost_pv_usd", "run_fraction", "item_power_cost_usd"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(first, name))
+        np.testing.assert_allclose(getattr(halves, name), getattr(first, name), rtol=1e-12, atol=1e-9)

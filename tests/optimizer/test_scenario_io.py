@@ -106,7 +106,9 @@ def test_a_loaded_set_with_unknown_prices_saves_and_loads_again(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "field", "words"),
     [
-        ({"step_hours": None}, "step_hours", "missing"),
+        ({"step_hours": None}, "step_minutes", "missing"),
+        ({"step_hours": None, "step_minutes": np.int64(7)}, "step_minutes", "one of"),
+        ({"step_minutes": np.int64(30)}, "step_hours", "but step_minutes is 30"),
         ({"step_hours": np.int64(5)}, "step_hours", "one of"),
         ({"hashprice_usd_per_ph_day": None}, "btc_price_usd", "missing"),
         ({"hashprice_usd_per_ph_day": None, "btc_price_usd": np.ones((S, T))}, "network_hashrate_ehs", "missing"),

@@ -95,6 +95,7 @@ class Horizon(_message.Message):
     START_FIELD_NUMBER: _builtins.int
     DAYS_FIELD_NUMBER: _builtins.int
     STEP_HOURS_FIELD_NUMBER: _builtins.int
+    STEP_MINUTES_FIELD_NUMBER: _builtins.int
     start: _builtins.str
     """First day of the horizon, an ISO 8601 calendar date "YYYY-MM-DD" (default "2026-12-01")."""
     days: _builtins.int
@@ -102,17 +103,24 @@ class Horizon(_message.Message):
     `months` or `years` instead; they arrive here converted to days.
     """
     step_hours: _builtins.int
-    """Time step of the price paths in hours; one of 1, 2, 3, 4, 6, 8, 12, 24 (default 1)."""
+    """Time step of the price paths in whole hours; one of 1, 2, 3, 4, 6, 8, 12, 24. The older spelling
+    of step_minutes: set at most one of the two (neither: hourly).
+    """
+    step_minutes: _builtins.int
+    """Time step of the price paths in minutes; one of 5, 10, 15, 20, 30, 60, 120, 180, 240, 360, 480,
+    720, 1440 (default 60). 15 is ERCOT's settlement interval.
+    """
     def __init__(
         self,
         *,
         start: _builtins.str | None = ...,
         days: _builtins.int | None = ...,
         step_hours: _builtins.int | None = ...,
+        step_minutes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_start", b"_start", "_step_hours", b"_step_hours", "days", b"days", "start", b"start", "step_hours", b"step_hours"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_start", b"_start", "_step_hours", b"_step_hours", "_step_minutes", b"_step_minutes", "days", b"days", "start", b"start", "step_hours", b"step_hours", "step_minutes", b"step_minutes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_start", b"_start", "_step_hours", b"_step_hours", "days", b"days", "start", b"start", "step_hours", b"step_hours"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_days", b"_days", "_start", b"_start", "_step_hours", b"_step_hours", "_step_minutes", b"_step_minutes", "days", b"days", "start", b"start", "step_hours", b"step_hours", "step_minutes", b"step_minutes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__days: _TypeAlias = _typing.Literal["days"]  # noqa: Y015
     _WhichOneofArgType__days: _TypeAlias = _typing.Literal["_days", b"_days"]  # noqa: Y015
@@ -120,12 +128,16 @@ class Horizon(_message.Message):
     _WhichOneofArgType__start: _TypeAlias = _typing.Literal["_start", b"_start"]  # noqa: Y015
     _WhichOneofReturnType__step_hours: _TypeAlias = _typing.Literal["step_hours"]  # noqa: Y015
     _WhichOneofArgType__step_hours: _TypeAlias = _typing.Literal["_step_hours", b"_step_hours"]  # noqa: Y015
+    _WhichOneofReturnType__step_minutes: _TypeAlias = _typing.Literal["step_minutes"]  # noqa: Y015
+    _WhichOneofArgType__step_minutes: _TypeAlias = _typing.Literal["_step_minutes", b"_step_minutes"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__days) -> _WhichOneofReturnType__days | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__start) -> _WhichOneofReturnType__start | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__step_hours) -> _WhichOneofReturnType__step_hours | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__step_minutes) -> _WhichOneofReturnType__step_minutes | None: ...
 
 Global___Horizon: _TypeAlias = Horizon  # noqa: Y015
 
@@ -288,6 +300,7 @@ class PowerMarket(_message.Message):
     CURTAILMENT_EVENTS_FIELD_NUMBER: _builtins.int
     DEMAND_RESPONSE_CALLS_FIELD_NUMBER: _builtins.int
     PINNED_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
+    INTRA_HOUR_VOL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Market id, referenced by sites."""
     mean_price_usd_per_mwh: _builtins.float
@@ -314,6 +327,10 @@ class PowerMarket(_message.Message):
     """Lowest price, USD/MWh, <= 0 (default -50)."""
     cap_usd_per_mwh: _builtins.float
     """Offer cap, USD/MWh, e.g. ERCOT's 5,000 (default 5,000)."""
+    intra_hour_vol: _builtins.float
+    """Std of the relative deviation of a sub-hourly step's price from its hour's level (default 0.15);
+    the deviations average to zero over each hour, so hourly and longer steps never see them.
+    """
     @_builtins.property
     def curtailment_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurtailmentEvents]:
         """Kinds of grid event (storms, emergencies) that cut the power sites in this market may draw
@@ -351,10 +368,11 @@ class PowerMarket(_message.Message):
         curtailment_events: _abc.Iterable[Global___CurtailmentEvents] | None = ...,
         demand_response_calls: Global___DemandResponseCalls | None = ...,
         pinned_price_usd_per_mwh: _abc.Iterable[_builtins.float] | None = ...,
+        intra_hour_vol: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_intra_hour_vol", b"_intra_hour_vol", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "intra_hour_vol", b"intra_hour_vol", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "curtailment_events", b"curtailment_events", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "id", b"id", "mean_price_usd_per_mwh", b"mean_price_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "pinned_price_usd_per_mwh", b"pinned_price_usd_per_mwh", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh", "_daily_shape_amplitude", b"_daily_shape_amplitude", "_floor_usd_per_mwh", b"_floor_usd_per_mwh", "_intra_hour_vol", b"_intra_hour_vol", "_peak_hour", b"_peak_hour", "_peak_month", b"_peak_month", "_reversion_per_day", b"_reversion_per_day", "_seasonal_amplitude", b"_seasonal_amplitude", "_spike_decay_hours", b"_spike_decay_hours", "_spike_mean_usd_per_mwh", b"_spike_mean_usd_per_mwh", "_spike_prob_per_hour", b"_spike_prob_per_hour", "_vol_per_sqrt_day", b"_vol_per_sqrt_day", "cap_usd_per_mwh", b"cap_usd_per_mwh", "curtailment_events", b"curtailment_events", "daily_shape_amplitude", b"daily_shape_amplitude", "demand_response_calls", b"demand_response_calls", "floor_usd_per_mwh", b"floor_usd_per_mwh", "id", b"id", "intra_hour_vol", b"intra_hour_vol", "mean_price_usd_per_mwh", b"mean_price_usd_per_mwh", "peak_hour", b"peak_hour", "peak_month", b"peak_month", "pinned_price_usd_per_mwh", b"pinned_price_usd_per_mwh", "reversion_per_day", b"reversion_per_day", "seasonal_amplitude", b"seasonal_amplitude", "spike_decay_hours", b"spike_decay_hours", "spike_mean_usd_per_mwh", b"spike_mean_usd_per_mwh", "spike_prob_per_hour", b"spike_prob_per_hour", "vol_per_sqrt_day", b"vol_per_sqrt_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cap_usd_per_mwh: _TypeAlias = _typing.Literal["cap_usd_per_mwh"]  # noqa: Y015
     _WhichOneofArgType__cap_usd_per_mwh: _TypeAlias = _typing.Literal["_cap_usd_per_mwh", b"_cap_usd_per_mwh"]  # noqa: Y015
@@ -362,6 +380,8 @@ class PowerMarket(_message.Message):
     _WhichOneofArgType__daily_shape_amplitude: _TypeAlias = _typing.Literal["_daily_shape_amplitude", b"_daily_shape_amplitude"]  # noqa: Y015
     _WhichOneofReturnType__floor_usd_per_mwh: _TypeAlias = _typing.Literal["floor_usd_per_mwh"]  # noqa: Y015
     _WhichOneofArgType__floor_usd_per_mwh: _TypeAlias = _typing.Literal["_floor_usd_per_mwh", b"_floor_usd_per_mwh"]  # noqa: Y015
+    _WhichOneofReturnType__intra_hour_vol: _TypeAlias = _typing.Literal["intra_hour_vol"]  # noqa: Y015
+    _WhichOneofArgType__intra_hour_vol: _TypeAlias = _typing.Literal["_intra_hour_vol", b"_intra_hour_vol"]  # noqa: Y015
     _WhichOneofReturnType__peak_hour: _TypeAlias = _typing.Literal["peak_hour"]  # noqa: Y015
     _WhichOneofArgType__peak_hour: _TypeAlias = _typing.Literal["_peak_hour", b"_peak_hour"]  # noqa: Y015
     _WhichOneofReturnType__peak_month: _TypeAlias = _typing.Literal["peak_month"]  # noqa: Y015
@@ -384,6 +404,8 @@ class PowerMarket(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__daily_shape_amplitude) -> _WhichOneofReturnType__daily_shape_amplitude | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__floor_usd_per_mwh) -> _WhichOneofReturnType__floor_usd_per_mwh | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__intra_hour_vol) -> _WhichOneofReturnType__intra_hour_vol | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__peak_hour) -> _WhichOneofReturnType__peak_hour | None: ...
     @_typing.overload

@@ -175,6 +175,7 @@ class Plan(_message.Message):
     SITE_YEARS_FIELD_NUMBER: _builtins.int
     TIMELINE_FIELD_NUMBER: _builtins.int
     TREE_FIELD_NUMBER: _builtins.int
+    SUBHOURLY_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """Id of the stored plan: Dispatch, Evaluate and GetPlan take it."""
     fleet: _builtins.str
@@ -271,6 +272,12 @@ class Plan(_message.Message):
         asks for a tree (Fleet.tree).
         """
 
+    @_builtins.property
+    def subhourly(self) -> Global___SubhourlyValue:
+        """Sub-hourly horizons only (horizon.step_minutes < 60): the value of dispatching at that step over
+        hourly dispatch on the same paths averaged to hours. Unset for hourly or longer steps.
+        """
+
     def __init__(
         self,
         *,
@@ -302,10 +309,11 @@ class Plan(_message.Message):
         site_years: _abc.Iterable[Global___SiteYear] | None = ...,
         timeline: _abc.Iterable[Global___TimelineEvent] | None = ...,
         tree: Global___TreeReport | None = ...,
+        subhourly: Global___SubhourlyValue | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "solver", b"solver", "tree", b"tree"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "solver", b"solver", "subhourly", b"subhourly", "tree", b"tree"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "conversions", b"conversions", "create_time", b"create_time", "discount_rate_per_year", b"discount_rate_per_year", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "horizon_start", b"horizon_start", "money_basis", b"money_basis", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "purchases", b"purchases", "robustness", b"robustness", "scenarios", b"scenarios", "site_years", b"site_years", "sites", b"sites", "solver", b"solver", "timeline", b"timeline", "timings_s", b"timings_s", "tree", b"tree", "versions", b"versions", "weight", b"weight", "years", b"years"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "conversions", b"conversions", "create_time", b"create_time", "discount_rate_per_year", b"discount_rate_per_year", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "horizon_start", b"horizon_start", "money_basis", b"money_basis", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "purchases", b"purchases", "robustness", b"robustness", "scenarios", b"scenarios", "site_years", b"site_years", "sites", b"sites", "solver", b"solver", "subhourly", b"subhourly", "timeline", b"timeline", "timings_s", b"timings_s", "tree", b"tree", "versions", b"versions", "weight", b"weight", "years", b"years"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -829,6 +837,58 @@ class ModelSizeRow(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelSizeRow: _TypeAlias = ModelSizeRow  # noqa: Y015
+
+@_typing.final
+class SubhourlyValue(_message.Message):
+    """What dispatching at the horizon's sub-hourly step is worth over hourly dispatch (optimizer/plan_result.py):
+    one plan on the sub-hourly paths, one on the same paths averaged to hourly means.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_MINUTES_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    HOURLY_OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    VALUE_USD_FIELD_NUMBER: _builtins.int
+    MEAN_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    HOURLY_MEAN_PROFIT_USD_FIELD_NUMBER: _builtins.int
+    MEAN_PROFIT_VALUE_USD_FIELD_NUMBER: _builtins.int
+    SAME_ALLOCATION_FIELD_NUMBER: _builtins.int
+    step_minutes: _builtins.int
+    """The horizon's step, minutes."""
+    objective_usd: _builtins.float
+    """Objective of the sub-hourly plan, USD (the solver's objective)."""
+    hourly_objective_usd: _builtins.float
+    """Objective of the plan made and dispatched on the hourly means, USD."""
+    value_usd: _builtins.float
+    """objective_usd - hourly_objective_usd."""
+    mean_profit_usd: _builtins.float
+    """Mean profit (NPV) of the sub-hourly plan, USD."""
+    hourly_mean_profit_usd: _builtins.float
+    """Mean profit of the hourly plan, USD."""
+    mean_profit_value_usd: _builtins.float
+    """mean_profit_usd - hourly_mean_profit_usd."""
+    same_allocation: _builtins.bool
+    """Both plans put the same racks in the same modes."""
+    def __init__(
+        self,
+        *,
+        step_minutes: _builtins.int = ...,
+        objective_usd: _builtins.float = ...,
+        hourly_objective_usd: _builtins.float = ...,
+        value_usd: _builtins.float = ...,
+        mean_profit_usd: _builtins.float = ...,
+        hourly_mean_profit_usd: _builtins.float = ...,
+        mean_profit_value_usd: _builtins.float = ...,
+        same_allocation: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hourly_mean_profit_usd", b"hourly_mean_profit_usd", "hourly_objective_usd", b"hourly_objective_usd", "mean_profit_usd", b"mean_profit_usd", "mean_profit_value_usd", b"mean_profit_value_usd", "objective_usd", b"objective_usd", "same_allocation", b"same_allocation", "step_minutes", b"step_minutes", "value_usd", b"value_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubhourlyValue: _TypeAlias = SubhourlyValue  # noqa: Y015
 
 @_typing.final
 class ConversionResult(_message.Message):
