@@ -53,6 +53,7 @@ from solvers.ray_pool import batches, lazy_remote, running_in_process
 KW_PER_MW = 1000.0
 VIOLATION_TOL = 1e-7  # relative: a cut is added when the master over-estimates by more than this
 MAX_ITERATIONS = 500
+LP_ITERATIONS = 200  # phase 1: cutting rounds on the master's LP relaxation
 
 # `auto`: decomposition when the compact model's scenario part is large. The compact model has
 # about S x (rack lifecycles + purchases + lease terms) nonzeros in its profit rows, plus 3 per
@@ -220,9 +221,7 @@ def master_layout(model, fleet: Fleet, grid, matrix) -> tuple[Layout, list]:
     lease_col = np.array([col(model.lease_mw[key]) for key in lease_keys], dtype=np.int64)
     shed_keys = tuple(model.SHED)
     shed_col = np.array([col(model.shed_kw[key]) for key in shed_keys], dtype=np.int64)
-    dr_col = np.array(
-        [col(model.dr_mw[s.id]) if s.id in model.DR_SITES else -1 for s in fleet.sites], dtype=np.int64
-    )
+    dr_col = np.array([col(model.dr_mw[s.id]) if s.id in model.DR_SITES else -1 for s in fleet.sites], dtype=np.int64)
     for var in model.component_data_objects(pyo.Var, descend_into=True):  # every variable is a column
         if not var.fixed:
             col(var)
@@ -672,8 +671,10 @@ def solve_decomposition(
         highs.addVar(-inf if lb is None else lb, inf if ub is None else ub)
         if var.is_integer():
             highs.changeColIntegrality(highs.getNumCol() - 1, highspy.HighsVarType.kInteger)
-    weight_expected = 1.0 if risk.objective is Objective.EXPECTED else (
-        1.0 - risk.weight if risk.objective is Objective.CVAR else 0.0
+    weight_expected = (
+        1.0
+        if risk.objective is Objective.EXPECTED
+        else (1.0 - risk.weight if risk.objective is Objective.CVAR else 0.0)
     )
     weight_risk = 1.0 - weight_expected
     highs.changeObjectiveSense(highspy.ObjSense.kMaximize)
@@ -694,42 +695,35 @@ def solve_decomposition(
         _add_risk_cut(highs, eta, n, expected_coef, expected_const, p, theta_of, theta0)
 
     lower, upper = -math.inf, math.inf
-    best_y, best_profit = None, None
+    best_y = None
     history = []
-    cuts_risk = 1 if eta is not None else 0
-    cuts_benders = 0
-    master_s = 0.0
-    status = "optimal"
-    iterations = 0
-    for _ in range(MAX_ITERATIONS):
-        iterations += 1
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0 or (should_stop is not None and should_stop()):
-            status = "time_limit" if remaining <= 0 else "interrupted"
-            break
-        highs.setOptionValue("time_limit", float(remaining))
-        if best_y is not None:
-            _warm_start(highs, best_y, matrix.integer, n)
+    counts = {"risk": 1 if eta is not None else 0, "benders": 0}
+    times = {"master": 0.0, "scenario": scenario_s}
+    debug = bool(os.environ.get("HASHPIVOT_DEBUG_DECOMP"))
+
+    def run_master() -> tuple[np.ndarray, float]:
+        highs.setOptionValue("time_limit", float(max(deadline - time.perf_counter(), 1e-3)))
         t0 = time.perf_counter()
         highs.run()
-        master_s += time.perf_counter() - t0
+        times["master"] += time.perf_counter() - t0
         model_status = highs.getModelStatus()
-        info = highs.getInfo()
         if model_status in (highspy.HighsModelStatus.kInfeasible, highspy.HighsModelStatus.kUnboundedOrInfeasible):
             raise InfeasiblePlanError("the plan is infeasible (decomposition master)")
+        info = highs.getInfo()
         if info.primal_solution_status != 2:
-            if best_y is None:
-                raise NoSolutionInTimeError(f"no plan found within the time limit of {time_limit_s:.3g} s")
-            status = "time_limit"
-            break
+            return None, math.inf
         solution = np.asarray(highs.getSolution().col_value, dtype=float)
-        y = solution[:n]
-        bound = float(info.mip_dual_bound) if info.mip_node_count >= 0 else float(info.objective_function_value)
-        upper = min(upper, bound)
-        theta = solution[theta0 : theta0 + len(coupled_ids)]
-        theta_full = np.zeros(n_scen)
-        theta_full[coupled_ids] = theta
+        mip = info.mip_node_count >= 0
+        bound = float(info.mip_dual_bound) if mip else float(info.objective_function_value)
+        if debug:
+            print(f"master {time.perf_counter() - t0:.2f}s bound {bound:.8g} rows {highs.getNumRow()}")
+        return solution, bound
 
+    def evaluate_and_cut(solution: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """Exact profits at the master's y; add the violated Benders and risk cuts; (profit, value, cuts added)."""
+        y = solution[:n]
+        theta_full = np.zeros(n_scen)
+        theta_full[coupled_ids] = solution[theta0 : theta0 + len(coupled_ids)]
         t0 = time.perf_counter()
         y_ref = pool.put(y)
         evaluations = pool.run(
@@ -739,12 +733,70 @@ def solve_decomposition(
                 for ref, r in zip(batch_refs, parts, strict=True)
             ],
         )
-        scenario_s += time.perf_counter() - t0
+        times["scenario"] += time.perf_counter() - t0
         profit = np.concatenate([e.profit for e in evaluations])
         pool.nodes.update(e.node for e in evaluations)
-        value = risk_value(profit, risk, p)
+        added = 0
+        for e, r in zip(evaluations, parts, strict=True):  # batch order: the same cuts for any workers
+            for c, w_local in enumerate(e.cut_scen.tolist()):
+                w = r.start + int(w_local)
+                _add_benders_cut(highs, theta0 + theta_of[w], n, e.cut_coef[c], float(e.cut_const[c]))
+                added += 1
+        counts["benders"] += added
+        if eta is not None:
+            pi = _risk_weights(profit, risk, p)
+            master_cut = float(pi @ (profit - np.concatenate([e.coupled_value for e in evaluations]) + theta_full))
+            if solution[eta] > master_cut + VIOLATION_TOL * max(abs(master_cut), 1.0):
+                t0 = time.perf_counter()
+                sums = pool.run(
+                    _aggregate_task, [(ref, pi[r.start : r.stop]) for ref, r in zip(batch_refs, parts, strict=True)]
+                )
+                times["scenario"] += time.perf_counter() - t0
+                coef = np.sum([s[0] for s in sums], axis=0)
+                const = float(sum(s[1] for s in sums))
+                _add_risk_cut(highs, eta, n, coef, const, pi, theta_of, theta0)
+                counts["risk"] += 1
+                added += 1
+        return profit, risk_value(profit, risk, p), added
+
+    # Phase 1: cuts on the LP relaxation (cheap solves; the cuts stay valid for the MIP).
+    integer_cols = np.nonzero(matrix.integer)[0].astype(np.int32)
+    if len(integer_cols) and (len(coupled_ids) or eta is not None):
+        highs.changeColsIntegrality(len(integer_cols), integer_cols, np.zeros(len(integer_cols), dtype=np.int32))
+        for _ in range(LP_ITERATIONS):
+            if deadline - time.perf_counter() <= 0:
+                break
+            solution, bound = run_master()
+            if solution is None:
+                break
+            _, value, added = evaluate_and_cut(solution)
+            if added == 0 or relative_gap(value, bound) <= tol:
+                break
+        highs.changeColsIntegrality(
+            len(integer_cols),
+            integer_cols,
+            np.full(len(integer_cols), int(highspy.HighsVarType.kInteger), dtype=np.int32),
+        )
+
+    # Phase 2: the master MIP; every solution evaluated exactly (lower bound), its bound the upper.
+    status = "optimal"
+    iterations = 0
+    for _ in range(MAX_ITERATIONS):
+        iterations += 1
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0 or (should_stop is not None and should_stop()):
+            status = "time_limit" if remaining <= 0 else "interrupted"
+            break
+        if best_y is not None:
+            _warm_start(highs, best_y, matrix.integer, n)
+        solution, bound = run_master()
+        if solution is None:
+            status = "time_limit"
+            break
+        upper = min(upper, bound)
+        profit, value, added = evaluate_and_cut(solution)
         if value > lower:
-            lower, best_y, best_profit = value, y, profit
+            lower, best_y = value, solution[:n]
         upper = max(upper, lower)
         history.append((lower, upper))
         gap = relative_gap(lower, upper)
@@ -753,34 +805,12 @@ def solve_decomposition(
                 on_progress(MipProgress(lower, upper, gap, time.perf_counter() - start))
             except Exception:  # noqa: BLE001 - a progress sink must never break the solve
                 pass
-        if gap <= tol:
-            break
-        added = 0
-        for e, r in zip(evaluations, parts, strict=True):
-            for c, w_local in enumerate(e.cut_scen.tolist()):
-                w = r.start + int(w_local)
-                _add_benders_cut(highs, theta0 + theta_of[w], n, e.cut_coef[c], float(e.cut_const[c]))
-                added += 1
-        cuts_benders += added
-        if eta is not None:
-            pi = _risk_weights(profit, risk, p)
-            master_cut = float(pi @ (profit - np.concatenate([e.coupled_value for e in evaluations]) + theta_full))
-            eta_value = float(solution[eta])
-            if eta_value > master_cut + VIOLATION_TOL * max(abs(master_cut), 1.0):
-                t0 = time.perf_counter()
-                sums = pool.run(
-                    _aggregate_task, [(ref, pi[r.start : r.stop]) for ref, r in zip(batch_refs, parts, strict=True)]
-                )
-                scenario_s += time.perf_counter() - t0
-                coef = np.sum([s[0] for s in sums], axis=0)
-                const = float(sum(s[1] for s in sums))
-                _add_risk_cut(highs, eta, n, coef, const, pi, theta_of, theta0)
-                cuts_risk += 1
-                added += 1
-        if added == 0:  # the master's value is exact at its solution: only the master's own gap remains
+        if gap <= tol or added == 0:  # no cut: the master is exact at its solution, only its own gap remains
             break
     else:
         status = "iteration_limit"
+    master_s, scenario_s = times["master"], times["scenario"]
+    cuts_risk, cuts_benders = counts["risk"], counts["benders"]
 
     if best_y is None:
         raise NoSolutionInTimeError(f"no plan found within the time limit of {time_limit_s:.3g} s")
@@ -790,7 +820,6 @@ def solve_decomposition(
     y_all = np.zeros(len(columns))
     y_all[:n] = best_y
     load_values(model, _Columns(columns), y_all)
-    del best_profit
     wall_s = time.perf_counter() - start
     report = DecompositionReport(
         iterations=iterations,
