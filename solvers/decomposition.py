@@ -663,7 +663,7 @@ def solve_decomposition(
     theta_of = {int(w): i for i, w in enumerate(np.nonzero(coupled)[0])}
 
     # master: y, then eta (risk), then theta per coupled scenario
-    highs = _load(matrix, max(deadline - time.perf_counter(), 1e-3), tol / 4, solver.threads, None)
+    highs = _load(matrix, max(deadline - time.perf_counter(), 1e-3), tol, solver.threads, None)
     highs.setOptionValue("output_flag", False)
     inf = highspy.kHighsInf
     for var in columns[matrix.n_cols :]:  # columns the compiler dropped (in no row)
