@@ -538,10 +538,23 @@ class _Pool:
         return ray.put(value)
 
     def submit(self, task, arg_lists: list[tuple]) -> list:
-        """Refs (Ray) or values (in-process), in order; bounded in-flight only when collecting."""
+        """Refs (Ray) or values (in-process), in order, results left in the object store; at most
+        `workers` tasks in flight; returns when all have finished."""
         if self.local:
             return [task.fn(*args) for args in arg_lists]
-        return [task.remote(*args) for args in arg_lists]
+        import ray
+
+        refs, pending = [], []
+        for args in arg_lists:
+            if self.workers and len(pending) >= self.workers:
+                _, pending = ray.wait(pending, num_returns=len(pending) - self.workers + 1)
+            # SPREAD: the batches' data lands across the nodes; later tasks follow it (locality-aware)
+            ref = task.options(scheduling_strategy="SPREAD").remote(*args)
+            refs.append(ref)
+            pending.append(ref)
+        if pending:
+            ray.wait(pending, num_returns=len(pending), fetch_local=False)
+        return refs
 
     def run(self, task, arg_lists: list[tuple]) -> list:
         if self.local:
@@ -549,15 +562,6 @@ class _Pool:
         from solvers.ray_pool import fan_out
 
         return fan_out(task, arg_lists, self.workers)
-
-    def wait_all(self, refs: list) -> None:
-        if self.local or not refs:
-            return
-        import ray
-
-        limit = self.workers
-        del limit
-        ray.wait(refs, num_returns=len(refs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,10 +652,10 @@ def solve_decomposition(
     pool = _Pool(workers)
     parts = batches(n_scen, batch_size or fleet.scenarios.batch_size)
     econ_ref, layout_ref, fleet_ref = pool.put(economics), pool.put(layout), pool.put(fleet)
+    scen_start = time.perf_counter()
     batch_refs = pool.submit(
         _prepare_task, [(fleet_ref, econ_ref, np.arange(r.start, r.stop), layout_ref) for r in parts]
     )
-    scen_start = time.perf_counter()
     mean = pool.run(_aggregate_task, [(ref, p[r.start : r.stop]) for ref, r in zip(batch_refs, parts, strict=True)])
     expected_coef = np.sum([m[0] for m in mean], axis=0)
     expected_const = float(sum(m[1] for m in mean))
