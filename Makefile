@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 FLEET ?= examples/fleet.yaml
 OUT ?= out
+# The five-year example's robustness pass, sized to a few minutes on two cores: fewer SAA replications and
+# foresight solves than the defaults, no sensitivity re-solves. `make plan PLAN_FLAGS=` runs the full pass.
+PLAN_FLAGS ?= --oos-scenarios 200 --replications 2 --wait-and-see 20 --no-sensitivity
 
 .PHONY: venv plan test lint bench clean schema protos browser
 
@@ -16,7 +19,7 @@ $(BIN)/hashpivot: pyproject.toml
 venv: $(BIN)/hashpivot
 
 plan: venv
-	$(BIN)/hashpivot plan $(FLEET) --out $(OUT)
+	$(BIN)/hashpivot plan $(FLEET) --out $(OUT) $(PLAN_FLAGS)
 
 # Headless Chromium for the report screenshot test (tests/services/test_report_browser.py): installed only when
 # absent, with apt as root; otherwise that one test skips and says why.

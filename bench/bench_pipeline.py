@@ -168,8 +168,9 @@ def tree_rss(root: psutil.Process) -> tuple[int, int]:
     return total, count
 
 
-def peak_tree(cmd: list[str], env: dict) -> tuple[float, float, int]:
-    """Run `cmd`; sample the RSS summed over it and all its descendants every 50 ms; (wall s, peak GiB, max procs)."""
+def peak_tree(cmd: list[str], env: dict, capture: bool = False):
+    """Run `cmd`; sample the RSS summed over it and all its descendants every 50 ms; (wall s, peak GiB, max procs),
+    and its standard output when `capture`."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = psutil.Process(proc.pid)
@@ -190,7 +191,8 @@ def peak_tree(cmd: list[str], env: dict) -> tuple[float, float, int]:
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err[-2000:]}")
-    return time.perf_counter() - start, peak / 2**30, most
+    elapsed = time.perf_counter() - start
+    return (elapsed, peak / 2**30, most, out) if capture else (elapsed, peak / 2**30, most)
 
 
 def memory(count: int) -> None:

@@ -90,7 +90,7 @@ def _by_period(amounts: np.ndarray, first_month: float, timeline: Timeline) -> n
     months = len(amounts)
     starts_hours = (first_month + np.arange(months)) * HOURS_PER_MONTH
     inside = starts_hours < timeline.horizon_hours - 1e-6
-    steps = np.ceil(starts_hours[inside] / timeline.step_hours - 1e-9).astype(np.int64)
+    steps = np.floor(starts_hours[inside] / timeline.step_hours + 1e-9).astype(np.int64)  # the step it falls in
     out = np.zeros(timeline.n_periods)
     values = amounts * timeline.monthly_discount(first_month, months)
     np.add.at(out, timeline.period_of_step(steps), values[inside])

@@ -196,6 +196,11 @@ class RackGroup(StrictModel):
     opex_usd_per_rack_day: float = Field(0.0, ge=0, description="Mining-mode opex: maintenance, staff, pool.")
     idle_cost_usd_per_rack_day: float = Field(0.0, ge=0)
     convertible: bool = Field(True, description="Whether the rack slot can host AI/HPC load after conversion.")
+    committed_ai: bool = Field(
+        False,
+        description="The racks are slots already converted in a committed hall (quarterly re-planning): their "
+        "machines are gone, so they can only be AI capacity of the site's conversion starting now.",
+    )
 
 
 class LeaseOffer(StrictModel):
@@ -212,6 +217,7 @@ class LeaseOffer(StrictModel):
     tenant_capex_share: float = Field(
         0.0, ge=0, le=1, description="Share of the per-MW conversion capex the tenant funds for the MW it leases."
     )
+    committed: bool = Field(False, description="Already signed (quarterly re-planning): the plan must take it.")
     sla_penalty_usd_per_mwh: float = Field(
         DEFAULT_SLA_PENALTY_USD_PER_MWH,
         ge=0,
@@ -236,7 +242,14 @@ class PurchaseOption(StrictModel):
     delivery_days: int = Field(0, ge=0, le=3_650)
     machines_per_rack: int = Field(ge=1, le=1_000)
     max_racks: int = Field(ge=0, le=1_000_000)
+    min_racks: int = Field(0, ge=0, le=1_000_000, description="Racks already ordered (a committed purchase).")
     opex_usd_per_rack_day: float = Field(0.0, ge=0, le=1e6)
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> PurchaseOption:
+        if self.min_racks > self.max_racks:
+            raise ValueError(f"min_racks ({self.min_racks}) exceeds max_racks ({self.max_racks})")
+        return self
 
 
 class FleetMoves(StrictModel):
@@ -351,7 +364,7 @@ class Fleet(StrictModel):
         return group.machines_per_rack * self.machine(group.machine).hashrate_ths
 
     def can_convert(self, group: RackGroup) -> bool:
-        return group.convertible and self.site(group.site).ai is not None
+        return (group.convertible or group.committed_ai) and self.site(group.site).ai is not None
 
     @property
     def total_racks(self) -> int:

@@ -81,10 +81,17 @@ def _add_sets(model, fleet: Fleet, grid: PlanGrid) -> None:
 def _add_variables(model, fleet: Fleet, grid: PlanGrid) -> None:
     groups = fleet.rack_groups
     model.x = pyo.Var(model.GL, domain=pyo.NonNegativeIntegers, bounds=lambda m, g, ell: (0, groups[g].racks))
-    model.buy = pyo.Var(model.B, domain=pyo.NonNegativeIntegers, bounds=lambda m, b: (0, fleet.purchases[b].max_racks))
+    model.buy = pyo.Var(
+        model.B,
+        domain=pyo.NonNegativeIntegers,
+        bounds=lambda m, b: (fleet.purchases[b].min_racks, fleet.purchases[b].max_racks),
+    )
     model.convert = pyo.Var(model.AI_SITES, domain=pyo.Binary)
     model.convert_at = pyo.Var(model.STARTS, domain=pyo.Binary)
-    model.accept = pyo.Var(model.OFFERS, domain=pyo.Binary)
+    # a signed lease (quarterly re-planning) is taken: its acceptance is fixed, not chosen
+    model.accept = pyo.Var(
+        model.OFFERS, domain=pyo.Binary, bounds=lambda m, o: (int(fleet.lease_offer(o).committed), 1)
+    )
     model.lease_mw = pyo.Var(model.LEASES, domain=pyo.NonNegativeReals)
     # committed curtailable MW at the meter: continuous (programmes take MW in small increments)
     model.dr_mw = pyo.Var(

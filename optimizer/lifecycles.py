@@ -12,6 +12,8 @@ binary per rack. The options:
 - `idle`: stays in place switched off (idle cost per rack-day); kept at the end.
 - `sell`: sold at the plan's start at the machine's resale price.
 - `move:SITE`: moved at the start (cost per rack), mines at SITE once the downtime is over.
+- a group of `committed_ai` slots (a hall already converted, quarterly re-planning) has one option,
+  `ai@0:store`, with no machines left to keep or sell.
 - `ai@K:FATE`: the rack's slot becomes AI/HPC capacity in the site's conversion starting at its K-th
   start option: the rack mines until then, and its machines are then `sell` (sold at that date's
   resale price), `store` (kept idle; idle cost) or `move:SITE` (as above, from that date).
@@ -83,8 +85,9 @@ class PlanGrid:
 def plan_grid(fleet: Fleet, n_steps: int | None = None) -> PlanGrid:
     """The fleet's grid over its horizon, or over the first `n_steps` steps (a shorter evaluation window)."""
     hours, n_steps = fleet.horizon.step_hours, n_steps or fleet.horizon.n_steps
-    probe = build_timeline(hours, n_steps, fleet.finance.discount_rate_per_year, [])
-    timeline = build_timeline(hours, n_steps, fleet.finance.discount_rate_per_year, _decision_days(fleet, probe))
+    rate, start = fleet.finance.discount_rate_per_year, fleet.horizon.start
+    probe = build_timeline(hours, n_steps, rate, [], start)
+    timeline = build_timeline(hours, n_steps, rate, _decision_days(fleet, probe), start)
     profiles, group_profile, purchase_profile = _profiles(fleet)
     starts, ready = {}, {}
     for site in fleet.sites:
@@ -159,6 +162,8 @@ def _profiles(fleet: Fleet) -> tuple[tuple[Profile, ...], tuple[int, ...], tuple
 def _group_lifecycles(fleet: Fleet, grid: PlanGrid, g: int) -> tuple[Lifecycle, ...]:
     group = fleet.rack_groups[g]
     own, end = grid.group_profile[g], grid.n_periods
+    if group.committed_ai:  # slots of a hall already built or under way: AI from the first start, nothing else
+        return (Lifecycle("ai@0:store", Mode.AI, idle=(0, end), conversion=0, kept=False),)
     sellable = fleet.machine(group.machine).resale_usd_per_th is not None
     options = [Lifecycle("mine", Mode.MINE, mining=((own, 0, end),)), Lifecycle("idle", Mode.IDLE, idle=(0, end))]
     if sellable:

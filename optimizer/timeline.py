@@ -13,9 +13,10 @@ cash of a step counts at the step's start; rent and capex at the start of their 
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +29,7 @@ class Timeline:
     n_steps: int
     discount_rate_per_year: float
     bounds: np.ndarray  # [P + 1] step indices: 0 = b_0 < b_1 < ... < b_P = n_steps
+    year_starts: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int64))  # step of each anniversary
 
     @property
     def n_periods(self) -> int:
@@ -75,8 +77,7 @@ class Timeline:
 
     def period_year(self) -> np.ndarray:
         """[P] plan year (0 = the first twelve months) each period lies in; anniversaries are boundaries."""
-        start_hours = self.bounds[:-1] * self.step_hours
-        return np.floor(start_hours / (HOURS_PER_DAY * DAYS_PER_MONTH * MONTHS_PER_YEAR) + 1e-9).astype(int)
+        return np.searchsorted(self.year_starts, self.bounds[:-1], side="right") - 1
 
     def monthly_discount(self, first_month: float, months: int) -> np.ndarray:
         """[months] discount factors at the start of `months` consecutive months from `first_month`."""
@@ -84,12 +85,22 @@ class Timeline:
         return self.discount_at_hours(starts)
 
 
-def build_timeline(step_hours: int, n_steps: int, discount_rate: float, dates_days: Iterable[float]) -> Timeline:
-    """A timeline whose periods break at every anniversary and at each of `dates_days` inside the horizon."""
+def build_timeline(
+    step_hours: int, n_steps: int, discount_rate: float, dates_days: Iterable[float], start: dt.date | None = None
+) -> Timeline:
+    """A timeline whose periods break at every anniversary of `start` (calendar years; Julian years without a
+    start) and at each of `dates_days` inside the horizon."""
     grid = Timeline(step_hours, n_steps, discount_rate, np.array([0, n_steps]))
-    year_days = DAYS_PER_MONTH * MONTHS_PER_YEAR
     horizon_days = n_steps * step_hours / HOURS_PER_DAY
-    anniversaries = [year * year_days for year in range(1, int(horizon_days // year_days) + 1)]
+    anniversaries = [d for d in _anniversary_days(start, horizon_days) if d < horizon_days]
+    year_starts = np.array([0, *(grid.step_at_days(d) for d in anniversaries)], dtype=np.int64)
     steps = {grid.step_at_days(d) for d in [*anniversaries, *dates_days]}
     bounds = np.array(sorted(steps | {0, n_steps}), dtype=np.int64)
-    return Timeline(step_hours, n_steps, discount_rate, bounds)
+    return Timeline(step_hours, n_steps, discount_rate, bounds, year_starts)
+
+
+def _anniversary_days(start: dt.date | None, horizon_days: float) -> list[float]:
+    years = range(1, int(horizon_days // 365) + 2)
+    if start is None:
+        return [year * DAYS_PER_MONTH * MONTHS_PER_YEAR for year in years]
+    return [(dt.date(start.year + year, start.month, min(start.day, 28)) - start).days for year in years]

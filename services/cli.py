@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from optimizer.fleet import Objective, fleet_json_schema, load_fleet, with_overrides
+from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
 from services.messages import check_input_file, check_output_dir, check_output_file, one_line
 from services.service_cli import add_client_parser, add_robustness_arguments, add_serve_parser, robustness_overrides
 from services.tables import output_console, print_plan, write_plan_outputs
@@ -43,7 +43,23 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
     add_robustness_arguments(p, opt_in=False)
     p.add_argument("--no-robustness", action="store_true", help="skip baselines, out-of-sample scoring and report.html")
     p.add_argument("--compare", type=Path, metavar="PREV.json", help="a previous plan.json: report.html shows the diff")
+    p.add_argument(
+        "--state",
+        type=Path,
+        metavar="STATE.json",
+        help="a previous run's state.json: decisions dated by --as-of are done, the plan continues from them",
+    )
+    p.add_argument("--as-of", type=_date, metavar="YYYY-MM-DD", help="the date this plan starts from (with --state)")
     p.set_defaults(func=cmd_plan)
+
+
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -75,12 +91,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.export_scenarios:
         check_output_file(args.export_scenarios, "--export-scenarios")
     fleet = with_overrides(load_fleet(args.fleet), _overrides(args))
+    state = _carried_state(args, fleet)
+    if state is not None:
+        from optimizer.replan import apply_state
+
+        fleet = apply_state(fleet, state, args.as_of)
     provided = None
     if args.scenario_file:
         provided = load_scenarios(args.scenario_file, [m.id for m in fleet.markets], fleet.horizon.n_steps)
     local = _start_ray_if_needed(args, fleet, provided)
     try:
-        return _plan(args, fleet, provided, local, previous)
+        return _plan(args, fleet, provided, local, previous, state)
     finally:
         settle_ray_start()  # a Ray still starting (the run failed early) finishes, so it shuts down cleanly
 
@@ -98,7 +119,30 @@ def _start_ray_if_needed(args: argparse.Namespace, fleet, provided) -> bool:
     return local
 
 
-def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict | None) -> int:
+def _write_state(path: Path, fleet, plan, carried) -> Path:
+    """state.json for the next quarter: the decisions carried in plus this plan's own."""
+    from optimizer.replan import state_from_plan
+
+    state = state_from_plan(fleet, plan)
+    if carried is not None:
+        state = carried.merged(state)
+    path.write_text(state.model_dump_json(indent=2))
+    return path
+
+
+def _carried_state(args: argparse.Namespace, fleet):
+    """The decisions done by --as-of of the --state file (both or neither), checked before any work."""
+    if (args.state is None) != (args.as_of is None):
+        raise FleetError([("--state/--as-of", "give both: the previous run's state.json and the date to plan from")])
+    if args.state is None:
+        return None
+    from optimizer.replan import load_state
+
+    check_input_file(args.state, "state file")
+    return load_state(args.state).committed(args.as_of)
+
+
+def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict | None, carried) -> int:
     from optimizer.scenario_io import save_scenarios
     from solvers.planner import plan_fleet
 
@@ -130,6 +174,7 @@ def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict
         plan = plan.model_copy(update={"robustness": run.report})
         print_robustness(run.report, out_console)
     paths = write_plan_outputs(plan, args.out, fleet)
+    paths.append(_write_state(args.out / "state.json", fleet, plan, carried))
     if previous is not None:
         from services.plan_diff import diff_plans, print_diff
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from optimizer.modes import MODES
 from optimizer.plan_result import PlanResult
 
 FORMATS = ("table", "json", "csv")
@@ -75,7 +76,7 @@ def _cell(value) -> str:
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.0f}"
+    return f"-${-value:,.0f}" if round(value) < 0 else f"${value:,.0f}"
 
 
 def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
@@ -85,7 +86,7 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
         from optimizer.rack_values import rack_values
 
         values = {v.group: v for v in rack_values(fleet, plan)}
-    columns = ("group", "site", "machine", "mine", "AI", "idle", "run %", "breakeven $/MWh")
+    columns = ("group", "site", "machine", "mine", "AI", "idle", "sell", "move", "run %", "breakeven $/MWh")
     columns += ("mining $/rack", "AI $/rack", "idle $/rack") if values else ("value $/rack",)
     unproven = " - UNPROVEN, see the solver line" if plan.solver.gap_exceeded else ""
     title = f"Allocation: {plan.fleet} ({plan.horizon_days} days){unproven}"
@@ -98,6 +99,8 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
             str(g.racks_mine),
             str(g.racks_ai),
             str(g.racks_idle),
+            str(g.racks_sell),
+            str(g.racks_move),
             f"{100 * g.run_fraction:.0f}",
             f"{g.breakeven_power_price_usd_per_mwh:.1f}",
             f"{g.expected_mine_value_usd_per_rack:,.0f}",
@@ -109,14 +112,16 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
     console.print(table)
     if values:
         console.print(
-            "value of one rack over the horizon in each mode; AI: rent at the best offer for the site minus the "
-            "per-MW conversion capex share, before the site's fixed capex (docs/sweeps.md)",
+            "present value of one rack in each mode; AI: rent over the lease at the best offer and start for the site "
+            "minus the per-MW capex the site funds, plus the machines' best fate, before the site's fixed capex "
+            "(docs/sweeps.md)",
             style="dim",
         )
 
     site_columns = ("site", "mining MW", "AI MW", "hash revenue", "power", "resale", "DR credit")
-    site_columns += ("opex", "lease", "capex", "SLA", "profit")
-    sites = new_table("Per site (expected over the horizon)", site_columns, ("site",))
+    site_columns += ("opex", "lease", "terminal", "capex", "machines", "SLA", "NPV")
+    basis = plan.money_basis or "nominal"
+    sites = new_table(f"Per site (expected; {basis})", site_columns, ("site",))
     for s in plan.sites:
         sites.add_row(
             s.site,
@@ -128,12 +133,15 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
             _usd(s.demand_response_credit_usd),
             _usd(s.mining_opex_usd + s.idle_cost_usd),
             _usd(s.lease_revenue_usd),
+            _usd(s.terminal_value_usd),
             _usd(s.capex_usd),
+            _usd(s.machine_sales_usd - s.move_cost_usd - s.machines_bought_usd),
             _usd(s.expected_sla_penalty_usd),
             _usd(s.expected_profit_usd),
         )
     console.print(sites)
     _print_power(plan, console)
+    _print_deals(plan, console)
 
     for offer in plan.offers:
         where = ", ".join(f"{site} {mw:.1f} MW" for site, mw in offer.mw_by_site.items()) or "declined"
@@ -141,11 +149,12 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
     p = plan.profit
     totals = plan.totals()
     console.print(
-        f"racks: mine {totals['mine']}, AI {totals['ai']}, idle {totals['idle']} | "
+        f"racks: mine {totals['mine']}, AI {totals['ai']}, idle {totals['idle']}, sell {totals['sell']}, "
+        f"move {totals['move']} | "
         f"hashprice {plan.expected_hashprice_usd_per_ph_day:.2f} $/PH/day"
     )
     console.print(
-        f"profit: mean {_usd(p['mean_usd'])}, std {_usd(p['std_usd'])}, P5 {_usd(p['p5_usd'])}, "
+        f"NPV: mean {_usd(p['mean_usd'])}, std {_usd(p['std_usd'])}, P5 {_usd(p['p5_usd'])}, "
         f"P50 {_usd(p['p50_usd'])}, P95 {_usd(p['p95_usd'])}, VaR{p['alpha']:.0%} {_usd(p['var_usd'])}, "
         f"CVaR{p['alpha']:.0%} {_usd(p['cvar_usd'])}"
     )
@@ -156,6 +165,48 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
     )
     if s.gap_exceeded:
         console.print(gap_warning(plan), style="bold red")
+
+
+def _print_deals(plan: PlanResult, console: Console) -> None:
+    """Conversions (NPV, IRR, payback) and the years (nominal cash, BTC, cost per BTC), when there are any."""
+    if plan.conversions:
+        columns = ("site", "start", "first rent", "IT MW", "leased MW", "capex", "rent PV", "terminal", "NPV")
+        table = new_table("Conversions (present values)", (*columns, "IRR", "payback"), ("site", "start", "first rent"))
+        for c in plan.conversions:
+            table.add_row(
+                c.site,
+                c.start_date,
+                c.ready_date,
+                f"{c.it_mw:.1f}",
+                f"{c.leased_mw:.1f}",
+                _usd(c.capex_pv_usd),
+                _usd(c.rent_pv_usd),
+                _usd(c.terminal_value_usd),
+                _usd(c.project_npv_usd),
+                "-" if c.irr is None else f"{c.irr:.1%}",
+                "never" if c.payback_months is None else f"{c.payback_months:.0f} mo",
+            )
+        console.print(table)
+    if len(plan.years) > 1:
+        columns = ("year", "from", "BTC mined", "hash revenue", "power", "opex", "rent", "capex", "EBITDA")
+        table = new_table("Per year (expected, nominal)", (*columns, "cash $/BTC", "all-in $/BTC"), ("from",))
+        for y in plan.years:
+            table.add_row(
+                str(y.year),
+                y.start_date,
+                f"{y.btc_mined:,.1f}",
+                _usd(y.hash_revenue_usd),
+                _usd(y.mining_power_cost_usd),
+                _usd(y.mining_opex_usd),
+                _usd(y.rent_usd),
+                _usd(y.capex_usd),
+                _usd(y.ebitda_usd),
+                "-" if y.cash_cost_usd_per_btc is None else _usd(y.cash_cost_usd_per_btc),
+                "-" if y.all_in_cost_usd_per_btc is None else _usd(y.all_in_cost_usd_per_btc),
+            )
+        console.print(table)
+    for event in plan.timeline:
+        console.print(f"{event.date}  {event.event.replace('_', ' ')}: {event.detail}", style="dim")
 
 
 def gap_warning(plan: PlanResult) -> str:
@@ -207,7 +258,12 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
         values = {v.group: v for v in rack_values(fleet, plan)}
     allocation = []
     for g in plan.allocation:
-        row = g.model_dump(exclude={"rack_ids_mine", "rack_ids_ai", "rack_ids_idle"})
+        listed = {f"rack_ids_{m.value}" for m in MODES} | {"lifecycles", "option_values_usd_per_rack"}
+        row = g.model_dump(exclude=listed)
+        row["lifecycles"] = "; ".join(f"{key}={n}" for key, n in g.lifecycles.items())
+        row["option_values_usd_per_rack"] = "; ".join(
+            f"{key}={value:.0f}" for key, value in g.option_values_usd_per_rack.items()
+        )
         if g.group in values:
             v = values[g.group]
             row.update(
@@ -224,6 +280,10 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
         "sites": [s.model_dump() for s in plan.sites],
         "offers": offers,
         "breakeven": [b.model_dump() for b in plan.breakeven],
+        "conversions": [c.model_dump() for c in plan.conversions],
+        "years": [y.model_dump() for y in plan.years],
+        "site_years": [y.model_dump() for y in plan.site_years],
+        "timeline": [e.model_dump() for e in plan.timeline],
     }
 
 

@@ -7,10 +7,25 @@ from pathlib import Path
 
 import numpy as np
 
-from optimizer.scenarios import ScenarioSet
+from optimizer.fleet import Fleet, RiskSettings
+from optimizer.scenarios import ScenarioSet, generate_scenarios
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
+
+# The three objectives every exactness test runs (CVaR at a level a handful of scenarios can resolve).
+RISKS = [
+    RiskSettings(objective="expected"),
+    RiskSettings(objective="cvar", alpha=0.8, weight=0.6),
+    RiskSettings(objective="worst"),
+]
+
+
+def scenarios_for(fleet: Fleet) -> ScenarioSet:
+    """The fleet's own optimisation scenarios, drawn in one process."""
+    return generate_scenarios(
+        fleet.bitcoin, fleet.markets, fleet.horizon, range(fleet.scenarios.count), fleet.scenarios.seed
+    )
 
 
 def small_fleet_data(days: int = 3, scenarios: int = 6) -> dict:

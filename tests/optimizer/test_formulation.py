@@ -12,21 +12,8 @@ from optimizer.extensive import build_extensive_model
 from optimizer.fleet import Fleet, RiskSettings, parse_fleet
 from optimizer.formulation import build_compact_model, extract_allocation
 from optimizer.risk import risk_objective_value
-from optimizer.scenarios import generate_scenarios
 from solvers.highs import solve
-from tests.fleets import medium_fleet_data, small_fleet_data
-
-RISKS = [
-    RiskSettings(objective="expected"),
-    RiskSettings(objective="cvar", alpha=0.8, weight=0.6),
-    RiskSettings(objective="worst"),
-]
-
-
-def scenarios_for(fleet: Fleet):
-    return generate_scenarios(
-        fleet.bitcoin, fleet.markets, fleet.horizon, range(fleet.scenarios.count), fleet.scenarios.seed
-    )
+from tests.fleets import RISKS, medium_fleet_data, scenarios_for, small_fleet_data
 
 
 def best_lease(fleet: Fleet, racks: dict, converted: bool) -> dict:

@@ -22,21 +22,8 @@ from optimizer.formulation import build_compact_model, extract_allocation
 from optimizer.lifecycles import PlanGrid, plan_grid
 from optimizer.plan_result import group_breakevens
 from optimizer.risk import risk_objective_value
-from optimizer.scenarios import generate_scenarios
 from solvers.highs import solve
-from tests.fleets import long_lease_fleet_data, pivot_fleet_data
-
-RISKS = [
-    RiskSettings(objective="expected"),
-    RiskSettings(objective="cvar", alpha=0.6, weight=0.5),
-    RiskSettings(objective="worst"),
-]
-
-
-def scenarios_for(fleet: Fleet):
-    return generate_scenarios(
-        fleet.bitcoin, fleet.markets, fleet.horizon, range(fleet.scenarios.count), fleet.scenarios.seed
-    )
+from tests.fleets import RISKS, long_lease_fleet_data, pivot_fleet_data, scenarios_for
 
 
 @pytest.fixture(scope="module")

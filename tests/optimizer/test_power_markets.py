@@ -23,7 +23,7 @@ from optimizer.allocation import (
 from optimizer.cashflows import monthly_credit_pv
 from optimizer.economics import concat_economics, group_economics
 from optimizer.extensive import build_extensive_model
-from optimizer.fleet import FleetError, RiskSettings, load_fleet, parse_fleet
+from optimizer.fleet import FleetError, load_fleet, parse_fleet
 from optimizer.formulation import build_compact_model, extract_allocation, fix_allocation
 from optimizer.lifecycles import plan_grid
 from optimizer.market import BitcoinMarket, Horizon, PowerMarket
@@ -32,14 +32,8 @@ from optimizer.risk import risk_objective_value
 from optimizer.scenario_io import ScenarioFileError, load_scenarios, save_scenarios
 from optimizer.scenarios import concat_scenarios, generate_scenarios
 from solvers.highs import solve
-from tests.fleets import EXAMPLES, hand_scenarios, small_fleet_data
+from tests.fleets import EXAMPLES, RISKS, hand_scenarios, small_fleet_data
 from tests.fleets import events_fleet_data as shared_events_fleet_data
-
-RISKS = [
-    RiskSettings(objective="expected"),
-    RiskSettings(objective="cvar", alpha=0.8, weight=0.6),
-    RiskSettings(objective="worst"),
-]
 
 # --- hand-made paths --------------------------------------------------------------------------
 
@@ -97,9 +91,7 @@ def test_take_or_pay_runs_against_resale_and_adds_the_block_by_hand():
     assert econ.run_fraction[new, 0] == pytest.approx(21 / 24)
     assert econ.run_fraction[old, 0] == pytest.approx(20 / 24)
     assert econ.power_cost_usd[new, :, 0].sum() == pytest.approx(20 * NEW_KW * 30 / 1000 + NEW_KW * 60 / 1000)
-    assert econ.mine_value_usd[new, :, 0].sum() == pytest.approx(
-        20 * NEW_MARGIN + (NEW_REVENUE - NEW_KW * 0.06) - 4.0
-    )
+    assert econ.mine_value_usd[new, :, 0].sum() == pytest.approx(20 * NEW_MARGIN + (NEW_REVENUE - NEW_KW * 0.06) - 4.0)
     # the whole 0.25 MW block: resold at spot - fee every hour, paid at 33 every hour
     block_resale = 0.25 * (20 * 30 + 3 * 90 + 60)
     assert econ.block_resale_usd[1, :, 0].sum() == pytest.approx(block_resale)

@@ -63,6 +63,9 @@ def test_board_sections_hold_the_plan_numbers(hedge_run, tmp_path):
         assert anchor in html
     for site in plan.sites:
         assert f"${round(site.expected_profit_usd):,}" in html
+    assert plan.conversions and 'id="conversions"' in html and 'id="timeline"' in html
+    for c in plan.conversions:
+        assert f"${round(c.project_npv_usd):,}" in html and c.ready_date in html
     for v in rack_values(fleet, plan):
         assert f"${round(v.mine_usd):,}" in html
         if v.ai_usd is not None:
@@ -84,7 +87,17 @@ def test_xlsx_holds_the_same_numbers_as_the_csvs(hedge_run, tmp_path):
     fleet, plan, _ = hedge_run
     write_plan_outputs(plan, tmp_path, fleet)
     book = load_workbook(tmp_path / "plan.xlsx")
-    assert book.sheetnames == ["summary", "allocation", "sites", "offers", "breakeven"]
+    assert book.sheetnames == [
+        "summary",
+        "allocation",
+        "sites",
+        "offers",
+        "breakeven",
+        "conversions",
+        "years",
+        "site_years",
+        "timeline",
+    ]
     for name in ("allocation", "sites", "offers", "breakeven"):
         with (tmp_path / f"{name}.csv").open() as handle:
             rows = list(csv.reader(handle))

@@ -770,6 +770,7 @@ class RackGroup(_message.Message):
     OPEX_USD_PER_RACK_DAY_FIELD_NUMBER: _builtins.int
     IDLE_COST_USD_PER_RACK_DAY_FIELD_NUMBER: _builtins.int
     CONVERTIBLE_FIELD_NUMBER: _builtins.int
+    COMMITTED_AI_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Rack group id; rack ids are "<group id>-00000", "<group id>-00001", ..."""
     site: _builtins.str
@@ -786,6 +787,10 @@ class RackGroup(_message.Message):
     """Cost of an idle rack per day, USD (default 0)."""
     convertible: _builtins.bool
     """Whether the rack slots can host AI/HPC load after conversion (default true)."""
+    committed_ai: _builtins.bool
+    """The racks are slots already converted in a committed hall (quarterly re-planning): no machines,
+    AI capacity of the site's conversion starting now (default false).
+    """
     def __init__(
         self,
         *,
@@ -797,17 +802,22 @@ class RackGroup(_message.Message):
         opex_usd_per_rack_day: _builtins.float | None = ...,
         idle_cost_usd_per_rack_day: _builtins.float | None = ...,
         convertible: _builtins.bool | None = ...,
+        committed_ai: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_convertible", b"_convertible", "_idle_cost_usd_per_rack_day", b"_idle_cost_usd_per_rack_day", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "convertible", b"convertible", "idle_cost_usd_per_rack_day", b"idle_cost_usd_per_rack_day", "opex_usd_per_rack_day", b"opex_usd_per_rack_day"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_committed_ai", b"_committed_ai", "_convertible", b"_convertible", "_idle_cost_usd_per_rack_day", b"_idle_cost_usd_per_rack_day", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "committed_ai", b"committed_ai", "convertible", b"convertible", "idle_cost_usd_per_rack_day", b"idle_cost_usd_per_rack_day", "opex_usd_per_rack_day", b"opex_usd_per_rack_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_convertible", b"_convertible", "_idle_cost_usd_per_rack_day", b"_idle_cost_usd_per_rack_day", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "convertible", b"convertible", "id", b"id", "idle_cost_usd_per_rack_day", b"idle_cost_usd_per_rack_day", "machine", b"machine", "machines_per_rack", b"machines_per_rack", "opex_usd_per_rack_day", b"opex_usd_per_rack_day", "racks", b"racks", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_committed_ai", b"_committed_ai", "_convertible", b"_convertible", "_idle_cost_usd_per_rack_day", b"_idle_cost_usd_per_rack_day", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "committed_ai", b"committed_ai", "convertible", b"convertible", "id", b"id", "idle_cost_usd_per_rack_day", b"idle_cost_usd_per_rack_day", "machine", b"machine", "machines_per_rack", b"machines_per_rack", "opex_usd_per_rack_day", b"opex_usd_per_rack_day", "racks", b"racks", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__committed_ai: _TypeAlias = _typing.Literal["committed_ai"]  # noqa: Y015
+    _WhichOneofArgType__committed_ai: _TypeAlias = _typing.Literal["_committed_ai", b"_committed_ai"]  # noqa: Y015
     _WhichOneofReturnType__convertible: _TypeAlias = _typing.Literal["convertible"]  # noqa: Y015
     _WhichOneofArgType__convertible: _TypeAlias = _typing.Literal["_convertible", b"_convertible"]  # noqa: Y015
     _WhichOneofReturnType__idle_cost_usd_per_rack_day: _TypeAlias = _typing.Literal["idle_cost_usd_per_rack_day"]  # noqa: Y015
     _WhichOneofArgType__idle_cost_usd_per_rack_day: _TypeAlias = _typing.Literal["_idle_cost_usd_per_rack_day", b"_idle_cost_usd_per_rack_day"]  # noqa: Y015
     _WhichOneofReturnType__opex_usd_per_rack_day: _TypeAlias = _typing.Literal["opex_usd_per_rack_day"]  # noqa: Y015
     _WhichOneofArgType__opex_usd_per_rack_day: _TypeAlias = _typing.Literal["_opex_usd_per_rack_day", b"_opex_usd_per_rack_day"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__committed_ai) -> _WhichOneofReturnType__committed_ai | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__convertible) -> _WhichOneofReturnType__convertible | None: ...
     @_typing.overload
@@ -833,6 +843,7 @@ class LeaseOffer(_message.Message):
     ESCALATOR_PER_YEAR_FIELD_NUMBER: _builtins.int
     START_BY_FIELD_NUMBER: _builtins.int
     TENANT_CAPEX_SHARE_FIELD_NUMBER: _builtins.int
+    COMMITTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Offer id."""
     rate_usd_per_kw_month: _builtins.float
@@ -853,6 +864,8 @@ class LeaseOffer(_message.Message):
     """Rent must start by this ISO date "YYYY-MM-DD", or the offer lapses (default: no limit)."""
     tenant_capex_share: _builtins.float
     """Share of the per-MW conversion capex the tenant funds for the MW it leases, 0 to 1 (default 0)."""
+    committed: _builtins.bool
+    """Already signed (quarterly re-planning): the plan must take it (default false)."""
     @_builtins.property
     def sites(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the AI-ready sites that may host the lease."""
@@ -870,11 +883,14 @@ class LeaseOffer(_message.Message):
         escalator_per_year: _builtins.float | None = ...,
         start_by: _builtins.str | None = ...,
         tenant_capex_share: _builtins.float | None = ...,
+        committed: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_escalator_per_year", b"_escalator_per_year", "_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "_start_by", b"_start_by", "_tenant_capex_share", b"_tenant_capex_share", "escalator_per_year", b"escalator_per_year", "min_mw", b"min_mw", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "start_by", b"start_by", "tenant_capex_share", b"tenant_capex_share"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_committed", b"_committed", "_escalator_per_year", b"_escalator_per_year", "_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "_start_by", b"_start_by", "_tenant_capex_share", b"_tenant_capex_share", "committed", b"committed", "escalator_per_year", b"escalator_per_year", "min_mw", b"min_mw", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "start_by", b"start_by", "tenant_capex_share", b"tenant_capex_share"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_escalator_per_year", b"_escalator_per_year", "_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "_start_by", b"_start_by", "_tenant_capex_share", b"_tenant_capex_share", "escalator_per_year", b"escalator_per_year", "id", b"id", "max_mw", b"max_mw", "min_mw", b"min_mw", "rate_usd_per_kw_month", b"rate_usd_per_kw_month", "sites", b"sites", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "start_by", b"start_by", "tenant_capex_share", b"tenant_capex_share", "term_months", b"term_months"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_committed", b"_committed", "_escalator_per_year", b"_escalator_per_year", "_min_mw", b"_min_mw", "_sla_penalty_usd_per_mwh", b"_sla_penalty_usd_per_mwh", "_start_by", b"_start_by", "_tenant_capex_share", b"_tenant_capex_share", "committed", b"committed", "escalator_per_year", b"escalator_per_year", "id", b"id", "max_mw", b"max_mw", "min_mw", b"min_mw", "rate_usd_per_kw_month", b"rate_usd_per_kw_month", "sites", b"sites", "sla_penalty_usd_per_mwh", b"sla_penalty_usd_per_mwh", "start_by", b"start_by", "tenant_capex_share", b"tenant_capex_share", "term_months", b"term_months"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__committed: _TypeAlias = _typing.Literal["committed"]  # noqa: Y015
+    _WhichOneofArgType__committed: _TypeAlias = _typing.Literal["_committed", b"_committed"]  # noqa: Y015
     _WhichOneofReturnType__escalator_per_year: _TypeAlias = _typing.Literal["escalator_per_year"]  # noqa: Y015
     _WhichOneofArgType__escalator_per_year: _TypeAlias = _typing.Literal["_escalator_per_year", b"_escalator_per_year"]  # noqa: Y015
     _WhichOneofReturnType__min_mw: _TypeAlias = _typing.Literal["min_mw"]  # noqa: Y015
@@ -885,6 +901,8 @@ class LeaseOffer(_message.Message):
     _WhichOneofArgType__start_by: _TypeAlias = _typing.Literal["_start_by", b"_start_by"]  # noqa: Y015
     _WhichOneofReturnType__tenant_capex_share: _TypeAlias = _typing.Literal["tenant_capex_share"]  # noqa: Y015
     _WhichOneofArgType__tenant_capex_share: _TypeAlias = _typing.Literal["_tenant_capex_share", b"_tenant_capex_share"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__committed) -> _WhichOneofReturnType__committed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__escalator_per_year) -> _WhichOneofReturnType__escalator_per_year | None: ...
     @_typing.overload
@@ -911,6 +929,7 @@ class PurchaseOption(_message.Message):
     DELIVERY_DAYS_FIELD_NUMBER: _builtins.int
     MACHINES_PER_RACK_FIELD_NUMBER: _builtins.int
     MAX_RACKS_FIELD_NUMBER: _builtins.int
+    MIN_RACKS_FIELD_NUMBER: _builtins.int
     OPEX_USD_PER_RACK_DAY_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Purchase option id."""
@@ -926,6 +945,8 @@ class PurchaseOption(_message.Message):
     """Machines per rack."""
     max_racks: _builtins.int
     """Most racks that can be bought."""
+    min_racks: _builtins.int
+    """Racks already ordered: a committed purchase (default 0)."""
     opex_usd_per_rack_day: _builtins.float
     """Mining-mode opex per rack and day, USD (default 0)."""
     def __init__(
@@ -938,18 +959,23 @@ class PurchaseOption(_message.Message):
         delivery_days: _builtins.int | None = ...,
         machines_per_rack: _builtins.int = ...,
         max_racks: _builtins.int = ...,
+        min_racks: _builtins.int | None = ...,
         opex_usd_per_rack_day: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "delivery_days", b"delivery_days", "opex_usd_per_rack_day", b"opex_usd_per_rack_day"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days", "_min_racks", b"_min_racks", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "delivery_days", b"delivery_days", "min_racks", b"min_racks", "opex_usd_per_rack_day", b"opex_usd_per_rack_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "delivery_days", b"delivery_days", "id", b"id", "machine", b"machine", "machines_per_rack", b"machines_per_rack", "max_racks", b"max_racks", "opex_usd_per_rack_day", b"opex_usd_per_rack_day", "price_usd_per_th", b"price_usd_per_th", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days", "_min_racks", b"_min_racks", "_opex_usd_per_rack_day", b"_opex_usd_per_rack_day", "delivery_days", b"delivery_days", "id", b"id", "machine", b"machine", "machines_per_rack", b"machines_per_rack", "max_racks", b"max_racks", "min_racks", b"min_racks", "opex_usd_per_rack_day", b"opex_usd_per_rack_day", "price_usd_per_th", b"price_usd_per_th", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__delivery_days: _TypeAlias = _typing.Literal["delivery_days"]  # noqa: Y015
     _WhichOneofArgType__delivery_days: _TypeAlias = _typing.Literal["_delivery_days", b"_delivery_days"]  # noqa: Y015
+    _WhichOneofReturnType__min_racks: _TypeAlias = _typing.Literal["min_racks"]  # noqa: Y015
+    _WhichOneofArgType__min_racks: _TypeAlias = _typing.Literal["_min_racks", b"_min_racks"]  # noqa: Y015
     _WhichOneofReturnType__opex_usd_per_rack_day: _TypeAlias = _typing.Literal["opex_usd_per_rack_day"]  # noqa: Y015
     _WhichOneofArgType__opex_usd_per_rack_day: _TypeAlias = _typing.Literal["_opex_usd_per_rack_day", b"_opex_usd_per_rack_day"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delivery_days) -> _WhichOneofReturnType__delivery_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_racks) -> _WhichOneofReturnType__min_racks | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__opex_usd_per_rack_day) -> _WhichOneofReturnType__opex_usd_per_rack_day | None: ...
 

@@ -1,0 +1,104 @@
+"""Quarterly re-planning: what a plan committed carries into the next run, and nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from optimizer.allocation import lease_terms
+from optimizer.fleet import FleetError, parse_fleet
+from optimizer.lifecycles import plan_grid
+from optimizer.replan import Conversion, Lease, PlanState, Sale, apply_state, state_from_plan
+from solvers.planner import plan_fleet
+from tests.fleets import pivot_fleet_data
+
+START = dt.date(2026, 12, 1)
+
+
+def converted_now(fleet):
+    conversion = Conversion(
+        site="a",
+        date=START,
+        ready_date=START + dt.timedelta(days=90),
+        it_mw=2 * 10 * 104 * 29.5 / 1e6,
+        capex_usd=100_000.0,
+        capex_schedule=[0.5, 0.3, 0.2],
+        racks={"a-old": {"sell": 2}},
+    )
+    lease = Lease(
+        offer="colo",
+        site="a",
+        mw=0.05,
+        date=START,
+        rent_start=START + dt.timedelta(days=90),
+        term_months=24,
+        rate_usd_per_kw_month=150.0,
+        escalator_per_year=0.03,
+        sla_penalty_usd_per_mwh=1_000.0,
+    )
+    return PlanState(fleet=fleet.name, conversions=[conversion], leases=[lease])
+
+
+def test_a_started_conversion_becomes_a_committed_hall_with_its_signed_lease():
+    fleet = parse_fleet(pivot_fleet_data(months=24))
+    as_of = START + dt.timedelta(days=60)  # mid-build: two of three capex months paid
+    after = apply_state(fleet, converted_now(fleet), as_of)
+    groups = {g.id: g for g in after.rack_groups}
+    assert after.horizon.start == as_of and groups["a-old"].racks == 0
+    assert groups["a-old-hall"].committed_ai and groups["a-old-hall"].racks == 2
+    assert after.machine("old-slot").resale_usd_per_th is None  # the machines were sold
+    hall = after.site("a").ai
+    assert hall.fixed_capex_usd == pytest.approx(0.2 * 100_000) and hall.capex_usd_per_mw == 0
+    assert hall.lead_time_days == 30 and hall.start_months == [0.0]
+    signed = after.lease_offer("colo-signed")
+    assert signed.committed and signed.min_mw == pytest.approx(0.05) and signed.term_months == 24
+    assert after.lease_offer("colo").max_mw == pytest.approx(0.1 - 0.05)
+    # the plan from as_of takes the signed lease: its rent PV is the remaining lease, by hand
+    plan, _ = plan_fleet(after, local=True)
+    assert plan.offers[-1].offer == "colo-signed" and plan.offers[-1].mw == pytest.approx(0.05)
+    term = lease_terms(after, plan_grid(after))["colo-signed", "a", 0]
+    months = np.arange(24)
+    ready = 30 / (365.25 / 12)
+    by_hand = (0.05 * 150_000 * 1.03 ** (months // 12) * 1.1 ** (-(ready + months) / 12)).sum()
+    assert term.rent.pv_usd * 0.05 == pytest.approx(by_hand, rel=1e-9)
+    assert sum(g.racks_ai for g in plan.allocation if g.group == "a-old-hall") == 2
+
+
+def test_decisions_after_as_of_are_not_carried():
+    fleet = parse_fleet(pivot_fleet_data(months=24))
+    later = converted_now(fleet)
+    later = PlanState(
+        fleet=fleet.name,
+        conversions=[later.conversions[0].model_copy(update={"date": dt.date(2027, 6, 1)})],
+        sales=[Sale(group="b-new", racks=1, date=START)],
+    )
+    after = apply_state(fleet, later, dt.date(2027, 3, 1))
+    groups = {g.id: g for g in after.rack_groups}
+    assert groups["a-old"].racks == 2 and "a-old-hall" not in groups  # the June conversion is re-decided
+    assert groups["b-new"].racks == 0  # the sale at the start is done
+    assert after.site("a").ai == fleet.site("a").ai
+
+
+def test_a_state_that_sells_racks_the_fleet_lacks_names_the_field():
+    fleet = parse_fleet(pivot_fleet_data(months=24))
+    bad = PlanState(fleet=fleet.name, sales=[Sale(group="b-new", racks=5, date=START)])
+    with pytest.raises(FleetError, match="--state sales.*5 racks of 'b-new' committed, the fleet has 1"):
+        apply_state(fleet, bad, START)
+
+
+def test_a_plan_writes_the_state_the_next_quarter_continues():
+    fleet = parse_fleet(pivot_fleet_data(months=24, scenarios=3))
+    plan, _ = plan_fleet(fleet, local=True)
+    state = state_from_plan(fleet, plan)
+    converted = {c.site for c in plan.conversions}
+    assert {c.site for c in state.conversions} == converted
+    assert sum(s.racks for s in state.sales) == sum(g.lifecycles.get("sell", 0) for g in plan.allocation)
+    after = apply_state(fleet, state, START + dt.timedelta(days=91))
+    again, _ = plan_fleet(after, local=True)
+    # the committed lease is carried exactly, and the next state does not repeat what was carried
+    for lease in state.leases:
+        signed = next(o for o in again.offers if o.offer == f"{lease.offer}-signed")
+        assert signed.mw == pytest.approx(lease.mw)
+    assert state_from_plan(after, again).conversions == []
