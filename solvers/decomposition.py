@@ -37,6 +37,7 @@ the same for any number of workers or nodes.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -49,6 +50,8 @@ from optimizer.economics import NO_SITE, GroupEconomics, economics_grid, max_ai_
 from optimizer.fleet import Fleet, Objective, RiskSettings, SolveMethod, SolverSettings
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, relative_gap
 from solvers.ray_pool import batches, lazy_remote, running_in_process
+
+log = logging.getLogger(__name__)
 
 KW_PER_MW = 1000.0
 VIOLATION_TOL = 1e-7  # relative: a cut is added when the master over-estimates by more than this
@@ -703,7 +706,6 @@ def solve_decomposition(
     history = []
     counts = {"risk": 1 if eta is not None else 0, "benders": 0}
     times = {"master": 0.0, "scenario": scenario_s}
-    debug = bool(os.environ.get("HASHPIVOT_DEBUG_DECOMP"))
 
     def run_master() -> tuple[np.ndarray, float]:
         highs.setOptionValue("time_limit", float(max(deadline - time.perf_counter(), 1e-3)))
@@ -719,8 +721,7 @@ def solve_decomposition(
         solution = np.asarray(highs.getSolution().col_value, dtype=float)
         mip = info.mip_node_count >= 0
         bound = float(info.mip_dual_bound) if mip else float(info.objective_function_value)
-        if debug:
-            print(f"master {time.perf_counter() - t0:.2f}s bound {bound:.8g} rows {highs.getNumRow()}")
+        log.debug("master %.2f s, bound %.8g, %d rows", time.perf_counter() - t0, bound, highs.getNumRow())
         return solution, bound
 
     def evaluate_and_cut(solution: np.ndarray) -> tuple[np.ndarray, float, int]:
@@ -812,7 +813,7 @@ def solve_decomposition(
         if gap <= tol or added == 0:  # no cut: the master is exact at its solution, only its own gap remains
             break
     else:
-        status = "iteration_limit"
+        status = "other"  # iteration limit: the plan carries its certified gap
     master_s, scenario_s = times["master"], times["scenario"]
     cuts_risk, cuts_benders = counts["risk"], counts["benders"]
 
