@@ -58,11 +58,15 @@ VIOLATION_TOL = 1e-7  # relative: a cut is added when the master over-estimates 
 MAX_ITERATIONS = 500
 LP_ITERATIONS = 200  # phase 1: cutting rounds on the master's LP relaxation
 
-# `auto`: decomposition when the compact model's scenario part is large. The compact model has
-# about S x (rack lifecycles + purchases + lease terms) nonzeros in its profit rows, plus 3 per
-# coupled candidate rack; its build and solve grow with that count while the master's do not.
-# On the bench (bench/bench_scale.py) the crossover is near 200,000 of them (the example fleet at
-# ~400 scenarios of one quarter); below, one MIP is faster than the iterations' overhead.
+# `auto`: decomposition when the compact model's scenario part is large: 500 scenarios or more, or
+# more than AUTO_THRESHOLD_NONZEROS nonzeros in its scenario rows (S x (rack lifecycles + purchases +
+# lease terms) in the profit rows, plus 3 per coupled candidate rack). The compact model's build and
+# solve grow with both (its CVaR adds a shortfall row per scenario, its branching works on all of
+# them) while the master's do not. On bench/bench_scale.py (2 shared cores) the example fleet over
+# one quarter solves monolithic in ~90 s at 2,000 scenarios and by decomposition in a few seconds;
+# at 50 scenarios both take about a second or two. Below the rule, one MIP is the well-trodden path
+# and costs no task overhead.
+AUTO_MIN_SCENARIOS = 500
 AUTO_THRESHOLD_NONZEROS = 200_000
 
 
@@ -78,11 +82,12 @@ def scenario_nonzeros(fleet: Fleet, economics: GroupEconomics) -> int:
 
 
 def choose_method(fleet: Fleet, economics: GroupEconomics, method: SolveMethod | None = None) -> SolveMethod:
-    """`monolithic` or `decomposition`; `auto` decides by `scenario_nonzeros` against AUTO_THRESHOLD_NONZEROS."""
+    """`monolithic` or `decomposition`; `auto` decomposes from AUTO_MIN_SCENARIOS scenarios or
+    AUTO_THRESHOLD_NONZEROS scenario-row nonzeros (`scenario_nonzeros`)."""
     method = method or fleet.solver.method
     if method is not SolveMethod.AUTO:
         return method
-    big = scenario_nonzeros(fleet, economics) > AUTO_THRESHOLD_NONZEROS
+    big = economics.n_scenarios >= AUTO_MIN_SCENARIOS or scenario_nonzeros(fleet, economics) > AUTO_THRESHOLD_NONZEROS
     return SolveMethod.DECOMPOSITION if big else SolveMethod.MONOLITHIC
 
 

@@ -13,6 +13,7 @@ from optimizer.economics import economics_grid
 from optimizer.fleet import SolveMethod, load_fleet, parse_fleet, with_overrides
 from optimizer.risk import risk_objective_value
 from solvers.decomposition import (
+    AUTO_MIN_SCENARIOS,
     AUTO_THRESHOLD_NONZEROS,
     build_master_model,
     choose_method,
@@ -192,6 +193,9 @@ def test_auto_picks_by_model_size():
     big = small.columns(np.tile(np.arange(8), int(AUTO_THRESHOLD_NONZEROS / per_scenario / 8) + 2))
     assert choose_method(fleet, big, SolveMethod.AUTO) is SolveMethod.DECOMPOSITION
     assert choose_method(fleet, big, SolveMethod.MONOLITHIC) is SolveMethod.MONOLITHIC
+    many = small.columns(np.tile(np.arange(8), AUTO_MIN_SCENARIOS // 8 + 1))
+    assert choose_method(fleet, many, SolveMethod.AUTO) is SolveMethod.DECOMPOSITION
+    assert choose_method(fleet, small.columns(np.arange(7)), SolveMethod.DECOMPOSITION) is SolveMethod.DECOMPOSITION
 
 
 def test_same_plan_for_one_and_two_workers_and_in_process(ray_session):
