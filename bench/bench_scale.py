@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller scenario counts")
     parser.add_argument("--cases", default="ACBDS")
     parser.add_argument("--time-limit", type=float, default=MONOLITHIC_LIMIT_S, help="solver time limit, s")
+    parser.add_argument("--monolithic", default="ABC", help="cases that also run the monolithic MIP")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "METHOD", "SCENARIOS"), help=argparse.SUPPRESS)
     parser.add_argument("--child-speedup", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -215,7 +216,7 @@ def main() -> None:
             continue
         spec = CASES[case]
         count = QUICK[case] if args.quick else spec["scenarios"]
-        methods = ["decomposition"] if case == "D" else ["monolithic", "decomposition"]
+        methods = ["monolithic", "decomposition"] if case in args.monolithic and case != "D" else ["decomposition"]
         for method in methods:
             row, peak, _ = run_child(["--child", case, method, str(count), "--time-limit", str(args.time_limit)])
             if row is None:
