@@ -825,8 +825,8 @@ def solve_decomposition(
     if best_y is None:
         raise NoSolutionInTimeError(f"no plan found within the time limit of {time_limit_s:.3g} s")
     gap = relative_gap(lower, upper)
-    if status == "optimal" and gap > tol:
-        status = "other"
+    if status == "optimal" and gap > tol:  # the master stopped at the deadline with its own gap
+        status = "time_limit" if time.perf_counter() >= deadline - 1e-3 else "other"
     y_all = np.zeros(len(columns))
     y_all[:n] = best_y
     load_values(model, _Columns(columns), y_all)
