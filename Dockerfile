@@ -1,7 +1,14 @@
 # hashpivot gRPC planning service.
 #
 #   docker build -t hashpivot .
-#   docker run -p 50051:50051 --shm-size=2g -v hashpivot-data:/data hashpivot
+#   hashpivot token --caller alice --role planner >> tokens.txt     # once per caller; keep the printed token
+#   docker run -p 50051:50051 --shm-size=2g -v hashpivot-data:/data \
+#       -v $PWD/tokens.txt:/run/secrets/hashpivot-tokens:ro hashpivot
+#
+# The container binds 0.0.0.0 (the port is published) and requires bearer tokens: it will not start
+# without the tokens file /run/secrets/hashpivot-tokens (a Docker or Kubernetes secret). For TLS,
+# mount a certificate and key and add `--tls-cert /run/secrets/tls.pem --tls-key /run/secrets/tls.key`
+# (and `--client-ca` for mTLS) to the command; otherwise terminate TLS in front of it (docs/operations.md).
 #
 # Ray keeps its object store in /dev/shm: give the container a few GB (--shm-size), or Ray falls
 # back to /tmp and is slower. Set RAY_ADDRESS to join an existing Ray cluster instead of starting an
@@ -45,4 +52,7 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=90s --retries=3 \
 # Serves on $HASHPIVOT_PORT. SIGTERM (docker stop) drains in-flight calls for up to --grace seconds
 # and re-queues running jobs; 8 s fits docker's default 10 s before SIGKILL (raise both together).
 STOPSIGNAL SIGTERM
-CMD ["hashpivot", "serve", "--grace", "8"]
+# 0.0.0.0 explicitly: inside a container, loopback is unreachable from the published port. Tokens are
+# required (a missing file stops the start with one line). The embedded Ray still binds loopback.
+CMD ["hashpivot", "serve", "--host", "0.0.0.0", "--tokens-file", "/run/secrets/hashpivot-tokens", \
+     "--grace", "8", "--log-format", "json"]

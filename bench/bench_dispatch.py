@@ -39,7 +39,7 @@ from services.servicer import SERVER_TIME_METADATA  # noqa: E402
 def start_server(db: Path) -> tuple[subprocess.Popen, str]:
     hashpivot = str(Path(sys.executable).parent / "hashpivot")
     process = subprocess.Popen(
-        [hashpivot, "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(db)],
+        [hashpivot, "serve", "--insecure", "--host", "127.0.0.1", "--port", "0", "--db", str(db)],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -311,6 +311,39 @@ class ScenarioSettings(StrictModel):
     batch_size: int = Field(50, ge=1, le=100_000)
 
 
+class TreeSettings(StrictModel):
+    """Plan on a scenario tree too (optimizer.option_value): decide each date's decisions when it comes."""
+
+    decision_months: list[float] = Field(
+        min_length=1, max_length=12, description="Months after the start decisions are taken at; the first is 0."
+    )
+    branching: list[int] = Field(
+        default_factory=lambda: [3],
+        min_length=1,
+        max_length=12,
+        description="Children per node after each decision date (one value: the same at every date).",
+    )
+    replications: int = Field(5, ge=0, le=1_000, description="Independent trees for the value-of-waiting interval.")
+    out_of_sample: bool = Field(True, description="Score the policy by re-solving at each node of a fresh tree.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TreeSettings:
+        months = self.decision_months
+        if months[0] != 0 or any(b <= a for a, b in zip(months, months[1:], strict=False)):
+            raise ValueError(f"decision_months: increasing, starting at 0, got {months}")
+        if len(self.branching) not in (1, len(months)) or any(k < 1 for k in self.branching):
+            raise ValueError(f"branching: one factor >= 1, or one per decision date, got {self.branching}")
+        leaves = 1
+        for k in self.per_date():
+            leaves *= k
+        if leaves > 100_000:
+            raise ValueError(f"the tree would have {leaves} scenarios; at most 100,000")
+        return self
+
+    def per_date(self) -> list[int]:
+        return self.branching * len(self.decision_months) if len(self.branching) == 1 else list(self.branching)
+
+
 class Fleet(StrictModel):
     name: str = "fleet"
     horizon: Horizon = Horizon()
@@ -328,6 +361,7 @@ class Fleet(StrictModel):
     risk: RiskSettings = RiskSettings()
     solver: SolverSettings = SolverSettings()
     scenarios: ScenarioSettings = ScenarioSettings()
+    tree: TreeSettings | None = Field(None, description="Absent: a two-stage plan only (no scenario tree).")
 
     @field_validator("markets", "machines", "sites", "rack_groups", "lease_offers", "purchases")
     @classmethod
@@ -448,7 +482,7 @@ def with_overrides(fleet: Fleet, patch: dict[str, dict[str, Any]]) -> Fleet:
     """A copy of the fleet with some settings sections patched, validated like the file itself."""
     data = fleet.model_dump(mode="json")
     for section, values in patch.items():
-        data[section] = {**data[section], **values}
+        data[section] = {**(data.get(section) or {}), **values}
     return parse_fleet(data)
 
 

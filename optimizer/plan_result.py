@@ -26,6 +26,7 @@ from optimizer.economics import NO_SITE, GroupEconomics, breakeven_power_price_u
 from optimizer.fleet import Fleet
 from optimizer.lifecycles import PlanGrid, lifecycle_values_usd, plan_grid
 from optimizer.robustness import RobustnessReport
+from optimizer.tree_report import TreeReport
 
 
 class GroupAllocation(BaseModel):
@@ -167,6 +168,7 @@ class PlanResult(BaseModel):
     years: list[YearFigures] = []
     site_years: list[SiteYear] = []
     timeline: list[TimelineEvent] = []
+    tree: TreeReport | None = None  # the multi-stage plan on a scenario tree and the value of waiting (issue 9)
 
     def totals(self) -> dict[Mode, int]:
         return {mode: sum(getattr(g, f"racks_{mode.value}") for g in self.allocation) for mode in MODES}

@@ -32,6 +32,8 @@ HASHPRICE = "hashprice_usd_per_ph_day"
 STEP_HOURS = "step_hours"
 INDICES = "indices"
 PATH_ARRAYS = (HASHPRICE, BTC_PRICE, HASHRATE, FEES, SUBSIDY)
+# optional: the rows are the leaves of a scenario tree (optimizer.tree_io, docs/scenarios.md)
+TREE_ARRAYS = ("tree_decision_steps", "tree_parent", "tree_probability", "tree_leaf_node")
 
 # Defaults for files that leave out fees or subsidy: the calibrated market of early 2026
 # (0.025 BTC fees per block; 3.125 BTC subsidy until block 1,050,000).
@@ -147,7 +149,7 @@ def _read_member(archive: Mapping[str, np.ndarray], name: str) -> np.ndarray:
 
 
 def _reject_unknown_arrays(arrays: Mapping[str, np.ndarray]) -> None:
-    known = {*PATH_ARRAYS, STEP_HOURS, INDICES}
+    known = {*PATH_ARRAYS, STEP_HOURS, INDICES, *TREE_ARRAYS}
     for name in arrays:
         if name in MARKET_PREFIXES:
             raise ScenarioFileError(name, "per-market array without a market id after the '__'")

@@ -424,6 +424,7 @@ class NetworkPath:
     height: np.ndarray  # [T] chain height at the start of each step
     subsidy_btc: np.ndarray  # [T]
     hashprice_usd_per_ph_day: np.ndarray  # [T]
+    end_state: _NetworkState | None = None  # the state after the last step (a scenario tree's children start there)
 
 
 def simulate_network(
@@ -432,16 +433,18 @@ def simulate_network(
     fees_btc_per_block: np.ndarray,
     hashrate_noise: np.ndarray,
     step_hours: int,
+    start: _NetworkState | None = None,
 ) -> NetworkPath:
     """Hashrate, difficulty, height and hashprice along one price path ([T] arrays).
 
     Loops over segments in which the difficulty and the subsidy are constant (between retargets
     and halvings), vectorised over the steps within: within a segment the hashprice, and so the
-    hashrate drift, is known without the hashrate.
+    hashrate drift, is known without the hashrate. `start` continues a path from a given state
+    (optimizer.tree_scenarios); by default the market's state today.
     """
     n_steps = len(btc_price_usd)
     out = {name: np.empty(n_steps) for name in ("hashrate", "difficulty", "height", "subsidy", "hashprice")}
-    state = _NetworkState.start(bitcoin)
+    state = _NetworkState.start(bitcoin) if start is None else start
     dt = step_hours / HOURS_PER_DAY / DAYS_PER_YEAR
     drift_per_step = (bitcoin.hashrate_growth_per_year - bitcoin.hashrate_vol_per_year**2 / 2) * dt
     shocks = bitcoin.hashrate_vol_per_year * np.sqrt(dt) * hashrate_noise
@@ -483,6 +486,7 @@ def simulate_network(
         height=out["height"],
         subsidy_btc=out["subsidy"],
         hashprice_usd_per_ph_day=out["hashprice"],
+        end_state=state,
     )
 
 

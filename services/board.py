@@ -170,9 +170,7 @@ def allocation_by_site(fleet: Fleet, plan: PlanResult, values: dict[str, RackVal
             if g.site != site.id:
                 continue
             v = values[g.group]
-            chosen = max(
-                (("mine", g.racks_mine), ("ai", g.racks_ai), ("idle", g.racks_idle)), key=lambda kv: kv[1]
-            )[0]
+            chosen = max(((m.value, getattr(g, f"racks_{m.value}")) for m in Mode), key=lambda kv: kv[1])[0]
             rows.append({"g": g, "v": v, "best": v.best_mode(), "chosen": chosen})
         out.append({"site": site, "rows": rows, "breakdown": next((s for s in plan.sites if s.site == site.id), None)})
     return out

@@ -13,7 +13,13 @@ from rich.text import Text
 
 from optimizer.fleet import FleetError, Objective, fleet_json_schema, load_fleet, with_overrides
 from services.messages import check_input_file, check_output_dir, check_output_file, one_line
-from services.service_cli import add_client_parser, add_robustness_arguments, add_serve_parser, robustness_overrides
+from services.service_cli import (
+    add_client_parser,
+    add_robustness_arguments,
+    add_serve_parser,
+    add_token_parser,
+    robustness_overrides,
+)
 from services.tables import output_console, print_plan, write_plan_outputs
 
 console = Console(stderr=True)
@@ -50,6 +56,25 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
         help="a previous run's state.json: decisions dated by --as-of are done, the plan continues from them",
     )
     p.add_argument("--as-of", type=_date, metavar="YYYY-MM-DD", help="the date this plan starts from (with --state)")
+    p.add_argument(
+        "--decision-dates",
+        type=_months_list,
+        metavar="0,6,12",
+        help="months after the start at which decisions are taken: plan on a scenario tree and value the option "
+        "to wait (plan.json `tree`, tree_nodes.csv, decision_rule.csv)",
+    )
+    p.add_argument(
+        "--branching", type=_int_list, metavar="K[,K...]", help="children per decision date (default 3, or the file's)"
+    )
+    p.add_argument(
+        "--tree-file", type=Path, help="plan on this scenario tree (NPZ with tree arrays, docs/scenarios.md)"
+    )
+    p.add_argument("--export-tree", type=Path, help="write the scenario tree the plan used to this NPZ file")
+    p.add_argument(
+        "--tree-replications",
+        type=int,
+        help="independent trees for the value-of-waiting interval (default 5; 0: in-sample only)",
+    )
     p.set_defaults(func=cmd_plan)
 
 
@@ -60,6 +85,20 @@ def _date(text: str):
         return dt.date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
+
+
+def _months_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected months like 0,6,12, got {text!r}") from None
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 3 or 3,2, got {text!r}") from None
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -79,6 +118,18 @@ def _overrides(args: argparse.Namespace) -> dict:
     return patch
 
 
+def _tree_patch(args: argparse.Namespace) -> dict:
+    """--decision-dates, --branching, --tree-replications as a patch of the fleet's `tree` section."""
+    tree: dict = {}
+    if getattr(args, "decision_dates", None):
+        tree["decision_months"] = args.decision_dates
+    if getattr(args, "branching", None) is not None:
+        tree["branching"] = args.branching
+    if getattr(args, "tree_replications", None) is not None:
+        tree["replications"] = args.tree_replications
+    return tree
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from optimizer.scenario_io import load_scenarios
     from solvers.ray_pool import settle_ray_start
@@ -90,7 +141,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     check_output_dir(args.out)
     if args.export_scenarios:
         check_output_file(args.export_scenarios, "--export-scenarios")
-    fleet = with_overrides(load_fleet(args.fleet), _overrides(args))
+    if args.tree_file:
+        check_input_file(args.tree_file, "tree file")
+    if args.export_tree:
+        check_output_file(args.export_tree, "--export-tree")
+    fleet = load_fleet(args.fleet)
+    patch = _overrides(args)
+    tree_patch = _tree_patch(args)
+    if tree_patch and (fleet.tree is not None or "decision_months" in tree_patch):
+        patch["tree"] = tree_patch  # else they apply to --tree-file's tree (solvers.tree_plan)
+    fleet = with_overrides(fleet, patch)
+    if args.no_robustness and fleet.tree is not None:  # no out-of-sample scoring of the tree policy either
+        fleet = with_overrides(fleet, {"tree": {"out_of_sample": False}})
     state = _carried_state(args, fleet)
     if state is not None:
         from optimizer.replan import apply_state
@@ -163,11 +225,35 @@ def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict
             local=local,
         )
         run = None if args.no_robustness else _assess(args, fleet, plan, provided, progress)
+        if fleet.tree is not None or args.tree_file:
+            from solvers.tree_plan import plan_tree
+
+            tree_paths = None
+            if args.tree_file:
+                from optimizer.tree_io import load_tree_scenarios
+
+                markets = [m.id for m in fleet.markets]
+                tree_paths = load_tree_scenarios(
+                    args.tree_file, markets, fleet.horizon.n_steps, fleet.horizon.step_hours
+                )
+            report = plan_tree(
+                fleet,
+                progress,
+                provided=tree_paths,
+                export_path=args.export_tree,
+                out_of_sample=False if args.no_robustness else None,
+                replications=args.tree_replications,
+            )
+            plan = plan.model_copy(update={"tree": report})
     if args.export_scenarios:
         args.export_scenarios.parent.mkdir(parents=True, exist_ok=True)
         save_scenarios(args.export_scenarios, scenarios)
     out_console = output_console()
     print_plan(plan, out_console, fleet)
+    if plan.tree is not None:
+        from services.tables import print_tree
+
+        print_tree(plan.tree, out_console)
     if run is not None:
         from services.report import print_robustness, write_report
 
@@ -441,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_parser(sub)
     _diff_parser(sub)
     add_serve_parser(sub)
+    add_token_parser(sub)
     add_client_parser(sub)
     client_calls = next(a for a in sub.choices["client"]._actions if isinstance(a, argparse._SubParsersAction))
     _client_sweep_parser(client_calls)

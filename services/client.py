@@ -8,6 +8,10 @@
         print(checked.plan.robustness.plan("stochastic").mean_profit_usd)
         now = client.dispatch(reply.plan_id, {"texas": 41.0}, hashprice_usd_per_ph_day=35.0)
 
+Credentials: `token` (default $HASHPIVOT_TOKEN) travels as "authorization: Bearer <token>" on
+every call; `tls` (Credentials.from_env reads $HASHPIVOT_TLS_CA, $HASHPIVOT_CLIENT_CERT,
+$HASHPIVOT_CLIENT_KEY) makes the channel TLS, with a client certificate for mTLS.
+
 Fleets are given as a fleet file path (the same YAML/JSON as `hashpivot plan`), a validated
 `optimizer.fleet.Fleet`, a fleet mapping, or a `hashpivot.v1.Fleet` message. Plans come back as
 `optimizer.plan_result.PlanResult` (what plan.json holds). Errors raise `PlannerError` with the
@@ -36,6 +40,8 @@ from services import convert
 from solvers.diagnose import Commitments
 
 TARGET_ENV = "HASHPIVOT_TARGET"
+TOKEN_ENV = "HASHPIVOT_TOKEN"
+TLS_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV = "HASHPIVOT_TLS_CA", "HASHPIVOT_CLIENT_CERT", "HASHPIVOT_CLIENT_KEY"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 FleetLike = Fleet | str | Path | Mapping[str, Any] | fleet_pb2.Fleet
@@ -49,6 +55,28 @@ def default_target() -> str:
     return os.environ.get(TARGET_ENV) or f"localhost:{os.environ.get('HASHPIVOT_PORT', '50051')}"
 
 
+@dataclass(frozen=True)
+class TlsConfig:
+    """Client side of TLS: the CA that signed the server's certificate, and for mTLS our own pair."""
+
+    ca: Path | None = None  # None: the system's roots
+    cert: Path | None = None
+    key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> TlsConfig | None:
+        paths = [os.environ.get(name) for name in (TLS_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV)]
+        if not any(paths):
+            return None
+        return cls(*(Path(p) if p else None for p in paths))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
 @dataclass
 class PlannerError(Exception):
     """A failed call: status code, message, and the rich details the server attached."""
@@ -57,6 +85,7 @@ class PlannerError(Exception):
     message: str
     field_violations: list[tuple[str, str]] = field(default_factory=list)  # (field path, description)
     constraint_violations: list[tuple[str, str]] = field(default_factory=list)  # (subject, description)
+    quota_violations: list[tuple[str, str]] = field(default_factory=list)  # (limit, estimate and fields)
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
@@ -74,6 +103,10 @@ class PlannerError(Exception):
                 failure = error_details_pb2.PreconditionFailure()
                 detail.Unpack(failure)
                 out.constraint_violations += [(v.subject, v.description) for v in failure.violations]
+            elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+                quota = error_details_pb2.QuotaFailure()
+                detail.Unpack(quota)
+                out.quota_violations += [(v.subject, v.description) for v in quota.violations]
         return out
 
 
@@ -106,16 +139,19 @@ def robustness_message(settings: RobustnessLike) -> plan_pb2.RobustnessSettings:
 
 
 class PlannerClient:
-    def __init__(self, target: str | None = None, timeout_s: float | None = None, channel: grpc.Channel | None = None):
+    def __init__(
+        self,
+        target: str | None = None,
+        timeout_s: float | None = None,
+        channel: grpc.Channel | None = None,
+        token: str | None = None,
+        tls: TlsConfig | None = None,
+    ):
         self.target = target or default_target()
         self.timeout_s = timeout_s  # default deadline of every call; None: none
-        self._channel = channel or grpc.insecure_channel(
-            self.target,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._channel = channel or _channel(self.target, tls if tls is not None else TlsConfig.from_env())
         self.stub = planner_service_pb2_grpc.PlannerServiceStub(self._channel)
 
     def close(self) -> None:
@@ -129,7 +165,8 @@ class PlannerClient:
 
     def _call(self, method, request, timeout_s: float | None = None):
         try:
-            return method(request, timeout=timeout_s if timeout_s is not None else self.timeout_s)
+            timeout = timeout_s if timeout_s is not None else self.timeout_s
+            return method(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise PlannerError.from_rpc_error(error) from None
 
@@ -194,9 +231,27 @@ class PlannerClient:
     def cancel(self, job_id: str) -> jobs_pb2.PlanJob:
         return self._call(self.stub.CancelPlanJob, planner_service_pb2.CancelPlanJobRequest(job_id=job_id)).job
 
+    def delete_job(self, job_id: str) -> None:
+        self._call(self.stub.DeletePlanJob, planner_service_pb2.DeletePlanJobRequest(job_id=job_id))
+
+    def list_plans(self, page_size: int = 50) -> Iterator[planner_service_pb2.PlanSummary]:
+        """Every stored plan the caller may see, newest first, page by page."""
+        token = ""
+        while True:
+            request = planner_service_pb2.ListPlansRequest(page_size=page_size, page_token=token)
+            response = self._call(self.stub.ListPlans, request)
+            yield from response.plans
+            token = response.next_page_token
+            if not token:
+                return
+
+    def delete_plan(self, plan_id: str) -> None:
+        self._call(self.stub.DeletePlan, planner_service_pb2.DeletePlanRequest(plan_id=plan_id))
+
     def watch(self, job_id: str, timeout_s: float | None = None) -> Iterator[jobs_pb2.PlanJob]:
         """The job at every change until it ends."""
-        stream = self.stub.WatchPlanJob(planner_service_pb2.WatchPlanJobRequest(job_id=job_id), timeout=timeout_s)
+        request = planner_service_pb2.WatchPlanJobRequest(job_id=job_id)
+        stream = self.stub.WatchPlanJob(request, timeout=timeout_s, metadata=self._metadata)
         try:
             for event in stream:
                 yield event.job
@@ -294,3 +349,13 @@ class PlannerClient:
         except grpc.RpcError as error:
             raise PlannerError.from_rpc_error(error) from None
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+def _channel(target: str, tls: TlsConfig | None) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, tls.credentials(), options=options)

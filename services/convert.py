@@ -15,6 +15,7 @@ Domain fields the proto lacks are reported (never silently lost in tests: test_c
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import logging
@@ -35,7 +36,7 @@ from optimizer.fleet import Fleet, FleetError, parse_fleet
 from optimizer.lifecycles import plan_grid
 from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings, allocation_from_plan
-from protos.hashpivot.v1 import fleet_pb2, plan_pb2, planner_service_pb2
+from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, plan_pb2, planner_service_pb2
 from solvers.diagnose import Commitments
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,15 @@ def fill_message(message: Message, data: Any, path: str = "", dropped: list[str]
         elif field.message_type is not None:
             target.SetInParent()
             fill_message(target, value, here, dropped)
+        elif _unknown_number(field, value):
+            continue  # an unknown bound or gap stays unset rather than travelling as Infinity
         else:
             setattr(message, key, _scalar(field, value, here, dropped))
     return dropped
+
+
+def _unknown_number(field: FieldDescriptor, value: Any) -> bool:
+    return field.has_presence and isinstance(value, float) and not math.isfinite(value)
 
 
 def message_to_dict(message: Message) -> dict[str, Any]:
@@ -451,3 +458,87 @@ def timestamp(moment: dt.datetime | float) -> timestamp_pb2.Timestamp:
     else:
         out.FromNanoseconds(int(moment * 1e9))
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs, plan summaries, dispatch replies (message building only; the servicer stays thin)
+
+
+def job_state_number(state: enum.Enum) -> int:
+    """services.store.JobState -> PlanJobState number (by name: RUNNING -> PLAN_JOB_STATE_RUNNING)."""
+    return jobs_pb2.PlanJobState.Value(f"PLAN_JOB_STATE_{state.name}")
+
+
+def job_to_message(job) -> jobs_pb2.PlanJob:
+    """services.store.JobRecord -> PlanJob."""
+    message = jobs_pb2.PlanJob(
+        job_id=job.job_id,
+        request_id=job.request_id,
+        state=job_state_number(job.state),
+        fleet_name=job.fleet_name,
+        plan_id=job.plan_id,
+        cancel_requested=job.cancel_requested,
+        attempts=job.attempts,
+        create_time=timestamp(job.created_at),
+    )
+    fill_message(message.progress, job.progress.as_dict())
+    if job.started_at is not None:
+        message.start_time.CopyFrom(timestamp(job.started_at))
+    if job.ended_at is not None:
+        message.end_time.CopyFrom(timestamp(job.ended_at))
+    if job.error is not None:
+        message.error.CopyFrom(job.error.to_job_error())
+    if job.robustness is not None:
+        message.robustness.CopyFrom(robustness_settings_to_message(job.robustness))
+    return message
+
+
+def plan_summary_to_message(summary) -> planner_service_pb2.PlanSummary:
+    """services.store.PlanSummary -> PlanSummary."""
+    return planner_service_pb2.PlanSummary(
+        plan_id=summary.plan_id,
+        job_id=summary.job_id,
+        fleet_name=summary.fleet_name,
+        create_time=timestamp(summary.created_at),
+    )
+
+
+_ACTIONS = (  # index 0: every rack of the group runs, 1: none, 2: some (a limit or a DR call binds)
+    planner_service_pb2.RACK_ACTION_RUN,
+    planner_service_pb2.RACK_ACTION_CURTAIL,
+    planner_service_pb2.RACK_ACTION_RUN_PARTIAL,
+)
+
+
+def dispatch_response(plan_id: str, table, decision, include_rack_ids: bool) -> planner_service_pb2.DispatchResponse:
+    """optimizer.dispatch's table and decision -> DispatchResponse."""
+    racks, racks_run = table.racks, decision.racks_run
+    mw, run_mw = table.meter_mw, racks_run * table.rack_meter_mw
+    groups = [
+        planner_service_pb2.GroupDispatch(
+            group=table.group_ids[g],
+            site=table.group_sites[g],
+            action=_ACTIONS[0 if racks_run[g] == racks[g] else 1 if racks_run[g] == 0 else 2],
+            racks=int(racks[g]),
+            mw=float(mw[g]),
+            power_price_usd_per_mwh=float(decision.power_price_usd_per_mwh[g]),
+            breakeven_power_price_usd_per_mwh=float(decision.breakeven_power_price_usd_per_mwh[g]),
+            margin_usd_per_rack_hour=float(decision.margin_usd_per_rack_hour[g]),
+            rack_ids=table.rack_ids[g] if include_rack_ids else (),
+            racks_run=int(racks_run[g]),
+            run_mw=float(run_mw[g]),
+        )
+        for g in range(len(table.group_ids))
+    ]
+    response = planner_service_pb2.DispatchResponse(
+        plan_id=plan_id,
+        hashprice_usd_per_ph_day=decision.hashprice_usd_per_ph_day,
+        groups=groups,
+        racks_run=int(racks_run.sum()),
+        racks_curtailed=int((racks - racks_run).sum()),
+        run_mw=float(run_mw.sum()),
+        curtailed_mw=float((mw - run_mw).sum()),
+    )
+    for state in decision.sites:
+        fill_message(response.sites.add(), dataclasses.asdict(state))
+    return response

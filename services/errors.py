@@ -4,12 +4,21 @@
   in the request ("fleet.sites[1].capacity_mw").
 - FAILED_PRECONDITION + google.rpc.PreconditionFailure: no plan meets the constraints, or a given
   allocation breaks one; each violation has type "CONSTRAINT" and names the constraint as subject.
-- DEADLINE_EXCEEDED: no plan found before the deadline; NOT_FOUND: an unknown id; CANCELLED.
+- DEADLINE_EXCEEDED: the caller's deadline passed before a plan was found (only then: a plan the
+  solver's own time limit cut short is FAILED_PRECONDITION, so clients that retry on
+  DEADLINE_EXCEEDED do not retry a request that can never succeed); NOT_FOUND: an unknown id;
+  CANCELLED.
+- INTERNAL: the message carries an error id, which the server logs with the traceback; exception
+  text never reaches the caller (it may hold paths, SQL or input).
+Messages quote at most MAX_QUOTE_CHARS of input: past 16 KB of trailers the caller would see a
+metadata-size RESOURCE_EXHAUSTED instead of the real status.
 The same information is stored with a failed job (JobError), so GetPlanJob explains it too.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -24,9 +33,22 @@ from protos.hashpivot.v1 import jobs_pb2
 from services.convert import field_path
 from solvers.diagnose import InfeasibleConstraintError
 from solvers.highs import InfeasiblePlanError, NoSolutionInTimeError
-from solvers.runs import RunDeadlineError
+from solvers.runs import RAY_LOST_ERRORS, RunDeadlineError
+
+log = logging.getLogger(__name__)
 
 CONSTRAINT = "CONSTRAINT"  # PreconditionFailure.Violation.type of a plan constraint
+MAX_QUOTE_CHARS = 200  # of any one description (which may quote input)
+MAX_MESSAGE_CHARS = 1000  # of the whole message
+MAX_VIOLATIONS = 50  # field violations carried in one error
+
+
+def clip(text: str, limit: int = MAX_QUOTE_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was left out."""
+    text = str(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,20 @@ class ConstraintViolation:
     constraint: str  # family, e.g. "site_capacity"
     subject: str  # e.g. "site_capacity[texas]"
     description: str
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used at all (corrupt, unreadable, unwritable at start-up); names its path."""
+
+
+class StoreWriteError(RuntimeError):
+    """A write failed (read-only or full disk, I/O error): the store keeps serving reads."""
+
+
+@dataclass(frozen=True)
+class QuotaViolation:
+    subject: str  # the limit, e.g. "max_scenario_steps"
+    description: str  # the estimate, the limit and the request fields behind it
 
 
 @dataclass
@@ -44,6 +80,12 @@ class ServiceError(Exception):
     message: str
     field_violations: list[tuple[str, str]] = field(default_factory=list)  # (field path, description)
     constraint_violations: list[ConstraintViolation] = field(default_factory=list)
+    quota_violations: list[QuotaViolation] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Bounded here, once, so no path can send the caller an unbounded echo of its input.
+        self.message = clip(self.message, MAX_MESSAGE_CHARS)
+        self.field_violations = [(clip(f), clip(d)) for f, d in self.field_violations[:MAX_VIOLATIONS]]
 
     def __str__(self) -> str:
         return self.message
@@ -67,6 +109,15 @@ class ServiceError(Exception):
                             type=CONSTRAINT, subject=v.subject, description=v.description
                         )
                         for v in self.constraint_violations
+                    ]
+                )
+            )
+        if self.quota_violations:
+            details.append(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+                        for v in self.quota_violations
                     ]
                 )
             )
@@ -110,13 +161,33 @@ class ServiceError(Exception):
 
 def invalid_argument(violations: Iterable[tuple[str, str]], prefix: str = "") -> ServiceError:
     """INVALID_ARGUMENT naming every bad field; pydantic-style paths become request field paths."""
-    paths = [(field_path(path, prefix), message) for path, message in violations]
+    paths = [(field_path(path, prefix), clip(message)) for path, message in violations]
     summary = "; ".join(f"{p}: {m}" for p, m in paths)
     return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", paths)
 
 
 def not_found(kind: str, identifier: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.NOT_FOUND, f"no {kind} {identifier!r}")
+    return ServiceError(grpc.StatusCode.NOT_FOUND, f"no {kind} {clip(identifier, 80)!r}")
+
+
+def resource_exhausted(message: str, violations: Iterable[QuotaViolation]) -> ServiceError:
+    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, message, quota_violations=list(violations))
+
+
+def store_unavailable(exc: BaseException) -> ServiceError:
+    """UNAVAILABLE (retryable) while the store cannot write; the cause is logged under an error id."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("store write failed, error id %s: %s", error_id, exc)
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, f"the server cannot store results right now; retry later (error id {error_id})"
+    )
+
+
+def internal(exc: BaseException) -> ServiceError:
+    """INTERNAL with a fresh error id; the id and the traceback go to the log, not to the caller."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s", error_id, exc_info=exc)
+    return ServiceError(grpc.StatusCode.INTERNAL, f"internal error (error id {error_id}; the server log has it)")
 
 
 def failed_precondition(message: str, violations: Iterable[ConstraintViolation] = ()) -> ServiceError:
@@ -175,11 +246,18 @@ def to_service_error(exc: BaseException, fleet_prefix: str = "fleet") -> Service
         return invalid_argument(exc.violations, fleet_prefix)
     if isinstance(exc, DispatchInputError):
         return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), [(exc.field, str(exc))])
-    if isinstance(exc, NoSolutionInTimeError | RunDeadlineError):
+    if isinstance(exc, StoreWriteError):
+        return store_unavailable(exc)
+    if isinstance(exc, RunDeadlineError):
         return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+    if isinstance(exc, RAY_LOST_ERRORS):
+        log.error("Ray lost a worker or node: %s", type(exc).__name__)
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, "the compute cluster lost a worker or node; retry")
+    if isinstance(exc, NoSolutionInTimeError):
+        return failed_precondition(f"{exc}: no plan within the solver time limit; raise fleet.solver.time_limit_s")
     if isinstance(exc, InfeasibleConstraintError | InfeasiblePlanError):
         return infeasible(exc)
-    return ServiceError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    return internal(exc)
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:

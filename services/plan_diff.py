@@ -18,8 +18,8 @@ from rich.console import Console
 from services.messages import CliInputError
 from services.tables import new_table
 
-MODES = ("mine", "ai", "idle")
-MODE_LABEL = {"mine": "mining", "ai": "AI", "idle": "idle"}
+MODES = ("mine", "ai", "idle", "sell", "move")
+MODE_LABEL = {"mine": "mining", "ai": "AI", "idle": "idle", "sell": "sold", "move": "moved"}
 PROFIT_FIGURES = (
     ("mean_usd", "mean profit"),
     ("std_usd", "std"),
@@ -89,13 +89,21 @@ def rack_moves(before: dict[str, int], after: dict[str, int]) -> list[tuple[str,
 
 
 def _values(plan: dict) -> dict[str, dict[str, float | None]]:
-    """Per group: value of one rack per mode; mining only when plan.json has no rack_values."""
-    out = {
-        g["group"]: {"mine": g["expected_mine_value_usd_per_rack"], "ai": None, "idle": None}
-        for g in plan["allocation"]
-    }
+    """Per group: value of one rack per mode; mining only when plan.json has no rack_values. Selling and moving
+    are valued from the plan's option values (the best move target)."""
+    out = {}
+    for g in plan["allocation"]:
+        options = g.get("option_values_usd_per_rack") or {}
+        moves = [v for key, v in options.items() if key.startswith("move:")]
+        out[g["group"]] = {
+            "mine": g["expected_mine_value_usd_per_rack"],
+            "ai": None,
+            "idle": None,
+            "sell": options.get("sell"),
+            "move": max(moves) if moves else None,
+        }
     for v in plan.get("rack_values") or []:
-        out[v["group"]] = {"mine": v["mine_usd"], "ai": v["ai_usd"], "idle": v["idle_usd"]}
+        out[v["group"]].update(mine=v["mine_usd"], ai=v["ai_usd"], idle=v["idle_usd"])
     return out
 
 
@@ -150,8 +158,8 @@ def diff_plans(a: dict, b: dict, label_a: str = "A", label_b: str = "B") -> Plan
     groups = []
     for gid in [*groups_a, *(g for g in groups_b if g not in groups_a)]:
         ga, gb = groups_a.get(gid), groups_b.get(gid)
-        ra = {m: ga[f"racks_{m}"] for m in MODES} if ga else dict(empty)
-        rb = {m: gb[f"racks_{m}"] for m in MODES} if gb else dict(empty)
+        ra = {m: ga.get(f"racks_{m}", 0) for m in MODES} if ga else dict(empty)  # older plans had 3 modes
+        rb = {m: gb.get(f"racks_{m}", 0) for m in MODES} if gb else dict(empty)
         moves = rack_moves(ra, rb) if ga and gb else []
         va = values_a.get(gid, dict.fromkeys(MODES))
         vb = values_b.get(gid, dict.fromkeys(MODES))
@@ -228,7 +236,7 @@ def diff_rows(diff: PlanDiff) -> dict[str, list[dict]]:
 def print_diff(diff: PlanDiff, console: Console) -> None:
     a, b = diff.label_a, diff.label_b
     table = new_table(
-        f"Racks per group: {a} -> {b} (mine/AI/idle)",
+        f"Racks per group: {a} -> {b} (mine/AI/idle/sold/moved)",
         ("group", "site", a, b, "moved", "why"),
         ("group", "site", "moved", "why"),
     )

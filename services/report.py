@@ -364,6 +364,10 @@ def write_report(
         total = int(plan.scenarios.get("count", fan.n_scenarios))
         which = f"The {total}" if fan.n_scenarios >= total else f"The first {fan.n_scenarios} of the {total}"
         fan_chart(charts["fan"], fleet, fan, f"{which} scenarios the plan was made on (daily means)")
+    if plan.tree is not None:
+        from services.tree_charts import tree_charts
+
+        charts.update(tree_charts(out_dir, plan.tree))
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
     )

@@ -1,6 +1,9 @@
 """`hashpivot serve` and `hashpivot client ...`: the command line of the gRPC service.
 
-hashpivot serve --port 50051 --db /var/lib/hashpivot/hashpivot.sqlite
+hashpivot token --caller alice --role planner >> tokens.txt   # prints the token on stderr, keep it
+hashpivot serve --port 50051 --db /var/lib/hashpivot/hashpivot.sqlite --tokens-file tokens.txt
+hashpivot serve --host 0.0.0.0 --tls-cert server.pem --tls-key server.key --client-ca clients-ca.pem --tokens-file t.txt
+HASHPIVOT_TOKEN=... hashpivot client list
 hashpivot client optimize examples/tiny.yaml --target localhost:50051 --out out/
 hashpivot client optimize examples/tiny.yaml --robustness --oos-scenarios 200 --timeout 300
 hashpivot client submit examples/fleet.yaml --robustness --watch
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -23,32 +26,123 @@ console = Console(stderr=True)
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gRPC planning service")
-    p.add_argument("--host", default="0.0.0.0", help="address to bind (default 0.0.0.0)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default $HASHPIVOT_PORT or 50051)")
     p.add_argument("--db", type=Path, help="SQLite file of jobs and plans (default $HASHPIVOT_DB or the user data dir)")
     p.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--max-jobs", type=int, default=1, help="plan jobs run at once (default 1)")
     p.add_argument("--grace", type=float, help="seconds in-flight calls get to finish on SIGTERM (default 10)")
+    security = p.add_argument_group("identity and transport (docs/operations.md, SECURITY.md)")
+    security.add_argument("--tokens-file", type=Path, help="token hashes and roles (default $HASHPIVOT_TOKENS_FILE)")
+    security.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM): serve TLS")
+    security.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    security.add_argument("--client-ca", type=Path, help="CA of client certificates: require mTLS")
+    security.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no authentication (every caller is admin): for a laptop, never a network",
+    )
+    limits = p.add_argument_group("admission and retention")
+    limits.add_argument("--max-scenario-steps", type=int, help="scenario x step pairs per request (default 20M)")
+    limits.add_argument("--max-memory-gb", type=float, help="estimated memory per request (default 2)")
+    limits.add_argument("--max-groups", type=int, help="rack groups per fleet (default 1000)")
+    limits.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per tenant (default 20)")
+    limits.add_argument("--max-crashes", type=int, default=3, help="server deaths a job may cause before it FAILs")
+    limits.add_argument("--retain-days", type=float, help="delete plans and finished jobs older than this")
+    limits.add_argument("--retain-plans", type=int, help="keep at most this many plans (newest)")
+    limits.add_argument("--retain-jobs", type=int, help="keep at most this many finished jobs (newest)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT/metrics")
+    p.add_argument("--log-format", choices=["text", "json"], default="text", help="log lines as text or JSON")
+    p.add_argument(
+        "--no-supervise",
+        dest="supervise",
+        action="store_false",
+        help="run the server in this process; by default a supervisor restarts it if it dies (e.g. with its Ray)",
+    )
     p.set_defaults(func=cmd_serve)
+
+
+def add_token_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("token", help="make a bearer token: its line for the tokens file on stdout, the token on stderr")
+    p.add_argument("--caller", required=True, help="who holds it (logged with each call)")
+    p.add_argument("--role", required=True, choices=["reader", "planner", "automation", "admin"])
+    p.add_argument("--tenant", help="owner of what it creates (default: the caller)")
+    p.set_defaults(func=cmd_token)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from services.auth import Role, new_token, token_line
+
+    token = new_token()
+    print(token_line(token, args.caller, Role(args.role), args.tenant))
+    console.print(f"token for {args.caller} (shown once, store it now): {token}", highlight=False)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.server import ServerConfig, serve
+    from services.auth import TokenFileError
+    from services.errors import StoreError
+    from services.logs import configure_logging
+    from services.server import ServerConfigError, serve
+    from services.store import JobStore
     from solvers.ray_pool import ensure_ray
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_format)
+    try:
+        config = serve_config(args)
+        JobStore(config.db_path).close()  # a corrupt or unwritable database fails here, before Ray starts
+        if not config.insecure:
+            config.authenticator()  # no tokens: refused here, before Ray starts (insecure warns once, at start)
+    except (StoreError, TokenFileError, ServerConfigError) as exc:
+        console.print(f"hashpivot serve: {exc}", highlight=False, soft_wrap=True)
+        return 2
+    if args.supervise:
+        from services.supervisor import supervise
+
+        return supervise(sys.argv[1:])
     ensure_ray(args.ray_address)  # from the main thread, where Ray installs its own signal handling
-    config = ServerConfig(host=args.host, ray_address=args.ray_address, max_concurrent_jobs=args.max_jobs)
-    if args.grace is not None:
-        config.grace_s = args.grace
-    if args.port is not None:
-        config.port = args.port
-    if args.db is not None:
-        config.db_path = args.db
     asyncio.run(serve(config))
     return 0
+
+
+def serve_config(args: argparse.Namespace):
+    """The ServerConfig the serve flags give."""
+    import dataclasses
+
+    from services.admission import Limits
+    from services.auth import load_tokens
+    from services.server import Retention, ServerConfig, ServerConfigError, TlsFiles
+
+    config = ServerConfig(
+        host=args.host,
+        ray_address=args.ray_address,
+        max_concurrent_jobs=args.max_jobs,
+        insecure=args.insecure,
+        metrics_port=args.metrics_port,
+        max_crashes=args.max_crashes,
+        retention=Retention(args.retain_days, args.retain_plans, args.retain_jobs),
+    )
+    for name in ("grace", "port", "db"):
+        if getattr(args, name) is not None:
+            setattr(config, {"grace": "grace_s", "db": "db_path"}.get(name, name), getattr(args, name))
+    if not args.insecure:
+        config.tokens = load_tokens(args.tokens_file)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ServerConfigError("--tls-cert and --tls-key go together")
+    if args.client_ca and not args.tls_cert:
+        raise ServerConfigError("--client-ca (mTLS) needs --tls-cert and --tls-key")
+    if args.tls_cert:
+        config.tls = TlsFiles(args.tls_cert, args.tls_key, args.client_ca)
+    limits = {
+        "max_scenario_steps": args.max_scenario_steps,
+        "max_groups": args.max_groups,
+        "max_queued_jobs_per_caller": args.max_queued_jobs,
+        "max_memory_bytes": None if args.max_memory_gb is None else int(args.max_memory_gb * 1024**3),
+    }
+    config.limits = dataclasses.replace(Limits(), **{k: v for k, v in limits.items() if v is not None})
+    return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +196,10 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format", choices=("table", "json", "csv"), default="table", help="output: table (default), json or csv"
     )
+    p.add_argument("--token-file", type=Path, help="file holding the bearer token (default $HASHPIVOT_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, help="CA of the server's certificate: connect with TLS ($HASHPIVOT_TLS_CA)")
+    p.add_argument("--client-cert", type=Path, help="client certificate for mTLS ($HASHPIVOT_CLIENT_CERT)")
+    p.add_argument("--client-key", type=Path, help="client private key for mTLS ($HASHPIVOT_CLIENT_KEY)")
     calls = p.add_subparsers(dest="call", required=True)
 
     def fleet_call(name: str, help_text: str):
@@ -178,9 +276,13 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _client(args: argparse.Namespace):
-    from services.client import PlannerClient
+    from services.client import PlannerClient, TlsConfig
 
-    return PlannerClient(args.target, timeout_s=args.timeout)
+    token = args.token_file.read_text().strip() if args.token_file else None  # a file: not in `ps` output
+    tls = None
+    if args.tls_ca or args.client_cert:
+        tls = TlsConfig(args.tls_ca, args.client_cert, args.client_key)
+    return PlannerClient(args.target, timeout_s=args.timeout, token=token, tls=tls)
 
 
 def _fleet(args: argparse.Namespace):
@@ -214,6 +316,7 @@ def _rpc(fn):
             # one line: the status, the message; field and constraint details only when the message lacks them
             extra = [f"{p}: {d}" for p, d in error.field_violations if p not in error.message]
             extra += [f"{s}: {d}" for s, d in error.constraint_violations if s not in error.message]
+            extra += [f"{limit}: {d}" for limit, d in error.quota_violations if limit not in error.message]
             line = tidy(" ".join([f"{error.code.name}: {error.message}", *(f"[{e}]" for e in extra)]))
             console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
             return 1

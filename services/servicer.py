@@ -1,16 +1,17 @@
 """The PlannerService handlers: translate requests, call the planning core, translate results.
 
 No math here: plans come from solvers.planner (via solvers/runs.py), scores from
-optimizer.allocation/risk, dispatch decisions from optimizer/dispatch.py. Every handler maps
-domain errors to canonical status codes with rich details (services/errors.py).
+optimizer.allocation/risk, dispatch decisions from optimizer/dispatch.py; messages are built in
+services/convert.py. Every handler runs behind services/auth.py's interceptor (the caller is
+`current_caller()`), checks the request's bounds (services/validation.py) and, for planning work,
+admission (services/admission.py) before anything else, and maps domain errors to canonical status
+codes with rich details (services/errors.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -31,10 +32,23 @@ from optimizer.dispatch import (
 )
 from optimizer.fleet import Fleet, FleetError, with_overrides
 from optimizer.plan_result import PlanResult
-from protos.hashpivot.v1 import jobs_pb2, planner_service_pb2, planner_service_pb2_grpc
-from services import convert
-from services.errors import ServiceError, abort, allocation_error, invalid_argument, not_found, to_service_error
-from services.jobs import JobRecord, JobRunner, JobState, JobStore
+from optimizer.robustness import RobustnessSettings
+from protos.hashpivot.v1 import planner_service_pb2, planner_service_pb2_grpc
+from services import admission, convert, metrics, paging
+from services.auth import Caller, current_caller
+from services.errors import (
+    QuotaViolation,
+    ServiceError,
+    abort,
+    allocation_error,
+    invalid_argument,
+    not_found,
+    resource_exhausted,
+    to_service_error,
+)
+from services.runner import JobRunner
+from services.store import JobState, JobStore
+from services.validation import request_violations
 from solvers.planner import ScenarioSpec
 from solvers.runs import STOP_CANCELLED, RunControl, RunStopped, run_evaluation, run_plan
 
@@ -42,21 +56,19 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
 SERVER_TIME_METADATA = "hashpivot-server-time-us"  # Dispatch trailing metadata: handler time, microseconds
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 1000
 CANCEL_WAIT_S = 30.0  # CancelPlanJob waits this long (or the call deadline) for the work to stop
 DISPATCH_CACHE_PLANS = 1024
 
-_STATE_TO_PROTO = {state: jobs_pb2.PlanJobState.Value(f"PLAN_JOB_STATE_{state.name}") for state in JobState}
-_PROTO_TO_STATE = {number: state for state, number in _STATE_TO_PROTO.items()}
+_PROTO_TO_STATE = {convert.job_state_number(state): state for state in JobState}
 
 
 def _handle_errors(method: Callable) -> Callable:
-    """Turn domain and solver errors into a status with details; log the unexpected."""
+    """Check the request's bounds, then turn domain and solver errors into a status with details."""
 
     @functools.wraps(method)
     async def unary(self, request, context):
         try:
+            _check_bounds(request)
             return await method(self, request, context)
         except asyncio.CancelledError:
             raise
@@ -70,6 +82,7 @@ def _handle_stream_errors(method: Callable) -> Callable:
     @functools.wraps(method)
     async def stream(self, request, context):
         try:
+            _check_bounds(request)
             async for response in method(self, request, context):
                 yield response
         except asyncio.CancelledError:
@@ -80,11 +93,14 @@ def _handle_stream_errors(method: Callable) -> Callable:
     return stream
 
 
+def _check_bounds(request) -> None:
+    violations = request_violations(request)
+    if violations:
+        raise invalid_argument(violations)
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    error = to_service_error(exc)
-    if error.code is grpc.StatusCode.INTERNAL:
-        log.error("internal error", exc_info=exc)
-    await abort(context, error)
+    await abort(context, to_service_error(exc))
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -116,26 +132,44 @@ def _request_fields(fn: Callable, *args):
         raise invalid_argument(exc.violations) from None
 
 
+def _admit(fleet: Fleet, robustness: RobustnessSettings | None, limits: admission.Limits) -> None:
+    """RESOURCE_EXHAUSTED naming each limit the request's estimate exceeds, before any work starts."""
+    over = admission.check(fleet, robustness, limits)
+    if not over:
+        return
+    for limit, _, _ in over:
+        metrics.ADMISSION_REFUSALS.labels(limit).inc()
+    summary = "; ".join(f"{limit} ({description}; set by {fields})" for limit, fields, description in over)
+    raise resource_exhausted(
+        f"the request exceeds server limits: {summary}",
+        [QuotaViolation(limit, f"{description}; request fields: {fields}") for limit, fields, description in over],
+    )
+
+
 @dataclass(frozen=True)
 class _DispatchEntry:
     plan_id: str
+    owner: str
     table: DispatchTable
 
 
 class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
-    def __init__(self, store: JobStore, runner: JobRunner, relay=None):
+    def __init__(self, store: JobStore, runner: JobRunner, relay=None, limits: admission.Limits | None = None):
         self._store = store
         self._runner = runner
         self._relay = relay
+        self._limits = limits or admission.Limits()
         self._dispatch: collections.OrderedDict[str, _DispatchEntry] = collections.OrderedDict()
 
     # plans
 
     @_handle_errors
     async def Optimize(self, request, context):
+        caller = current_caller()
         fleet = _parse_fleet(request)
         commitments = _request_fields(convert.commitments_from_message, request.commitments, fleet)
         robustness = _robustness(request)
+        _admit(fleet, robustness, self._limits)
         control = RunControl(deadline=_deadline(context))
         try:
             plan = await asyncio.to_thread(run_plan, fleet, commitments, control, self._relay, robustness)
@@ -144,65 +178,97 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             raise
         except RunStopped:
             raise ServiceError(grpc.StatusCode.CANCELLED, "the plan was cancelled") from None
+        metrics.SOLVE_SECONDS.observe(plan.solver.wall_s)
         created_at = time.time()
-        plan_id = self._store.save_plan(fleet, plan, created_at=created_at)
-        self.remember_plan(plan_id, fleet, plan)
+        plan_id = self._store.save_plan(fleet, plan, created_at=created_at, owner=caller.owner)
+        self.remember_plan(plan_id, fleet, plan, caller.owner)
         created = dt.datetime.fromtimestamp(created_at, tz=dt.UTC)
         return planner_service_pb2.OptimizeResponse(plan=convert.plan_to_message(plan, plan_id, created))
 
     @_handle_errors
     async def GetPlan(self, request, context):
-        record = self._store.get_plan(request.plan_id)
+        record = self._store.get_plan(request.plan_id, current_caller().sees)
         if record is None:
             raise not_found("plan", request.plan_id)
         return planner_service_pb2.GetPlanResponse(
             plan=convert.plan_to_message(record.plan, record.plan_id, record.created)
         )
 
+    @_handle_errors
+    async def ListPlans(self, request, context):
+        caller = current_caller()
+        page = paging.page_request(request.page_size, request.page_token, "ListPlans", caller.sees)
+        plans = self._store.list_plans(caller.sees, page.size + 1, page.after)
+        response = planner_service_pb2.ListPlansResponse(
+            plans=[convert.plan_summary_to_message(p) for p in plans[: page.size]]
+        )
+        if len(plans) > page.size:
+            last = plans[page.size - 1]
+            response.next_page_token = paging.encode_token((last.created_at, last.plan_id), page.filter_digest)
+        return response
+
+    @_handle_errors
+    async def DeletePlan(self, request, context):
+        if self._store.get_plan(request.plan_id, current_caller().sees) is None:
+            raise not_found("plan", request.plan_id)
+        self._store.delete_plan(request.plan_id)
+        self._dispatch.pop(request.plan_id, None)
+        return planner_service_pb2.DeletePlanResponse()
+
     # jobs
 
     @_handle_errors
     async def SubmitPlanJob(self, request, context):
+        caller = current_caller()
         fleet = _parse_fleet(request)
         commitments = _request_fields(convert.commitments_from_message, request.commitments, fleet)
-        job = await self._runner.submit(fleet, commitments, request.request_id, _robustness(request))
-        return planner_service_pb2.SubmitPlanJobResponse(job=job_to_message(job))
+        robustness = _robustness(request)
+        _admit(fleet, robustness, self._limits)
+        job = await self._runner.submit(fleet, commitments, request.request_id, robustness, caller.owner)
+        return planner_service_pb2.SubmitPlanJobResponse(job=convert.job_to_message(job))
 
     @_handle_errors
     async def GetPlanJob(self, request, context):
-        job = self._runner.view(request.job_id)
+        sees = current_caller().sees
+        job = self._runner.view(request.job_id, owner=sees)
         if job is None:
             raise not_found("job", request.job_id)
-        response = planner_service_pb2.GetPlanJobResponse(job=job_to_message(job))
-        if job.plan_id:
-            record = self._store.get_plan(job.plan_id)
+        response = planner_service_pb2.GetPlanJobResponse(job=convert.job_to_message(job))
+        record = self._store.get_plan(job.plan_id, sees) if job.plan_id else None
+        if record is not None:
             response.plan.CopyFrom(convert.plan_to_message(record.plan, record.plan_id, record.created))
         return response
 
     @_handle_errors
     async def ListPlanJobs(self, request, context):
-        size = request.page_size or DEFAULT_PAGE_SIZE
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise invalid_argument([("page_size", f"must be between 1 and {MAX_PAGE_SIZE} (got {request.page_size})")])
-        offset = _decode_page_token(request.page_token)
+        caller = current_caller()
         state = _PROTO_TO_STATE.get(request.state) if request.state else None
-        jobs = self._store.list_jobs(state, size + 1, offset)
-        response = planner_service_pb2.ListPlanJobsResponse(jobs=[job_to_message(j) for j in jobs[:size]])
-        if len(jobs) > size:
-            response.next_page_token = _encode_page_token(offset + size)
+        page = paging.page_request(request.page_size, request.page_token, "ListPlanJobs", caller.sees, request.state)
+        jobs = self._store.list_jobs(caller.sees, state, page.size + 1, page.after)
+        response = planner_service_pb2.ListPlanJobsResponse(
+            jobs=[convert.job_to_message(self._runner.live(j)) for j in jobs[: page.size]]
+        )
+        if len(jobs) > page.size:
+            last = jobs[page.size - 1]
+            response.next_page_token = paging.encode_token((last.created_at, last.job_id), page.filter_digest)
         return response
 
     @_handle_errors
     async def CancelPlanJob(self, request, context):
         remaining = context.time_remaining()
         wait_s = CANCEL_WAIT_S if remaining is None else max(0.0, min(CANCEL_WAIT_S, remaining - 0.2))
-        job = await self._runner.cancel(request.job_id, wait_s)
-        return planner_service_pb2.CancelPlanJobResponse(job=job_to_message(job))
+        job = await self._runner.cancel(request.job_id, wait_s, current_caller().sees)
+        return planner_service_pb2.CancelPlanJobResponse(job=convert.job_to_message(job))
+
+    @_handle_errors
+    async def DeletePlanJob(self, request, context):
+        await self._runner.delete(request.job_id, current_caller().sees)
+        return planner_service_pb2.DeletePlanJobResponse()
 
     @_handle_stream_errors
     async def WatchPlanJob(self, request, context):
-        async for job in self._runner.watch(request.job_id):
-            yield planner_service_pb2.WatchPlanJobResponse(job=job_to_message(job))
+        async for job in self._runner.watch(request.job_id, current_caller().sees):
+            yield planner_service_pb2.WatchPlanJobResponse(job=convert.job_to_message(job))
 
     # what-if and dispatch
 
@@ -210,7 +276,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     async def Evaluate(self, request, context):
         record = None
         if request.plan_id:
-            record = self._store.get_plan(request.plan_id)
+            record = self._store.get_plan(request.plan_id, current_caller().sees)
             if record is None:
                 raise not_found("plan", request.plan_id)
         if request.HasField("fleet"):
@@ -230,6 +296,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         if problems:
             raise allocation_error(problems, {c.group: i for i, c in enumerate(message.racks)})
         fleet, spec = _scenario_selection(fleet, request.scenarios)
+        _admit(fleet, None, self._limits)
         control = RunControl(deadline=_deadline(context))
         try:
             result = await asyncio.to_thread(
@@ -251,94 +318,56 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     @_handle_errors
     async def Dispatch(self, request, context):
         started = time.perf_counter()
-        entry = self._dispatch_entry(request.plan_id)
+        entry = self._dispatch_entry(request.plan_id, current_caller())
         table = entry.table
         prices = site_prices_usd_per_mwh(
             table, request.power_price_usd_per_mwh_by_site, request.spot_price_usd_per_mwh_by_market
         )
         conditions = site_conditions(table, request.available_mw_by_site, request.dr_call_sites)
-        source = request.WhichOneof("hashprice_source")
-        if source == "hashprice_usd_per_ph_day":
-            hashprice = request.hashprice_usd_per_ph_day
-        elif source == "network":
-            network = request.network
-            hashprice = network_hashprice_usd_per_ph_day(
-                table,
-                network.btc_price_usd,
-                network.network_hashrate_ehs,
-                network.fees_btc_per_block if network.HasField("fees_btc_per_block") else None,
-                network.block_height if network.HasField("block_height") else None,
-            )
-        else:
-            raise invalid_argument([("hashprice_source", "give hashprice_usd_per_ph_day or network")])
-        decision = decide(table, prices, hashprice, conditions)
-        response = _dispatch_response(entry, decision, request.include_rack_ids)
+        decision = decide(table, prices, _hashprice(table, request), conditions)
+        response = convert.dispatch_response(entry.plan_id, table, decision, request.include_rack_ids)
         context.set_trailing_metadata(((SERVER_TIME_METADATA, str(round((time.perf_counter() - started) * 1e6))),))
         return response
 
     # plan cache for Dispatch
 
-    def remember_plan(self, plan_id: str, fleet: Fleet, plan: PlanResult) -> None:
+    def remember_plan(self, plan_id: str, fleet: Fleet, plan: PlanResult, owner: str = "") -> None:
         """Lay out a plan's dispatch table once, when the plan is made or first dispatched."""
         racks = {g.group: g.racks_mine for g in plan.allocation}
         ids = {g.group: g.rack_ids_mine for g in plan.allocation}
         table = build_dispatch_table(fleet, racks, ids, allocation=convert.plan_allocation(plan))
-        self._dispatch[plan_id] = _DispatchEntry(plan_id, table)
+        self._dispatch[plan_id] = _DispatchEntry(plan_id, owner, table)
         self._dispatch.move_to_end(plan_id)
         while len(self._dispatch) > DISPATCH_CACHE_PLANS:
             self._dispatch.popitem(last=False)
 
-    def _dispatch_entry(self, plan_id: str) -> _DispatchEntry:
+    def _dispatch_entry(self, plan_id: str, caller: Caller) -> _DispatchEntry:
         entry = self._dispatch.get(plan_id)
         if entry is None:
-            record = self._store.get_plan(plan_id)
+            record = self._store.get_plan(plan_id, caller.sees)
             if record is None:
                 raise not_found("plan", plan_id)
-            self.remember_plan(plan_id, record.fleet(), record.plan)
+            self.remember_plan(plan_id, record.fleet(), record.plan, record.owner)
             entry = self._dispatch[plan_id]
+        if caller.sees is not None and entry.owner != caller.sees:
+            raise not_found("plan", plan_id)
         return entry
 
 
-_ACTIONS = (  # index 0: every rack of the group runs, 1: none, 2: some (a limit or a DR call binds)
-    planner_service_pb2.RACK_ACTION_RUN,
-    planner_service_pb2.RACK_ACTION_CURTAIL,
-    planner_service_pb2.RACK_ACTION_RUN_PARTIAL,
-)
-
-
-def _dispatch_response(entry: _DispatchEntry, decision, include_rack_ids: bool):
-    table = entry.table
-    racks, racks_run = table.racks, decision.racks_run
-    mw, run_mw = table.meter_mw, racks_run * table.rack_meter_mw
-    groups = [
-        planner_service_pb2.GroupDispatch(
-            group=table.group_ids[g],
-            site=table.group_sites[g],
-            action=_ACTIONS[0 if racks_run[g] == racks[g] else 1 if racks_run[g] == 0 else 2],
-            racks=int(racks[g]),
-            mw=float(mw[g]),
-            power_price_usd_per_mwh=float(decision.power_price_usd_per_mwh[g]),
-            breakeven_power_price_usd_per_mwh=float(decision.breakeven_power_price_usd_per_mwh[g]),
-            margin_usd_per_rack_hour=float(decision.margin_usd_per_rack_hour[g]),
-            rack_ids=table.rack_ids[g] if include_rack_ids else (),
-            racks_run=int(racks_run[g]),
-            run_mw=float(run_mw[g]),
+def _hashprice(table: DispatchTable, request) -> float:
+    source = request.WhichOneof("hashprice_source")
+    if source == "hashprice_usd_per_ph_day":
+        return request.hashprice_usd_per_ph_day
+    if source == "network":
+        network = request.network
+        return network_hashprice_usd_per_ph_day(
+            table,
+            network.btc_price_usd,
+            network.network_hashrate_ehs,
+            network.fees_btc_per_block if network.HasField("fees_btc_per_block") else None,
+            network.block_height if network.HasField("block_height") else None,
         )
-        for g in range(len(table.group_ids))
-    ]
-    total_run_mw = float(run_mw.sum())
-    response = planner_service_pb2.DispatchResponse(
-        plan_id=entry.plan_id,
-        hashprice_usd_per_ph_day=decision.hashprice_usd_per_ph_day,
-        groups=groups,
-        racks_run=int(racks_run.sum()),
-        racks_curtailed=int((racks - racks_run).sum()),
-        run_mw=total_run_mw,
-        curtailed_mw=float((mw - run_mw).sum()),
-    )
-    for state in decision.sites:
-        convert.fill_message(response.sites.add(), dataclasses.asdict(state))
-    return response
+    raise invalid_argument([("hashprice_source", "give hashprice_usd_per_ph_day or network")])
 
 
 def _scenario_selection(fleet: Fleet, selection: planner_service_pb2.ScenarioSelection) -> tuple[Fleet, ScenarioSpec]:
@@ -353,42 +382,3 @@ def _scenario_selection(fleet: Fleet, selection: planner_service_pb2.ScenarioSel
         except FleetError as exc:
             raise invalid_argument(exc.violations) from None
     return fleet, ScenarioSpec(count=fleet.scenarios.count, seed=fleet.scenarios.seed, stream=stream)
-
-
-def job_to_message(job: JobRecord) -> jobs_pb2.PlanJob:
-    message = jobs_pb2.PlanJob(
-        job_id=job.job_id,
-        request_id=job.request_id,
-        state=_STATE_TO_PROTO[job.state],
-        fleet_name=job.fleet_name,
-        plan_id=job.plan_id,
-        cancel_requested=job.cancel_requested,
-        attempts=job.attempts,
-        create_time=convert.timestamp(job.created_at),
-    )
-    convert.fill_message(message.progress, job.progress.as_dict())
-    if job.started_at is not None:
-        message.start_time.CopyFrom(convert.timestamp(job.started_at))
-    if job.ended_at is not None:
-        message.end_time.CopyFrom(convert.timestamp(job.ended_at))
-    if job.error is not None:
-        message.error.CopyFrom(job.error.to_job_error())
-    if job.robustness is not None:
-        message.robustness.CopyFrom(convert.robustness_settings_to_message(job.robustness))
-    return message
-
-
-def _encode_page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
-
-
-def _decode_page_token(token: str) -> int:
-    if not token:
-        return 0
-    try:
-        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind != "offset" or int(value) < 0:
-            raise ValueError(token)
-        return int(value)
-    except (ValueError, UnicodeDecodeError):
-        raise invalid_argument([("page_token", "not a token this server issued")]) from None

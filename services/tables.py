@@ -275,6 +275,11 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
         for o in plan.offers
         for site, mw in (o.mw_by_site or {"": 0.0}).items()
     ]
+    tree = {}
+    if plan.tree is not None:
+        from optimizer.tree_report import tree_tables
+
+        tree = tree_tables(plan.tree)
     return {
         "allocation": allocation,
         "sites": [s.model_dump() for s in plan.sites],
@@ -284,6 +289,7 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
         "years": [y.model_dump() for y in plan.years],
         "site_years": [y.model_dump() for y in plan.site_years],
         "timeline": [e.model_dump() for e in plan.timeline],
+        **tree,
     }
 
 
@@ -307,3 +313,47 @@ def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path
     tables = plan_tables(plan, fleet)
     paths = [plan_path, *(_write_csv(out_dir / f"{name}.csv", rows) for name, rows in tables.items())]
     return [*paths, write_workbook(out_dir / "plan.xlsx", tables, plan)]
+
+
+def print_tree(report, console: Console) -> None:
+    """The multi-stage plan: what to do now, the value of waiting, each node's decisions and the rule."""
+    vw = report.value_of_waiting
+    dates = ",".join(f"{m:g}" for m in report.decision_months)
+    console.print(
+        f"Scenario tree: decisions at months {dates}, branching {report.branching}: "
+        f"{report.nodes} nodes, {report.scenarios} scenarios"
+    )
+    console.print(
+        f"  multi-stage {report.multistage_usd:,.0f}  now-or-never {report.now_or_never_usd:,.0f}"
+        + (f"  wait-and-see {report.wait_and_see_usd:,.0f}" if report.wait_and_see_usd is not None else "")
+    )
+    if vw.lower_usd is None:
+        interval = "no interval (fewer than two independent trees: --tree-replications)"
+    else:
+        interval = (
+            f"{vw.estimate_usd:,.0f} [{vw.lower_usd:,.0f}, {vw.upper_usd:,.0f}] at {vw.confidence_level:.0%} "
+            f"over {len(vw.replications_usd)} independent trees"
+        )
+    console.print(f"  value of waiting {report.value_of_waiting_in_sample_usd:,.0f} in sample; {interval}")
+    for score in report.out_of_sample:
+        console.print(f"  out of sample (fresh tree): {score.policy} {score.objective_usd:,.0f}")
+    table = Table(title="Decisions per node")
+    for column in ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW"):
+        table.add_column(column)
+    for n in report.tree:
+        if n.decision_month is None:
+            continue
+        table.add_row(
+            str(n.node),
+            str(n.parent),
+            f"{n.decision_month:g}",
+            f"{n.probability:.3f}",
+            f"{n.btc_price_usd:,.0f}",
+            f"{n.hashprice_usd_per_ph_day:.1f}",
+            "; ".join(f"{c.group}: {c.lifecycle}={c.racks}" for c in n.lifecycles),
+            ", ".join(f"{s}@{k}" for s, k in n.conversions.items()),
+            ", ".join(f"{k}={v:.3f}" for k, v in n.lease_mw.items()),
+        )
+    console.print(table)
+    for rule in report.decision_rules:
+        console.print(f"  rule: {rule.rule}")

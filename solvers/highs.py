@@ -28,12 +28,16 @@ if TYPE_CHECKING:
     import pyomo.environ as pyo
 
 
-class InfeasiblePlanError(RuntimeError):
-    """No plan satisfies the constraints."""
+class SolveError(RuntimeError):
+    """Base of the ways a solve ends without a plan; each kind is a sibling, so catching one never catches another."""
 
 
-class NoSolutionInTimeError(InfeasiblePlanError):
-    """The time limit hit before HiGHS found any plan: not a proof that none exists."""
+class InfeasiblePlanError(SolveError):
+    """No plan satisfies the constraints (a proof, not a timeout)."""
+
+
+class NoSolutionInTimeError(SolveError):
+    """The time limit hit before HiGHS found any plan: not a proof that none exists, so not infeasible."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 RAY_ADDRESS_ENV = "RAY_ADDRESS"
+LOOPBACK = "127.0.0.1"
 
 _state = threading.local()  # .in_process: the calling thread runs tasks in-process
 _start_lock = threading.Lock()
@@ -147,14 +148,36 @@ def _init(address: str | None, num_cpus: int | None) -> None:
         return
     address = address or os.environ.get(RAY_ADDRESS_ENV)
     if address:
+        if _is_loopback_address(address):  # a Ray on this machine kept on loopback (e.g. by another ensure_ray)
+            _keep_on_loopback()
         ray.init(address=address, log_to_driver=False)
         return
+    _keep_on_loopback()
     ray.init(
         num_cpus=num_cpus or os.cpu_count(),
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
+        _node_ip_address=LOOPBACK,  # ray.init's documented node-IP option: GCS, raylet, workers bind here
     )
+
+
+def _is_loopback_address(address: str) -> bool:
+    host = address.removeprefix("ray://").rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", LOOPBACK, "::1")
+
+
+def _keep_on_loopback() -> None:
+    """An embedded Ray serves only this process, so none of its ports may listen beyond loopback.
+
+    Ray replaces a loopback _node_ip_address by the machine's routable IP (services.
+    resolve_ip_for_localhost) unless multi-node clustering is off, which is how Ray itself runs on
+    macOS and Windows; turning it off here keeps every port of the embedded node on 127.0.0.1
+    (tests/services/test_security.py checks the listening sockets).
+    """
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False  # also makes a driver joining such a Ray find its node on 127.0.0.1
 
 
 def start_ray_background(address: str | None = None, num_cpus: int | None = None) -> None:

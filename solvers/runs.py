@@ -5,8 +5,10 @@ server needs around it:
 - stop: `RunControl.stop()` from any thread. The next progress tick raises `RunStopped`, which
   makes `fan_out` cancel the pending Ray batches; during the MIP the solve task is polled and
   `ray.cancel(ref, force=True)` kills the worker running HiGHS.
-- deadline: the time left on the call becomes the HiGHS time limit (minus a margin for the
-  reply), so a plan with its gap comes back before the caller gives up.
+- deadline: the time left on the call becomes the HiGHS time limit, minus what the call still
+  needs around HiGHS: the model build and transfer inside the Ray task (learnt from earlier solves,
+  per unit of model size: SolveOverhead) and a margin for the reply. So a plan with its gap comes
+  back before the caller gives up, rather than DEADLINE_EXCEEDED with the plan half made.
 - progress: stage and scenarios done from the pipeline; incumbent and bound from the HiGHS MIP
   callbacks inside the Ray worker, relayed through a small Ray actor.
 - robustness (optional, after the plan): solvers.robustness.assess_plan runs inside one Ray task of
@@ -17,8 +19,10 @@ server needs around it:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
+import statistics
 import threading
 import time
 import uuid
@@ -35,7 +39,7 @@ from optimizer.plan_result import PlanResult, SiteBreakdown, site_breakdowns
 from optimizer.risk import ProfitStats, profit_stats, risk_objective_value
 from optimizer.robustness import RobustnessReport, RobustnessSettings
 from solvers.diagnose import Commitments
-from solvers.highs import MipProgress, NoSolutionInTimeError
+from solvers.highs import MipProgress, NoSolutionInTimeError, SolveError
 from solvers.limits import resolved_time_limit_s
 from solvers.planner import ScenarioSpec, SolvedPlan, compute_economics, plan_fleet, solve_remote
 from solvers.robustness import assess_plan
@@ -45,6 +49,16 @@ from solvers.robustness import assess_plan
 DEADLINE_SHARE_KEPT = 0.1
 DEADLINE_MARGIN_S = 0.3
 MIN_SOLVE_S = 0.05  # less than this left: no point starting HiGHS
+# Around HiGHS, a solve task also starts (or reuses) a worker, ships the economics and builds the
+# model: a fixed part plus a part per (group x scenario). The per-unit rate is learnt from this
+# server's solves (median of the latest, so a cold worker start or a wait for a free CPU does not
+# distort it); the first guess fits examples/fleet.yaml (~0.5 s warm for 1,600 units).
+MIN_OVERHEAD_S = 0.2
+INITIAL_OVERHEAD_S_PER_UNIT = 2e-4
+OVERHEAD_SAMPLES = 9
+# Never reserve more than this share of the usable time for the overhead: a pessimistic estimate
+# must shorten the solve, not refuse a call that could have returned a plan.
+MAX_OVERHEAD_SHARE = 0.4
 POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP progress
 
 ROBUSTNESS_STAGE = "robustness"  # reported when the assessment starts, before its own stages
@@ -52,8 +66,20 @@ STOP_CANCELLED = "cancelled"  # a user cancelled: the job ends CANCELLED
 STOP_SHUTDOWN = "shutdown"  # the server is stopping: the job goes back to the queue
 
 
-class RunDeadlineError(RuntimeError):
-    """The call's deadline came before the run could finish its work."""
+class RunDeadlineError(SolveError):
+    """The call's deadline came before the run could finish its work (the solver's own limit is
+    NoSolutionInTimeError: a caller that retries on DEADLINE_EXCEEDED must only see this one)."""
+
+
+# Ray losing the process or node a run depends on: the run did not fail, the cluster did; re-run it.
+RAY_LOST_ERRORS = (
+    ray.exceptions.LocalRayletDiedError,
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.RaySystemError,
+    ray.exceptions.ObjectLostError,
+    ray.exceptions.RayActorError,
+)
 
 
 class RunStopped(Exception):
@@ -155,6 +181,12 @@ def new_relay():
     return ProgressRelay.remote()
 
 
+@ray.remote(num_cpus=0)
+def ping() -> bool:
+    """A task, not an actor call: it needs the raylet (worker lease), so it fails when the Ray node is gone."""
+    return True
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -181,26 +213,63 @@ def run_plan(
     if robustness is not None:
         report = _assess_stoppable(fleet, plan, robustness, control, relay)
         plan = plan.model_copy(update={"robustness": report})
+    if fleet.tree is not None:
+        from solvers.tree_plan import plan_tree
+
+        plan = plan.model_copy(update={"tree": plan_tree(fleet, progress=control.pipeline_progress)})
     control.update(stage="done", stage_done=1, stage_total=1)
     return plan
 
 
-def solve_time_limit_s(configured_s: float, remaining_s: float | None) -> float:
-    """The fleet's time limit, shortened to fit the time left on the call."""
+class SolveOverhead:
+    """What a solve costs besides HiGHS's own time limit: MIN_OVERHEAD_S plus a learnt rate per unit of model size."""
+
+    def __init__(self) -> None:
+        self._rates: collections.deque[float] = collections.deque(maxlen=OVERHEAD_SAMPLES)
+        self._lock = threading.Lock()
+
+    def estimate_s(self, units: int) -> float:
+        with self._lock:
+            rate = statistics.median(self._rates) if self._rates else INITIAL_OVERHEAD_S_PER_UNIT
+        return MIN_OVERHEAD_S + rate * units
+
+    def observe(self, units: int, overhead_s: float) -> None:
+        if units <= 0:
+            return
+        with self._lock:
+            self._rates.append(max(0.0, overhead_s - MIN_OVERHEAD_S) / units)
+
+
+SOLVE_OVERHEAD = SolveOverhead()
+
+
+def solve_time_limit_s(configured_s: float, remaining_s: float | None, overhead_s: float = 0.0) -> float:
+    """The fleet's time limit, shortened to fit the time left on the call after the work around HiGHS."""
     if remaining_s is None:
         return configured_s
     usable = remaining_s * (1.0 - DEADLINE_SHARE_KEPT) - DEADLINE_MARGIN_S
+    usable -= min(overhead_s, MAX_OVERHEAD_SHARE * usable)
     if usable < MIN_SOLVE_S:
-        raise NoSolutionInTimeError(f"the call deadline leaves no time to solve ({remaining_s:.2f} s left)")
+        raise RunDeadlineError(
+            f"the call deadline leaves no time to solve ({remaining_s:.2f} s left, "
+            f"~{overhead_s:.2f} s of it needed to build the model): give the call more time or submit a job"
+        )
     return min(configured_s, usable)
+
+
+def _model_units(fleet: Fleet) -> int:
+    return max(1, len(fleet.rack_groups)) * fleet.scenarios.count
 
 
 def _solve_stoppable(
     fleet: Fleet, economics: GroupEconomics, commitments: Commitments | None, control: RunControl, relay
 ) -> SolvedPlan:
     control.check()
-    limit_s = solve_time_limit_s(resolved_time_limit_s(fleet.solver, fleet, economics), control.remaining_s())
+    units = _model_units(fleet)
+    own_limit_s = resolved_time_limit_s(fleet.solver, fleet, economics)
+    limit_s = solve_time_limit_s(own_limit_s, control.remaining_s(), SOLVE_OVERHEAD.estimate_s(units))
     solver = fleet.solver.model_copy(update={"time_limit_s": limit_s})
+    submitted = time.monotonic()
     key = uuid.uuid4().hex
     reporter = MipReporter(relay, key) if relay is not None else None
     ref = solve_remote.remote(fleet, economics, fleet.risk, solver, on_mip_progress=reporter, commitments=commitments)
@@ -209,10 +278,22 @@ def _solve_stoppable(
         if relay is not None:
             _relay_progress(relay, key, control)
         if ready:
-            return unwrap_ray(lambda: ray.get(ref))
+            solved = _fetch_solved(ref, limit_s < own_limit_s)
+            SOLVE_OVERHEAD.observe(units, time.monotonic() - submitted - solved.outcome.wall_s)
+            return solved
         if control.stop_reason is not None:
             ray.cancel(ref, force=True)  # kills the worker process, and HiGHS with it
             raise RunStopped(control.stop_reason)
+
+
+def _fetch_solved(ref, deadline_bound: bool) -> SolvedPlan:
+    """The solve's result; no plan in time is the caller's deadline only when the deadline set the limit."""
+    try:
+        return unwrap_ray(lambda: ray.get(ref))
+    except NoSolutionInTimeError as exc:
+        if deadline_bound:
+            raise RunDeadlineError(f"no plan found before the call deadline ({exc})") from None
+        raise
 
 
 def _relay_progress(relay, key: str, control: RunControl) -> None:

@@ -21,10 +21,20 @@ from services.server import PlannerServer, ServerConfig
 
 
 class ServerThread:
-    def __init__(self, db_path: Path, max_concurrent_jobs: int = 1, grace_s: float = 5.0):
-        self.config = ServerConfig(
-            host="127.0.0.1", port=0, db_path=db_path, max_concurrent_jobs=max_concurrent_jobs, grace_s=grace_s
-        )
+    """`insecure=True` (no tokens) keeps the tests of the planning RPCs about planning; the tests of
+    identity (test_security.py) pass `config` with tokens and TLS."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        max_concurrent_jobs: int = 1,
+        grace_s: float = 5.0,
+        config: ServerConfig | None = None,
+    ):
+        self.config = config or ServerConfig(insecure=True)
+        self.config.host, self.config.port, self.config.db_path = "127.0.0.1", 0, db_path
+        self.config.max_concurrent_jobs, self.config.grace_s = max_concurrent_jobs, grace_s
+        self.config.exit_on_ray_loss = False  # the test process must never exit under a slow Ray
         self.server = PlannerServer(self.config)
         self._started = threading.Event()
         self._error: BaseException | None = None

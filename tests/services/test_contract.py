@@ -20,7 +20,7 @@ from optimizer.robustness import RobustnessSettings
 from optimizer.scenarios import generate_scenarios
 from protos.hashpivot.v1 import fleet_pb2, plan_pb2, planner_service_pb2
 from services import convert
-from services.jobs import plan_json
+from services.store import plan_json
 from solvers.planner import ScenarioSpec, assemble_plan, plan_fleet, solve_allocation
 from solvers.robustness import assess_plan
 from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data

@@ -19,5 +19,8 @@ def test_dockerfile_essentials():
     assert "\nUSER 10001" in text  # non-root
     assert "\nHEALTHCHECK " in text and "services.healthcheck" in text
     assert "HASHPIVOT_PORT=" in text and "EXPOSE ${HASHPIVOT_PORT}" in text
+    # reachable through the published port, with authentication required, never --insecure
+    command = text[text.index("\nCMD ") :]
+    assert '"--host", "0.0.0.0"' in command and '"--tokens-file"' in command and "--insecure" not in command
     # the health-check module it runs exists and imports nothing heavy
     assert (ROOT / "services" / "healthcheck.py").exists()

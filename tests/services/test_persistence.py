@@ -10,7 +10,7 @@ from optimizer.robustness import RobustnessSettings
 from protos.hashpivot.v1 import jobs_pb2, plan_pb2
 from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services import convert
-from services.jobs import SCHEMA_VERSION, JobState, JobStore
+from services.store import SCHEMA_VERSION, JobState, JobStore
 from solvers.diagnose import Commitments
 from tests.fleets import small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message, hard_fleet_data
@@ -112,7 +112,7 @@ CREATE TABLE jobs (
 """
 
 
-def test_a_version_1_database_gains_the_robustness_column(tmp_path):
+def test_a_version_1_database_gains_the_robustness_column_and_owners(tmp_path):
     """A database written before robustness settings existed opens, keeps its jobs, and stores new ones."""
     db = tmp_path / "v1.sqlite"
     fleet = parse_fleet(small_fleet_data())
@@ -134,5 +134,7 @@ def test_a_version_1_database_gains_the_robustness_column(tmp_path):
     store.close()
     reopened = JobStore(db)
     assert reopened.get_job(job.job_id).robustness == settings
-    assert reopened._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert reopened._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    # Jobs from before owners existed belong to no tenant: only an admin (owner=None) sees them.
+    assert reopened.get_job("job-old", owner=None) is not None and reopened.get_job("job-old", owner="alice") is None
     reopened.close()

@@ -74,3 +74,14 @@ def test_diff_command_json(tmp_path, capsys):
     assert [g["moves"] for g in out["groups"]] == ["mining -> AI 60", "idle -> mining 10"]
     assert main(["diff", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     assert "70 racks change mode across 2 groups" in capsys.readouterr().out
+
+
+def test_racks_sold_and_moved_are_moves_with_their_option_values():
+    a = _plan(mine=(100, 50), ai=(0, 0), idle=(0, 10), ai_value=800.0, lease_mw=0.0, mean=1_000_000)
+    b = _plan(mine=(70, 50), ai=(0, 0), idle=(0, 10), ai_value=800.0, lease_mw=0.0, mean=1_050_000)
+    b["allocation"][0].update(
+        racks_sell=20, racks_move=10, option_values_usd_per_rack={"sell": 1500.0, "move:oh": 1200.0}
+    )
+    g1, _ = diff_plans(a, b, "Q1", "Q2").groups
+    assert g1.moves == [("mine", "sell", 20), ("mine", "move", 10)]
+    assert g1.reason.startswith("sold $1,500 vs mining $1,000 per rack in Q2")

@@ -1,5 +1,6 @@
 """`hashpivot serve` as a real process: SIGTERM drains the in-flight call and leaves the running job resumable."""
 
+import os
 import re
 import signal
 import subprocess
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import ray
 
+from services.auth import Role, token_line
 from services.client import PlannerClient
-from services.jobs import JobState, JobStore
+from services.store import JobState, JobStore
 from tests.services.grpc_harness import hard_fleet_data
 
 HASHPIVOT = str(Path(sys.executable).parent / "hashpivot")
+TOKEN = "sigterm-test-token"
 
 
 def start_serve(db: Path) -> tuple[subprocess.Popen, str, list[str]]:
@@ -37,6 +40,7 @@ def start_serve(db: Path) -> tuple[subprocess.Popen, str, list[str]]:
         ],
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "HASHPIVOT_TOKENS": token_line(TOKEN, "ops", Role.PLANNER)},  # as a secret store would
     )
     log: list[str] = []
     for line in process.stderr:
@@ -52,7 +56,7 @@ def test_sigterm_drains_calls_and_requeues_jobs(ray_session, tmp_path):
     db = tmp_path / "hashpivot.sqlite"
     process, target, log = start_serve(db)
     try:
-        with PlannerClient(target, timeout_s=60) as client:
+        with PlannerClient(target, timeout_s=60, token=TOKEN) as client:
             assert client.health() == "SERVING"
             job = client.submit(hard_fleet_data(time_limit_s=60))
             for event in client.watch(job.job_id, timeout_s=60):

@@ -1,5 +1,6 @@
 """Every RPC and error path of a real server on a loopback port, through the generated stubs."""
 
+import base64
 import time
 
 import grpc
@@ -312,9 +313,15 @@ def test_list_jobs_pages_and_filters(stub):
     succeeded = stub.ListPlanJobs(pb.ListPlanJobsRequest(state=jobs_pb2.PLAN_JOB_STATE_SUCCEEDED, page_size=1000))
     assert set(ids) <= {j.job_id for j in succeeded.jobs}
     assert all(j.state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED for j in succeeded.jobs)
+    assert len(stub.ListPlanJobs(pb.ListPlanJobsRequest(page_size=5000), timeout=30).jobs) >= 3  # coerced (AIP-158)
+    first = stub.ListPlanJobs(pb.ListPlanJobsRequest(page_size=1), timeout=30).next_page_token
+    overflow = base64.urlsafe_b64encode(b"offset:9223372036854775808").decode()
     for request, field in [
         (pb.ListPlanJobsRequest(page_token="garbage"), "page_token"),
-        (pb.ListPlanJobsRequest(page_size=5000), "page_size"),
+        (pb.ListPlanJobsRequest(page_token=overflow), "page_token"),
+        (pb.ListPlanJobsRequest(page_token=first, state=jobs_pb2.PLAN_JOB_STATE_FAILED), "page_token"),  # other filter
+        (pb.ListPlanJobsRequest(page_size=-1), "page_size"),
+        (pb.ListPlanJobsRequest(state=99), "state"),
     ]:
         error = call_error(stub.ListPlanJobs, request, timeout=30)
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT

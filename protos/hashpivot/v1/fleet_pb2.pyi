@@ -1186,6 +1186,7 @@ class Fleet(_message.Message):
     PURCHASES_FIELD_NUMBER: _builtins.int
     MOVES_FIELD_NUMBER: _builtins.int
     FINANCE_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the fleet, for reports (default "fleet")."""
     pool_fee_fraction: _builtins.float
@@ -1246,6 +1247,12 @@ class Fleet(_message.Message):
     def finance(self) -> Global___Finance:
         """Discounting (defaults: see Finance)."""
 
+    @_builtins.property
+    def tree(self) -> Global___TreeSettings:
+        """Plan on a scenario tree too (decisions dated later taken when they come) and value the option
+        to wait; unset: a two-stage plan only. Plan.tree carries the result.
+        """
+
     def __init__(
         self,
         *,
@@ -1265,10 +1272,11 @@ class Fleet(_message.Message):
         purchases: _abc.Iterable[Global___PurchaseOption] | None = ...,
         moves: Global___FleetMoves | None = ...,
         finance: Global___Finance | None = ...,
+        tree: Global___TreeSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "risk", b"risk", "scenarios", b"scenarios", "solver", b"solver"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "risk", b"risk", "scenarios", b"scenarios", "solver", b"solver", "tree", b"tree"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "lease_offers", b"lease_offers", "machines", b"machines", "markets", b"markets", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "purchases", b"purchases", "rack_groups", b"rack_groups", "risk", b"risk", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "lease_offers", b"lease_offers", "machines", b"machines", "markets", b"markets", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "purchases", b"purchases", "rack_groups", b"rack_groups", "risk", b"risk", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver", "tree", b"tree"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__capital_budget_usd: _TypeAlias = _typing.Literal["capital_budget_usd"]  # noqa: Y015
     _WhichOneofArgType__capital_budget_usd: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd"]  # noqa: Y015
@@ -1284,3 +1292,48 @@ class Fleet(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pool_fee_fraction) -> _WhichOneofReturnType__pool_fee_fraction | None: ...
 
 Global___Fleet: _TypeAlias = Fleet  # noqa: Y015
+
+@_typing.final
+class TreeSettings(_message.Message):
+    """A scenario tree: decision dates and the branching after each (optimizer/tree.py)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_MONTHS_FIELD_NUMBER: _builtins.int
+    BRANCHING_FIELD_NUMBER: _builtins.int
+    REPLICATIONS_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_FIELD_NUMBER: _builtins.int
+    replications: _builtins.int
+    """Independent trees for the value-of-waiting interval (default 5)."""
+    out_of_sample: _builtins.bool
+    """Score the policy by re-solving at each node of a fresh tree (default true)."""
+    @_builtins.property
+    def decision_months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Months after the start decisions are taken at, increasing from 0."""
+
+    @_builtins.property
+    def branching(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Children per node after each decision date; one value: the same at every date (default 3)."""
+
+    def __init__(
+        self,
+        *,
+        decision_months: _abc.Iterable[_builtins.float] | None = ...,
+        branching: _abc.Iterable[_builtins.int] | None = ...,
+        replications: _builtins.int | None = ...,
+        out_of_sample: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample", "_replications", b"_replications", "out_of_sample", b"out_of_sample", "replications", b"replications"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample", "_replications", b"_replications", "branching", b"branching", "decision_months", b"decision_months", "out_of_sample", b"out_of_sample", "replications", b"replications"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__out_of_sample: _TypeAlias = _typing.Literal["out_of_sample"]  # noqa: Y015
+    _WhichOneofArgType__out_of_sample: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample"]  # noqa: Y015
+    _WhichOneofReturnType__replications: _TypeAlias = _typing.Literal["replications"]  # noqa: Y015
+    _WhichOneofArgType__replications: _TypeAlias = _typing.Literal["_replications", b"_replications"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__out_of_sample) -> _WhichOneofReturnType__out_of_sample | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replications) -> _WhichOneofReturnType__replications | None: ...
+
+Global___TreeSettings: _TypeAlias = TreeSettings  # noqa: Y015

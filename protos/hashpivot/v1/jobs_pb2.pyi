@@ -76,7 +76,8 @@ class PlanJobProgress(_message.Message):
     ELAPSED_S_FIELD_NUMBER: _builtins.int
     stage: _builtins.str
     """Current stage of the pipeline: "queued", "scenarios", "solve", then with robustness
-    "robustness", "out-of-sample", "wait-and-see", "sensitivity", "replications"; finally "done".
+    "robustness", "out-of-sample", "wait-and-see", "sensitivity", "replications"; with Fleet.tree
+    "tree", "tree reps", "tree oos"; finally "done".
     """
     stage_done: _builtins.int
     """Units of work done in the current stage."""

@@ -174,6 +174,7 @@ class Plan(_message.Message):
     YEARS_FIELD_NUMBER: _builtins.int
     SITE_YEARS_FIELD_NUMBER: _builtins.int
     TIMELINE_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """Id of the stored plan: Dispatch, Evaluate and GetPlan take it."""
     fleet: _builtins.str
@@ -264,6 +265,12 @@ class Plan(_message.Message):
     def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineEvent]:
         """What happens when: builds, ready dates, lease ends, sales, moves, deliveries, the halving."""
 
+    @_builtins.property
+    def tree(self) -> Global___TreeReport:
+        """The multi-stage plan on a scenario tree and the value of the option to wait; set when the fleet
+        asks for a tree (Fleet.tree).
+        """
+
     def __init__(
         self,
         *,
@@ -294,14 +301,534 @@ class Plan(_message.Message):
         years: _abc.Iterable[Global___YearFigures] | None = ...,
         site_years: _abc.Iterable[Global___SiteYear] | None = ...,
         timeline: _abc.Iterable[Global___TimelineEvent] | None = ...,
+        tree: Global___TreeReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "solver", b"solver"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "profit", b"profit", "robustness", b"robustness", "scenarios", b"scenarios", "solver", b"solver", "tree", b"tree"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "conversions", b"conversions", "create_time", b"create_time", "discount_rate_per_year", b"discount_rate_per_year", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "horizon_start", b"horizon_start", "money_basis", b"money_basis", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "purchases", b"purchases", "robustness", b"robustness", "scenarios", b"scenarios", "site_years", b"site_years", "sites", b"sites", "solver", b"solver", "timeline", b"timeline", "timings_s", b"timings_s", "versions", b"versions", "weight", b"weight", "years", b"years"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ai_sites", b"ai_sites", "allocation", b"allocation", "alpha", b"alpha", "breakeven", b"breakeven", "conversions", b"conversions", "create_time", b"create_time", "discount_rate_per_year", b"discount_rate_per_year", "expected_hashprice_usd_per_ph_day", b"expected_hashprice_usd_per_ph_day", "fleet", b"fleet", "horizon_days", b"horizon_days", "horizon_start", b"horizon_start", "money_basis", b"money_basis", "objective", b"objective", "offers", b"offers", "plan_id", b"plan_id", "profit", b"profit", "purchases", b"purchases", "robustness", b"robustness", "scenarios", b"scenarios", "site_years", b"site_years", "sites", b"sites", "solver", b"solver", "timeline", b"timeline", "timings_s", b"timings_s", "tree", b"tree", "versions", b"versions", "weight", b"weight", "years", b"years"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class TreeReport(_message.Message):
+    """The plan on a scenario tree (optimizer/tree_report.py). Objectives are the fleet's risk objective."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NowOrNeverConversionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class TimingsSEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DECISION_MONTHS_FIELD_NUMBER: _builtins.int
+    BRANCHING_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    SCENARIOS_FIELD_NUMBER: _builtins.int
+    MULTISTAGE_USD_FIELD_NUMBER: _builtins.int
+    NOW_OR_NEVER_USD_FIELD_NUMBER: _builtins.int
+    WAIT_AND_SEE_USD_FIELD_NUMBER: _builtins.int
+    VALUE_OF_WAITING_IN_SAMPLE_USD_FIELD_NUMBER: _builtins.int
+    VALUE_OF_WAITING_FIELD_NUMBER: _builtins.int
+    NOW_FIELD_NUMBER: _builtins.int
+    NOW_OR_NEVER_LIFECYCLES_FIELD_NUMBER: _builtins.int
+    NOW_OR_NEVER_CONVERSIONS_FIELD_NUMBER: _builtins.int
+    TREE_FIELD_NUMBER: _builtins.int
+    DECISION_RULES_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_VALUE_OF_WAITING_USD_FIELD_NUMBER: _builtins.int
+    MODEL_SIZES_FIELD_NUMBER: _builtins.int
+    TIMINGS_S_FIELD_NUMBER: _builtins.int
+    seed: _builtins.int
+    """Seed of the trees (streams: 0 the plan's tree, 2+r independent trees, 1 out of sample)."""
+    nodes: _builtins.int
+    """Nodes of the tree."""
+    scenarios: _builtins.int
+    """Scenarios (leaves) of the tree."""
+    multistage_usd: _builtins.float
+    """The multi-stage plan's objective, each decision taken by the node at its date."""
+    now_or_never_usd: _builtins.float
+    """The best plan deciding everything now, on the same leaves."""
+    wait_and_see_usd: _builtins.float
+    """Each leaf's optimum knowing its future, weighted: a bound; unset when not solved."""
+    value_of_waiting_in_sample_usd: _builtins.float
+    """multistage_usd - now_or_never_usd on this tree."""
+    out_of_sample_value_of_waiting_usd: _builtins.float
+    """Rolling minus now-or-never on the fresh tree; unset when not scored."""
+    @_builtins.property
+    def decision_months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Months after the start decisions are taken at."""
+
+    @_builtins.property
+    def branching(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Children per node after each decision date."""
+
+    @_builtins.property
+    def value_of_waiting(self) -> Global___ValueInterval:
+        """The value of waiting over independent trees, with its Student-t interval."""
+
+    @_builtins.property
+    def now(self) -> Global___TreeNodeResult:
+        """The root: what to do today."""
+
+    @_builtins.property
+    def now_or_never_lifecycles(self) -> _containers.RepeatedCompositeFieldContainer[Global___LifecycleCount]:
+        """The now-or-never plan's racks per lifecycle."""
+
+    @_builtins.property
+    def now_or_never_conversions(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The now-or-never plan's conversions: site id -> start option."""
+
+    @_builtins.property
+    def tree(self) -> _containers.RepeatedCompositeFieldContainer[Global___TreeNodeResult]:
+        """Every node, breadth first (the root first)."""
+
+    @_builtins.property
+    def decision_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionRuleResult]:
+        """Per decision date and AI site: what each node saw and did, and thresholds when they separate."""
+
+    @_builtins.property
+    def out_of_sample(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyResult]:
+        """The rolling policy, now-or-never and the calculator rule scored on a fresh tree."""
+
+    @_builtins.property
+    def model_sizes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelSizeRow]:
+        """Sizes of the multi-stage and now-or-never models."""
+
+    @_builtins.property
+    def timings_s(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Wall time per stage, seconds."""
+
+    def __init__(
+        self,
+        *,
+        decision_months: _abc.Iterable[_builtins.float] | None = ...,
+        branching: _abc.Iterable[_builtins.int] | None = ...,
+        seed: _builtins.int = ...,
+        nodes: _builtins.int = ...,
+        scenarios: _builtins.int = ...,
+        multistage_usd: _builtins.float = ...,
+        now_or_never_usd: _builtins.float = ...,
+        wait_and_see_usd: _builtins.float | None = ...,
+        value_of_waiting_in_sample_usd: _builtins.float = ...,
+        value_of_waiting: Global___ValueInterval | None = ...,
+        now: Global___TreeNodeResult | None = ...,
+        now_or_never_lifecycles: _abc.Iterable[Global___LifecycleCount] | None = ...,
+        now_or_never_conversions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        tree: _abc.Iterable[Global___TreeNodeResult] | None = ...,
+        decision_rules: _abc.Iterable[Global___DecisionRuleResult] | None = ...,
+        out_of_sample: _abc.Iterable[Global___PolicyResult] | None = ...,
+        out_of_sample_value_of_waiting_usd: _builtins.float | None = ...,
+        model_sizes: _abc.Iterable[Global___ModelSizeRow] | None = ...,
+        timings_s: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd", "_wait_and_see_usd", b"_wait_and_see_usd", "now", b"now", "out_of_sample_value_of_waiting_usd", b"out_of_sample_value_of_waiting_usd", "value_of_waiting", b"value_of_waiting", "wait_and_see_usd", b"wait_and_see_usd"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd", "_wait_and_see_usd", b"_wait_and_see_usd", "branching", b"branching", "decision_months", b"decision_months", "decision_rules", b"decision_rules", "model_sizes", b"model_sizes", "multistage_usd", b"multistage_usd", "nodes", b"nodes", "now", b"now", "now_or_never_conversions", b"now_or_never_conversions", "now_or_never_lifecycles", b"now_or_never_lifecycles", "now_or_never_usd", b"now_or_never_usd", "out_of_sample", b"out_of_sample", "out_of_sample_value_of_waiting_usd", b"out_of_sample_value_of_waiting_usd", "scenarios", b"scenarios", "seed", b"seed", "timings_s", b"timings_s", "tree", b"tree", "value_of_waiting", b"value_of_waiting", "value_of_waiting_in_sample_usd", b"value_of_waiting_in_sample_usd", "wait_and_see_usd", b"wait_and_see_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__out_of_sample_value_of_waiting_usd: _TypeAlias = _typing.Literal["out_of_sample_value_of_waiting_usd"]  # noqa: Y015
+    _WhichOneofArgType__out_of_sample_value_of_waiting_usd: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd"]  # noqa: Y015
+    _WhichOneofReturnType__wait_and_see_usd: _TypeAlias = _typing.Literal["wait_and_see_usd"]  # noqa: Y015
+    _WhichOneofArgType__wait_and_see_usd: _TypeAlias = _typing.Literal["_wait_and_see_usd", b"_wait_and_see_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__out_of_sample_value_of_waiting_usd) -> _WhichOneofReturnType__out_of_sample_value_of_waiting_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__wait_and_see_usd) -> _WhichOneofReturnType__wait_and_see_usd | None: ...
+
+Global___TreeReport: _TypeAlias = TreeReport  # noqa: Y015
+
+@_typing.final
+class LifecycleCount(_message.Message):
+    """Racks of a group put on a lifecycle."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_FIELD_NUMBER: _builtins.int
+    RACKS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """Rack group id."""
+    lifecycle: _builtins.str
+    """Lifecycle key: sell, idle, move:SITE, ai@K:FATE or mine."""
+    racks: _builtins.int
+    """Racks."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        lifecycle: _builtins.str = ...,
+        racks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "lifecycle", b"lifecycle", "racks", b"racks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LifecycleCount: _TypeAlias = LifecycleCount  # noqa: Y015
+
+@_typing.final
+class TreeNodeResult(_message.Message):
+    """One node of the tree: what it saw at its date and what it decided."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ConversionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class LeaseMwEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NODE_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    DECISION_MONTH_FIELD_NUMBER: _builtins.int
+    PROBABILITY_FIELD_NUMBER: _builtins.int
+    BTC_PRICE_USD_FIELD_NUMBER: _builtins.int
+    HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    LIFECYCLES_FIELD_NUMBER: _builtins.int
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    LEASE_MW_FIELD_NUMBER: _builtins.int
+    node: _builtins.int
+    """Node number, breadth first."""
+    parent: _builtins.int
+    """Parent node; -1 for the root."""
+    depth: _builtins.int
+    """Depth: 0 for the root."""
+    decision_month: _builtins.float
+    """Month of the node's decision; unset for leaves."""
+    probability: _builtins.float
+    """Probability of reaching the node."""
+    btc_price_usd: _builtins.float
+    """BTC price at the node's date, USD."""
+    hashprice_usd_per_ph_day: _builtins.float
+    """Mean hashprice over the 30 days before the date, USD per PH/s per day."""
+    @_builtins.property
+    def lifecycles(self) -> _containers.RepeatedCompositeFieldContainer[Global___LifecycleCount]:
+        """Racks put on each lifecycle at this node."""
+
+    @_builtins.property
+    def conversions(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Conversions started here: site id -> start option."""
+
+    @_builtins.property
+    def lease_mw(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """MW leased on halls started here, keyed "offer@site"."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.int = ...,
+        parent: _builtins.int = ...,
+        depth: _builtins.int = ...,
+        decision_month: _builtins.float | None = ...,
+        probability: _builtins.float = ...,
+        btc_price_usd: _builtins.float = ...,
+        hashprice_usd_per_ph_day: _builtins.float = ...,
+        lifecycles: _abc.Iterable[Global___LifecycleCount] | None = ...,
+        conversions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        lease_mw: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_month", b"_decision_month", "decision_month", b"decision_month"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_month", b"_decision_month", "btc_price_usd", b"btc_price_usd", "conversions", b"conversions", "decision_month", b"decision_month", "depth", b"depth", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "lease_mw", b"lease_mw", "lifecycles", b"lifecycles", "node", b"node", "parent", b"parent", "probability", b"probability"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__decision_month: _TypeAlias = _typing.Literal["decision_month"]  # noqa: Y015
+    _WhichOneofArgType__decision_month: _TypeAlias = _typing.Literal["_decision_month", b"_decision_month"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__decision_month) -> _WhichOneofReturnType__decision_month | None: ...
+
+Global___TreeNodeResult: _TypeAlias = TreeNodeResult  # noqa: Y015
+
+@_typing.final
+class RuleRow(_message.Message):
+    """One node's observation and action in a decision rule."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    BTC_PRICE_USD_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    node: _builtins.int
+    """Node number."""
+    hashprice_usd_per_ph_day: _builtins.float
+    """Hashprice the node saw, USD per PH/s per day."""
+    btc_price_usd: _builtins.float
+    """BTC price the node saw, USD."""
+    action: _builtins.str
+    """convert, wait, converted or closed."""
+    def __init__(
+        self,
+        *,
+        node: _builtins.int = ...,
+        hashprice_usd_per_ph_day: _builtins.float = ...,
+        btc_price_usd: _builtins.float = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "btc_price_usd", b"btc_price_usd", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RuleRow: _TypeAlias = RuleRow  # noqa: Y015
+
+@_typing.final
+class DecisionRuleResult(_message.Message):
+    """At one decision date, for one AI site: convert or wait, by what the node saw."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_MONTH_FIELD_NUMBER: _builtins.int
+    SITE_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    CONVERT_BELOW_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    CONVERT_ABOVE_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    CONVERT_BELOW_BTC_PRICE_USD_FIELD_NUMBER: _builtins.int
+    CONVERT_ABOVE_BTC_PRICE_USD_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    decision_month: _builtins.float
+    """Month of the decision date."""
+    site: _builtins.str
+    """Site id."""
+    rule: _builtins.str
+    """The rule in words."""
+    convert_below_hashprice_usd_per_ph_day: _builtins.float
+    """Convert if the hashprice is at most this (unset: not separable this way)."""
+    convert_above_hashprice_usd_per_ph_day: _builtins.float
+    """Convert if the hashprice is at least this."""
+    convert_below_btc_price_usd: _builtins.float
+    """Convert if the BTC price is at most this."""
+    convert_above_btc_price_usd: _builtins.float
+    """Convert if the BTC price is at least this."""
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleRow]:
+        """Each node of that date."""
+
+    def __init__(
+        self,
+        *,
+        decision_month: _builtins.float = ...,
+        site: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        convert_below_hashprice_usd_per_ph_day: _builtins.float | None = ...,
+        convert_above_hashprice_usd_per_ph_day: _builtins.float | None = ...,
+        convert_below_btc_price_usd: _builtins.float | None = ...,
+        convert_above_btc_price_usd: _builtins.float | None = ...,
+        points: _abc.Iterable[Global___RuleRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_convert_above_btc_price_usd", b"_convert_above_btc_price_usd", "_convert_above_hashprice_usd_per_ph_day", b"_convert_above_hashprice_usd_per_ph_day", "_convert_below_btc_price_usd", b"_convert_below_btc_price_usd", "_convert_below_hashprice_usd_per_ph_day", b"_convert_below_hashprice_usd_per_ph_day", "convert_above_btc_price_usd", b"convert_above_btc_price_usd", "convert_above_hashprice_usd_per_ph_day", b"convert_above_hashprice_usd_per_ph_day", "convert_below_btc_price_usd", b"convert_below_btc_price_usd", "convert_below_hashprice_usd_per_ph_day", b"convert_below_hashprice_usd_per_ph_day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_convert_above_btc_price_usd", b"_convert_above_btc_price_usd", "_convert_above_hashprice_usd_per_ph_day", b"_convert_above_hashprice_usd_per_ph_day", "_convert_below_btc_price_usd", b"_convert_below_btc_price_usd", "_convert_below_hashprice_usd_per_ph_day", b"_convert_below_hashprice_usd_per_ph_day", "convert_above_btc_price_usd", b"convert_above_btc_price_usd", "convert_above_hashprice_usd_per_ph_day", b"convert_above_hashprice_usd_per_ph_day", "convert_below_btc_price_usd", b"convert_below_btc_price_usd", "convert_below_hashprice_usd_per_ph_day", b"convert_below_hashprice_usd_per_ph_day", "decision_month", b"decision_month", "points", b"points", "rule", b"rule", "site", b"site"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__convert_above_btc_price_usd: _TypeAlias = _typing.Literal["convert_above_btc_price_usd"]  # noqa: Y015
+    _WhichOneofArgType__convert_above_btc_price_usd: _TypeAlias = _typing.Literal["_convert_above_btc_price_usd", b"_convert_above_btc_price_usd"]  # noqa: Y015
+    _WhichOneofReturnType__convert_above_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["convert_above_hashprice_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofArgType__convert_above_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["_convert_above_hashprice_usd_per_ph_day", b"_convert_above_hashprice_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofReturnType__convert_below_btc_price_usd: _TypeAlias = _typing.Literal["convert_below_btc_price_usd"]  # noqa: Y015
+    _WhichOneofArgType__convert_below_btc_price_usd: _TypeAlias = _typing.Literal["_convert_below_btc_price_usd", b"_convert_below_btc_price_usd"]  # noqa: Y015
+    _WhichOneofReturnType__convert_below_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["convert_below_hashprice_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofArgType__convert_below_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["_convert_below_hashprice_usd_per_ph_day", b"_convert_below_hashprice_usd_per_ph_day"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_above_btc_price_usd) -> _WhichOneofReturnType__convert_above_btc_price_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_above_hashprice_usd_per_ph_day) -> _WhichOneofReturnType__convert_above_hashprice_usd_per_ph_day | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_below_btc_price_usd) -> _WhichOneofReturnType__convert_below_btc_price_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_below_hashprice_usd_per_ph_day) -> _WhichOneofReturnType__convert_below_hashprice_usd_per_ph_day | None: ...
+
+Global___DecisionRuleResult: _TypeAlias = DecisionRuleResult  # noqa: Y015
+
+@_typing.final
+class ValueInterval(_message.Message):
+    """An estimate with a two-sided Student-t interval over independent replications."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ESTIMATE_USD_FIELD_NUMBER: _builtins.int
+    LOWER_USD_FIELD_NUMBER: _builtins.int
+    UPPER_USD_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_LEVEL_FIELD_NUMBER: _builtins.int
+    REPLICATIONS_USD_FIELD_NUMBER: _builtins.int
+    estimate_usd: _builtins.float
+    """Mean over the replications."""
+    lower_usd: _builtins.float
+    """Lower bound; unset with fewer than two replications."""
+    upper_usd: _builtins.float
+    """Upper bound; unset with fewer than two replications."""
+    confidence_level: _builtins.float
+    """Confidence level of the interval."""
+    @_builtins.property
+    def replications_usd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Each replication's value."""
+
+    def __init__(
+        self,
+        *,
+        estimate_usd: _builtins.float = ...,
+        lower_usd: _builtins.float | None = ...,
+        upper_usd: _builtins.float | None = ...,
+        confidence_level: _builtins.float = ...,
+        replications_usd: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd", "_upper_usd", b"_upper_usd", "lower_usd", b"lower_usd", "upper_usd", b"upper_usd"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd", "_upper_usd", b"_upper_usd", "confidence_level", b"confidence_level", "estimate_usd", b"estimate_usd", "lower_usd", b"lower_usd", "replications_usd", b"replications_usd", "upper_usd", b"upper_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__lower_usd: _TypeAlias = _typing.Literal["lower_usd"]  # noqa: Y015
+    _WhichOneofArgType__lower_usd: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd"]  # noqa: Y015
+    _WhichOneofReturnType__upper_usd: _TypeAlias = _typing.Literal["upper_usd"]  # noqa: Y015
+    _WhichOneofArgType__upper_usd: _TypeAlias = _typing.Literal["_upper_usd", b"_upper_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lower_usd) -> _WhichOneofReturnType__lower_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upper_usd) -> _WhichOneofReturnType__upper_usd | None: ...
+
+Global___ValueInterval: _TypeAlias = ValueInterval  # noqa: Y015
+
+@_typing.final
+class PolicyResult(_message.Message):
+    """A policy's score on the out-of-sample tree."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
+    MEAN_USD_FIELD_NUMBER: _builtins.int
+    policy: _builtins.str
+    """"multi-stage (rolling)", "now-or-never" or "calculator"."""
+    objective_usd: _builtins.float
+    """The fleet's risk objective over the fresh tree's leaves."""
+    mean_usd: _builtins.float
+    """Probability-weighted mean profit."""
+    def __init__(
+        self,
+        *,
+        policy: _builtins.str = ...,
+        objective_usd: _builtins.float = ...,
+        mean_usd: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_usd", b"mean_usd", "objective_usd", b"objective_usd", "policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyResult: _TypeAlias = PolicyResult  # noqa: Y015
+
+@_typing.final
+class ModelSizeRow(_message.Message):
+    """Size of a model solved on the tree."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    SCENARIOS_FIELD_NUMBER: _builtins.int
+    VARIABLES_FIELD_NUMBER: _builtins.int
+    INTEGER_VARIABLES_FIELD_NUMBER: _builtins.int
+    CONSTRAINTS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """"multistage" or "now_or_never"."""
+    nodes: _builtins.int
+    """Tree nodes the model is indexed by (1 for now-or-never)."""
+    scenarios: _builtins.int
+    """Scenarios."""
+    variables: _builtins.int
+    """Variables."""
+    integer_variables: _builtins.int
+    """Integer and binary variables."""
+    constraints: _builtins.int
+    """Constraints."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        nodes: _builtins.int = ...,
+        scenarios: _builtins.int = ...,
+        variables: _builtins.int = ...,
+        integer_variables: _builtins.int = ...,
+        constraints: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "integer_variables", b"integer_variables", "model", b"model", "nodes", b"nodes", "scenarios", b"scenarios", "variables", b"variables"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelSizeRow: _TypeAlias = ModelSizeRow  # noqa: Y015
 
 @_typing.final
 class ConversionResult(_message.Message):

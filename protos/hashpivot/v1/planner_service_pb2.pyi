@@ -8,12 +8,21 @@ Errors follow https://google.aip.dev/193: INVALID_ARGUMENT carries a google.rpc.
 field violations name the request field path (e.g. "fleet.sites[1].capacity_mw");
 FAILED_PRECONDITION carries a google.rpc.PreconditionFailure naming the constraint no plan can
 meet (type "CONSTRAINT", subject e.g. "capital_budget"); NOT_FOUND names the missing id;
-DEADLINE_EXCEEDED means no plan was found before the deadline.
+DEADLINE_EXCEEDED means the caller's deadline passed before a plan was found (a plan the solver's
+own time limit left without any incumbent is FAILED_PRECONDITION); UNAUTHENTICATED: no valid
+bearer token ("authorization: Bearer <token>" metadata); PERMISSION_DENIED: the caller's role
+may not call the method; RESOURCE_EXHAUSTED + google.rpc.QuotaFailure: the request's estimated
+work or memory, or the caller's queued jobs, exceed a server limit (the violation's subject names
+the limit, its description the estimate and the request fields that drive it); UNAVAILABLE: the
+server is draining or its store cannot write (retry later); INTERNAL: the message carries an
+error id to quote to the operator. Every job and plan belongs to the caller's tenant: another
+tenant's ids are NOT_FOUND. Every number must be finite, every string at most 256 characters.
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from protos.hashpivot.v1 import fleet_pb2 as _fleet_pb2
@@ -166,7 +175,9 @@ class SubmitPlanJobRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ROBUSTNESS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Idempotency key: a second submission with the same key returns the first job."""
+    """Idempotency key: a second submission by the same tenant with the same key returns the first
+    job. Keys of different tenants never collide.
+    """
     @_builtins.property
     def fleet(self) -> _fleet_pb2.Fleet:
         """The fleet to plan; fleet.solver.time_limit_s bounds the solve."""
@@ -283,9 +294,11 @@ class ListPlanJobsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Most jobs per page, 1 to 1000 (default 50)."""
+    """Most jobs per page (default 50; larger values are coerced to 1000; negative is INVALID_ARGUMENT)."""
     page_token: _builtins.str
-    """next_page_token of the previous page; empty for the first page."""
+    """next_page_token of the previous page; empty for the first page. Opaque, and valid only with
+    the same filter (state) it was issued for.
+    """
     state: _jobs_pb2.PlanJobState.ValueType
     """Only jobs in this state (PLAN_JOB_STATE_UNSPECIFIED: all)."""
     def __init__(
@@ -1168,3 +1181,171 @@ class DispatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DispatchResponse: _TypeAlias = DispatchResponse  # noqa: Y015
+
+@_typing.final
+class ListPlansRequest(_message.Message):
+    """Request of ListPlans."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Most plans per page (default 50; larger values are coerced to 1000; negative is INVALID_ARGUMENT)."""
+    page_token: _builtins.str
+    """next_page_token of the previous page; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlansRequest: _TypeAlias = ListPlansRequest  # noqa: Y015
+
+@_typing.final
+class PlanSummary(_message.Message):
+    """A stored plan, without its body (GetPlan has it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    FLEET_NAME_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    """Plan id."""
+    job_id: _builtins.str
+    """Job that made it; empty for a plan from Optimize."""
+    fleet_name: _builtins.str
+    """Name of the fleet planned."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the plan was made."""
+
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+        job_id: _builtins.str = ...,
+        fleet_name: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "fleet_name", b"fleet_name", "job_id", b"job_id", "plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanSummary: _TypeAlias = PlanSummary  # noqa: Y015
+
+@_typing.final
+class ListPlansResponse(_message.Message):
+    """Response of ListPlans."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanSummary]:
+        """Plans, newest first."""
+
+    def __init__(
+        self,
+        *,
+        plans: _abc.Iterable[Global___PlanSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "plans", b"plans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPlansResponse: _TypeAlias = ListPlansResponse  # noqa: Y015
+
+@_typing.final
+class DeletePlanRequest(_message.Message):
+    """Request of DeletePlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    """Plan id."""
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePlanRequest: _TypeAlias = DeletePlanRequest  # noqa: Y015
+
+@_typing.final
+class DeletePlanResponse(_message.Message):
+    """Response of DeletePlan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePlanResponse: _TypeAlias = DeletePlanResponse  # noqa: Y015
+
+@_typing.final
+class DeletePlanJobRequest(_message.Message):
+    """Request of DeletePlanJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """Job id."""
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePlanJobRequest: _TypeAlias = DeletePlanJobRequest  # noqa: Y015
+
+@_typing.final
+class DeletePlanJobResponse(_message.Message):
+    """Response of DeletePlanJob."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletePlanJobResponse: _TypeAlias = DeletePlanJobResponse  # noqa: Y015

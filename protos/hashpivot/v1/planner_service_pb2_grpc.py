@@ -80,6 +80,21 @@ class PlannerServiceStub:
                 request_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DispatchRequest.SerializeToString,
                 response_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DispatchResponse.FromString,
                 _registered_method=True)
+        self.ListPlans = channel.unary_unary(
+                '/hashpivot.v1.PlannerService/ListPlans',
+                request_serializer=hashpivot_dot_v1_dot_planner__service__pb2.ListPlansRequest.SerializeToString,
+                response_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.ListPlansResponse.FromString,
+                _registered_method=True)
+        self.DeletePlan = channel.unary_unary(
+                '/hashpivot.v1.PlannerService/DeletePlan',
+                request_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanRequest.SerializeToString,
+                response_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanResponse.FromString,
+                _registered_method=True)
+        self.DeletePlanJob = channel.unary_unary(
+                '/hashpivot.v1.PlannerService/DeletePlanJob',
+                request_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobRequest.SerializeToString,
+                response_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobResponse.FromString,
+                _registered_method=True)
 
 
 class PlannerServiceServicer:
@@ -150,6 +165,28 @@ class PlannerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPlans(self, request, context):
+        """Lists the caller's stored plans, newest first (summaries, not plan bodies).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePlan(self, request, context):
+        """Deletes a stored plan (jobs that made it keep their record, without plan_id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePlanJob(self, request, context):
+        """Deletes a finished job's record (its plan stays; delete it with DeletePlan).
+        FAILED_PRECONDITION for a queued or running job: cancel it first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlannerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +234,21 @@ def add_PlannerServiceServicer_to_server(servicer, server):
                     servicer.Dispatch,
                     request_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DispatchRequest.FromString,
                     response_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DispatchResponse.SerializeToString,
+            ),
+            'ListPlans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlans,
+                    request_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.ListPlansRequest.FromString,
+                    response_serializer=hashpivot_dot_v1_dot_planner__service__pb2.ListPlansResponse.SerializeToString,
+            ),
+            'DeletePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePlan,
+                    request_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanRequest.FromString,
+                    response_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanResponse.SerializeToString,
+            ),
+            'DeletePlanJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePlanJob,
+                    request_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobRequest.FromString,
+                    response_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -443,6 +495,87 @@ class PlannerService:
             '/hashpivot.v1.PlannerService/Dispatch',
             hashpivot_dot_v1_dot_planner__service__pb2.DispatchRequest.SerializeToString,
             hashpivot_dot_v1_dot_planner__service__pb2.DispatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashpivot.v1.PlannerService/ListPlans',
+            hashpivot_dot_v1_dot_planner__service__pb2.ListPlansRequest.SerializeToString,
+            hashpivot_dot_v1_dot_planner__service__pb2.ListPlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashpivot.v1.PlannerService/DeletePlan',
+            hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanRequest.SerializeToString,
+            hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePlanJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashpivot.v1.PlannerService/DeletePlanJob',
+            hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobRequest.SerializeToString,
+            hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,15 @@ Errors follow https://google.aip.dev/193: INVALID_ARGUMENT carries a google.rpc.
 field violations name the request field path (e.g. "fleet.sites[1].capacity_mw");
 FAILED_PRECONDITION carries a google.rpc.PreconditionFailure naming the constraint no plan can
 meet (type "CONSTRAINT", subject e.g. "capital_budget"); NOT_FOUND names the missing id;
-DEADLINE_EXCEEDED means no plan was found before the deadline.
+DEADLINE_EXCEEDED means the caller's deadline passed before a plan was found (a plan the solver's
+own time limit left without any incumbent is FAILED_PRECONDITION); UNAUTHENTICATED: no valid
+bearer token ("authorization: Bearer <token>" metadata); PERMISSION_DENIED: the caller's role
+may not call the method; RESOURCE_EXHAUSTED + google.rpc.QuotaFailure: the request's estimated
+work or memory, or the caller's queued jobs, exceed a server limit (the violation's subject names
+the limit, its description the estimate and the request fields that drive it); UNAVAILABLE: the
+server is draining or its store cannot write (retry later); INTERNAL: the message carries an
+error id to quote to the operator. Every job and plan belongs to the caller's tenant: another
+tenant's ids are NOT_FOUND. Every number must be finite, every string at most 256 characters.
 """
 
 from collections import abc as _abc
@@ -61,6 +69,14 @@ class PlannerServiceStub:
     """Scores an allocation (a plan's, or a what-if) on scenarios."""
     Dispatch: _grpc.UnaryUnaryMultiCallable[_planner_service_pb2.DispatchRequest, _planner_service_pb2.DispatchResponse]
     """Which racks of a plan to run or curtail now, given current prices. Answers in microseconds."""
+    ListPlans: _grpc.UnaryUnaryMultiCallable[_planner_service_pb2.ListPlansRequest, _planner_service_pb2.ListPlansResponse]
+    """Lists the caller's stored plans, newest first (summaries, not plan bodies)."""
+    DeletePlan: _grpc.UnaryUnaryMultiCallable[_planner_service_pb2.DeletePlanRequest, _planner_service_pb2.DeletePlanResponse]
+    """Deletes a stored plan (jobs that made it keep their record, without plan_id)."""
+    DeletePlanJob: _grpc.UnaryUnaryMultiCallable[_planner_service_pb2.DeletePlanJobRequest, _planner_service_pb2.DeletePlanJobResponse]
+    """Deletes a finished job's record (its plan stays; delete it with DeletePlan).
+    FAILED_PRECONDITION for a queued or running job: cancel it first.
+    """
 
 @_typing.type_check_only
 class PlannerServiceAsyncStub(PlannerServiceStub):
@@ -87,6 +103,14 @@ class PlannerServiceAsyncStub(PlannerServiceStub):
     """Scores an allocation (a plan's, or a what-if) on scenarios."""
     Dispatch: _aio.UnaryUnaryMultiCallable[_planner_service_pb2.DispatchRequest, _planner_service_pb2.DispatchResponse]  # type: ignore[assignment]
     """Which racks of a plan to run or curtail now, given current prices. Answers in microseconds."""
+    ListPlans: _aio.UnaryUnaryMultiCallable[_planner_service_pb2.ListPlansRequest, _planner_service_pb2.ListPlansResponse]  # type: ignore[assignment]
+    """Lists the caller's stored plans, newest first (summaries, not plan bodies)."""
+    DeletePlan: _aio.UnaryUnaryMultiCallable[_planner_service_pb2.DeletePlanRequest, _planner_service_pb2.DeletePlanResponse]  # type: ignore[assignment]
+    """Deletes a stored plan (jobs that made it keep their record, without plan_id)."""
+    DeletePlanJob: _aio.UnaryUnaryMultiCallable[_planner_service_pb2.DeletePlanJobRequest, _planner_service_pb2.DeletePlanJobResponse]  # type: ignore[assignment]
+    """Deletes a finished job's record (its plan stays; delete it with DeletePlan).
+    FAILED_PRECONDITION for a queued or running job: cancel it first.
+    """
 
 class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Plans Bitcoin-mining fleets: mine, lease for AI/HPC, or idle, per rack."""
@@ -164,5 +188,31 @@ class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_planner_service_pb2.DispatchResponse, _abc.Awaitable[_planner_service_pb2.DispatchResponse]]:
         """Which racks of a plan to run or curtail now, given current prices. Answers in microseconds."""
+
+    @_abc_1.abstractmethod
+    def ListPlans(
+        self,
+        request: _planner_service_pb2.ListPlansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_planner_service_pb2.ListPlansResponse, _abc.Awaitable[_planner_service_pb2.ListPlansResponse]]:
+        """Lists the caller's stored plans, newest first (summaries, not plan bodies)."""
+
+    @_abc_1.abstractmethod
+    def DeletePlan(
+        self,
+        request: _planner_service_pb2.DeletePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_planner_service_pb2.DeletePlanResponse, _abc.Awaitable[_planner_service_pb2.DeletePlanResponse]]:
+        """Deletes a stored plan (jobs that made it keep their record, without plan_id)."""
+
+    @_abc_1.abstractmethod
+    def DeletePlanJob(
+        self,
+        request: _planner_service_pb2.DeletePlanJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_planner_service_pb2.DeletePlanJobResponse, _abc.Awaitable[_planner_service_pb2.DeletePlanJobResponse]]:
+        """Deletes a finished job's record (its plan stays; delete it with DeletePlan).
+        FAILED_PRECONDITION for a queued or running job: cancel it first.
+        """
 
 def add_PlannerServiceServicer_to_server(servicer: PlannerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

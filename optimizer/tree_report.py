@@ -1,0 +1,227 @@
+"""What a scenario-tree plan reports (plan.json `tree`, tree CSVs): decisions per node, the value of
+waiting with its interval, the decision rule, model sizes and times. Pydantic only; `tree_report`
+builds it from optimizer.option_value's results."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel
+
+
+class LifecycleCount(BaseModel):
+    group: str
+    lifecycle: str  # optimizer.lifecycles key: sell, idle, move:SITE, ai@K:FATE, mine
+    racks: int
+
+
+class ModelSizeRow(BaseModel):
+    model: str  # "multistage" or "now_or_never"
+    nodes: int
+    scenarios: int
+    variables: int
+    integer_variables: int
+    constraints: int
+
+
+def lifecycle_rows(lifecycles: dict[str, dict[str, int]]) -> list[LifecycleCount]:
+    return [
+        LifecycleCount(group=g, lifecycle=k, racks=n) for g, counts in lifecycles.items() for k, n in counts.items()
+    ]
+
+
+class TreeNodeResult(BaseModel):
+    node: int
+    parent: int  # -1: the root
+    depth: int
+    decision_month: float | None  # None for leaves (no decision left)
+    probability: float  # of reaching the node
+    btc_price_usd: float  # at the node's date
+    hashprice_usd_per_ph_day: float  # 30-day mean before the node's date
+    lifecycles: list[LifecycleCount]  # racks put on each lifecycle at this node
+    conversions: dict[str, int]  # site -> start option started at this node
+    lease_mw: dict[str, float]  # "offer@site" -> MW leased on a hall started here
+
+
+class RuleRow(BaseModel):
+    node: int
+    hashprice_usd_per_ph_day: float
+    btc_price_usd: float
+    action: str  # optimizer.option_value.ConversionAction value
+
+
+class DecisionRuleResult(BaseModel):
+    decision_month: float
+    site: str
+    rule: str
+    convert_below_hashprice_usd_per_ph_day: float | None
+    convert_above_hashprice_usd_per_ph_day: float | None
+    convert_below_btc_price_usd: float | None
+    convert_above_btc_price_usd: float | None
+    points: list[RuleRow]
+
+
+class ValueInterval(BaseModel):
+    estimate_usd: float
+    lower_usd: float | None  # None: fewer than two independent trees
+    upper_usd: float | None
+    confidence_level: float
+    replications_usd: list[float]
+
+
+class PolicyResult(BaseModel):
+    policy: str
+    objective_usd: float
+    mean_usd: float
+
+
+class TreeReport(BaseModel):
+    decision_months: list[float]
+    branching: list[int]
+    seed: int
+    nodes: int
+    scenarios: int
+    multistage_usd: float  # the fleet's risk objective, in-sample tree
+    now_or_never_usd: float
+    wait_and_see_usd: float | None
+    value_of_waiting_in_sample_usd: float
+    value_of_waiting: ValueInterval  # over independent trees
+    now: TreeNodeResult  # the root: what to do today
+    now_or_never_lifecycles: list[LifecycleCount]
+    now_or_never_conversions: dict[str, int]
+    tree: list[TreeNodeResult]
+    decision_rules: list[DecisionRuleResult]
+    out_of_sample: list[PolicyResult] = []  # the rolling policy, now-or-never and the calculator on a fresh tree
+    out_of_sample_value_of_waiting_usd: float | None = None
+    model_sizes: list[ModelSizeRow]  # the multi-stage and now-or-never models on the in-sample tree
+    timings_s: dict[str, float]
+
+
+def tree_report(fleet, decision_months: list[float], branching: list[int], result, rolling=None) -> TreeReport:
+    """From optimizer.option_value.WaitingValue (and optimizer.rolling.RollingEvaluation when scored)."""
+    import dataclasses
+
+    from optimizer.option_value import decision_rules
+
+    solution = result.in_sample
+    tree, paths = solution.tree, solution.paths
+    decided = {n.node: n for n in solution.plan.nodes}
+    probability = tree.node_probability()
+    nodes = []
+    for n in range(tree.n_nodes):
+        d = decided.get(n)
+        depth = tree.depth(n)
+        nodes.append(
+            TreeNodeResult(
+                node=n,
+                parent=tree.parent[n],
+                depth=depth,
+                decision_month=float(decision_months[depth]) if depth < tree.n_stages else None,
+                probability=float(probability[n]),
+                btc_price_usd=float(paths.node_btc_price_usd[n]),
+                hashprice_usd_per_ph_day=float(paths.node_hashprice_usd_per_ph_day[n]),
+                lifecycles=lifecycle_rows(d.lifecycles) if d else [],
+                conversions=d.conversion_start if d else {},
+                lease_mw={f"{o}@{s}": mw for (o, s), mw in d.lease_mw.items()} if d else {},
+            )
+        )
+    rules = [
+        DecisionRuleResult(
+            decision_month=r.decision_month,
+            site=r.site,
+            rule=r.text(),
+            convert_below_hashprice_usd_per_ph_day=r.convert_below_hashprice,
+            convert_above_hashprice_usd_per_ph_day=r.convert_above_hashprice,
+            convert_below_btc_price_usd=r.convert_below_btc_price,
+            convert_above_btc_price_usd=r.convert_above_btc_price,
+            points=[
+                RuleRow(
+                    node=p.node,
+                    hashprice_usd_per_ph_day=p.hashprice_usd_per_ph_day,
+                    btc_price_usd=p.btc_price_usd,
+                    action=p.action.value,
+                )
+                for p in r.points
+            ],
+        )
+        for r in decision_rules(fleet, solution, decision_months)
+    ]
+    interval = result.value_of_waiting
+    now_plan = solution.now_plan
+    timings = dict(solution.timings_s)
+    timings["replications"] = sum(sum(r.timings_s.values()) for r in result.replications)
+    if rolling is not None:
+        timings["rolling_out_of_sample"] = rolling.wall_s
+    return TreeReport(
+        decision_months=[float(m) for m in decision_months],
+        branching=[int(k) for k in branching],
+        seed=fleet.scenarios.seed,
+        nodes=tree.n_nodes,
+        scenarios=tree.n_leaves,
+        multistage_usd=solution.multistage_usd,
+        now_or_never_usd=solution.now_or_never_usd,
+        wait_and_see_usd=solution.wait_and_see_usd,
+        value_of_waiting_in_sample_usd=solution.value_of_waiting_usd,
+        value_of_waiting=ValueInterval(
+            estimate_usd=interval.estimate_usd,
+            lower_usd=interval.lower_usd if math.isfinite(interval.lower_usd) else None,
+            upper_usd=interval.upper_usd if math.isfinite(interval.upper_usd) else None,
+            confidence_level=interval.confidence_level,
+            replications_usd=list(interval.values_usd),
+        ),
+        now=nodes[0],
+        now_or_never_lifecycles=lifecycle_rows(now_plan.lifecycle_counts(fleet)),
+        now_or_never_conversions=dict(now_plan.conversion_start),
+        tree=nodes,
+        decision_rules=rules,
+        out_of_sample=[
+            PolicyResult(policy=p.policy, objective_usd=p.objective_usd, mean_usd=p.mean_usd)
+            for p in (rolling.scores if rolling is not None else ())
+        ],
+        out_of_sample_value_of_waiting_usd=rolling.value_of_waiting_usd if rolling is not None else None,
+        model_sizes=[
+            ModelSizeRow(model="multistage", **dataclasses.asdict(solution.multistage_size)),
+            ModelSizeRow(model="now_or_never", **dataclasses.asdict(solution.now_or_never_size)),
+        ],
+        timings_s=timings,
+    )
+
+
+def tree_tables(report: TreeReport) -> dict[str, list[dict]]:
+    """tree_nodes.csv (a row per node: what it saw and decided) and decision_rule.csv (a row per node per rule)."""
+
+    def text(mapping: dict) -> str:
+        return "; ".join(
+            f"{k}:" + ",".join(f"{kk}={vv}" for kk, vv in v.items()) if isinstance(v, dict) else f"{k}={v}"
+            for k, v in mapping.items()
+        )
+
+    nodes = [
+        {
+            "node": n.node,
+            "parent": n.parent,
+            "depth": n.depth,
+            "decision_month": "" if n.decision_month is None else n.decision_month,
+            "probability": n.probability,
+            "btc_price_usd": n.btc_price_usd,
+            "hashprice_usd_per_ph_day": n.hashprice_usd_per_ph_day,
+            "lifecycles": "; ".join(f"{c.group}:{c.lifecycle}={c.racks}" for c in n.lifecycles),
+            "conversions": text(n.conversions),
+            "lease_mw": text(n.lease_mw),
+        }
+        for n in report.tree
+    ]
+    rules = [
+        {
+            "decision_month": r.decision_month,
+            "site": r.site,
+            "node": p.node,
+            "hashprice_usd_per_ph_day": p.hashprice_usd_per_ph_day,
+            "btc_price_usd": p.btc_price_usd,
+            "action": p.action,
+            "rule": r.rule,
+        }
+        for r in report.decision_rules
+        for p in r.points
+    ]
+    return {"tree_nodes": nodes, "decision_rule": rules}

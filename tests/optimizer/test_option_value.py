@@ -1,0 +1,65 @@
+"""The value of the option to wait: positive where waiting pays, zero where converting now dominates; the rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizer.fleet import parse_fleet
+from optimizer.option_value import ConversionAction, decision_rules, value_of_waiting
+from tests.fleets import pivot_fleet_data
+from tests.optimizer.test_multistage import waiting_fleet_data
+
+
+def with_seed(data: dict, seed: int = 3) -> dict:
+    data["scenarios"] = {"seed": seed, "count": 3}
+    return data
+
+
+def test_waiting_is_worth_money_with_an_interval_above_zero():
+    """A thin lease (70 $/kW-month) on efficient machines: convert in month 6 only on some paths."""
+    fleet = parse_fleet(with_seed(waiting_fleet_data(70.0)))
+    result = value_of_waiting(fleet, [0, 6], 4, replications=10, wait_and_see=True)
+    inside = result.in_sample
+    assert inside.now_or_never_usd < inside.multistage_usd < inside.wait_and_see_usd
+    assert result.value_of_waiting.lower_usd > 0
+    assert result.value_of_waiting.estimate_usd == pytest.approx(
+        sum(r.multistage_usd - r.now_or_never_usd for r in result.replications) / 10
+    )
+    assert all(r.multistage_usd >= r.now_or_never_usd - 1e-6 for r in result.replications)
+
+
+def test_the_decision_rule_reproduces_every_node_decision():
+    """At 55 $/kW-month, one month-6 path converts (and sells machines into a high hashprice), two wait."""
+    fleet = parse_fleet(with_seed(waiting_fleet_data(55.0)))
+    inside = value_of_waiting(fleet, [0, 6], 3, replications=0).in_sample
+    assert inside.value_of_waiting_usd > 1_000
+    now_rule, later_rule = decision_rules(fleet, inside, [0, 6])
+    assert [p.action for p in now_rule.points] == [ConversionAction.WAIT]
+    actions = {p.action for p in later_rule.points}
+    assert actions == {ConversionAction.CONVERT, ConversionAction.WAIT}  # the paths disagree: that is the option
+    thresholds = [
+        (later_rule.convert_below_hashprice, lambda p, h: p.hashprice_usd_per_ph_day <= h),
+        (later_rule.convert_above_hashprice, lambda p, h: p.hashprice_usd_per_ph_day >= h),
+        (later_rule.convert_below_btc_price, lambda p, h: p.btc_price_usd <= h),
+        (later_rule.convert_above_btc_price, lambda p, h: p.btc_price_usd >= h),
+    ]
+    separating = [(h, test) for h, test in thresholds if h is not None]
+    assert separating, later_rule.points
+    for h, test in separating:  # each reported threshold reproduces every node's decision
+        for p in later_rule.points:
+            assert test(p, h) == (p.action is ConversionAction.CONVERT)
+    assert "convert if" in later_rule.text()
+
+
+def test_converting_now_dominates_and_waiting_is_worth_zero():
+    """The pivot fleet's 150 $/kW-month lease beats mining old machines on every path: convert today."""
+    fleet = parse_fleet(with_seed(pivot_fleet_data()))
+    result = value_of_waiting(fleet, [0, 6], 3, replications=4, wait_and_see=False)
+    interval = result.value_of_waiting
+    assert abs(result.in_sample.value_of_waiting_usd) < 1e-3
+    assert interval.lower_usd <= 0 <= interval.upper_usd
+    assert max(abs(v) for v in interval.values_usd) < 1e-3
+    assert result.in_sample.plan.root.conversion_start == {"a": 0}
+    now_rule, later_rule = decision_rules(fleet, result.in_sample, [0, 6])
+    assert [p.action for p in now_rule.points] == [ConversionAction.CONVERT]
+    assert {p.action for p in later_rule.points} == {ConversionAction.CONVERTED}

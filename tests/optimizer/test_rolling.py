@@ -1,0 +1,67 @@
+"""The rolling (re-solve at each node) out-of-sample score of the multi-stage policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optimizer.allocation import check_feasible
+from optimizer.fleet import parse_fleet
+from optimizer.lifecycles import plan_grid
+from optimizer.multistage import combine_path, non_anticipativity_violations
+from optimizer.option_value import value_of_waiting
+from optimizer.rolling import evaluate_rolling
+from optimizer.tree import build_tree_from_branching
+from optimizer.tree_scenarios import generate_tree_scenarios
+from tests.optimizer.test_multistage import waiting_fleet_data
+from tests.optimizer.test_tree import events_fleet
+
+
+def test_rolling_policy_is_nonanticipative_feasible_and_scored_exactly():
+    data = waiting_fleet_data(55.0)
+    data["scenarios"] = {"seed": 3, "count": 3}
+    fleet = parse_fleet(data)
+    solution = value_of_waiting(fleet, [0, 6], 3, replications=0, wait_and_see=False).in_sample
+    evaluation = evaluate_rolling(fleet, solution, seed=3)
+    tree = evaluation.tree
+    assert evaluation.solves == 3  # one re-solve per month-6 node; the root takes the in-sample root decision
+    assert evaluation.decisions[0] == solution.plan.root
+    grid = plan_grid(fleet)
+    leaf0 = solution.plan.leaf_plans[0]
+    plans = [
+        combine_path(fleet, grid, [evaluation.decisions[n] for n in tree.path(leaf)[:-1]], leaf0.purchases, leaf0.dr_mw)
+        for leaf in tree.leaves
+    ]
+    assert non_anticipativity_violations(fleet, grid, tree, plans) == []
+    assert all(check_feasible(fleet, p) == [] for p in plans)
+    rolling = evaluation.score("multi-stage (rolling)")
+    now = evaluation.score("now-or-never")
+    assert rolling.mean_usd == pytest.approx(rolling.profits_usd.mean()) and len(now.profits_usd) == 9
+    assert evaluation.value_of_waiting_usd == pytest.approx(rolling.objective_usd - now.objective_usd)
+    assert len(evaluation.score("calculator").profits_usd) == 9
+
+
+def test_without_uncertainty_rolling_equals_the_in_sample_plan():
+    fleet = events_fleet(deterministic=True)
+    solution = value_of_waiting(fleet, [0, 6], 2, replications=0).in_sample
+    assert solution.value_of_waiting_usd == pytest.approx(0.0, abs=1e-3)
+    assert solution.wait_and_see_usd == pytest.approx(solution.multistage_usd, rel=1e-9)
+    evaluation = evaluate_rolling(fleet, solution, seed=11)
+    assert evaluation.score("multi-stage (rolling)").objective_usd == pytest.approx(solution.multistage_usd, rel=1e-9)
+    assert evaluation.value_of_waiting_usd == pytest.approx(0.0, abs=1e-3)
+
+
+def test_a_lookahead_tree_shares_the_history_it_is_given():
+    fleet = events_fleet()
+    tree = build_tree_from_branching((0, 183), (2, 2), 548)
+    paths = generate_tree_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, tree, 5)
+    node = tree.nodes_at_depth(1)[1]
+    look = build_tree_from_branching((0, 183), (1, 3), 548)
+    given = {1: (paths.segments[node], paths.states[node])}
+    ahead = generate_tree_scenarios(
+        fleet.bitcoin, fleet.markets, fleet.horizon, look, 5, 1_000, given=given, key_prefix=(1,)
+    )
+    history = paths.scenarios.btc_price_usd[tree.leaves_under(node)[0], :183]
+    for row in range(3):
+        np.testing.assert_array_equal(ahead.scenarios.btc_price_usd[row, :183], history)
+    assert len({ahead.scenarios.btc_price_usd[row, 200] for row in range(3)}) == 3
