@@ -279,6 +279,12 @@ class RiskSettings(StrictModel):
     weight: float = Field(0.5, ge=0, le=1, description="Weight of CVaR against expected profit.")
 
 
+class SolveMethod(enum.StrEnum):
+    MONOLITHIC = "monolithic"  # the compact MIP in one HiGHS solve (optimizer.formulation)
+    DECOMPOSITION = "decomposition"  # cutting planes and Benders cuts, scenario work on Ray (solvers.decomposition)
+    AUTO = "auto"  # chosen from the model size (solvers.decomposition.choose_method)
+
+
 class SolverSettings(StrictModel):
     time_limit_s: float | None = Field(
         None,
@@ -292,6 +298,10 @@ class SolverSettings(StrictModel):
         0.01,
         ge=0,
         description="A solve that stops at a limit with a larger relative gap flags the plan (CLI exits non-zero).",
+    )
+    method: SolveMethod = Field(
+        SolveMethod.AUTO,
+        description="monolithic MIP, exact decomposition (scenario work on Ray), or auto by model size.",
     )
 
 

@@ -193,6 +193,10 @@ def solve_allocation(
 
     `commitments` fix decisions first; an infeasible model raises an error naming the constraints at fault.
     """
+    from solvers.decomposition import SolveMethod, choose_method
+
+    if choose_method(fleet, economics, solver.method) is SolveMethod.DECOMPOSITION:
+        return solve_decomposed(fleet, economics, risk, solver, on_mip_progress, commitments)
     start = time.perf_counter()
     model = build_compact_model(fleet, economics, risk)
     if commitments is not None:
@@ -211,6 +215,32 @@ def solve_allocation(
         build_s=build_s,
         variables=model.nvariables(),
         constraints=model.nconstraints(),
+        time_limit_s=time_limit_s,
+    )
+
+
+def solve_decomposed(
+    fleet: Fleet,
+    economics: GroupEconomics,
+    risk: RiskSettings,
+    solver: SolverSettings,
+    on_mip_progress: Callable[[MipProgress], None] | None = None,
+    commitments: Commitments | None = None,
+    workers: int | None = None,
+) -> SolvedPlan:
+    """The same plan by exact decomposition (solvers/decomposition.py): master here, scenario work on Ray."""
+    from solvers.decomposition import solve_decomposition
+
+    time_limit_s = resolved_time_limit_s(solver, fleet, economics)
+    result = solve_decomposition(
+        fleet, economics, risk, solver, time_limit_s, on_mip_progress, workers=workers, commitments=commitments
+    )
+    return SolvedPlan(
+        allocation=break_ties(fleet, extract_allocation(result.model, fleet)),
+        outcome=result.outcome,
+        build_s=result.report.setup_s,
+        variables=result.variables,
+        constraints=result.constraints,
         time_limit_s=time_limit_s,
     )
 

@@ -86,6 +86,34 @@ OBJECTIVE_WORST: Objective.ValueType  # 3
 """Profit of the worst scenario."""
 Global___Objective: _TypeAlias = Objective  # noqa: Y015
 
+class _SolveMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SolveMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SolveMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SOLVE_METHOD_UNSPECIFIED: _SolveMethod.ValueType  # 0
+    """Not set: the default, SOLVE_METHOD_AUTO."""
+    SOLVE_METHOD_MONOLITHIC: _SolveMethod.ValueType  # 1
+    """The compact MIP in one solve."""
+    SOLVE_METHOD_DECOMPOSITION: _SolveMethod.ValueType  # 2
+    """Exact decomposition: CVaR cutting planes and multi-cut Benders, scenario work on Ray."""
+    SOLVE_METHOD_AUTO: _SolveMethod.ValueType  # 3
+    """Chosen from the model size."""
+
+class SolveMethod(_SolveMethod, metaclass=_SolveMethodEnumTypeWrapper):
+    """Solution method of the planning model."""
+
+SOLVE_METHOD_UNSPECIFIED: SolveMethod.ValueType  # 0
+"""Not set: the default, SOLVE_METHOD_AUTO."""
+SOLVE_METHOD_MONOLITHIC: SolveMethod.ValueType  # 1
+"""The compact MIP in one solve."""
+SOLVE_METHOD_DECOMPOSITION: SolveMethod.ValueType  # 2
+"""Exact decomposition: CVaR cutting planes and multi-cut Benders, scenario work on Ray."""
+SOLVE_METHOD_AUTO: SolveMethod.ValueType  # 3
+"""Chosen from the model size."""
+Global___SolveMethod: _TypeAlias = SolveMethod  # noqa: Y015
+
 @_typing.final
 class Horizon(_message.Message):
     """The planning horizon and its time step."""
@@ -1072,6 +1100,7 @@ class SolverSettings(_message.Message):
     MIP_REL_GAP_FIELD_NUMBER: _builtins.int
     THREADS_FIELD_NUMBER: _builtins.int
     MAX_ACCEPTED_GAP_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
     time_limit_s: _builtins.float
     """Time limit of the MIP solve, seconds (default: scaled with the model size, docs/formulation.md).
     A call deadline shortens it.
@@ -1082,6 +1111,8 @@ class SolverSettings(_message.Message):
     """HiGHS threads (default 1)."""
     max_accepted_gap: _builtins.float
     """A solve that stops at a limit with a larger relative gap flags the plan (default 0.01)."""
+    method: Global___SolveMethod.ValueType
+    """How the plan is solved (default SOLVE_METHOD_AUTO: chosen from the model size)."""
     def __init__(
         self,
         *,
@@ -1089,10 +1120,11 @@ class SolverSettings(_message.Message):
         mip_rel_gap: _builtins.float | None = ...,
         threads: _builtins.int | None = ...,
         max_accepted_gap: _builtins.float | None = ...,
+        method: Global___SolveMethod.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accepted_gap", b"_max_accepted_gap", "_mip_rel_gap", b"_mip_rel_gap", "_threads", b"_threads", "_time_limit_s", b"_time_limit_s", "max_accepted_gap", b"max_accepted_gap", "mip_rel_gap", b"mip_rel_gap", "threads", b"threads", "time_limit_s", b"time_limit_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accepted_gap", b"_max_accepted_gap", "_mip_rel_gap", b"_mip_rel_gap", "_threads", b"_threads", "_time_limit_s", b"_time_limit_s", "max_accepted_gap", b"max_accepted_gap", "mip_rel_gap", b"mip_rel_gap", "threads", b"threads", "time_limit_s", b"time_limit_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accepted_gap", b"_max_accepted_gap", "_mip_rel_gap", b"_mip_rel_gap", "_threads", b"_threads", "_time_limit_s", b"_time_limit_s", "max_accepted_gap", b"max_accepted_gap", "method", b"method", "mip_rel_gap", b"mip_rel_gap", "threads", b"threads", "time_limit_s", b"time_limit_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accepted_gap: _TypeAlias = _typing.Literal["max_accepted_gap"]  # noqa: Y015
     _WhichOneofArgType__max_accepted_gap: _TypeAlias = _typing.Literal["_max_accepted_gap", b"_max_accepted_gap"]  # noqa: Y015

@@ -1,0 +1,247 @@
+"""Fleet scale: monolithic MIP vs exact decomposition (issue 10), side by side in one run.
+
+    .venv/bin/python bench/bench_scale.py            # every case (tens of minutes on 2 shared cores)
+    .venv/bin/python bench/bench_scale.py --quick    # smaller counts, same shape of table
+
+Cases, hourly steps over one quarter (the horizon of the issue's table), mean-CVaR as in the example:
+  A  the example fleet, events removed, 2,000 scenarios
+  B  1,000 synthetic rack groups (the example's groups split 125 ways), no events, 1,000 scenarios
+  C  300 synthetic rack groups with the example's events and DR, four times as frequent, 200 scenarios
+  D  1,000 groups x 10,000 scenarios, decomposition only
+  S  speedup of 2 workers over 1 on the decomposition's scenario work (B's fleet, 2,000 scenarios)
+
+Each (case, method) runs end to end (scenarios and economics on an embedded Ray, build, solve) in a
+fresh child process; the parent samples the resident memory of the child's whole process tree (driver,
+raylet, Ray workers; psutil, every 0.2 s) and reports its peak. `auto` shows what the rule would pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MONOLITHIC_LIMIT_S = 300.0  # --time-limit: a monolithic solve past it reports its gap
+
+
+def synthetic_fleet(groups: int, events: bool, scale_events: float = 1.0):
+    """The example fleet over one quarter, its rack groups split into `groups` groups of varied opex."""
+    import yaml
+
+    from optimizer.fleet import parse_fleet
+
+    data = yaml.safe_load((ROOT / "examples" / "fleet.yaml").read_text())
+    data["horizon"] = {"start": data["horizon"]["start"], "days": 91, "step_hours": 1}
+    for market in data["markets"]:
+        if not events:
+            market.pop("curtailment_events", None)
+            market.pop("demand_response_calls", None)
+        else:
+            for event in market.get("curtailment_events", []):
+                event["events_per_year"] = event["events_per_year"] * scale_events
+            if "demand_response_calls" in market:
+                market["demand_response_calls"]["calls_per_year"] *= scale_events
+    if not events:
+        for site in data["sites"]:
+            site.pop("demand_response", None)
+    if groups:
+        base = data["rack_groups"]
+        per = groups // len(base)
+        extra = groups - per * len(base)
+        out = []
+        for i, group in enumerate(base):
+            n = per + (1 if i < extra else 0)
+            racks = [group["racks"] // n + (1 if j < group["racks"] % n else 0) for j in range(n)]
+            for j in range(n):
+                g = copy.deepcopy(group)
+                g["id"] = f"{group['id']}-{j:03d}"
+                g["racks"] = max(1, racks[j])
+                g["opex_usd_per_rack_day"] = round(group["opex_usd_per_rack_day"] * (0.8 + 0.4 * j / max(1, n - 1)), 3)
+                out.append(g)
+        data["rack_groups"] = out
+    return parse_fleet(data)
+
+
+CASES = {
+    "A": {"label": "example, no events", "groups": 0, "events": False, "scenarios": 2000},
+    "B": {"label": "1,000 groups, no events", "groups": 1000, "events": False, "scenarios": 1000},
+    "C": {"label": "300 groups, events + DR", "groups": 300, "events": True, "scenarios": 200, "scale": 4.0},
+    "D": {"label": "1,000 groups, no events", "groups": 1000, "events": False, "scenarios": 10000},
+}
+QUICK = {"A": 400, "B": 200, "C": 50, "D": 2000}
+
+
+def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
+    """One end-to-end plan in this process (embedded Ray, 2 CPUs); prints a JSON line."""
+    from optimizer.fleet import with_overrides
+    from solvers.decomposition import choose_method, scenario_nonzeros
+    from solvers.planner import ScenarioSpec, compute_economics, solve_allocation
+    from solvers.ray_pool import ensure_ray, in_process
+
+    spec = CASES[case]
+    fleet = synthetic_fleet(spec["groups"], spec["events"], spec.get("scale", 1.0))
+    fleet = with_overrides(
+        fleet,
+        {
+            "scenarios": {"count": scenarios, "batch_size": 100},
+            "solver": {"method": method, "time_limit_s": time_limit_s, "mip_rel_gap": 1e-6},
+        },
+    )
+    ensure_ray(num_cpus=2)
+    start = time.perf_counter()
+    economics, _ = compute_economics(fleet, ScenarioSpec(count=scenarios, seed=fleet.scenarios.seed), 100)
+    economics_s = time.perf_counter() - start
+    auto = choose_method(fleet, economics).value
+    with in_process(False):
+        solved = solve_allocation(fleet, economics, fleet.risk, fleet.solver)
+    total_s = time.perf_counter() - start
+    return {
+        "case": case,
+        "method": method,
+        "groups": len(fleet.rack_groups),
+        "scenarios": scenarios,
+        "coupled": economics.n_coupled,
+        "nonzeros": scenario_nonzeros(fleet, economics),
+        "auto": auto,
+        "economics_s": economics_s,
+        "build_s": solved.build_s,
+        "solve_s": solved.outcome.wall_s,
+        "total_s": total_s,
+        "status": solved.outcome.status,
+        "objective": solved.outcome.objective_usd,
+        "bound": solved.outcome.bound_usd,
+        "gap": solved.outcome.mip_gap,
+        "variables": solved.variables,
+        "constraints": solved.constraints,
+    }
+
+
+def child_speedup(scenarios: int) -> dict:
+    """Decomposition scenario work (preparation, evaluations, cut sums) with 1 and then 2 workers."""
+    from optimizer.fleet import with_overrides
+    from solvers.decomposition import solve_decomposition
+    from solvers.planner import ScenarioSpec, compute_economics
+    from solvers.ray_pool import ensure_ray
+
+    fleet = synthetic_fleet(1000, False)
+    # a loose gap: the master converges in a few iterations; what is timed is the scenario work
+    fleet = with_overrides(
+        fleet, {"scenarios": {"count": scenarios, "batch_size": 100}, "solver": {"mip_rel_gap": 1e-3}}
+    )
+    ensure_ray(num_cpus=2)
+    economics, _ = compute_economics(fleet, ScenarioSpec(count=scenarios, seed=fleet.scenarios.seed), 100)
+    out = {"case": "S", "scenarios": scenarios}
+    results = {}
+    for workers in (1, 2):
+        result = solve_decomposition(fleet, economics, fleet.risk, fleet.solver, 600, workers=workers)
+        results[workers] = result
+        out[f"scenario_s_{workers}"] = result.report.scenario_s
+        out[f"iterations_{workers}"] = result.report.iterations
+    out["same_plan"] = bool((results[1].y == results[2].y).all())
+    out["speedup"] = out["scenario_s_1"] / out["scenario_s_2"]
+    return out
+
+
+def run_child(args: list[str]) -> tuple[dict | None, float, float]:
+    """Run a child, sample its process tree's RSS; (its JSON, peak GiB, wall s)."""
+    import psutil
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        try:
+            root = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not done.is_set():
+            total = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            peak[0] = max(peak[0], total)
+            done.wait(0.2)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    done.set()
+    thread.join()
+    wall = time.perf_counter() - start
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        print(f"  child {args} failed ({proc.returncode}): {err.strip().splitlines()[-3:]}", file=sys.stderr)
+        return None, peak[0] / 2**30, wall
+    return json.loads(lines[-1]), peak[0] / 2**30, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller scenario counts")
+    parser.add_argument("--cases", default="ACBDS")
+    parser.add_argument("--time-limit", type=float, default=MONOLITHIC_LIMIT_S, help="solver time limit, s")
+    parser.add_argument("--monolithic", default="ABC", help="cases that also run the monolithic MIP")
+    parser.add_argument("--child", nargs=3, metavar=("CASE", "METHOD", "SCENARIOS"), help=argparse.SUPPRESS)
+    parser.add_argument("--child-speedup", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]), args.time_limit)), flush=True)
+        return
+    if args.child_speedup:
+        print(json.dumps(child_speedup(args.child_speedup)), flush=True)
+        return
+
+    header = (
+        f"{'case':<28} {'scen':>6} {'method':<13} {'auto':<13} {'econ s':>7} {'build s':>8} {'solve s':>8} "
+        f"{'total s':>8} {'peak GiB':>8} {'status':<10} {'gap':>8} {'objective USD':>16} {'vars':>8}"
+    )
+    print(header)
+    print("-" * len(header), flush=True)
+    for case in args.cases:
+        if case == "S":
+            continue
+        spec = CASES[case]
+        count = QUICK[case] if args.quick else spec["scenarios"]
+        methods = ["monolithic", "decomposition"] if case in args.monolithic and case != "D" else ["decomposition"]
+        for method in methods:
+            row, peak, _ = run_child(["--child", case, method, str(count), "--time-limit", str(args.time_limit)])
+            if row is None:
+                print(f"{spec['label']:<28} {count:>6} {method:<13} failed (see stderr); peak {peak:.2f} GiB")
+                continue
+            print(
+                f"{spec['label']:<28} {count:>6} {method:<13} {row['auto']:<13} {row['economics_s']:>7.1f} "
+                f"{row['build_s']:>8.1f} {row['solve_s']:>8.1f} {row['total_s']:>8.1f} {peak:>8.2f} "
+                f"{row['status']:<10} {row['gap']:>8.1e} {row['objective']:>16,.0f} {row['variables']:>8}",
+                flush=True,
+            )
+    if "S" in args.cases:
+        count = 400 if args.quick else 2000
+        row, peak, _ = run_child(["--child-speedup", str(count)])
+        if row is not None:
+            print(
+                f"\nscenario work, 1,000 groups x {count} scenarios: 1 worker {row['scenario_s_1']:.2f} s, "
+                f"2 workers {row['scenario_s_2']:.2f} s, speedup {row['speedup']:.2f}x "
+                f"(iterations {row['iterations_1']}/{row['iterations_2']}, same plan: {row['same_plan']}); "
+                f"peak {peak:.2f} GiB"
+            )
+
+
+if __name__ == "__main__":
+    main()
