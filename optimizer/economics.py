@@ -631,7 +631,7 @@ def _coupled_slots(
     slot = _positions_within(scen, n_scen)
     n_slots = int(slot.max()) + 1 if len(slot) else 0
 
-    out = {name: np.full((n_slots, n_scen), _PADDING[name]) for name in _PADDING if name.startswith("coupled_")}
+    out = {name: _padded((n_slots, n_scen), name) for name in _PADDING if name.startswith("coupled_")}
     out["coupled_site"][slot, scen] = site
     out["coupled_step"][slot, scen] = step
     out["coupled_discount"][slot, scen] = grid.timeline.step_discount()[step] if len(step) else 1.0
@@ -671,10 +671,18 @@ def _coupled_slots(
     n_items = int(before.max()) if n_scen else 0
     position, item_scen = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in (0, 1))
     for i, name in enumerate(("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd"), start=2):
-        out[name] = np.full((n_items, n_scen), _PADDING[name])
+        out[name] = _padded((n_items, n_scen), name)
         if parts:
             out[name][position, item_scen] = np.concatenate([p[i] for p in parts])
     return out
+
+
+# Index fields fit 32 bits (steps, slots, profiles): half the memory of the padded [K, S] / [I, S] tables.
+_INDEX_FIELDS = frozenset({"coupled_site", "coupled_step", "item_slot", "item_group"})
+
+
+def _padded(shape: tuple[int, int], name: str) -> np.ndarray:
+    return np.full(shape, _PADDING[name], dtype=np.int32 if name in _INDEX_FIELDS else None)
 
 
 def _positions_within(sorted_columns: np.ndarray, n_columns: int) -> np.ndarray:
