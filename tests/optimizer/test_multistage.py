@@ -29,7 +29,7 @@ from optimizer.tree import build_tree
 from optimizer.tree_scenarios import generate_tree_scenarios
 from solvers.highs import solve
 from tests.fleets import pivot_fleet_data
-from tests.optimizer.test_multiyear import RISKS, compositions, largest_lease_mw
+from tests.optimizer.test_multiyear import RISKS, every_plan
 
 
 def waiting_fleet_data(rate_usd_per_kw_month: float = 110.0) -> dict:
@@ -53,29 +53,6 @@ def tree_case():
 
 def solve_exact(model):
     return solve(model, time_limit_s=120, mip_rel_gap=0.0)
-
-
-def every_plan(fleet, grid):
-    """Every feasible full plan (lifecycle counts, conversion, the largest lease that fits, purchases)."""
-    options = [[life.key for life in lives] for lives in grid.lifecycles]
-    per_group = [
-        [dict(zip(keys, counts, strict=True)) for counts in compositions(group.racks, len(keys))]
-        for group, keys in zip(fleet.rack_groups, options, strict=True)
-    ]
-    for combo in itertools.product(*per_group, range(fleet.purchases[0].max_racks + 1)):
-        *counts, bought = combo
-        lifecycles = {g.id: {k: n for k, n in c.items() if n} for g, c in zip(fleet.rack_groups, counts, strict=True)}
-        starts = {int(k[3]) for c in lifecycles.values() for k in c if k.startswith("ai@")}
-        if len(starts) > 1:
-            continue
-        conversion = {"a": starts.pop()} if starts else {}
-        plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, purchases={"new-a": bought})
-        if conversion:
-            mw = largest_lease_mw(fleet, grid, plan, conversion["a"])
-            lease = {("colo", "a"): mw} if mw > 0 else {}
-            plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, lease, purchases={"new-a": bought})
-        if not check_feasible(fleet, plan):
-            yield plan
 
 
 def brute_force_policies(fleet, grid, tree, economics, risk) -> float:

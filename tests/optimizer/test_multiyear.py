@@ -52,13 +52,13 @@ def largest_lease_mw(fleet: Fleet, grid: PlanGrid, allocation: Allocation, start
     return mw if mw >= offer.min_mw else 0.0
 
 
-def brute_force(fleet: Fleet, grid: PlanGrid, economics, risk: RiskSettings) -> tuple[float, Allocation]:
+def every_plan(fleet: Fleet, grid: PlanGrid):
+    """Every feasible full plan (lifecycle counts, conversion, the largest lease that fits, purchases)."""
     options = [[life.key for life in lives] for lives in grid.lifecycles]
     per_group = [
         [dict(zip(keys, counts, strict=True)) for counts in compositions(group.racks, len(keys))]
         for group, keys in zip(fleet.rack_groups, options, strict=True)
     ]
-    best, best_plan = -np.inf, None
     for combo in itertools.product(*per_group, range(fleet.purchases[0].max_racks + 1)):
         *counts, bought = combo
         lifecycles = {g.id: {k: n for k, n in c.items() if n} for g, c in zip(fleet.rack_groups, counts, strict=True)}
@@ -71,8 +71,13 @@ def brute_force(fleet: Fleet, grid: PlanGrid, economics, risk: RiskSettings) -> 
             mw = largest_lease_mw(fleet, grid, plan, conversion["a"])
             lease = {("colo", "a"): mw} if mw > 0 else {}
             plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, lease, purchases={"new-a": bought})
-        if check_feasible(fleet, plan):
-            continue
+        if not check_feasible(fleet, plan):
+            yield plan
+
+
+def brute_force(fleet: Fleet, grid: PlanGrid, economics, risk: RiskSettings) -> tuple[float, Allocation]:
+    best, best_plan = -np.inf, None
+    for plan in every_plan(fleet, grid):
         value = risk_objective_value(
             scenario_profits_usd(fleet, economics, plan, grid), risk.objective.value, risk.alpha, risk.weight
         )
