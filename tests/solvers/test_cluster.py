@@ -26,9 +26,15 @@ import yaml
 
 from tests.fleets import EXAMPLES, ROOT
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(360)
 
-RAY = str(Path(sys.executable).parent / "ray")
+# `ray start` replaces a loopback --node-ip-address and --address by the machine's routable IP
+# (services.resolve_ip_for_localhost); a CI sandbox may not route that IP to itself. This cluster is
+# kept on 127.0.0.1 by starting Ray's own CLI with that replacement turned off.
+RAY_START = (
+    "import sys; from ray._private import services; services.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; sys.argv[0] = 'ray'; main()"
+)
 HASHPIVOT = str(Path(sys.executable).parent / "hashpivot")
 
 
@@ -63,6 +69,16 @@ def _node_args(temp_dir: str) -> list[str]:
         "--disable-usage-stats",
         "--block",
     ]
+
+
+# How many nodes run tasks now: a node counts once a task has run on it, not when it has registered
+NODES_READY = """
+import sys, ray
+from solvers.ray_pool import ensure_ray
+ensure_ray(sys.argv[1])
+where = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(lambda: ray.get_runtime_context().get_node_id())
+print(len(set(ray.get([where.remote() for _ in range(4 * len(ray.nodes()))]))))
+"""
 
 
 class Cluster:
@@ -100,23 +116,32 @@ class Cluster:
 
     def _spawn(self, args: list[str]) -> subprocess.Popen:
         proc = subprocess.Popen(
-            [RAY, "start", *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", RAY_START, "start", *args],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.procs.append(proc)
         return proc
 
-    def _wait_nodes(self, address: str, count: int, proc: subprocess.Popen, timeout_s: float = 60) -> bool:
-        script = (
-            "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-            "print(sum(1 for n in ray.nodes() if n['Alive']))"
-        )
+    def _wait_nodes(self, address: str, count: int, proc: subprocess.Popen, timeout_s: float = 120) -> bool:
+        script = NODES_READY
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 return False
-            out = subprocess.run(
-                [sys.executable, "-c", script, address], env=self.env, capture_output=True, text=True, timeout=60
-            )
+            try:  # a node still starting may keep a joining driver waiting: ask again, within the deadline
+                out = subprocess.run(
+                    [sys.executable, "-c", script, address],
+                    env=self.env,
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+            except subprocess.TimeoutExpired:
+                continue
             if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
                 return True
             time.sleep(1)
