@@ -48,8 +48,9 @@ import numpy as np
 
 from optimizer.economics import NO_SITE, GroupEconomics, economics_grid, max_ai_load_kw
 from optimizer.fleet import Fleet, Objective, RiskSettings, SolveMethod, SolverSettings
+from solvers.economics_batches import EconomicsBatches, n_items
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, relative_gap
-from solvers.ray_pool import batches, lazy_remote, running_in_process
+from solvers.ray_pool import lazy_remote, running_in_process
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,7 @@ def scenario_nonzeros(fleet: Fleet, economics: GroupEconomics) -> int:
     grid = plan_grid(fleet)
     lifecycles = sum(len(options) for options in grid.lifecycles)
     leases = len(fleet.lease_offers) * max(1, len(fleet.sites))
-    items = int((economics.item_slot != NO_SITE).sum())
-    return economics.n_scenarios * (lifecycles + len(fleet.purchases) + leases) + 3 * items
+    return economics.n_scenarios * (lifecycles + len(fleet.purchases) + leases) + 3 * n_items(economics)
 
 
 def choose_method(fleet: Fleet, economics: GroupEconomics, method: SolveMethod | None = None) -> SolveMethod:
@@ -181,8 +181,10 @@ class Layout:
     n_periods: int
 
 
-def coupled_levels(fleet: Fleet, economics: GroupEconomics) -> list[tuple[str, float, int]]:
+def coupled_levels(fleet: Fleet, economics: GroupEconomics | EconomicsBatches) -> list[tuple[str, float, int]]:
     """The (site, cap kW, period) levels `add_coupled_dispatch` makes for these economics."""
+    if isinstance(economics, EconomicsBatches):
+        return economics.levels
     grid = economics_grid(fleet, economics)
     slot_k, slot_s = np.nonzero(economics.coupled_site != NO_SITE)
     if len(slot_k) == 0:
@@ -509,8 +511,11 @@ def _node_id() -> str:
 
 
 @lazy_remote(num_cpus=1)
-def _prepare_task(fleet: Fleet, economics: GroupEconomics, positions: np.ndarray, layout: Layout) -> Batch:
-    return prepare_batch(fleet, economics, positions, layout)
+def _prepare_task(fleet: Fleet, economics: GroupEconomics, start: int, layout: Layout) -> Batch:
+    """A batch prepared from its own economics (scenarios start, start + 1, ... of the run)."""
+    batch = prepare_batch(fleet, economics, np.arange(economics.n_scenarios), layout)
+    batch.positions = batch.positions + start
+    return batch
 
 
 @lazy_remote(num_cpus=1)
@@ -554,21 +559,10 @@ class _Pool:
     def submit(self, task, arg_lists: list[tuple]) -> list:
         """Refs (Ray) or values (in-process), in order, results left in the object store; at most
         `workers` tasks in flight; returns when all have finished."""
-        if self.local:
-            return [task.fn(*args) for args in arg_lists]
-        import ray
+        from solvers.ray_pool import fan_out_refs
 
-        refs, pending = [], []
-        for args in arg_lists:
-            if self.workers and len(pending) >= self.workers:
-                _, pending = ray.wait(pending, num_returns=len(pending) - self.workers + 1)
-            # SPREAD: the batches' data lands across the nodes; later tasks follow it (locality-aware)
-            ref = task.options(scheduling_strategy="SPREAD").remote(*args)
-            refs.append(ref)
-            pending.append(ref)
-        if pending:
-            ray.wait(pending, num_returns=len(pending), fetch_local=False)
-        return refs
+        # SPREAD: the batches' data lands across the nodes; later tasks follow it (locality-aware)
+        return fan_out_refs(task, arg_lists, self.workers, scheduling_strategy="SPREAD")
 
     def run(self, task, arg_lists: list[tuple]) -> list:
         if self.local:
@@ -632,7 +626,7 @@ def risk_value(profit: np.ndarray, risk: RiskSettings, p: np.ndarray) -> float:
 
 def solve_decomposition(
     fleet: Fleet,
-    economics: GroupEconomics,
+    economics: GroupEconomics | EconomicsBatches,
     risk: RiskSettings,
     solver: SolverSettings,
     time_limit_s: float,
@@ -649,6 +643,8 @@ def solve_decomposition(
 
     start = time.perf_counter()
     deadline = start + time_limit_s
+    if not isinstance(economics, EconomicsBatches):  # each batch put in the object store once
+        economics = EconomicsBatches.split(fleet, economics, batch_size or fleet.scenarios.batch_size)
     grid = economics_grid(fleet, economics)
     levels = coupled_levels(fleet, economics)
     model = build_master_model(fleet, grid, levels)
@@ -664,11 +660,11 @@ def solve_decomposition(
     tol = max(float(solver.mip_rel_gap), 1e-9)
 
     pool = _Pool(workers)
-    parts = batches(n_scen, batch_size or fleet.scenarios.batch_size)
-    econ_ref, layout_ref, fleet_ref = pool.put(economics), pool.put(layout), pool.put(fleet)
+    parts = [range(a, a + s.n_scenarios) for a, s in zip(economics.starts(), economics.summaries, strict=True)]
+    layout_ref, fleet_ref = pool.put(layout), pool.put(fleet)
     scen_start = time.perf_counter()
     batch_refs = pool.submit(
-        _prepare_task, [(fleet_ref, econ_ref, np.arange(r.start, r.stop), layout_ref) for r in parts]
+        _prepare_task, [(fleet_ref, ref, r.start, layout_ref) for ref, r in zip(economics.refs, parts, strict=True)]
     )
     mean = pool.run(_aggregate_task, [(ref, p[r.start : r.stop]) for ref, r in zip(batch_refs, parts, strict=True)])
     expected_coef = np.sum([m[0] for m in mean], axis=0)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 
-from optimizer.economics import NO_SITE, GroupEconomics
+from optimizer.economics import GroupEconomics
 from optimizer.fleet import Fleet, Objective, SolverSettings
+from solvers.economics_batches import n_items
 
 # Default time limit = BASE + PER_KROW per 1,000 rows + PER_INTEGER per integer column, at most MAX.
 # Rows and columns are counted from the compact model's shape (optimizer/formulation.py) without
@@ -26,8 +27,8 @@ PROVEN_STATUSES = frozenset({"optimal"})
 
 def model_rows(fleet: Fleet, economics: GroupEconomics) -> int:
     risk_rows = 0 if fleet.risk.objective is Objective.EXPECTED else economics.n_scenarios
-    items = int((economics.item_slot != NO_SITE).sum())
-    slots = int((economics.coupled_site != NO_SITE).sum())
+    items = n_items(economics)
+    slots = economics.n_coupled
     return economics.n_scenarios + risk_rows + items + slots
 
 

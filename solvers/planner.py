@@ -33,12 +33,14 @@ from optimizer.risk import profit_stats
 from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios, hourly_means, select_rows
 from optimizer.ties import break_ties
 from solvers.diagnose import Commitments, apply_commitments, explain_infeasible
+from solvers.economics_batches import EconomicsBatches
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, solve
 from solvers.limits import gap_exceeded, resolved_time_limit_s
 from solvers.ray_pool import (
     batches,
     ensure_ray,
     fan_out,
+    fan_out_refs,
     get,
     in_process,
     lazy_remote,
@@ -133,9 +135,43 @@ def streamed_economics(
     return concat_economics(parts), (concat_scenarios(kept) if keep else None)
 
 
+def _scenario_ticker(parts: list[range], count: int, progress: Progress) -> Callable[[int], None]:
+    """Reports 0 of `count` scenarios now, and returns the per-batch callback that counts the rest."""
+    done = [0]
+
+    def tick(index: int) -> None:
+        done[0] += len(parts[index])
+        progress("scenarios", done[0], count)
+
+    progress("scenarios", 0, count)
+    return tick
+
+
 @lazy_remote(num_cpus=1)
 def _economics_batch(fleet: Fleet, rows: range, seed: int, stream: int, provided, keep: bool, draw_step_minutes=None):
     return streamed_economics(fleet, rows, seed, stream, provided, keep, draw_step_minutes)
+
+
+@lazy_remote(num_cpus=1)
+def _economics_only(fleet: Fleet, rows: range, seed: int, stream: int, provided, draw_step_minutes=None):
+    return streamed_economics(fleet, rows, seed, stream, provided, False, draw_step_minutes)[0]
+
+
+def economics_batches(
+    fleet: Fleet,
+    spec: ScenarioSpec,
+    batch_size: int,
+    workers: int | None = None,
+    progress: Progress = _no_progress,
+) -> EconomicsBatches:
+    """The economics of every scenario left in the object store batch by batch (solvers/economics_batches.py):
+    the driver fetches a summary per batch, never the scenarios; the same numbers as `compute_economics`."""
+    fleet_ref = put(fleet)
+    provided_ref = None if spec.provided is None else put(spec.provided)
+    parts = batches(spec.count, batch_size)
+    tick = _scenario_ticker(parts, spec.count, progress)
+    args = [(fleet_ref, rows, spec.seed, spec.stream, provided_ref, spec.draw_step_minutes) for rows in parts]
+    return EconomicsBatches.from_refs(fleet, fan_out_refs(_economics_only, args, workers, tick), workers)
 
 
 def compute_economics(
@@ -150,13 +186,7 @@ def compute_economics(
     fleet_ref = put(fleet)
     provided_ref = None if spec.provided is None else put(spec.provided)  # put once, pass references
     parts = batches(spec.count, batch_size)
-    done = [0]
-
-    def tick(_: int) -> None:
-        done[0] += len(parts[_])
-        progress("scenarios", done[0], spec.count)
-
-    progress("scenarios", 0, spec.count)
+    tick = _scenario_ticker(parts, spec.count, progress)
     results = fan_out(
         _economics_batch,
         [
@@ -183,7 +213,7 @@ class SolvedPlan:
 
 def solve_allocation(
     fleet: Fleet,
-    economics: GroupEconomics,
+    economics: GroupEconomics | EconomicsBatches,
     risk: RiskSettings,
     solver: SolverSettings,
     on_mip_progress: Callable[[MipProgress], None] | None = None,
@@ -197,6 +227,8 @@ def solve_allocation(
 
     if choose_method(fleet, economics, solver.method) is SolveMethod.DECOMPOSITION:
         return solve_decomposed(fleet, economics, risk, solver, on_mip_progress, commitments)
+    if isinstance(economics, EconomicsBatches):  # the single MIP needs every scenario here
+        economics = economics.gather()
     start = time.perf_counter()
     model = build_compact_model(fleet, economics, risk)
     if commitments is not None:
@@ -221,7 +253,7 @@ def solve_allocation(
 
 def solve_decomposed(
     fleet: Fleet,
-    economics: GroupEconomics,
+    economics: GroupEconomics | EconomicsBatches,
     risk: RiskSettings,
     solver: SolverSettings,
     on_mip_progress: Callable[[MipProgress], None] | None = None,

@@ -316,3 +316,42 @@ def _collect_one(pending: dict[Any, int], results: list[Any], on_done: Callable[
     results[index] = ray.get(ready)
     if on_done:
         on_done(index)
+
+
+def fan_out_refs(
+    remote_fn: Any,
+    arg_lists: Sequence[tuple],
+    max_in_flight: int | None = None,
+    on_done: Callable[[int], None] | None = None,
+    **options: Any,
+) -> list[Any]:
+    """Like `fan_out`, but leaves the results in the object store: their references, in submission
+    order, once every task has finished (in-process: the values). `options` go to `.options()`."""
+    if running_in_process():
+        return _run_here(remote_fn, arg_lists, on_done)
+    import ray
+
+    refs, pending = [], {}
+    try:
+        for index, args in enumerate(arg_lists):
+            if max_in_flight and len(pending) >= max_in_flight:
+                _wait_one(pending, on_done)
+            ref = (remote_fn.options(**options) if options else remote_fn).remote(*args)
+            refs.append(ref)
+            pending[ref] = index
+        while pending:
+            _wait_one(pending, on_done)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return refs
+
+
+def _wait_one(pending: dict[Any, int], on_done: Callable[[int], None] | None) -> None:
+    import ray
+
+    [ready], _ = ray.wait(list(pending), num_returns=1, fetch_local=False)
+    index = pending.pop(ready)
+    if on_done:
+        on_done(index)
