@@ -83,7 +83,7 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
     """One end-to-end plan in this process (embedded Ray, 2 CPUs); prints a JSON line."""
     from optimizer.fleet import with_overrides
     from solvers.decomposition import choose_method, scenario_nonzeros
-    from solvers.planner import ScenarioSpec, compute_economics, solve_allocation
+    from solvers.planner import ScenarioSpec, compute_economics, economics_batches, solve_allocation
     from solvers.ray_pool import ensure_ray, in_process
 
     spec = CASES[case]
@@ -97,7 +97,11 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
     )
     ensure_ray(num_cpus=2)
     start = time.perf_counter()
-    economics, _ = compute_economics(fleet, ScenarioSpec(count=scenarios, seed=fleet.scenarios.seed), 100)
+    spec = ScenarioSpec(count=scenarios, seed=fleet.scenarios.seed)
+    if method == "monolithic":
+        economics, _ = compute_economics(fleet, spec, 100)
+    else:  # the batches stay in the object store: the driver never holds every scenario
+        economics = economics_batches(fleet, spec, 100)
     economics_s = time.perf_counter() - start
     auto = choose_method(fleet, economics).value
     with in_process(False):

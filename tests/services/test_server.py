@@ -211,6 +211,30 @@ def test_job_streams_progress_and_stores_its_plan(stub):
     assert [e.state for e in watch_until_final(stub, job.job_id)] == [jobs_pb2.PLAN_JOB_STATE_SUCCEEDED]
 
 
+def test_job_streams_the_decomposition_bounds(stub):
+    """With solver.method decomposition, WatchPlanJob streams the per-iteration lower and upper bounds
+    (incumbent and bound): the lower never falls, the upper never rises, and the last pair is the plan's."""
+    data = events_fleet_data(days=3, scenarios=12)
+    data["risk"] = {"objective": "cvar", "alpha": 0.8, "weight": 0.5}
+    data["solver"] = {"method": "decomposition", "mip_rel_gap": 1e-9, "time_limit_s": 60}
+    job = stub.SubmitPlanJob(pb.SubmitPlanJobRequest(fleet=fleet_message(data)), timeout=30).job
+    events = watch_until_final(stub, job.job_id)
+    assert events[-1].state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED
+    bounds = [
+        (e.progress.incumbent_usd, e.progress.bound_usd, e.progress.mip_gap)
+        for e in events
+        if e.progress.HasField("incumbent_usd") and e.progress.HasField("bound_usd")
+    ]
+    assert bounds, "no decomposition bounds streamed"
+    lower, upper, gap = (list(column) for column in zip(*bounds, strict=True))
+    assert lower == sorted(lower) and upper == sorted(upper, reverse=True)
+    assert all(lo <= up + 1e-9 * abs(up) for lo, up in zip(lower, upper, strict=True))
+    solver = stub.GetPlanJob(pb.GetPlanJobRequest(job_id=job.job_id), timeout=30).plan.solver  # plan.json's solver
+    assert solver.status == plan_pb2.SOLVE_STATUS_OPTIMAL and solver.mip_gap <= 1e-9
+    assert (lower[-1], upper[-1]) == pytest.approx((solver.objective_usd, solver.bound_usd), rel=1e-12)
+    assert gap[-1] == pytest.approx(solver.mip_gap, abs=1e-12)
+
+
 def test_submit_is_idempotent_per_request_id(stub):
     request = pb.SubmitPlanJobRequest(fleet=fleet_message(small_fleet_data()), request_id="quarterly-2026Q4")
     first = stub.SubmitPlanJob(request, timeout=30).job
