@@ -518,8 +518,7 @@ def _prepare_task(fleet: Fleet, economics: GroupEconomics, start: int, layout: L
     return batch
 
 
-@lazy_remote(num_cpus=1)
-def _evaluate_task(batch: Batch, layout: Layout, y: np.ndarray, theta: np.ndarray | None) -> Evaluation:
+def evaluate_batch(batch: Batch, theta: np.ndarray | None, layout: Layout, y: np.ndarray) -> Evaluation:
     """Exact profits at y; Benders cuts for the scenarios whose master theta exceeds Q_w(y)."""
     q_value, _ = dispatch_values(batch, layout, y)
     profit = batch.a @ y + batch.b + q_value
@@ -535,10 +534,23 @@ def _evaluate_task(batch: Batch, layout: Layout, y: np.ndarray, theta: np.ndarra
     return Evaluation(profit, q_value, wanted, coef, const, _node_id())
 
 
-@lazy_remote(num_cpus=1)
-def _aggregate_task(batch: Batch, weights: np.ndarray) -> tuple[np.ndarray, float]:
+def aggregate_batch(batch: Batch, weights: np.ndarray) -> tuple[np.ndarray, float]:
     """sum_w weights[w] a_w and sum_w weights[w] b_w over the batch."""
     return weights @ batch.a, float(weights @ batch.b)
+
+
+def coupled_info(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """Which scenarios of the batch have coupled racks, and their theta upper bounds."""
+    return batch.coupled, batch.theta_upper
+
+
+@lazy_remote(num_cpus=1)
+def _over_batches(fn: Callable, batch_refs: list, per_batch: list[tuple], *shared) -> list:
+    """fn(batch, *per_batch[i], *shared) for each batch of a group, in order: one task, one round trip,
+    for many batches. The batches are read from the object store without a copy (numpy buffers)."""
+    import ray
+
+    return [fn(batch, *args, *shared) for batch, args in zip(ray.get(batch_refs), per_batch, strict=True)]
 
 
 class _Pool:
@@ -549,6 +561,7 @@ class _Pool:
         self.workers = workers
         self.nodes: set[str] = set()
         self.placements: list | None = None  # per batch, once `submit` has placed the batches
+        self.batches: list = []  # the prepared batches: refs (Ray) or values (in-process)
 
     def put(self, value):
         if self.local:
@@ -557,11 +570,13 @@ class _Pool:
 
         return ray.put(value)
 
-    def submit(self, task, arg_lists: list[tuple]) -> list:
-        """Refs (Ray) or values (in-process), in order, results left in the object store; at most
-        `workers` tasks in flight; returns when all have finished. Task i goes to the node of batch i."""
+    def submit(self, task, arg_lists: list[tuple]) -> None:
+        """Run one task per batch and keep its result (the prepared batch) where it is: refs (Ray) or
+        values (in-process), in order; at most `workers` tasks in flight; returns when all have finished.
+        Task i goes to the node of batch i."""
         if self.local:
-            return [task.fn(*args) for args in arg_lists]
+            self.batches = [task.fn(*args) for args in arg_lists]
+            return
         import ray
 
         self.placements = spread_over_nodes(len(arg_lists))
@@ -574,14 +589,44 @@ class _Pool:
             pending.append(ref)
         if pending:
             ray.wait(pending, num_returns=len(pending), fetch_local=False)
-        return refs
+        self.batches = refs
 
-    def run(self, task, arg_lists: list[tuple]) -> list:
+    def run(self, fn: Callable, per_batch: list[tuple], shared: tuple = ()) -> list:
+        """fn(batch, *per_batch[i], *shared) for every prepared batch, results in batch order. On Ray, one
+        task per group of batches (`groups`): a round costs a few task round trips, not one per batch."""
         if self.local:
-            return [task.fn(*args) for args in arg_lists]
+            return [fn(batch, *args, *shared) for batch, args in zip(self.batches, per_batch, strict=True)]
         from solvers.ray_pool import fan_out
 
-        return fan_out(task, arg_lists, self.workers, placements=self.placements)
+        groups = self.groups()
+        results = fan_out(
+            _over_batches,
+            [(fn, [self.batches[i] for i in idx], [per_batch[i] for i in idx], *shared) for _, idx in groups],
+            self.workers,
+            placements=[placement for placement, _ in groups],
+        )
+        out: list = [None] * len(self.batches)
+        for (_, idx), part in zip(groups, results, strict=True):
+            for i, value in zip(idx, part, strict=True):
+                out[i] = value
+        return out
+
+    def groups(self) -> list[tuple[object, list[int]]]:
+        """(placement, batch indices): each node's batches in as many contiguous groups as it gets task slots
+        (`workers`, or the cluster's CPUs, shared evenly over the nodes). Grouping changes no result."""
+        import ray
+
+        placements = self.placements or ["DEFAULT"] * len(self.batches)
+        by_node: dict[object, tuple[object, list[int]]] = {}
+        for i, placement in enumerate(placements):
+            by_node.setdefault(getattr(placement, "node_id", placement), (placement, []))[1].append(i)
+        slots = self.workers or int(ray.cluster_resources().get("CPU", 1))
+        per_node = max(1, slots // len(by_node))
+        return [
+            (placement, chunk.tolist())
+            for placement, indices in by_node.values()
+            for chunk in np.array_split(np.asarray(indices), min(per_node, len(indices)))
+        ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -675,17 +720,17 @@ def solve_decomposition(
     parts = [range(a, a + s.n_scenarios) for a, s in zip(economics.starts(), economics.summaries, strict=True)]
     layout_ref, fleet_ref = pool.put(layout), pool.put(fleet)
     scen_start = time.perf_counter()
-    batch_refs = pool.submit(
+    pool.submit(
         _prepare_task, [(fleet_ref, ref, r.start, layout_ref) for ref, r in zip(economics.refs, parts, strict=True)]
     )
-    mean = pool.run(_aggregate_task, [(ref, p[r.start : r.stop]) for ref, r in zip(batch_refs, parts, strict=True)])
+    mean = pool.run(aggregate_batch, [(p[r.start : r.stop],) for r in parts])
     expected_coef = np.sum([m[0] for m in mean], axis=0)
     expected_const = float(sum(m[1] for m in mean))
     scenario_s = time.perf_counter() - scen_start
     # which scenarios have coupled racks, and their theta bounds (small arrays)
-    coupled_info = pool.run(_coupled_info_task, [(ref,) for ref in batch_refs])
-    coupled = np.concatenate([c for c, _ in coupled_info]) if coupled_info else np.zeros(0, dtype=bool)
-    theta_upper = np.concatenate([u for _, u in coupled_info]) if coupled_info else np.zeros(0)
+    info = pool.run(coupled_info, [() for _ in parts])
+    coupled = np.concatenate([c for c, _ in info]) if info else np.zeros(0, dtype=bool)
+    theta_upper = np.concatenate([u for _, u in info]) if info else np.zeros(0)
     theta_of = {int(w): i for i, w in enumerate(np.nonzero(coupled)[0])}
 
     # master: y, then eta (risk), then theta per coupled scenario
@@ -751,11 +796,9 @@ def solve_decomposition(
         t0 = time.perf_counter()
         y_ref = pool.put(y)
         evaluations = pool.run(
-            _evaluate_task,
-            [
-                (ref, layout_ref, y_ref, theta_full[r.start : r.stop] if len(coupled_ids) else None)
-                for ref, r in zip(batch_refs, parts, strict=True)
-            ],
+            evaluate_batch,
+            [(theta_full[r.start : r.stop] if len(coupled_ids) else None,) for r in parts],
+            (layout_ref, y_ref),
         )
         times["scenario"] += time.perf_counter() - t0
         profit = np.concatenate([e.profit for e in evaluations])
@@ -772,9 +815,7 @@ def solve_decomposition(
             master_cut = float(pi @ (profit - np.concatenate([e.coupled_value for e in evaluations]) + theta_full))
             if solution[eta] > master_cut + VIOLATION_TOL * max(abs(master_cut), 1.0):
                 t0 = time.perf_counter()
-                sums = pool.run(
-                    _aggregate_task, [(ref, pi[r.start : r.stop]) for ref, r in zip(batch_refs, parts, strict=True)]
-                )
+                sums = pool.run(aggregate_batch, [(pi[r.start : r.stop],) for r in parts])
                 times["scenario"] += time.perf_counter() - t0
                 coef = np.sum([s[0] for s in sums], axis=0)
                 const = float(sum(s[1] for s in sums))
@@ -874,11 +915,6 @@ class _Columns:
     """What load_values reads of a MatrixModel: the columns."""
 
     columns: list
-
-
-@lazy_remote(num_cpus=1)
-def _coupled_info_task(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-    return batch.coupled, batch.theta_upper
 
 
 def next_master_gap(master_gap: float, open_gap: float, tol: float) -> float:
