@@ -64,6 +64,10 @@ LP_ITERATIONS = 200  # phase 1: cutting rounds on the master's LP relaxation
 # ~400 s under load (a knapsack over near-identical groups) and the next cut moved it anyway.
 EARLY_MASTER_GAP = 1e-3
 MASTER_GAP_SHRINK = 0.1  # the next master's gap: this share of the certified gap still open
+# ...and the tolerance itself once the open gap is within this many tolerances: a master proven to an
+# intermediate gap there is usually followed by one more full solve at the tolerance (HiGHS keeps no
+# tree between solves), which on the 300-group events case cost ~100 s for nothing.
+TIGHTEN_WITHIN = 100.0
 
 # `auto`: decomposition when the compact model's scenario part is large: 500 scenarios or more, or
 # more than AUTO_THRESHOLD_NONZEROS nonzeros in its scenario rows (S x (rack lifecycles + purchases +
@@ -919,7 +923,10 @@ class _Columns:
 
 def next_master_gap(master_gap: float, open_gap: float, tol: float) -> float:
     """The master's relative gap for the next iteration: a share of the certified gap still open, never
-    looser than now nor tighter than the tolerance (so the last solves are proven to it)."""
+    looser than now nor tighter than the tolerance (so the last solves are proven to it); the tolerance
+    once the open gap is within TIGHTEN_WITHIN of it."""
+    if open_gap <= TIGHTEN_WITHIN * tol:
+        return tol
     return max(tol, min(master_gap, MASTER_GAP_SHRINK * open_gap))
 
 

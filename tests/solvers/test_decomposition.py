@@ -15,11 +15,13 @@ from optimizer.risk import risk_objective_value
 from solvers.decomposition import (
     AUTO_MIN_SCENARIOS,
     AUTO_THRESHOLD_NONZEROS,
+    EARLY_MASTER_GAP,
     build_master_model,
     choose_method,
     coupled_levels,
     dispatch_values,
     master_layout,
+    next_master_gap,
     prepare_batch,
     risk_value,
     scenario_nonzeros,
@@ -214,3 +216,13 @@ def test_same_plan_for_one_and_two_workers_and_in_process(ray_session):
         assert other.outcome.objective_usd == here.outcome.objective_usd
         assert other.outcome.bound_usd == here.outcome.bound_usd
         assert other.report.history == here.report.history
+
+
+def test_master_gap_loose_first_then_the_tolerance():
+    """Early masters to EARLY_MASTER_GAP, then a tenth of the open gap, the tolerance once within 100 of it."""
+    tol = 1e-6
+    assert next_master_gap(EARLY_MASTER_GAP, 2e-2, tol) == EARLY_MASTER_GAP  # never looser than now
+    assert next_master_gap(EARLY_MASTER_GAP, 4e-3, tol) == pytest.approx(4e-4)
+    assert next_master_gap(4e-4, 8e-3, tol) == pytest.approx(4e-4)  # the open gap grew: keep the tighter
+    assert next_master_gap(4e-4, 9e-5, tol) == tol  # within 100 tolerances: straight to it
+    assert next_master_gap(1e-3, 0.0, 1e-4) == 1e-4
