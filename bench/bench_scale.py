@@ -205,6 +205,9 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("CASE", "METHOD", "SCENARIOS"), help=argparse.SUPPRESS)
     parser.add_argument("--child-speedup", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
+    if not (args.child or args.child_speedup):
+        print(f"machine: {os_cpus()} cores, {total_gib():.0f} GiB; load average at start {' '.join(load)}")
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]), args.time_limit)), flush=True)
         return
@@ -218,6 +221,7 @@ def main() -> None:
     )
     print(header)
     print("-" * len(header), flush=True)
+    totals: dict[tuple[str, str], float] = {}
     for case in args.cases:
         if case == "S":
             continue
@@ -235,6 +239,11 @@ def main() -> None:
                 f"{row['status']:<10} {row['gap']:>8.1e} {row['objective']:>16,.0f} {row['variables']:>8}",
                 flush=True,
             )
+            totals[(case, method)] = row["total_s"]
+    for case in args.cases:
+        if (case, "monolithic") in totals and (case, "decomposition") in totals:
+            ratio = totals[(case, "monolithic")] / totals[(case, "decomposition")]
+            print(f"{CASES[case]['label']}: decomposition {ratio:.1f}x faster than monolithic end to end")
     if "S" in args.cases:
         count = 400 if args.quick else 2000
         row, peak, _ = run_child(["--child-speedup", str(count)])
@@ -245,6 +254,19 @@ def main() -> None:
                 f"(iterations {row['iterations_1']}/{row['iterations_2']}, same plan: {row['same_plan']}); "
                 f"peak {peak:.2f} GiB"
             )
+    print(f"load average at the end {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+
+
+def os_cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def total_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().total / 2**30
 
 
 if __name__ == "__main__":
