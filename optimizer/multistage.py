@@ -51,18 +51,37 @@ from optimizer import formulation as F
 from optimizer.allocation import Allocation
 from optimizer.economics import GroupEconomics, economics_grid
 from optimizer.fleet import Fleet, RiskSettings
-from optimizer.lifecycles import Lifecycle, PlanGrid, lifecycle_values_usd, presence, purchase_values_usd
+from optimizer.lifecycles import (
+    MINE_KEY,
+    Lifecycle,
+    PlanGrid,
+    lifecycle_values_usd,
+    presence,
+    purchase_values_usd,
+)
 from optimizer.tree import ScenarioTree
 
 
+def departure_stage(tree: ScenarioTree, grid: PlanGrid, boundary: int) -> int:
+    """Depth of the node that decides a change of course at `boundary`: the last decision date at or before it."""
+    return tree.stage_of_step(int(grid.timeline.bounds[boundary]))
+
+
 def lifecycle_stage(tree: ScenarioTree, grid: PlanGrid, fleet: Fleet, g: int, life: Lifecycle) -> int:
-    """Depth of the node that decides a rack goes on `life`: when it first departs from mining in place."""
-    if life.conversion is not None:
-        boundary = grid.conversion_start[fleet.rack_groups[g].site][life.conversion]
-        return tree.stage_of_step(int(grid.timeline.bounds[boundary]))
-    if life.key == "mine":
-        return tree.n_stages  # never departs: the racks left over on each path
-    return 0
+    """Depth of the node that completes the choice of `life`: the stage of its last departure (`mine`, which
+    never departs, is what is left on each path: depth J)."""
+    if not life.departures:
+        return tree.n_stages
+    return departure_stage(tree, grid, life.departures[-1][0])
+
+
+def choice_at_depth(tree: ScenarioTree, grid: PlanGrid, life: Lifecycle, depth: int) -> str:
+    """What a rack on `life` has been committed to by the node of `depth`: the key of the lifecycle it follows
+    until its first departure decided after that depth (the rack's *class* there); `life` itself once all are."""
+    for boundary, before in life.departures:
+        if departure_stage(tree, grid, boundary) > depth:
+            return before
+    return life.key
 
 
 def start_stage(tree: ScenarioTree, grid: PlanGrid, site_id: str, k: int) -> int:
@@ -106,6 +125,7 @@ def build_multistage_model(
     model.tree_index = index
     model.grid_info = F.FirstStage(grid, presence(grid))
     _add_node_variables(model, fleet, grid, index)
+    held = _add_racks_held(model, fleet, grid, index)
     n_leaves = tree.n_leaves
     model.S = pyo.RangeSet(0, n_leaves - 1)
     model.leaf = pyo.Block(model.S)
@@ -116,7 +136,7 @@ def build_multistage_model(
     model.profit = pyo.Var(model.S, domain=pyo.Reals)
     for w in range(n_leaves):
         block = model.leaf[w]
-        add_leaf_view(block, model, fleet, grid, index, w)
+        add_leaf_view(block, model, fleet, grid, index, w, held[index.leaf_nodes[w]])
         coupled = F.add_coupled_dispatch(block, fleet, economics.columns([w])).get(0, 0.0)
         block.profit_def = pyo.Constraint(
             expr=model.profit[w]
@@ -135,8 +155,9 @@ def _add_node_variables(model, fleet: Fleet, grid: PlanGrid, index: TreeIndex) -
     tree = index.tree
     groups = fleet.rack_groups
     at_depth = {j: tree.nodes_at_depth(j) for j in range(tree.n_stages + 1)}
+    decided = [(g, ell) for (g, ell), j in index.x_stage.items() if j < tree.n_stages]  # `mine` is what is left
     model.NX = pyo.Set(
-        initialize=[(n, g, ell) for (g, ell), j in index.x_stage.items() for n in at_depth[j]], dimen=3, ordered=True
+        initialize=[(n, g, ell) for (g, ell) in decided for n in at_depth[index.x_stage[g, ell]]], dimen=3, ordered=True
     )
     model.x = pyo.Var(model.NX, domain=pyo.NonNegativeIntegers, bounds=lambda m, n, g, ell: (0, groups[g].racks))
     model.NSTARTS = pyo.Set(
@@ -164,11 +185,46 @@ def _add_node_variables(model, fleet: Fleet, grid: PlanGrid, index: TreeIndex) -
     )
 
 
-def add_leaf_view(block, model, fleet: Fleet, grid: PlanGrid, index: TreeIndex, w: int) -> None:
-    """Leaf w's first stage: its ancestors' decisions as expressions, and every first-stage constraint family."""
+def _add_racks_held(model, fleet: Fleet, grid: PlanGrid, index: TreeIndex) -> list[dict[int, dict[str, object]]]:
+    """[N] per group, racks on each choice (a lifecycle key, module docstring) once node n has decided.
+
+    The root starts with every rack on `mine`. A node moves x[n, g, l] racks from the choice l refines
+    (l.prefix: `mine`, or `idle` before a restart) to l, lifecycles with fewer departures first (a node may
+    complete both a choice and its refinement when two departures fall in one stage). Racks are conserved
+    by construction; each choice a node draws from keeps >= 0 racks there (== 0 for a choice the group does
+    not have: `mine` of a hall's committed slots), so every path's counts are a lifecycle split of racks_g.
+    """
+    tree = index.tree
+    options = [{life.key for life in lives} for lives in grid.lifecycles]
+    held: list[dict[int, dict[str, object]]] = []
+    model.racks_held = pyo.ConstraintList()
+    decided_at: dict[int, list[tuple[int, int]]] = {}
+    for n, g, ell in model.NX:
+        decided_at.setdefault(n, []).append((g, ell))
+    for n in range(tree.n_nodes):  # breadth first: a parent comes before its children
+        parent = tree.parent[n]
+        base = {g: {MINE_KEY: group.racks} for g, group in enumerate(fleet.rack_groups)} if parent < 0 else held[parent]
+        counts = {g: dict(choices) for g, choices in base.items()}
+        drawn = set()
+        for g, ell in sorted(decided_at.get(n, []), key=lambda ge: len(grid.lifecycles[ge[0]][ge[1]].departures)):
+            life = grid.lifecycles[g][ell]
+            counts[g][life.prefix] = counts[g][life.prefix] - model.x[n, g, ell]
+            counts[g][life.key] = counts[g].get(life.key, 0) + model.x[n, g, ell]
+            drawn.add((g, life.prefix))
+        for g, key in sorted(drawn):
+            if key in options[g]:
+                model.racks_held.add(counts[g][key] >= 0)
+            else:
+                model.racks_held.add(counts[g][key] == 0)
+        held.append(counts)
+    return held
+
+
+def add_leaf_view(block, model, fleet: Fleet, grid: PlanGrid, index: TreeIndex, w: int, held: dict) -> None:
+    """Leaf w's first stage: its path's decisions as expressions, and every first-stage constraint family."""
     block.grid_info = model.grid_info
     F._add_sets(block, fleet, grid)
-    block.x = pyo.Expression(block.GL, rule=lambda b, g, ell: model.x[index.node(w, index.x_stage[g, ell]), g, ell])
+    block.x = pyo.Expression(block.GL, rule=lambda b, g, ell: held[g].get(grid.lifecycles[g][ell].key, 0))
     block.buy = pyo.Expression(block.B, rule=lambda b, i: model.buy[i])
     block.convert_at = pyo.Expression(
         block.STARTS, rule=lambda b, s, k: model.convert_at[index.node(w, index.start_stage[s, k]), s, k]
@@ -182,8 +238,7 @@ def add_leaf_view(block, model, fleet: Fleet, grid: PlanGrid, index: TreeIndex, 
     block.accept = pyo.Var(
         block.OFFERS, domain=pyo.Binary, bounds=lambda b, o: (int(fleet.lease_offer(o).committed), 1)
     )
-    F._add_expressions(block, fleet, grid)
-    F.define_rack_count(block, fleet)
+    F._add_expressions(block, fleet, grid)  # every rack follows one lifecycle: conserved by `held`
     F.define_one_start_per_site(block)
     F.define_conversion_block(block, fleet)
     F.define_lease_fits_conversion(block)
@@ -247,25 +302,24 @@ def extract_tree_plan(model: pyo.ConcreteModel, fleet: Fleet) -> TreePlan:
 def combine_path(
     fleet: Fleet, grid: PlanGrid, path: list[NodeDecision], bought: dict[str, int], dr: dict[str, float]
 ) -> Allocation:
-    """The two-stage plan a leaf lives: every decision on its path, the leftover racks mining."""
-    lifecycles: dict[str, dict[str, int]] = {}
+    """The two-stage plan a leaf lives: every decision on its path, each moving racks from the choice it refines
+    (`mine`, or `idle` before a restart) to its lifecycle, the racks left on `mine` mining."""
+    lifecycles = {group.id: {MINE_KEY: group.racks} for group in fleet.rack_groups}
     starts: dict[str, int] = {}
     lease: dict[tuple[str, str], float] = {}
+    options = {group.id: {life.key: life for life in grid.lifecycles[g]} for g, group in enumerate(fleet.rack_groups)}
     for decision in path:
         for group, counts in decision.lifecycles.items():
-            for key, n in counts.items():
-                if key != "mine":
-                    lifecycles.setdefault(group, {})[key] = lifecycles.get(group, {}).get(key, 0) + n
+            for key in sorted(counts, key=lambda k: len(options[group][k].departures)):
+                held = lifecycles[group]
+                held[options[group][key].prefix] -= counts[key]
+                held[key] = held.get(key, 0) + counts[key]
         starts.update(decision.conversion_start)
         lease.update(decision.lease_mw)
-    for group in fleet.rack_groups:
-        left = group.racks - sum(lifecycles.get(group.id, {}).values())
-        if left:
-            lifecycles.setdefault(group.id, {})["mine"] = left
     return Allocation.from_lifecycles(
         fleet,
         grid,
-        lifecycles,
+        {group: {key: n for key, n in counts.items() if n} for group, counts in lifecycles.items()},
         conversion_start=starts,
         lease_mw=lease,
         dr_mw={s: mw for s, mw in dr.items() if mw > F.INTEGRALITY_TOL},
@@ -274,13 +328,14 @@ def combine_path(
 
 
 def decision_keys(fleet: Fleet, grid: PlanGrid, index: TreeIndex, plan: Allocation, depth: int) -> tuple:
-    """The part of a leaf plan decided at `depth` or earlier: what leaves sharing that node must share."""
+    """The part of a leaf plan decided at `depth` or earlier: what leaves sharing that node must share (racks per
+    choice made by then, conversions started and leases signed by then, purchases and DR commitments)."""
     counts = plan.lifecycle_counts(fleet)
     parts = []
     for g, group in enumerate(fleet.rack_groups):
-        for ell, life in enumerate(grid.lifecycles[g]):
-            if index.x_stage[g, ell] <= depth:
-                parts.append((group.id, life.key, counts.get(group.id, {}).get(life.key, 0)))
+        mine = counts.get(group.id, {})
+        totals = choice_totals(index.tree, grid, g, depth, lambda ell, life, mine=mine: mine.get(life.key, 0))
+        parts += [(group.id, choice, racks) for choice, racks in sorted(totals.items())]
     for (s, k), j in sorted(index.start_stage.items()):
         if j <= depth:
             on = s in plan.converted_sites and plan.start_option(s) == k
@@ -289,6 +344,16 @@ def decision_keys(fleet: Fleet, grid: PlanGrid, index: TreeIndex, plan: Allocati
     parts.append(("buy", tuple(sorted(plan.purchases.items()))))
     parts.append(("dr", tuple(sorted((s, round(mw, 9)) for s, mw in plan.dr_mw.items()))))
     return tuple(parts)
+
+
+def choice_totals(tree: ScenarioTree, grid: PlanGrid, g: int, depth: int, amount) -> dict:
+    """Per choice made by the node of `depth` (choice_at_depth), the sum over group g's lifecycles l on it of
+    amount(l, lifecycle): rack counts of a plan, or a leaf copy's variables."""
+    out: dict = {}
+    for ell, life in enumerate(grid.lifecycles[g]):
+        choice = choice_at_depth(tree, grid, life, depth)
+        out[choice] = out.get(choice, 0) + amount(ell, life)
+    return out
 
 
 def non_anticipativity_violations(
@@ -340,9 +405,11 @@ def build_nonanticipative_extensive_model(
             a = copies[first]
             for w in rest:
                 b = copies[w]
-                for (g, ell), j in index.x_stage.items():
-                    if j == depth:
-                        model.nonanticipative.add(b.x[g, ell] == a.x[g, ell])
+                for g in range(len(fleet.rack_groups)):  # racks per choice made by this node's date
+                    of_a = choice_totals(tree, grid, g, depth, lambda ell, life, a=a, g=g: a.x[g, ell])
+                    of_b = choice_totals(tree, grid, g, depth, lambda ell, life, b=b, g=g: b.x[g, ell])
+                    for choice in sorted(of_a):
+                        model.nonanticipative.add(of_b[choice] == of_a[choice])
                 for (s, k), j in index.start_stage.items():
                     if j == depth:
                         model.nonanticipative.add(b.convert_at[s, k] == a.convert_at[s, k])
