@@ -62,6 +62,13 @@ from optimizer.lifecycles import (
 from optimizer.tree import ScenarioTree
 
 
+def with_recourse_at(fleet: Fleet, decision_months) -> Fleet:
+    """The fleet whose racks may change course at every decision date after today (and at its own
+    recourse_months): what the tree analysis plans, so each node can sell, move, idle or restart."""
+    months = sorted({float(m) for m in decision_months if m > 0} | set(fleet.recourse_months))
+    return fleet.model_copy(update={"recourse_months": months})
+
+
 def departure_stage(tree: ScenarioTree, grid: PlanGrid, boundary: int) -> int:
     """Depth of the node that decides a change of course at `boundary`: the last decision date at or before it."""
     return tree.stage_of_step(int(grid.timeline.bounds[boundary]))
