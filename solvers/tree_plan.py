@@ -40,6 +40,8 @@ def plan_tree(
     settings = fleet.tree
     if provided is not None:
         dates, branching = tree_shape(provided.tree, fleet.horizon.step_hours)
+        if settings is not None and same_dates(settings.decision_months, provided.tree, fleet):
+            dates = list(settings.decision_months)  # the fleet's own months, not ones rounded back from steps
         settings = settings or TreeSettings(
             decision_months=dates,
             branching=branching,
@@ -78,6 +80,12 @@ def plan_tree(
         )
         report("tree oos", 1, 1)
     return tree_report(fleet, dates, branching, result, rolling)
+
+
+def same_dates(decision_months, tree, fleet: Fleet) -> bool:
+    from optimizer.tree import decision_steps_of
+
+    return decision_steps_of(decision_months, fleet.horizon.step_hours, fleet.horizon.n_steps) == tree.decision_steps
 
 
 def tree_shape(tree, step_hours: float) -> tuple[list[float], list[int]]:
