@@ -1,43 +1,48 @@
 """The multi-stage plan on a scenario tree (optimizer.tree): decide now what must be decided now.
 
 The two-stage compact model (optimizer.formulation) counts a group's racks per lifecycle
-(optimizer.lifecycles) once for all scenarios. Here a lifecycle is decided at the date it first
-departs from mining where the rack stands:
+(optimizer.lifecycles) once for all scenarios. Here each change of course of a lifecycle (its
+*departures*: selling, moving, idling, converting, restarting) is decided by the node of the last
+decision date d_j at or before it, knowing the path up to d_j:
 
 - `idle`, `sell`, `move:SITE` depart at the start: decided at the root;
-- `ai@K:FATE` departs when the site's K-th conversion starts (month m_K): decided by the node of the
-  last decision date d_j <= m_K on each path, knowing the path up to d_j;
-- `mine` departs never: it is what is left, racks_g minus every other count on the path.
+- `ai@K:FATE` departs when the site's K-th conversion starts (month m_K);
+- `sell@mM`, `move@mM:SITE`, `idle@mM` depart at recourse month M (fleet.recourse_months, which the
+  tree analysis sets to its decision dates: with_recourse_at);
+- `idle:restart@mK` departs twice: idle at the start (root), mining again at month K (the node at K
+  chooses, among the racks the root idled, which restart);
+- `mine` departs never: it is what is left.
 
-So every decision variable is indexed by the tree node that takes it, and each leaf (scenario)
-sees only its ancestors' variables (depth(v) = the decision's stage):
+A rack's *choice* at depth j is the lifecycle it follows as far as nodes of depth <= j have decided
+(choice_at_depth: `idle` at the root for a rack that will restart later). A node n of depth j takes
+x[n, g, l] racks of group g from the choice l refines (l.prefix: `mine`, or `idle` before a restart)
+and puts them on l, for the lifecycles l whose last departure it decides; per group the racks on each
+choice are carried down the tree (_add_racks_held) and never drop below zero. So:
 
-    x[n, g, l]  (depth(n) = stage(l), integer)      racks of group g put on lifecycle l at node n
+    x[n, g, l]  (depth(n) = stage of l's last departure, integer)   racks node n moves onto l
     convert_at[n, s, k], lease_mw[n, o, s, k]       (depth(n) = stage(start k of site s))
     buy[b], dr_mw[s]                                 at the root (deliveries and DR commitments are made now)
     convert[w, s], accept[w, o]                      per leaf: indicators of what its path did
 
-Leaf w's view of the plan is the ordinary first stage with x[g, l] := x[anc_{stage(l)}(w), g, l]
-(and likewise for the others); every scenario-independent constraint family of the two-stage model
-holds on every leaf's view (optimizer.formulation's define_* functions, applied to a Pyomo block
-per leaf whose first-stage "variables" are these expressions): sum_l x = racks_g on every path, a
-site converts at most once on a path (irreversible: a later node cannot undo or repeat a start),
-capacity, DR and budget limits on every path. The profit of leaf w is the two-stage profit
-expression on its own economics (exact mining dispatch per period, coupled steps explicit), so the
-objective sum_w pi_w profit[w] (or mean-CVaR / worst over leaves with their probabilities) is the
-multi-stage deterministic equivalent. Non-anticipativity is exact by construction: two leaves that
-share the node at depth j share every variable of depth <= j; nothing a node decides depends on a
-segment below it.
+Leaf w's view of the plan is the ordinary first stage with x[g, l] := racks on l at w's last decision
+node (and likewise convert_at, lease_mw at the node of their stage); every scenario-independent
+constraint family of the two-stage model holds on every leaf's view (optimizer.formulation's define_*
+functions, applied to a Pyomo block per leaf whose first-stage "variables" are these expressions):
+every rack on one lifecycle (by construction), a site converts at most once on a path (irreversible:
+a later node cannot undo or repeat a start), capacity, DR and budget limits on every path. The profit
+of leaf w is the two-stage profit expression on its own economics (exact mining dispatch per period,
+coupled steps explicit), so the objective sum_w pi_w profit[w] (or mean-CVaR / worst over leaves with
+their probabilities) is the multi-stage deterministic equivalent. Non-anticipativity is exact by
+construction: two leaves that share the node at depth j share every variable of depth <= j; nothing a
+node decides depends on a segment below it.
 
-Later decisions are those the fleet's own dates offer: conversion start options (with the machines'
-fate at that date: sold, stored or moved) and the lease taken on the converted hall, while the offer
-is still open (an offer lapses for start options ready after its `start_by`: optimizer.allocation
-.lease_terms). Plain sales,
-moves, idling and purchases are decided at the root (their lifecycles start at the plan's start).
+Leases are taken on a converted hall while the offer is still open (an offer lapses for start options
+ready after its `start_by`: optimizer.allocation.lease_terms). Purchases are decided at the root.
 
 `build_nonanticipative_extensive_model` is the textbook counterpart (per-leaf copies of every
-decision with explicit equality constraints between leaves sharing a node, and hourly dispatch
-variables: optimizer.extensive), used to prove the compact tree model exact.
+decision with explicit equality constraints between leaves sharing a node: racks per choice made by
+the node's date, conversions, leases; hourly dispatch variables: optimizer.extensive), used to prove
+the compact tree model exact.
 """
 
 from __future__ import annotations
