@@ -33,7 +33,14 @@ from optimizer.cashflows import (
 from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, KW_PER_MW
 from optimizer.economics import NO_SITE, GroupEconomics, economics_grid
 from optimizer.fleet import Fleet, RackGroup
-from optimizer.lifecycles import Lifecycle, PlanGrid, plan_grid, purchase_price_usd, rack_resale_usd
+from optimizer.lifecycles import (
+    Lifecycle,
+    PlanGrid,
+    plan_grid,
+    purchase_price_usd,
+    purchase_resale_usd,
+    rack_resale_usd,
+)
 from optimizer.modes import MODES, Mode
 
 # Shed AI below this counts no lost hour: a lease sized exactly at a cap leaves float dust, not an outage.
@@ -52,7 +59,7 @@ class Allocation:
     dr_mw: dict[str, float] = field(default_factory=dict)  # site id -> committed curtailable MW (meter)
     lifecycles: dict[str, dict[str, int]] = field(default_factory=dict)  # group id -> lifecycle key -> racks
     conversion_start: dict[str, int] = field(default_factory=dict)  # site id -> start option index
-    purchases: dict[str, int] = field(default_factory=dict)  # purchase option id -> racks bought
+    purchases: dict[str, int] = field(default_factory=dict)  # purchase lot key (option id, or "id@mM") -> racks
 
     def __post_init__(self) -> None:
         # one canonical form, so equal decisions compare equal however they were written
@@ -231,8 +238,8 @@ def present_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> np.nd
         for key, n in counts.items():
             for q, first, stop in options[key].mining:
                 out[q, first:stop] += n
-    for b, option in enumerate(fleet.purchases):
-        out[grid.purchase_profile[b], grid.delivery[b] :] += allocation.purchases.get(option.id, 0)
+    for lot in grid.purchase_lots:
+        out[lot.profile, lot.delivery :] += allocation.purchases.get(lot.key, 0)
     return out
 
 
@@ -403,17 +410,18 @@ def _add_racks(fleet, grid: PlanGrid, economics, allocation: Allocation, out: di
 
 
 def _add_purchases(fleet, grid: PlanGrid, economics, allocation: Allocation, out: dict) -> None:
-    end_discount = grid.timeline.discount_at_hours(grid.timeline.horizon_hours)
-    for b, option in enumerate(fleet.purchases):
-        n = allocation.purchases.get(option.id, 0)
+    timeline = grid.timeline
+    end_discount = timeline.discount_at_hours(timeline.horizon_hours)
+    boundary_discount = timeline.discount_at_hours(timeline.bounds * timeline.step_hours)
+    for lot in grid.purchase_lots:
+        n = allocation.purchases.get(lot.key, 0)
         if not n:
             continue
-        q = grid.purchase_profile[b]
-        site = grid.profiles[q].site
-        _add_mining(grid, economics, q, grid.delivery[b], grid.n_periods, n, out)
-        out["machines_bought_usd"][site, 0] += purchase_price_usd(fleet, b) * n
-        resale = fleet.machine(option.machine).resale_usd_per_th or 0.0
-        salvage = resale * grid.profiles[q].hashrate_ths * economics.hashprice_ratio[-1] * end_discount
+        site = grid.profiles[lot.profile].site
+        _add_mining(grid, economics, lot.profile, lot.delivery, grid.n_periods, n, out)
+        price = purchase_price_usd(fleet, lot.option) * boundary_discount[lot.ordered_at]
+        out["machines_bought_usd"][site, min(lot.ordered_at, grid.n_periods - 1)] += price * n
+        salvage = purchase_resale_usd(fleet, grid, lot) * economics.hashprice_ratio[-1] * end_discount
         out["machine_sales_usd"][site, -1] += salvage * n
 
 
@@ -560,7 +568,7 @@ def scenario_profits_usd(
 def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[tuple[str, str]]:
     """Constraint violations of a given allocation as (field path, message); empty when feasible."""
     grid = plan_grid(fleet)
-    problems = _check_racks(fleet, grid, allocation)
+    problems = _check_racks(fleet, grid, allocation) + _check_purchases(fleet, grid, allocation)
     if problems:
         return problems
     present = present_racks(fleet, grid, allocation)
@@ -586,7 +594,7 @@ def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> l
             problems.append((f"sites.{site.id}.ai", "racks in AI mode at a site that is not converted"))
     capex = sum(full_capex_usd(fleet, s, converted_mw(fleet, allocation, s)) for s in allocation.converted_sites)
     capex += sum(
-        purchase_price_usd(fleet, b) * allocation.purchases.get(o.id, 0) for b, o in enumerate(fleet.purchases)
+        purchase_price_usd(fleet, lot.option) * allocation.purchases.get(lot.key, 0) for lot in grid.purchase_lots
     )
     offers = {o.id: o for o in fleet.lease_offers}
     capex -= sum(
@@ -621,6 +629,23 @@ def _check_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[t
             problems.append((f"allocation.{group.id}", f"no such option {unknown} (options: {sorted(options)})"))
         if any(n < 0 for n in mine.values()) or sum(mine.values()) != group.racks:
             problems.append((f"allocation.{group.id}", f"counts {dict(mine)} must be >= 0 and sum to {group.racks}"))
+    return problems
+
+
+def _check_purchases(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[tuple[str, str]]:
+    """Known lots, today's at least the racks already ordered, an option's lots together at most max_racks."""
+    lots = {lot.key: lot for lot in grid.purchase_lots}
+    unknown = sorted(set(allocation.purchases) - set(lots))
+    if unknown:
+        return [("allocation.purchases", f"no such purchase {unknown} (options: {sorted(lots)})")]
+    problems = []
+    for i, option in enumerate(fleet.purchases):
+        today = allocation.purchases.get(option.id, 0)
+        total = sum(n for key, n in allocation.purchases.items() if lots[key].option == i)
+        if today < option.min_racks or total > option.max_racks or any(n < 0 for n in allocation.purchases.values()):
+            problems.append(
+                (f"purchases.{option.id}", f"{today} racks today, {total} in all: outside [min_racks, max_racks]")
+            )
     return problems
 
 

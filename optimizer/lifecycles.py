@@ -42,11 +42,12 @@ price indices track hashprice.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.constants import DAYS_PER_MONTH, KW_PER_MW
+from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, KW_PER_MW
 from optimizer.fleet import Fleet
 from optimizer.modes import Mode
 from optimizer.timeline import Timeline, build_timeline
@@ -88,6 +89,18 @@ MINE_KEY = "mine"  # the lifecycle every rack follows until a decision makes it 
 
 
 @dataclass(frozen=True)
+class PurchaseLot:
+    """Racks of one purchase option ordered at one date: today (key = the option's id) or at a recourse date
+    (key "option@mM"), paid on order at the option's price per TH/s, mining from delivery."""
+
+    key: str
+    option: int  # position in fleet.purchases
+    profile: int
+    ordered_at: int  # boundary index of the order (and payment)
+    delivery: int  # boundary index from which the racks mine
+
+
+@dataclass(frozen=True)
 class PlanGrid:
     """The fleet's periods, profiles and lifecycle options: everything the MIP is indexed by."""
 
@@ -100,6 +113,7 @@ class PlanGrid:
     conversion_ready: dict[str, tuple[int, ...]]  # site id -> boundary index at which each option's hall is live
     delivery: tuple[int, ...]  # [B] boundary index at which each purchase starts mining
     recourse: tuple[tuple[float, int], ...] = ()  # (month, boundary index) of each dated-recourse date
+    purchase_lots: tuple[PurchaseLot, ...] = ()  # [B] what the MIP's buy variables count: today's, then dated
 
     @property
     def n_periods(self) -> int:
@@ -131,9 +145,22 @@ def plan_grid(fleet: Fleet, n_steps: int | None = None) -> PlanGrid:
         for m in fleet.recourse_months
         if timeline.step_at_months(m) < timeline.n_steps
     )
-    grid = PlanGrid(timeline, profiles, group_profile, purchase_profile, (), starts, ready, delivery, recourse)
+    lots = _purchase_lots(fleet, timeline, purchase_profile, delivery, recourse)
+    grid = PlanGrid(timeline, profiles, group_profile, purchase_profile, (), starts, ready, delivery, recourse, lots)
     options = tuple(_group_lifecycles(fleet, grid, g) for g in range(len(fleet.rack_groups)))
-    return PlanGrid(timeline, profiles, group_profile, purchase_profile, options, starts, ready, delivery, recourse)
+    return dataclasses.replace(grid, lifecycles=options)
+
+
+def _purchase_lots(fleet: Fleet, timeline: Timeline, profile, delivery, recourse) -> tuple[PurchaseLot, ...]:
+    """Each option's lot ordered today, then one per recourse date whose delivery falls inside the horizon."""
+    lots = [PurchaseLot(b.id, i, profile[i], 0, delivery[i]) for i, b in enumerate(fleet.purchases)]
+    for i, option in enumerate(fleet.purchases):
+        for months, at in recourse:
+            hours = timeline.bounds[at] * timeline.step_hours + option.delivery_days * HOURS_PER_DAY
+            arrives = timeline.period_starting_at(timeline.step_at_hours(hours))
+            if arrives < timeline.n_periods:
+                lots.append(PurchaseLot(f"{option.id}@m{months:g}", i, profile[i], at, arrives))
+    return tuple(lots)
 
 
 def _decision_days(fleet: Fleet, probe: Timeline) -> list[float]:
@@ -146,6 +173,7 @@ def _decision_days(fleet: Fleet, probe: Timeline) -> list[float]:
     for months in fleet.recourse_months:
         start_days = probe.step_at_months(months) * hours / 24
         days += [start_days] + ([start_days + downtime] if downtime is not None else [])
+        days += [start_days + b.delivery_days for b in fleet.purchases]
     for site in fleet.sites:
         if site.ai is None:
             continue
@@ -330,19 +358,25 @@ def lifecycle_values_usd(fleet: Fleet, grid: PlanGrid, economics) -> np.ndarray:
 
 
 def purchase_values_usd(fleet: Fleet, grid: PlanGrid, economics) -> np.ndarray:
-    """[B, S] present value of one purchased rack: mining from delivery, salvage, minus its price."""
+    """[B, S] present value of one rack of each purchase lot: mining from delivery, salvage, minus its price
+    (paid on order)."""
     timeline = grid.timeline
     end_discount = timeline.discount_at_hours(timeline.horizon_hours)
+    boundary_discount = timeline.discount_at_hours(timeline.bounds * timeline.step_hours)
     cumulative = np.cumsum(economics.mine_value_usd, axis=1)
-    out = np.zeros((len(fleet.purchases), economics.n_scenarios))
-    for b, option in enumerate(fleet.purchases):
-        q, first = grid.purchase_profile[b], grid.delivery[b]
-        profile = grid.profiles[q]
+    out = np.zeros((len(grid.purchase_lots), economics.n_scenarios))
+    for i, lot in enumerate(grid.purchase_lots):
+        q, first = lot.profile, lot.delivery
         mined = cumulative[q, -1] - (cumulative[q, first - 1] if first > 0 else 0.0) if first < grid.n_periods else 0.0
-        resale = fleet.machine(option.machine).resale_usd_per_th or 0.0
-        salvage = resale * profile.hashrate_ths * economics.hashprice_ratio[-1] * end_discount
-        out[b] = mined + salvage - purchase_price_usd(fleet, b)
+        salvage = purchase_resale_usd(fleet, grid, lot) * economics.hashprice_ratio[-1] * end_discount
+        out[i] = mined + salvage - purchase_price_usd(fleet, lot.option) * boundary_discount[lot.ordered_at]
     return out
+
+
+def purchase_resale_usd(fleet: Fleet, grid: PlanGrid, lot: PurchaseLot) -> float:
+    """Today's resale price of one rack of the lot's machines (0 when they cannot be sold)."""
+    resale = fleet.machine(fleet.purchases[lot.option].machine).resale_usd_per_th or 0.0
+    return resale * grid.profiles[lot.profile].hashrate_ths
 
 
 def purchase_price_usd(fleet: Fleet, b: int) -> float:

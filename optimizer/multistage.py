@@ -11,7 +11,9 @@ decision date d_j at or before it, knowing the path up to d_j:
   tree analysis sets to its decision dates: with_recourse_at);
 - `idle:restart@mK` departs twice: idle at the start (root), mining again at month K (the node at K
   chooses, among the racks the root idled, which restart);
-- `mine` departs never: it is what is left.
+- `mine` departs never: it is what is left;
+- a purchase lot (optimizer.lifecycles.PurchaseLot) is ordered by the node of its order date: today's
+  at the root, `option@mM` by the node at month M (an option's lots together at most max_racks).
 
 A rack's *choice* at depth j is the lifecycle it follows as far as nodes of depth <= j have decided
 (choice_at_depth: `idle` at the root for a rack that will restart later). A node n of depth j takes
@@ -21,7 +23,8 @@ choice are carried down the tree (_add_racks_held) and never drop below zero. So
 
     x[n, g, l]  (depth(n) = stage of l's last departure, integer)   racks node n moves onto l
     convert_at[n, s, k], lease_mw[n, o, s, k]       (depth(n) = stage(start k of site s))
-    buy[b], dr_mw[s]                                 at the root (deliveries and DR commitments are made now)
+    buy[n, b]                                        (depth(n) = stage of lot b's order date)
+    dr_mw[s]                                         at the root (DR commitments are made now)
     convert[w, s], accept[w, o]                      per leaf: indicators of what its path did
 
 Leaf w's view of the plan is the ordinary first stage with x[g, l] := racks on l at w's last decision
@@ -37,17 +40,17 @@ construction: two leaves that share the node at depth j share every variable of 
 node decides depends on a segment below it.
 
 Leases are taken on a converted hall while the offer is still open (an offer lapses for start options
-ready after its `start_by`: optimizer.allocation.lease_terms). Purchases are decided at the root.
+ready after its `start_by`: optimizer.allocation.lease_terms).
 
 `build_nonanticipative_extensive_model` is the textbook counterpart (per-leaf copies of every
 decision with explicit equality constraints between leaves sharing a node: racks per choice made by
-the node's date, conversions, leases; hourly dispatch variables: optimizer.extensive), used to prove
+the node's date, conversions, leases, purchase lots; hourly dispatch variables: optimizer.extensive), used to prove
 the compact tree model exact.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyomo.environ as pyo
@@ -108,6 +111,7 @@ class TreeIndex:
     leaf_nodes: tuple[int, ...]
     x_stage: dict[tuple[int, int], int]  # (g, l) -> depth
     start_stage: dict[tuple[str, int], int]  # (site, k) -> depth
+    buy_stage: dict[int, int]  # purchase lot b -> depth
 
     def node(self, w: int, depth: int) -> int:
         return self.tree.ancestor_at_depth(self.leaf_nodes[w], depth)
@@ -122,7 +126,8 @@ def tree_index(fleet: Fleet, grid: PlanGrid, tree: ScenarioTree) -> TreeIndex:
     starts = {
         (s, k): start_stage(tree, grid, s, k) for s, opts in grid.conversion_start.items() for k in range(len(opts))
     }
-    return TreeIndex(tree, tuple(tree.leaves), x_stage, starts)
+    buys = {b: departure_stage(tree, grid, lot.ordered_at) for b, lot in enumerate(grid.purchase_lots)}
+    return TreeIndex(tree, tuple(tree.leaves), x_stage, starts, buys)
 
 
 def build_multistage_model(
@@ -185,12 +190,11 @@ def _add_node_variables(model, fleet: Fleet, grid: PlanGrid, index: TreeIndex) -
         ordered=True,
     )
     model.lease_mw = pyo.Var(model.NLEASES, domain=pyo.NonNegativeReals)
-    model.B = pyo.Set(initialize=range(len(fleet.purchases)))
-    model.buy = pyo.Var(
-        model.B,
-        domain=pyo.NonNegativeIntegers,
-        bounds=lambda m, b: (fleet.purchases[b].min_racks, fleet.purchases[b].max_racks),
+    model.NBUY = pyo.Set(
+        initialize=[(n, b) for b, j in index.buy_stage.items() for n in at_depth[j]], dimen=2, ordered=True
     )
+    lot_bounds = F.purchase_bounds(fleet, grid)
+    model.buy = pyo.Var(model.NBUY, domain=pyo.NonNegativeIntegers, bounds=lambda m, n, b: lot_bounds(m, b))
     dr_sites = [s.id for s in fleet.sites if s.demand_response is not None]
     model.dr_mw = pyo.Var(
         dr_sites, domain=pyo.NonNegativeReals, bounds=lambda m, s: (0, fleet.site(s).demand_response.max_mw)
@@ -237,7 +241,7 @@ def add_leaf_view(block, model, fleet: Fleet, grid: PlanGrid, index: TreeIndex, 
     block.grid_info = model.grid_info
     F._add_sets(block, fleet, grid)
     block.x = pyo.Expression(block.GL, rule=lambda b, g, ell: held[g].get(grid.lifecycles[g][ell].key, 0))
-    block.buy = pyo.Expression(block.B, rule=lambda b, i: model.buy[i])
+    block.buy = pyo.Expression(block.B, rule=lambda b, i: model.buy[index.node(w, index.buy_stage[i]), i])
     block.convert_at = pyo.Expression(
         block.STARTS, rule=lambda b, s, k: model.convert_at[index.node(w, index.start_stage[s, k]), s, k]
     )
@@ -258,18 +262,20 @@ def add_leaf_view(block, model, fleet: Fleet, grid: PlanGrid, index: TreeIndex, 
     F.define_site_capacity(block, fleet)
     F.define_dr_within_mining(block)
     F.define_capital_budget(block, fleet)
+    F.define_purchase_limit(block, fleet)
     block.first_stage_usd = pyo.Expression(expr=F._first_stage_pv_expr(block, fleet, grid))
 
 
 @dataclass(frozen=True)
 class NodeDecision:
-    """What one node decides: lifecycles started there, conversions started, MW leased."""
+    """What one node decides: racks moved onto lifecycles, conversions started, MW leased, racks ordered."""
 
     node: int
     depth: int
     lifecycles: dict[str, dict[str, int]]  # group id -> lifecycle key -> racks (decided at this node)
     conversion_start: dict[str, int]  # site id -> start option index started at this node
     lease_mw: dict[tuple[str, str], float]  # (offer, site) -> MW leased on a hall started here
+    purchases: dict[str, int] = field(default_factory=dict)  # purchase lot key -> racks ordered here
 
 
 @dataclass(frozen=True)
@@ -300,25 +306,28 @@ def extract_tree_plan(model: pyo.ConcreteModel, fleet: Fleet) -> TreePlan:
             for (nn, o, s, k) in model.NLEASES
             if nn == n and starts.get(s) == k and pyo.value(model.lease_mw[nn, o, s, k]) > F.INTEGRALITY_TOL
         }
-        decisions[n] = NodeDecision(n, tree.depth(n), lifecycles, starts, lease)
-    bought = {fleet.purchases[b].id: int(round(pyo.value(model.buy[b]))) for b in model.B}
+        ordered = {
+            grid.purchase_lots[b].key: count
+            for nn, b in model.NBUY
+            if nn == n and (count := int(round(pyo.value(model.buy[nn, b]))))
+        }
+        decisions[n] = NodeDecision(n, tree.depth(n), lifecycles, starts, lease, ordered)
     dr = {s: float(pyo.value(model.dr_mw[s])) for s in model.dr_mw}
     leaf_plans = []
     for leaf in tree.leaves:
         path = [decisions[n] for n in tree.path(leaf)]
-        leaf_plans.append(combine_path(fleet, grid, path, bought, dr))
+        leaf_plans.append(combine_path(fleet, grid, path, dr))
     nodes = tuple(decisions[n] for n in range(tree.n_nodes) if tree.depth(n) < tree.n_stages)
     return TreePlan(nodes, tuple(leaf_plans))
 
 
-def combine_path(
-    fleet: Fleet, grid: PlanGrid, path: list[NodeDecision], bought: dict[str, int], dr: dict[str, float]
-) -> Allocation:
+def combine_path(fleet: Fleet, grid: PlanGrid, path: list[NodeDecision], dr: dict[str, float]) -> Allocation:
     """The two-stage plan a leaf lives: every decision on its path, each moving racks from the choice it refines
     (`mine`, or `idle` before a restart) to its lifecycle, the racks left on `mine` mining."""
     lifecycles = {group.id: {MINE_KEY: group.racks} for group in fleet.rack_groups}
     starts: dict[str, int] = {}
     lease: dict[tuple[str, str], float] = {}
+    bought: dict[str, int] = {}
     options = {group.id: {life.key: life for life in grid.lifecycles[g]} for g, group in enumerate(fleet.rack_groups)}
     for decision in path:
         for group, counts in decision.lifecycles.items():
@@ -328,6 +337,7 @@ def combine_path(
                 held[key] = held.get(key, 0) + counts[key]
         starts.update(decision.conversion_start)
         lease.update(decision.lease_mw)
+        bought.update(decision.purchases)
     return Allocation.from_lifecycles(
         fleet,
         grid,
@@ -335,7 +345,7 @@ def combine_path(
         conversion_start=starts,
         lease_mw=lease,
         dr_mw={s: mw for s, mw in dr.items() if mw > F.INTEGRALITY_TOL},
-        purchases={k: v for k, v in bought.items() if v},
+        purchases=bought,
     )
 
 
@@ -353,7 +363,9 @@ def decision_keys(fleet: Fleet, grid: PlanGrid, index: TreeIndex, plan: Allocati
             on = s in plan.converted_sites and plan.start_option(s) == k
             leased = tuple(sorted((o, round(mw, 9)) for (o, ss), mw in plan.lease_mw.items() if ss == s)) if on else ()
             parts.append((s, k, on, leased))
-    parts.append(("buy", tuple(sorted(plan.purchases.items()))))
+    lots = grid.purchase_lots
+    ordered = [(lots[b].key, plan.purchases.get(lots[b].key, 0)) for b, j in index.buy_stage.items() if j <= depth]
+    parts.append(("buy", tuple(sorted(ordered))))
     parts.append(("dr", tuple(sorted((s, round(mw, 9)) for s, mw in plan.dr_mw.items()))))
     return tuple(parts)
 
@@ -428,9 +440,10 @@ def build_nonanticipative_extensive_model(
                 for o, s, k in a.LEASES:
                     if index.start_stage[s, k] == depth:
                         model.nonanticipative.add(b.lease_mw[o, s, k] == a.lease_mw[o, s, k])
-                if depth == 0:
-                    for i in a.B:
+                for i, j in index.buy_stage.items():
+                    if j == depth:
                         model.nonanticipative.add(b.buy[i] == a.buy[i])
+                if depth == 0:
                     for s in a.DR_SITES:
                         model.nonanticipative.add(b.dr_mw[s] == a.dr_mw[s])
     F.add_risk_objective(model, risk, tree.leaf_probability())

@@ -3,6 +3,7 @@ the textbook extensive form (per-leaf copies, explicit equalities, hourly dispat
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -192,9 +193,15 @@ def test_recourse_lifecycles_are_decided_at_their_date_and_refine_the_root_choic
     assert by_key["idle:restart@m6"].prefix == "idle" and by_key["sell@m6"].prefix == "mine"
     # the restart mines from month 6 exactly where idling stops; selling at month 6 mines until then
     six = grid.timeline.period_starting_at(grid.timeline.step_at_months(6))
-    assert by_key["idle:restart@m6"].idle == (0, six) and by_key["idle:restart@m6"].mining == ((0, six, 8),)
+    end = grid.n_periods
+    assert by_key["idle:restart@m6"].idle == (0, six) and by_key["idle:restart@m6"].mining == ((0, six, end),)
     assert by_key["sell@m6"].mining == ((0, 0, six),) and by_key["sell@m6"].sold_at == six
     assert len(grid.lifecycles[0]) == 10 + 4 and len(grid.lifecycles[1]) == 4 + 4
+    # the new machines can be ordered today or at month 6 (delivered 60 days later), one rack in all
+    lots = {lot.key: (lot.ordered_at, lot.delivery) for lot in grid.purchase_lots}
+    arrives = grid.timeline.period_starting_at(grid.timeline.step_at_days(6 * 30.4375 + 60))
+    assert lots == {"new-a": (0, grid.delivery[0]), "new-a@m6": (six, arrives)}
+    assert index.buy_stage == {0: 0, 1: 1}
 
 
 @pytest.mark.parametrize("risk", RISKS, ids=lambda r: r.objective.value)
@@ -236,6 +243,14 @@ def test_a_recourse_decision_that_differs_between_siblings_is_caught(recourse_ca
     assert non_anticipativity_violations(fleet, grid, tree, [idle, idle, restart, idle]) == [(2, 3)]
     # idling today is a root decision: a leaf that mines where its cousins idle breaks it at the root
     assert (0, 2) in non_anticipativity_violations(fleet, grid, tree, [idle, idle, mine, mine])
+    # ordering the new rack at month 6 is the month-6 node's decision; today's order is the root's
+    buy_later = dataclasses.replace(mine, purchases={"new-a@m6": 1})
+    buy_now = dataclasses.replace(mine, purchases={"new-a": 1})
+    assert non_anticipativity_violations(fleet, grid, tree, [buy_later, buy_later, mine, mine]) == []
+    assert non_anticipativity_violations(fleet, grid, tree, [buy_later, mine, mine, mine]) == [(1, 1)]
+    assert (0, 2) in non_anticipativity_violations(fleet, grid, tree, [buy_now, buy_now, mine, mine])
+    both = dict(check_feasible(fleet, dataclasses.replace(mine, purchases={"new-a": 1, "new-a@m6": 1})))
+    assert "max_racks" in both["purchases.new-a"]  # one rack in all, whenever it is ordered
     # the same anticipation on the model's own leaf plans: swap one sibling's month-6 decision
     model = build_multistage_model(fleet, tree, economics, RiskSettings(objective="expected"))
     solve_exact(model)

@@ -7,6 +7,7 @@ import pytest
 from optimizer.fleet import parse_fleet
 from optimizer.multistage import with_recourse_at
 from optimizer.option_value import ConversionAction, decision_rules, value_of_waiting
+from optimizer.tree_report import tree_report, tree_tables
 from tests.fleets import pivot_fleet_data, selling_fleet_data
 from tests.optimizer.test_multistage import waiting_fleet_data
 
@@ -80,3 +81,15 @@ def test_waiting_to_sell_is_worth_money():
     undated = value_of_waiting(fleet, [0, 6], 4, replications=0, wait_and_see=False).in_sample
     assert abs(undated.value_of_waiting_usd) < 1e-3
     assert inside.multistage_usd > undated.multistage_usd + 500
+
+
+def test_the_tree_report_lists_recourse_decisions_per_node():
+    """plan.json's tree nodes and tree_nodes.csv carry the dated sale where it is decided, and nowhere else."""
+    fleet = with_recourse_at(parse_fleet(selling_fleet_data()), [0, 6])
+    result = value_of_waiting(fleet, [0, 6], 4, replications=0, wait_and_see=False)
+    report = tree_report(fleet, [0, 6], [4], result)
+    selling = [n.node for n in report.tree if {c.lifecycle for c in n.lifecycles} == {"sell@m6"}]
+    assert selling and all(report.tree[n].depth == 1 for n in selling)
+    rows = tree_tables(report)["tree_nodes"]
+    assert [r["node"] for r in rows if r["lifecycles"] == "a-old:sell@m6=3"] == selling
+    assert all(r["purchases"] == "" for r in rows)  # the fleet has no purchase option
