@@ -119,6 +119,10 @@ class PlanGrid:
     def n_periods(self) -> int:
         return self.timeline.n_periods
 
+    def boundary_days(self, boundary: int) -> float:
+        """Days after the plan's start at which a period boundary falls (the step it starts at)."""
+        return float(self.timeline.bounds[boundary]) * self.timeline.step_hours / HOURS_PER_DAY
+
     def profile_index(self, key: str) -> int:
         return next(q for q, p in enumerate(self.profiles) if p.key == key)
 
