@@ -49,7 +49,7 @@ import numpy as np
 from optimizer.economics import NO_SITE, GroupEconomics, economics_grid, max_ai_load_kw
 from optimizer.fleet import Fleet, Objective, RiskSettings, SolveMethod, SolverSettings
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, relative_gap
-from solvers.ray_pool import batches, lazy_remote, running_in_process
+from solvers.ray_pool import batches, lazy_remote, running_in_process, spread_over_nodes
 
 log = logging.getLogger(__name__)
 
@@ -552,12 +552,12 @@ class _Pool:
             return [task.fn(*args) for args in arg_lists]
         import ray
 
+        placements = spread_over_nodes(len(arg_lists))
         refs, pending = [], []
-        for args in arg_lists:
+        for args, placement in zip(arg_lists, placements, strict=True):
             if self.workers and len(pending) >= self.workers:
                 _, pending = ray.wait(pending, num_returns=len(pending) - self.workers + 1)
-            # SPREAD: the batches' data lands across the nodes; later tasks follow it (locality-aware)
-            ref = task.options(scheduling_strategy="SPREAD").remote(*args)
+            ref = task.options(scheduling_strategy=placement).remote(*args)
             refs.append(ref)
             pending.append(ref)
         if pending:

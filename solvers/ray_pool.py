@@ -296,6 +296,22 @@ def fan_out(
     return results
 
 
+def spread_over_nodes(count: int) -> list[Any]:
+    """Scheduling strategies that place `count` tasks round-robin over the nodes with CPUs.
+
+    Ray's SPREAD reads a resource view that can lag behind a busy cluster and then packs every task on
+    one node; naming the node (soft, so a lost node falls back to any other) places the batches' data
+    across the nodes for certain, and the later tasks that read it follow it by locality.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+    if len(nodes) < 2:
+        return ["DEFAULT"] * count
+    return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) for i in range(count)]
+
+
 def _run_here(remote_fn: Any, arg_lists: Sequence[tuple], on_done: Callable[[int], None] | None) -> list[Any]:
     fn = getattr(remote_fn, "fn", None) or getattr(remote_fn, "_function", None)
     if fn is None:
