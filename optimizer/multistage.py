@@ -44,8 +44,8 @@ ready after its `start_by`: optimizer.allocation.lease_terms).
 
 `build_nonanticipative_extensive_model` is the textbook counterpart (per-leaf copies of every
 decision with explicit equality constraints between leaves sharing a node: racks per choice made by
-the node's date, conversions, leases, purchase lots; hourly dispatch variables: optimizer.extensive), used to prove
-the compact tree model exact.
+the node's date, conversions, leases, purchase lots; hourly dispatch variables: optimizer.extensive),
+used to prove the compact tree model exact.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def departure_stage(tree: ScenarioTree, grid: PlanGrid, boundary: int) -> int:
     return tree.stage_of_step(int(grid.timeline.bounds[boundary]))
 
 
-def lifecycle_stage(tree: ScenarioTree, grid: PlanGrid, fleet: Fleet, g: int, life: Lifecycle) -> int:
+def lifecycle_stage(tree: ScenarioTree, grid: PlanGrid, life: Lifecycle) -> int:
     """Depth of the node that completes the choice of `life`: the stage of its last departure (`mine`, which
     never departs, is what is left on each path: depth J)."""
     if not life.departures:
@@ -119,7 +119,7 @@ class TreeIndex:
 
 def tree_index(fleet: Fleet, grid: PlanGrid, tree: ScenarioTree) -> TreeIndex:
     x_stage = {
-        (g, ell): lifecycle_stage(tree, grid, fleet, g, life)
+        (g, ell): lifecycle_stage(tree, grid, life)
         for g, options in enumerate(grid.lifecycles)
         for ell, life in enumerate(options)
     }
@@ -355,9 +355,9 @@ def decision_keys(fleet: Fleet, grid: PlanGrid, index: TreeIndex, plan: Allocati
     counts = plan.lifecycle_counts(fleet)
     parts = []
     for g, group in enumerate(fleet.rack_groups):
-        mine = counts.get(group.id, {})
-        totals = choice_totals(index.tree, grid, g, depth, lambda ell, life, mine=mine: mine.get(life.key, 0))
-        parts += [(group.id, choice, racks) for choice, racks in sorted(totals.items())]
+        racks = counts.get(group.id, {})
+        totals = choice_totals(index.tree, grid, g, depth, lambda ell, life, racks=racks: racks.get(life.key, 0))
+        parts += [(group.id, choice, n) for choice, n in sorted(totals.items())]
     for (s, k), j in sorted(index.start_stage.items()):
         if j <= depth:
             on = s in plan.converted_sites and plan.start_option(s) == k
