@@ -67,14 +67,25 @@ from optimizer.lifecycles import (
     presence,
     purchase_values_usd,
 )
-from optimizer.tree import ScenarioTree
+from optimizer.tree import ScenarioTree, decision_steps_of
 
 
 def with_recourse_at(fleet: Fleet, decision_months) -> Fleet:
     """The fleet whose racks may change course at every decision date after today (and at its own
-    recourse_months): what the tree analysis plans, so each node can sell, move, idle or restart."""
-    months = sorted({float(m) for m in decision_months if m > 0} | set(fleet.recourse_months))
-    return fleet.model_copy(update={"recourse_months": months})
+    recourse_months): what the tree analysis plans, so each node can sell, move, idle or restart.
+
+    Each date is written as the plainest month on the same step (6.01232, read back from a tree file's
+    step 183 of daily steps, is month 6), so lifecycle keys (`sell@m6`) do not depend on how it was given.
+    """
+    months = {_plainest_month(fleet, float(m)) for m in decision_months if m > 0}
+    return fleet.model_copy(update={"recourse_months": sorted(months | set(fleet.recourse_months))})
+
+
+def _plainest_month(fleet: Fleet, months: float) -> float:
+    def step(m: float) -> tuple[int, ...]:
+        return decision_steps_of([m], fleet.horizon.step_hours, fleet.horizon.n_steps)
+
+    return next((r for r in (round(months, digits) for digits in range(4)) if step(r) == step(months)), months)
 
 
 def departure_stage(tree: ScenarioTree, grid: PlanGrid, boundary: int) -> int:
