@@ -537,6 +537,7 @@ class _Pool:
         self.local = running_in_process()
         self.workers = workers
         self.nodes: set[str] = set()
+        self.placements: list | None = None  # per batch, once `submit` has placed the batches
 
     def put(self, value):
         if self.local:
@@ -547,14 +548,14 @@ class _Pool:
 
     def submit(self, task, arg_lists: list[tuple]) -> list:
         """Refs (Ray) or values (in-process), in order, results left in the object store; at most
-        `workers` tasks in flight; returns when all have finished."""
+        `workers` tasks in flight; returns when all have finished. Task i goes to the node of batch i."""
         if self.local:
             return [task.fn(*args) for args in arg_lists]
         import ray
 
-        placements = spread_over_nodes(len(arg_lists))
+        self.placements = spread_over_nodes(len(arg_lists))
         refs, pending = [], []
-        for args, placement in zip(arg_lists, placements, strict=True):
+        for args, placement in zip(arg_lists, self.placements, strict=True):
             if self.workers and len(pending) >= self.workers:
                 _, pending = ray.wait(pending, num_returns=len(pending) - self.workers + 1)
             ref = task.options(scheduling_strategy=placement).remote(*args)
@@ -569,7 +570,7 @@ class _Pool:
             return [task.fn(*args) for args in arg_lists]
         from solvers.ray_pool import fan_out
 
-        return fan_out(task, arg_lists, self.workers)
+        return fan_out(task, arg_lists, self.workers, placements=self.placements)
 
 
 # ---------------------------------------------------------------------------------------------
