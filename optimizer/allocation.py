@@ -35,6 +35,7 @@ from optimizer.economics import NO_SITE, GroupEconomics, economics_grid
 from optimizer.fleet import Fleet, RackGroup
 from optimizer.lifecycles import Lifecycle, PlanGrid, plan_grid, purchase_price_usd, rack_resale_usd
 from optimizer.modes import MODES, Mode
+from optimizer.rack_ranges import RackRange, group_range
 
 # Shed AI below this counts no lost hour: a lease sized exactly at a cap leaves float dust, not an outage.
 LOST_LOAD_TOL_KW = 1e-6
@@ -126,13 +127,12 @@ def all_mining(fleet: Fleet) -> Allocation:
     return Allocation({g.id: {**dict.fromkeys(MODES, 0), Mode.MINE: g.racks} for g in fleet.rack_groups})
 
 
-def rack_ids(group: RackGroup, allocation: Allocation) -> dict[Mode, list[str]]:
-    """Which racks take which mode: the group's racks in id order, in the order of MODES."""
-    ids = [f"{group.id}-{k:05d}" for k in range(group.racks)]
+def rack_ranges(group: RackGroup, allocation: Allocation) -> dict[Mode, list[RackRange]]:
+    """Which racks take which mode: the group's racks in id order, one block per mode in the order of MODES."""
     out, start = {}, 0
     for mode in MODES:
         n = allocation.count(group.id, mode)
-        out[mode], start = ids[start : start + n], start + n
+        out[mode], start = ([group_range(group.id, start, n)] if n else []), start + n
     return out
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from optimizer.allocation import check_feasible
+from optimizer.allocation import Mode, check_feasible
 from optimizer.dispatch import (
     DispatchTable,
     build_dispatch_table,
@@ -334,7 +334,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     def remember_plan(self, plan_id: str, fleet: Fleet, plan: PlanResult, owner: str = "") -> None:
         """Lay out a plan's dispatch table once, when the plan is made or first dispatched."""
         racks = {g.group: g.racks_mine for g in plan.allocation}
-        ids = {g.group: g.rack_ids_mine for g in plan.allocation}
+        ids = {g.group: g.rack_ids(Mode.MINE) for g in plan.allocation}
         table = build_dispatch_table(fleet, racks, ids, allocation=convert.plan_allocation(plan))
         self._dispatch[plan_id] = _DispatchEntry(plan_id, owner, table)
         self._dispatch.move_to_end(plan_id)

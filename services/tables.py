@@ -14,6 +14,7 @@ from rich.table import Table
 
 from optimizer.modes import MODES
 from optimizer.plan_result import PlanResult
+from optimizer.rack_ranges import label
 
 FORMATS = ("table", "json", "csv")
 PIPE_WIDTH = 400  # not a terminal: lines as wide as the content, never cut at 80 columns
@@ -258,8 +259,9 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
         values = {v.group: v for v in rack_values(fleet, plan)}
     allocation = []
     for g in plan.allocation:
-        listed = {f"rack_ids_{m.value}" for m in MODES} | {"lifecycles", "option_values_usd_per_rack"}
+        listed = {f"rack_ranges_{m.value}" for m in MODES} | {"lifecycles", "option_values_usd_per_rack"}
         row = g.model_dump(exclude=listed)
+        row["rack_ids"] = rack_ids_text(g)
         row["lifecycles"] = "; ".join(f"{key}={n}" for key, n in g.lifecycles.items())
         row["option_values_usd_per_rack"] = "; ".join(
             f"{key}={value:.0f}" for key, value in g.option_values_usd_per_rack.items()
@@ -291,6 +293,11 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
         "timeline": [e.model_dump() for e in plan.timeline],
         **tree,
     }
+
+
+def rack_ids_text(group) -> str:
+    """Which racks take which mode, as ranges: "mine texas-00000..texas-00099; idle texas-00100..texas-00119"."""
+    return "; ".join(f"{m.value} {label(group.rack_ranges(m))}" for m in MODES if group.rack_ranges(m))
 
 
 def plan_json(plan: PlanResult, fleet=None) -> dict:

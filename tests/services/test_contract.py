@@ -23,7 +23,7 @@ from services import convert
 from services.store import plan_json
 from solvers.planner import ScenarioSpec, assemble_plan, plan_fleet, solve_allocation
 from solvers.robustness import assess_plan
-from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
+from tests.fleets import EXAMPLES, events_fleet_data, million_rack_fleet_data, small_fleet_data
 
 
 def test_every_fleet_field_has_a_proto_field():
@@ -83,6 +83,22 @@ def test_plan_round_trip():
     assert [g.racks_mine for g in message.allocation] == [g.racks_mine for g in plan.allocation]
     back = convert.plan_from_message(plan_pb2.Plan.FromString(message.SerializeToString()))
     assert back == plan
+
+
+def test_a_million_rack_plan_is_a_few_kb_and_round_trips_to_the_same_allocation():
+    fleet = parse_fleet(million_rack_fleet_data())
+    plan, _ = plan_fleet(fleet, local=True)
+    group = plan.allocation[0]
+    assert 0 < group.racks_mine < 1_000_000 and group.racks_mine + group.racks_idle == 1_000_000
+    wire = convert.plan_to_message(plan, "plan-big").SerializeToString()
+    assert len(wire) < 4096  # every id listed, it was 17.9 MB
+    back = convert.plan_from_message(plan_pb2.Plan.FromString(wire))
+    assert back == plan
+    assert convert.plan_allocation(back) == convert.plan_allocation(plan)
+    mining = back.allocation[0].rack_ids(Mode.MINE)
+    assert len(mining) == group.racks_mine and mining[0] == "f-old-00000"
+    assert mining[-1] == f"f-old-{group.racks_mine - 1:05d}"
+    assert back.allocation[0].rack_ids(Mode.IDLE)[-1] == "f-old-999999"
 
 
 def test_plan_with_unbounded_gap_round_trips():

@@ -10,6 +10,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from optimizer.allocation import Mode
 from optimizer.dispatch import build_dispatch_table, decide, site_conditions, site_prices_usd_per_mwh
 from optimizer.fleet import parse_fleet
 from optimizer.robustness import RobustnessSettings
@@ -450,7 +451,7 @@ def test_dispatch_from_network_figures_and_rack_ids(stub, tiny_plan):
     )
     response = stub.Dispatch(request, timeout=10)
     assert response.hashprice_usd_per_ph_day == pytest.approx(144 * (3.125 + 0.025) * 67_800 / 900_000)
-    ids = {g.group: list(g.rack_ids_mine) for g in plan.allocation}
+    ids = {g.group: g.rack_ids(Mode.MINE) for g in convert.plan_from_message(plan).allocation}
     assert all(list(g.rack_ids) == ids[g.group] for g in response.groups)
 
 
