@@ -32,7 +32,7 @@ class RackRange(BaseModel):
         return [self.rack_id(k) for k in range(self.first, self.first + self.count)]
 
     def label(self) -> str:
-        """"g-00000..g-00099" (one id alone when count is 1, "" when empty)."""
+        """The block in words: g-00000..g-00099 (one id alone when count is 1, "" when empty)."""
         if self.count == 0:
             return ""
         last = self.rack_id(self.first + self.count - 1)
