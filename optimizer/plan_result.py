@@ -137,8 +137,9 @@ class GroupBreakeven(BaseModel):
 class SolverReport(BaseModel):
     status: str
     objective_usd: float
-    bound_usd: float
-    mip_gap: float
+    # None when unknown: a solve stopped before HiGHS proved any bound has no bound and no gap
+    bound_usd: float | None
+    mip_gap: float | None
     wall_s: float
     variables: int
     constraints: int

@@ -20,6 +20,7 @@ status code and the field or constraint violations the server sent.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,8 +36,11 @@ from optimizer.allocation import Allocation
 from optimizer.fleet import Fleet, load_fleet, parse_fleet
 from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings
+from optimizer.scenario_io import save_scenarios
+from optimizer.scenarios import ScenarioSet
 from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 from services import convert
+from services.validation import MAX_CHUNK_BYTES
 from solvers.diagnose import Commitments
 
 TARGET_ENV = "HASHPIVOT_TARGET"
@@ -48,6 +52,7 @@ FleetLike = Fleet | str | Path | Mapping[str, Any] | fleet_pb2.Fleet
 # Robustness settings as the domain model, a mapping of the fields to set (the server validates them and
 # applies the defaults of `hashpivot plan` to the others), or the message.
 RobustnessLike = RobustnessSettings | Mapping[str, Any] | plan_pb2.RobustnessSettings
+ScenariosLike = str | Path | bytes | ScenarioSet  # a scenario file (docs/scenarios.md), its bytes, or the paths
 
 
 def default_target() -> str:
@@ -128,6 +133,17 @@ def fleet_message(fleet: FleetLike) -> fleet_pb2.Fleet:
     return convert.fleet_to_message(fleet)
 
 
+def scenario_bytes(scenarios: ScenariosLike) -> bytes:
+    """The NPZ bytes of a scenario file path, of bytes as they are, or of a ScenarioSet (saved as a file would be)."""
+    if isinstance(scenarios, bytes):
+        return scenarios
+    if isinstance(scenarios, str | Path):
+        return Path(scenarios).read_bytes()
+    buffer = io.BytesIO()
+    save_scenarios(buffer, scenarios)
+    return buffer.getvalue()
+
+
 def robustness_message(settings: RobustnessLike) -> plan_pb2.RobustnessSettings:
     if isinstance(settings, plan_pb2.RobustnessSettings):
         return settings
@@ -178,10 +194,12 @@ class PlannerClient:
         commitments: Commitments | None = None,
         timeout_s: float | None = None,
         robustness: RobustnessLike | None = None,
+        scenario_set_id: str = "",
     ) -> PlanReply:
         """Plan within the call; the deadline bounds the solve (best plan so far, with its gap).
-        With `robustness`, the plan comes back assessed (plan.robustness); the deadline must cover that too."""
-        request = planner_service_pb2.OptimizeRequest(fleet=fleet_message(fleet))
+        With `robustness`, the plan comes back assessed (plan.robustness); the deadline must cover that too.
+        With `scenario_set_id` (upload_scenarios), the plan is made on those scenarios."""
+        request = planner_service_pb2.OptimizeRequest(fleet=fleet_message(fleet), scenario_set_id=scenario_set_id)
         if commitments is not None:
             request.commitments.CopyFrom(convert.commitments_to_message(commitments))
         if robustness is not None:
@@ -201,9 +219,12 @@ class PlannerClient:
         commitments: Commitments | None = None,
         request_id: str = "",
         robustness: RobustnessLike | None = None,
+        scenario_set_id: str = "",
     ) -> jobs_pb2.PlanJob:
         """Queue a plan job; with `robustness`, its plan is stored with its robustness report."""
-        request = planner_service_pb2.SubmitPlanJobRequest(fleet=fleet_message(fleet), request_id=request_id)
+        request = planner_service_pb2.SubmitPlanJobRequest(
+            fleet=fleet_message(fleet), request_id=request_id, scenario_set_id=scenario_set_id
+        )
         if commitments is not None:
             request.commitments.CopyFrom(convert.commitments_to_message(commitments))
         if robustness is not None:
@@ -258,6 +279,25 @@ class PlannerClient:
         except grpc.RpcError as error:
             raise PlannerError.from_rpc_error(error) from None
 
+    # scenario sets
+
+    def upload_scenarios(
+        self, scenarios: ScenariosLike, name: str = "", timeout_s: float | None = None
+    ) -> planner_service_pb2.ScenarioSet:
+        """Upload a scenario file (a path, its bytes, or a ScenarioSet) in chunks; reference the returned
+        scenario_set_id from optimize, submit and evaluate."""
+        data = scenario_bytes(scenarios)
+        chunks = [data[i : i + MAX_CHUNK_BYTES] for i in range(0, len(data), MAX_CHUNK_BYTES)] or [b""]
+        requests = (
+            planner_service_pb2.UploadScenariosRequest(chunk=chunk, name=name if i == 0 else "")
+            for i, chunk in enumerate(chunks)
+        )
+        return self._call(self.stub.UploadScenarios, requests, timeout_s).scenario_set
+
+    def delete_scenario_set(self, scenario_set_id: str) -> None:
+        request = planner_service_pb2.DeleteScenarioSetRequest(scenario_set_id=scenario_set_id)
+        self._call(self.stub.DeleteScenarioSet, request)
+
     # what-if and dispatch
 
     def evaluate(
@@ -270,9 +310,11 @@ class PlannerClient:
         stream: int | None = None,
         include_scenario_profits: bool = False,
         timeout_s: float | None = None,
+        scenario_set_id: str = "",
     ) -> planner_service_pb2.EvaluateResponse:
+        """Score an allocation; on every scenario of `scenario_set_id` when given (then no count, seed, stream)."""
         request = planner_service_pb2.EvaluateRequest(
-            plan_id=plan_id, include_scenario_profits=include_scenario_profits
+            plan_id=plan_id, include_scenario_profits=include_scenario_profits, scenario_set_id=scenario_set_id
         )
         if fleet is not None:
             request.fleet.CopyFrom(fleet_message(fleet))

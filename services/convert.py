@@ -493,6 +493,20 @@ def job_to_message(job) -> jobs_pb2.PlanJob:
     return message
 
 
+def scenario_set_to_message(info) -> planner_service_pb2.ScenarioSet:
+    """services.store.ScenarioSetInfo -> ScenarioSet."""
+    return planner_service_pb2.ScenarioSet(
+        scenario_set_id=info.scenario_set_id,
+        name=info.name,
+        scenarios=info.scenarios,
+        steps=info.steps,
+        step_hours=info.step_hours,
+        markets=list(info.markets),
+        size_bytes=info.size_bytes,
+        create_time=timestamp(info.created_at),
+    )
+
+
 def plan_summary_to_message(summary) -> planner_service_pb2.PlanSummary:
     """services.store.PlanSummary -> PlanSummary."""
     return planner_service_pb2.PlanSummary(

@@ -206,6 +206,7 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
         c = calls.add_parser(name, help=help_text)
         c.add_argument("fleet", type=Path, help="fleet file (YAML or JSON), as for `hashpivot plan`")
         c.add_argument("--scenarios", type=int, help="number of Monte Carlo scenarios (default: the fleet file's)")
+        add_scenario_file_argument(c)
         c.add_argument("--time-limit", type=float, help="solver time limit in seconds")
         c.add_argument("--accept-offer", action="append", default=[], help="commit to this lease offer (repeatable)")
         c.add_argument("--convert-site", action="append", default=[], help="commit to converting a site (repeatable)")
@@ -242,6 +243,7 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--scenarios", type=int, help="number of scenarios")
     c.add_argument("--seed", type=int, help="random seed")
     c.add_argument("--stream", type=int, help="0 the plan's scenarios, 1 out-of-sample, 2+k SAA replication k")
+    add_scenario_file_argument(c)
     c.add_argument("--json", action="store_true", help="print the response as JSON")
     c.set_defaults(func=cmd_evaluate)
     c = calls.add_parser("dispatch", help="which racks of a plan to run or curtail now")
@@ -273,6 +275,29 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     c = calls.add_parser("health", help="standard gRPC health check; exit 0 when SERVING")
     c.add_argument("--service", default="", help="service name (default: the whole server)")
     c.set_defaults(func=cmd_health)
+
+
+def add_scenario_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario-file",
+        type=Path,
+        help="your own scenarios (NPZ, docs/scenarios.md): uploaded (UploadScenarios), then used by id",
+    )
+
+
+def _uploaded_scenarios(client, args: argparse.Namespace) -> str:
+    """Upload --scenario-file, if given; its scenario_set_id ("" without one)."""
+    if args.scenario_file is None:
+        return ""
+    from services.messages import check_input_file
+
+    check_input_file(args.scenario_file, "scenario file")
+    uploaded = client.upload_scenarios(args.scenario_file, name=args.scenario_file.name)
+    console.print(
+        f"scenario_set_id {uploaded.scenario_set_id} ({uploaded.scenarios} scenarios x {uploaded.steps} steps)",
+        highlight=False,
+    )
+    return uploaded.scenario_set_id
 
 
 def _client(args: argparse.Namespace):
@@ -365,7 +390,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         return _print_request(args, OptimizeRequest)
     with _client(args) as client:
-        reply = client.optimize(_fleet(args), _commitments(args), robustness=robustness_overrides(args))
+        scenario_set_id = _uploaded_scenarios(client, args)
+        reply = client.optimize(
+            _fleet(args), _commitments(args), robustness=robustness_overrides(args), scenario_set_id=scenario_set_id
+        )
     _show_plan(reply.plan, args.out, args.format)
     if args.format == "table":
         print(f"plan_id {reply.plan_id}")
@@ -381,7 +409,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         return _print_request(args, SubmitPlanJobRequest)
     with _client(args) as client:
-        job = client.submit(_fleet(args), _commitments(args), args.request_id, robustness_overrides(args))
+        scenario_set_id = _uploaded_scenarios(client, args)
+        job = client.submit(
+            _fleet(args), _commitments(args), args.request_id, robustness_overrides(args), scenario_set_id
+        )
         if args.format == "table" or args.watch:
             print(f"job_id {job.job_id}")
         else:
@@ -491,7 +522,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     fleet = load_fleet(args.fleet) if args.fleet else None
     with _client(args) as client:
         response = client.evaluate(
-            args.plan_id, fleet, allocation, count=args.scenarios, seed=args.seed, stream=args.stream
+            args.plan_id,
+            fleet,
+            allocation,
+            count=args.scenarios,
+            seed=args.seed,
+            stream=args.stream,
+            scenario_set_id=_uploaded_scenarios(client, args),
         )
     if args.json or args.format == "json":
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))

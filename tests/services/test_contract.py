@@ -6,7 +6,6 @@ still lacks (extend protos/hashpivot/v1/*.proto, run scripts/gen_protos.sh).
 
 import dataclasses
 import functools
-import math
 
 import pytest
 
@@ -102,12 +101,16 @@ def test_a_million_rack_plan_is_a_few_kb_and_round_trips_to_the_same_allocation(
 
 
 def test_plan_with_unbounded_gap_round_trips():
+    """An unknown bound and gap are unset in the message (never Infinity) and None again on the way back."""
     plan = small_plan()
-    solver = plan.solver.model_copy(update={"mip_gap": math.inf, "status": "time_limit"})
+    solver = plan.solver.model_copy(update={"bound_usd": None, "mip_gap": None, "status": "time_limit"})
     plan = plan.model_copy(update={"solver": solver})
-    message = convert.plan_to_message(plan)
-    assert math.isinf(message.solver.mip_gap) and message.solver.status == plan_pb2.SOLVE_STATUS_TIME_LIMIT
+    message = plan_pb2.Plan.FromString(convert.plan_to_message(plan).SerializeToString())
+    assert message.solver.status == plan_pb2.SOLVE_STATUS_TIME_LIMIT
+    assert not message.solver.HasField("bound_usd") and not message.solver.HasField("mip_gap")
     assert convert.plan_from_message(message).solver == plan.solver
+    known = convert.plan_to_message(small_plan())
+    assert known.solver.HasField("bound_usd") and known.solver.mip_gap == small_plan().solver.mip_gap
 
 
 @pytest.mark.parametrize("path", ["tiny.yaml", "fleet.yaml"])
@@ -192,7 +195,7 @@ def test_plan_with_power_features_and_robustness_round_trips(ray_session):
 def test_plan_without_optional_robustness_sections_round_trips():
     """None sections (no replications, no wait-and-see, no sensitivity) stay None, not empty messages."""
     plan = small_plan()
-    interval = {"estimate_usd": 1.0, "lower_usd": -math.inf, "upper_usd": math.inf, "confidence_level": 0.95}
+    interval = {"estimate_usd": 1.0, "lower_usd": None, "upper_usd": None, "confidence_level": 0.95}
     evaluation = {
         "plan": "stochastic",
         "description": "d",

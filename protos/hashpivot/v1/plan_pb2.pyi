@@ -1665,9 +1665,13 @@ class SolverReport(_message.Message):
     objective_usd: _builtins.float
     """Objective of the plan returned, USD."""
     bound_usd: _builtins.float
-    """Best bound on the objective proven by the solver, USD."""
+    """Best bound on the objective proven by the solver, USD; unset when the solve stopped before
+    proving any bound.
+    """
     mip_gap: _builtins.float
-    """Relative gap between objective and bound, |bound - objective| / |objective| (inf: no bound)."""
+    """Relative gap between objective and bound, |bound - objective| / max(|objective|, 1e-9); unset
+    when there is no bound.
+    """
     wall_s: _builtins.float
     """Wall time of the solve, seconds."""
     variables: _builtins.int
@@ -1689,8 +1693,8 @@ class SolverReport(_message.Message):
         *,
         status: Global___SolveStatus.ValueType = ...,
         objective_usd: _builtins.float = ...,
-        bound_usd: _builtins.float = ...,
-        mip_gap: _builtins.float = ...,
+        bound_usd: _builtins.float | None = ...,
+        mip_gap: _builtins.float | None = ...,
         wall_s: _builtins.float = ...,
         variables: _builtins.int = ...,
         constraints: _builtins.int = ...,
@@ -1698,12 +1702,21 @@ class SolverReport(_message.Message):
         max_accepted_gap: _builtins.float = ...,
         gap_exceeded: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s", "time_limit_s", b"time_limit_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bound_usd", b"_bound_usd", "_mip_gap", b"_mip_gap", "_time_limit_s", b"_time_limit_s", "bound_usd", b"bound_usd", "mip_gap", b"mip_gap", "time_limit_s", b"time_limit_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s", "bound_usd", b"bound_usd", "constraints", b"constraints", "gap_exceeded", b"gap_exceeded", "max_accepted_gap", b"max_accepted_gap", "mip_gap", b"mip_gap", "objective_usd", b"objective_usd", "status", b"status", "time_limit_s", b"time_limit_s", "variables", b"variables", "wall_s", b"wall_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bound_usd", b"_bound_usd", "_mip_gap", b"_mip_gap", "_time_limit_s", b"_time_limit_s", "bound_usd", b"bound_usd", "constraints", b"constraints", "gap_exceeded", b"gap_exceeded", "max_accepted_gap", b"max_accepted_gap", "mip_gap", b"mip_gap", "objective_usd", b"objective_usd", "status", b"status", "time_limit_s", b"time_limit_s", "variables", b"variables", "wall_s", b"wall_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bound_usd: _TypeAlias = _typing.Literal["bound_usd"]  # noqa: Y015
+    _WhichOneofArgType__bound_usd: _TypeAlias = _typing.Literal["_bound_usd", b"_bound_usd"]  # noqa: Y015
+    _WhichOneofReturnType__mip_gap: _TypeAlias = _typing.Literal["mip_gap"]  # noqa: Y015
+    _WhichOneofArgType__mip_gap: _TypeAlias = _typing.Literal["_mip_gap", b"_mip_gap"]  # noqa: Y015
     _WhichOneofReturnType__time_limit_s: _TypeAlias = _typing.Literal["time_limit_s"]  # noqa: Y015
     _WhichOneofArgType__time_limit_s: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bound_usd) -> _WhichOneofReturnType__bound_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mip_gap) -> _WhichOneofReturnType__mip_gap | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__time_limit_s) -> _WhichOneofReturnType__time_limit_s | None: ...
 
 Global___SolverReport: _TypeAlias = SolverReport  # noqa: Y015
@@ -1845,9 +1858,9 @@ class ConfidenceInterval(_message.Message):
     estimate_usd: _builtins.float
     """Point estimate, USD."""
     lower_usd: _builtins.float
-    """Lower end, USD (-inf when it cannot be estimated)."""
+    """Lower end, USD; unset when it cannot be estimated (fewer than two values)."""
     upper_usd: _builtins.float
-    """Upper end, USD (inf when it cannot be estimated)."""
+    """Upper end, USD; unset when it cannot be estimated."""
     confidence_level: _builtins.float
     """Confidence level."""
     method: _builtins.str
@@ -1856,16 +1869,23 @@ class ConfidenceInterval(_message.Message):
         self,
         *,
         estimate_usd: _builtins.float = ...,
-        lower_usd: _builtins.float = ...,
-        upper_usd: _builtins.float = ...,
+        lower_usd: _builtins.float | None = ...,
+        upper_usd: _builtins.float | None = ...,
         confidence_level: _builtins.float = ...,
         method: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd", "_upper_usd", b"_upper_usd", "lower_usd", b"lower_usd", "upper_usd", b"upper_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence_level", b"confidence_level", "estimate_usd", b"estimate_usd", "lower_usd", b"lower_usd", "method", b"method", "upper_usd", b"upper_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd", "_upper_usd", b"_upper_usd", "confidence_level", b"confidence_level", "estimate_usd", b"estimate_usd", "lower_usd", b"lower_usd", "method", b"method", "upper_usd", b"upper_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__lower_usd: _TypeAlias = _typing.Literal["lower_usd"]  # noqa: Y015
+    _WhichOneofArgType__lower_usd: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd"]  # noqa: Y015
+    _WhichOneofReturnType__upper_usd: _TypeAlias = _typing.Literal["upper_usd"]  # noqa: Y015
+    _WhichOneofArgType__upper_usd: _TypeAlias = _typing.Literal["_upper_usd", b"_upper_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lower_usd) -> _WhichOneofReturnType__lower_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upper_usd) -> _WhichOneofReturnType__upper_usd | None: ...
 
 Global___ConfidenceInterval: _TypeAlias = ConfidenceInterval  # noqa: Y015
 
