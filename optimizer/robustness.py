@@ -339,7 +339,7 @@ def evaluate_plan(
         plan=name,
         description=description,
         feasible=not violations,
-        violations=[f"{path}: {message}" for path, message in violations],
+        violations=[str(v) for v in violations],
         **{f"racks_{m.value}": sum(getattr(s, f"racks_{m.value}") for s in sites) for m in MODES},
         leased_mw=sum(allocation.lease_mw.values()),
         sites=sites,

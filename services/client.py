@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -91,28 +91,44 @@ class PlannerError(Exception):
     field_violations: list[tuple[str, str]] = field(default_factory=list)  # (field path, description)
     constraint_violations: list[tuple[str, str]] = field(default_factory=list)  # (subject, description)
     quota_violations: list[tuple[str, str]] = field(default_factory=list)  # (limit, estimate and fields)
+    # the broken constraints as records: family, subject, amount needed, limit, unit, fleet field
+    constraints: list[jobs_pb2.ConstraintViolation] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> PlannerError:
-        out = cls(error.code(), error.details() or "")
         status = rpc_status.from_call(error)
-        for detail in status.details if status is not None else ():
+        out = cls(error.code(), error.details() or "")
+        out._read_details(status.details if status is not None else ())
+        return out
+
+    @classmethod
+    def from_status(cls, status: status_pb2.Status) -> PlannerError:
+        """The error a failed job holds (PlanJob.status), as a failed call would have raised it."""
+        out = cls(grpc.StatusCode[code_pb2.Code.Name(status.code)], status.message)
+        out._read_details(status.details)
+        return out
+
+    def _read_details(self, details) -> None:
+        for detail in details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                out.field_violations += [(v.field, v.description) for v in bad.field_violations]
+                self.field_violations += [(v.field, v.description) for v in bad.field_violations]
             elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
                 failure = error_details_pb2.PreconditionFailure()
                 detail.Unpack(failure)
-                out.constraint_violations += [(v.subject, v.description) for v in failure.violations]
+                self.constraint_violations += [(v.subject, v.description) for v in failure.violations]
             elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
                 quota = error_details_pb2.QuotaFailure()
                 detail.Unpack(quota)
-                out.quota_violations += [(v.subject, v.description) for v in quota.violations]
-        return out
+                self.quota_violations += [(v.subject, v.description) for v in quota.violations]
+            elif detail.Is(jobs_pb2.ConstraintViolations.DESCRIPTOR):
+                records = jobs_pb2.ConstraintViolations()
+                detail.Unpack(records)
+                self.constraints += list(records.violations)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-memory-gb", type=float, help="estimated memory per request (default 2)")
     limits.add_argument("--max-groups", type=int, help="rack groups per fleet (default 1000)")
     limits.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per tenant (default 20)")
+    limits.add_argument("--max-upload-mb", type=float, help="size of one uploaded scenario file (default 256)")
+    limits.add_argument("--max-scenario-sets", type=int, help="stored scenario sets per tenant (default 20)")
     limits.add_argument("--max-crashes", type=int, default=3, help="server deaths a job may cause before it FAILs")
     limits.add_argument("--retain-days", type=float, help="delete plans and finished jobs older than this")
     limits.add_argument("--retain-plans", type=int, help="keep at most this many plans (newest)")
@@ -140,6 +142,8 @@ def serve_config(args: argparse.Namespace):
         "max_groups": args.max_groups,
         "max_queued_jobs_per_caller": args.max_queued_jobs,
         "max_memory_bytes": None if args.max_memory_gb is None else int(args.max_memory_gb * 1024**3),
+        "max_scenario_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 1024**2),
+        "max_scenario_sets_per_caller": args.max_scenario_sets,
     }
     config.limits = dataclasses.replace(Limits(), **{k: v for k, v in limits.items() if v is not None})
     return config
@@ -336,17 +340,21 @@ def _rpc(fn):
         try:
             return fn(args)
         except PlannerError as error:
-            from services.messages import tidy
-
-            # one line: the status, the message; field and constraint details only when the message lacks them
-            extra = [f"{p}: {d}" for p, d in error.field_violations if p not in error.message]
-            extra += [f"{s}: {d}" for s, d in error.constraint_violations if s not in error.message]
-            extra += [f"{limit}: {d}" for limit, d in error.quota_violations if limit not in error.message]
-            line = tidy(" ".join([f"{error.code.name}: {error.message}", *(f"[{e}]" for e in extra)]))
-            console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+            _print_error(error)
             return 1
 
     return wrapped
+
+
+def _print_error(error) -> None:
+    """One red line: the status, the message; field and constraint details only when the message lacks them."""
+    from services.messages import tidy
+
+    extra = [f"{p}: {d}" for p, d in error.field_violations if p not in error.message]
+    extra += [f"{s}: {d}" for s, d in error.constraint_violations if s not in error.message]
+    extra += [f"{limit}: {d}" for limit, d in error.quota_violations if limit not in error.message]
+    line = tidy(" ".join([f"{error.code.name}: {error.message}", *(f"[{e}]" for e in extra)]))
+    console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def _show_plan(plan, out: Path | None, fmt: str = "table") -> None:
@@ -456,8 +464,10 @@ def _follow(client, job_id: str) -> int:
                 bar.update(tasks[p.stage], completed=p.stage_done, mip=mip)
     state = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
     print(f"job {job_id} {state}" + (f" plan_id {job.plan_id}" if job.plan_id else ""))  # one line in every format
-    if job.HasField("error"):
-        console.print(f"[red]{job.error.message}[/red]")
+    if job.HasField("status"):
+        from services.client import PlannerError
+
+        _print_error(PlannerError.from_status(job.status))
     return 0 if job.state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED else 1
 
 
@@ -486,8 +496,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         for job in client.list_jobs(state):
             name = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
             rows.append(
-                {"job_id": job.job_id, "state": name, "fleet": job.fleet_name, "stage": job.progress.stage,
-                 "plan_id": job.plan_id}
+                {
+                    "job_id": job.job_id,
+                    "state": name,
+                    "fleet": job.fleet_name,
+                    "stage": job.progress.stage,
+                    "plan_id": job.plan_id,
+                }
             )
     emit(rows, args.format, "plan jobs")  # ids are never cut (services/tables.py)
     return 0

@@ -169,3 +169,12 @@ def test_cli_uploads_the_scenario_file_then_plans_on_it(server, fleet, scenario_
     assert "scenario_set_id scenarios-" in capsys.readouterr().err
     local, _ = plan_fleet(fleet, provided=load_scenarios(scenario_file), local=True)
     assert json.loads((out / "plan.json").read_text())["profit"] == pytest.approx(local.profit)
+
+
+def test_serve_flags_set_the_upload_limits():
+    from services.cli import build_parser
+    from services.service_cli import serve_config
+
+    args = build_parser().parse_args(["serve", "--insecure", "--max-upload-mb", "1.5", "--max-scenario-sets", "3"])
+    limits = serve_config(args).limits
+    assert (limits.max_scenario_upload_bytes, limits.max_scenario_sets_per_caller) == (1536 * 1024, 3)
