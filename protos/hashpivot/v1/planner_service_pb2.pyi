@@ -7,7 +7,8 @@ and tell fleet automation which racks to run right now.
 Errors follow https://google.aip.dev/193: INVALID_ARGUMENT carries a google.rpc.BadRequest whose
 field violations name the request field path (e.g. "fleet.sites[1].capacity_mw");
 FAILED_PRECONDITION carries a google.rpc.PreconditionFailure naming the constraint no plan can
-meet (type "CONSTRAINT", subject e.g. "capital_budget"); NOT_FOUND names the missing id;
+meet (type "CONSTRAINT", subject e.g. "capital_budget") and the same as hashpivot.v1.ConstraintViolations
+records with the amounts that clash (needed, limit, unit); NOT_FOUND names the missing id;
 DEADLINE_EXCEEDED means the caller's deadline passed before a plan was found (a plan the solver's
 own time limit left without any incumbent is FAILED_PRECONDITION); UNAUTHENTICATED: no valid
 bearer token ("authorization: Bearer <token>" metadata); PERMISSION_DENIED: the caller's role
