@@ -273,7 +273,8 @@ class JobStore:
             self._db.execute(_JOBS_TABLE)
             self._db.execute(f"INSERT INTO jobs ({_V2_JOB_COLUMNS}) SELECT {_V2_JOB_COLUMNS} FROM jobs_v2")
             self._db.execute("DROP TABLE jobs_v2")
-        if "jobs" in tables and version < 4:
+        job_columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "jobs" in tables and "scenario_set_id" not in job_columns:  # before version 4 (a rebuilt table has it)
             self._db.execute("ALTER TABLE jobs ADD COLUMN scenario_set_id TEXT")
         if "plans" in tables and version < 3:
             self._db.execute("ALTER TABLE plans ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
