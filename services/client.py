@@ -7,6 +7,8 @@
         checked = client.optimize("examples/tiny.yaml", robustness=RobustnessSettings(oos_scenarios=200))
         print(checked.plan.robustness.plan("stochastic").mean_profit_usd)
         now = client.dispatch(reply.plan_id, {"texas": 41.0}, hashprice_usd_per_ph_day=35.0)
+        paths = client.upload_scenarios("desk_paths.npz")  # our own scenarios, streamed in chunks
+        on_ours = client.optimize("examples/tiny.yaml", scenario_set_id=paths.scenario_set_id)
 
 Credentials: `token` (default $HASHPIVOT_TOKEN) travels as "authorization: Bearer <token>" on
 every call; `tls` (Credentials.from_env reads $HASHPIVOT_TLS_CA, $HASHPIVOT_CLIENT_CERT,
@@ -15,7 +17,8 @@ $HASHPIVOT_CLIENT_KEY) makes the channel TLS, with a client certificate for mTLS
 Fleets are given as a fleet file path (the same YAML/JSON as `hashpivot plan`), a validated
 `optimizer.fleet.Fleet`, a fleet mapping, or a `hashpivot.v1.Fleet` message. Plans come back as
 `optimizer.plan_result.PlanResult` (what plan.json holds). Errors raise `PlannerError` with the
-status code and the field or constraint violations the server sent.
+status code and the field or constraint violations the server sent (`constraints`: the records, with
+amounts); a failed job's `status` reads the same way with `PlannerError.from_status`.
 """
 
 from __future__ import annotations

@@ -263,8 +263,9 @@ class JobRunner:
         try:
             fleet = job.fleet()
             provided = None
-            if job.scenario_set_id:  # read when the job runs: a set deleted meanwhile fails the job NOT_FOUND
-                provided = scenario_sets.load(self.store, job.scenario_set_id, job.owner, fleet, "scenario_set_id")
+            if job.scenario_set_id:  # read when the job runs (access was checked at submission; an admin may use
+                # another tenant's set): a set deleted meanwhile fails the job NOT_FOUND
+                provided = scenario_sets.load(self.store, job.scenario_set_id, None, fleet, "scenario_set_id")
             plan = await asyncio.to_thread(
                 run_plan, fleet, job.commitments, control, self.relay, job.robustness, provided
             )
