@@ -178,3 +178,14 @@ def test_serve_flags_set_the_upload_limits():
     args = build_parser().parse_args(["serve", "--insecure", "--max-upload-mb", "1.5", "--max-scenario-sets", "3"])
     limits = serve_config(args).limits
     assert (limits.max_scenario_upload_bytes, limits.max_scenario_sets_per_caller) == (1536 * 1024, 3)
+
+
+def test_admission_counts_the_sets_scenarios_not_the_fleets(fleet):
+    from services import admission
+
+    limits = Limits(max_scenarios=100)
+    assert admission.check(fleet, None, limits) == []  # the fleet draws 6
+    over = admission.check(fleet, None, limits, scenario_set=("scenario_set_id", 101))
+    assert [(limit, fields.split(",")[0]) for limit, fields, _ in over] == [("max_scenarios", "scenario_set_id")]
+    small = admission.estimate(fleet, scenarios=6)
+    assert admission.estimate(fleet, scenarios=600).scenario_steps == 100 * small.scenario_steps
