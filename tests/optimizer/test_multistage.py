@@ -249,8 +249,8 @@ def test_a_recourse_decision_that_differs_between_siblings_is_caught(recourse_ca
     assert non_anticipativity_violations(fleet, grid, tree, [buy_later, buy_later, mine, mine]) == []
     assert non_anticipativity_violations(fleet, grid, tree, [buy_later, mine, mine, mine]) == [(1, 1)]
     assert (0, 2) in non_anticipativity_violations(fleet, grid, tree, [buy_now, buy_now, mine, mine])
-    both = dict(check_feasible(fleet, dataclasses.replace(mine, purchases={"new-a": 1, "new-a@m6": 1})))
-    assert "max_racks" in both["purchases.new-a"]  # one rack in all, whenever it is ordered
+    both = check_feasible(fleet, dataclasses.replace(mine, purchases={"new-a": 1, "new-a@m6": 1}))
+    assert [(v.field, v.needed, v.limit) for v in both] == [("purchases.new-a.max_racks", 2, 1)]  # one in all
     # the same anticipation on the model's own leaf plans: swap one sibling's month-6 decision
     model = build_multistage_model(fleet, tree, economics, RiskSettings(objective="expected"))
     solve_exact(model)
