@@ -6,7 +6,7 @@ recourse date: `fleet.recourse_months`, dated accordingly), conversions
 the leases signed with them. `hashpivot plan FLEET --as-of DATE --state STATE.json` treats every
 decision dated on or before DATE as done and plans the rest of the horizon from DATE:
 
-- sold racks leave their group; moved racks join a group `<group>@<site>` at their new site;
+- sold racks leave their group; moved racks join a group `<group>_at_<site>` at their new site;
   stored racks a non-convertible group `<group>-stored`; delivered machines a group named after
   their purchase option, undelivered ones a purchase the plan must take (`min_racks`) at no
   further cost (it is paid);
@@ -207,7 +207,7 @@ def apply_state(fleet: Fleet, state: PlanState, as_of: dt.date) -> Fleet:
     for move in sorted(done.moves, key=lambda d: d.date):
         _add(
             groups,
-            f"{move.group}@{move.to_site}",
+            moved_group_id(move.group, move.to_site),
             _take(groups, move.group, move.racks, "moves"),
             move.racks,
             site=move.to_site,
@@ -238,6 +238,11 @@ def _add(groups: dict[str, dict], group_id: str, like: dict, racks: int, **chang
         groups[group_id] = {**like, "id": group_id, "racks": racks, **changes}
 
 
+def moved_group_id(group_id: str, site_id: str) -> str:
+    """The id of the racks of `group_id` that now stand at `site_id` (within the fleet's id characters)."""
+    return f"{group_id}_at_{site_id}"
+
+
 def _commit_hall(data: dict, groups: dict[str, dict], conversion: Conversion, as_of: dt.date) -> None:
     machines = {m["id"]: m for m in data["machines"]}
     for group_id, fates in conversion.racks.items():
@@ -245,7 +250,7 @@ def _commit_hall(data: dict, groups: dict[str, dict], conversion: Conversion, as
         group = _take(groups, group_id, total, "conversions")
         for fate, n in fates.items():
             if fate.startswith("move:"):
-                _add(groups, f"{group_id}@{fate[5:]}", group, n, site=fate[5:])
+                _add(groups, moved_group_id(group_id, fate[5:]), group, n, site=fate[5:])
             elif fate == "store":
                 _add(groups, f"{group_id}-stored", group, n, convertible=False)
         slot_machine = f"{group['machine']}-slot"

@@ -131,9 +131,13 @@ def test_dated_recourse_decisions_are_dated_in_the_state_and_carried_once_past()
     quarter = apply_state(fleet, state, START + dt.timedelta(days=91))
     assert {g.id: g.racks for g in quarter.rack_groups} == {"a-old": 2, "b-new": 1}
     assert quarter.recourse_months == pytest.approx([6 - 91 / 30.4375])
-    # (a moved group is named "<group>@<site>", which the fleet's id pattern rejects: a separate, older issue)
-    later = apply_state(fleet, state.model_copy(update={"moves": []}), month6)
-    assert {g.id: g.racks for g in later.rack_groups} == {"a-old": 1, "b-new": 1}  # the rack sold at month 6
+    later = apply_state(fleet, state, month6)
+    # the rack sold at month 6 is gone; the one moved then stands at site a, in a group of its own
+    assert {g.id: (g.site, g.racks) for g in later.rack_groups} == {
+        "a-old": ("a", 1),
+        "b-new": ("b", 0),
+        "b-new_at_a": ("a", 1),
+    }
     ordered = later.purchase("new-a-ordered")  # ordered and paid at month 6, delivered 60 days later
     assert (ordered.min_racks, ordered.delivery_days, later.purchase("new-a").max_racks) == (1, 60, 0)
     assert later.recourse_months == []
