@@ -12,7 +12,8 @@ Cases, hourly steps over one quarter (the horizon of the issue's table), mean-CV
 
 Each (case, method) runs end to end (scenarios and economics on an embedded Ray, build, solve) in a
 fresh child process; the parent samples the memory of the child's whole process tree (driver, raylet,
-Ray workers; psutil PSS, so the shared object store counts once; every 0.2 s) and reports its peak. `auto` shows what the rule would pick.
+Ray workers; psutil PSS, so the shared object store counts once; every 0.2 s) and reports its peak.
+`auto` shows what the rule would pick.
 """
 
 from __future__ import annotations
