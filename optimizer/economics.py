@@ -475,7 +475,7 @@ def group_economics(
         halving_step=chunk.halving_step,
         hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
         **_contract_terms(fleet, grid, scenarios.n_scenarios, chunk.resale),
-        **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles),
+        **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles, kernel),
     )
 
 
@@ -582,7 +582,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         for here in (site == n for n in range(n_sites))
     ]
     per_threshold = [
-        _bucket_sums(grid, table[2][n], sums[:, n, : len(t.values)], runs[:, n])
+        _bucket_sums(grid, table[2][n], bool(table[1][n]), sums[:, n, : len(t.values)], runs[:, n])
         for n, t in enumerate(thresholds)
         if len(t.members)
     ]
@@ -647,9 +647,12 @@ def _coupled_capacity(fleet: Fleet, scenarios: ScenarioSet) -> int:
     return total
 
 
-def _bucket_sums(grid: PlanGrid, offset: float, buckets: np.ndarray, runs: np.ndarray) -> dict[str, np.ndarray]:
+def _bucket_sums(
+    grid: PlanGrid, offset: float, follows_spot: bool, buckets: np.ndarray, runs: np.ndarray
+) -> dict[str, np.ndarray]:
     """A site's sums per threshold from its bucket accumulators [S, U, P, W] and run counts [S, U]: a threshold
-    runs in the steps of its bucket and every lower one (prefix sums), in _threshold_sums's layout."""
+    runs in the steps of its bucket and every lower one (prefix sums), in _threshold_sums's layout. The price is
+    spot + offset when it follows spot, else the offset (_SitePrice)."""
     from optimizer import economics_kernel as kern
 
     cum = np.cumsum(buckets, axis=1).transpose(1, 3, 2, 0)  # [U, W, P, S]
@@ -658,8 +661,8 @@ def _bucket_sums(grid: PlanGrid, offset: float, buckets: np.ndarray, runs: np.nd
         "revenue": cum[:, kern.W_HASHPRICE] * hours,
         "revenue_pv": cum[:, kern.W_HASHPRICE_PV] * hours,
         "btc": cum[:, kern.W_BTC],
-        "cost": offset * cum[:, kern.W_COUNT] + cum[:, kern.W_SPOT],
-        "cost_pv": offset * cum[:, kern.W_DISCOUNT] + cum[:, kern.W_SPOT_PV],
+        "cost": offset * cum[:, kern.W_COUNT] + (cum[:, kern.W_SPOT] if follows_spot else 0.0),
+        "cost_pv": offset * cum[:, kern.W_DISCOUNT] + (cum[:, kern.W_SPOT_PV] if follows_spot else 0.0),
         "energy": cum[:, kern.W_COUNT],
         "runs": np.cumsum(runs[:, : buckets.shape[1]], axis=1).T,
     }
@@ -813,6 +816,7 @@ def _coupled_slots(
     scenarios: ScenarioSet,
     site_steps: list[_SiteSteps],
     profiles: _ProfileArrays,
+    kernel: bool,
 ) -> dict[str, np.ndarray]:
     """Padded [K, S] slots and [I, S] items of the coupled steps, in (site, step) order per scenario."""
     n_scen = scenarios.n_scenarios
@@ -839,10 +843,18 @@ def _coupled_slots(
             resale[here] = scenarios.power_price(s.market)[scen[here], step[here]] - s.contract.resale_fee_usd_per_mwh
     out["coupled_resale_usd_per_mwh"][slot, scen] = resale
 
-    # items: the site's profiles with a positive margin in the slot's step, in (scenario, slot, profile) order.
-    # Slots of a scenario run site by site, so a site's items follow the items of the sites before it in
-    # that scenario: their position is the earlier sites' item count there plus their rank within the site.
-    hours = scenarios.step_hours
+    out |= (_kernel_items if kernel else _numpy_items)(fleet, scenarios, profiles, scen, site, step, slot)
+    return out
+
+
+_ITEMS = ("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd")
+
+
+def _numpy_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[str, np.ndarray]:
+    """[I, S] items: the site's profiles with a positive margin in the slot's step, in (scenario, slot, profile)
+    order. Slots of a scenario run site by site, so a site's items follow the items of the sites before it in
+    that scenario: their position is the earlier sites' item count there plus their rank within the site."""
+    n_scen, hours = scenarios.n_scenarios, scenarios.step_hours
     parts, before = [], np.zeros(n_scen, dtype=np.int64)
     for n in range(len(fleet.sites)):
         here = np.flatnonzero(site == n)
@@ -863,13 +875,46 @@ def _coupled_slots(
         parts.append((position, item_scen, slot[here][point], q, revenue, cost))
     n_items = int(before.max()) if n_scen else 0
     position, item_scen = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in (0, 1))
-    for i, name in enumerate(("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd"), start=2):
-        # filled scenario by scenario ([S, I], each scenario's items contiguous), handed out as its [I, S] view
-        by_scenario = _padded((n_scen, n_items), name)
+    out = {}
+    for i, name in enumerate(_ITEMS, start=2):
+        out[name] = _padded((n_items, n_scen), name)
         if parts:
-            by_scenario[item_scen, position] = np.concatenate([p[i] for p in parts])
-        out[name] = by_scenario.T
+            out[name][position, item_scen] = np.concatenate([p[i] for p in parts])
     return out
+
+
+def _kernel_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[str, np.ndarray]:
+    """The same items by the compiled loop (optimizer.economics_kernel.coupled_items): counted, then written."""
+    from optimizer import economics_kernel as kern
+
+    n_scen = scenarios.n_scenarios
+    prices = [_SitePrice(s, scenarios) for s in fleet.sites]
+    members = np.argsort(profiles.site, kind="stable")  # each site's profiles, ascending
+    first = np.searchsorted(profiles.site[members], np.arange(len(fleet.sites) + 1)).astype(np.int64)
+    count = np.zeros(n_scen, dtype=np.int64)
+    args = (
+        scen,
+        step,
+        site,
+        slot.astype(np.int64),
+        np.ascontiguousarray(scenarios.hashprice_usd_per_ph_day, dtype=np.float64),
+        np.ascontiguousarray(scenarios.power_price_usd_per_mwh, dtype=np.float64),
+        np.array([scenarios.markets.index(s.market) for s in fleet.sites], dtype=np.int64),
+        np.array([p.follows_spot for p in prices]),
+        np.array([p.offset for p in prices], dtype=np.float64),
+        first,
+        members.astype(np.int64),
+        profiles.theta,
+        profiles.hashrate_ths,
+        profiles.meter_kw,
+        1.0 - fleet.pool_fee_fraction,
+        float(scenarios.step_hours),
+    )
+    kern.coupled_items(*args, False, count, *(_padded((0, 0), name) for name in _ITEMS))
+    # written scenario by scenario ([S, I], each scenario's items contiguous), handed out as [I, S] views
+    by_scenario = [_padded((n_scen, int(count.max()) if n_scen else 0), name) for name in _ITEMS]
+    kern.coupled_items(*args, True, count, *by_scenario)
+    return {name: values.T for name, values in zip(_ITEMS, by_scenario, strict=True)}
 
 
 # Index fields fit 32 bits (steps, slots, profiles): half the memory of the padded [K, S] / [I, S] tables.
