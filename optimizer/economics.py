@@ -534,7 +534,7 @@ def _numpy_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: 
 
 
 def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: _ProfileArrays) -> _ChunkSums:
-    """One compiled pass over the chunk (optimizer.economics_kernel), then prefix sums over each site's buckets."""
+    """One compiled pass over the chunk (optimizer.economics_kernel): per site and threshold, the weight sums."""
     from optimizer import economics_kernel as kern
 
     timeline, sites = grid.timeline, fleet.sites
@@ -582,7 +582,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         for here in (site == n for n in range(n_sites))
     ]
     per_threshold = [
-        _bucket_sums(grid, table[2][n], bool(table[1][n]), sums[:, n, : len(t.values)], runs[:, n])
+        _kernel_threshold_sums(grid, table[2][n], bool(table[1][n]), sums[:, n, : len(t.values)], runs[:, n])
         for n, t in enumerate(thresholds)
         if len(t.members)
     ]
@@ -647,15 +647,14 @@ def _coupled_capacity(fleet: Fleet, scenarios: ScenarioSet) -> int:
     return total
 
 
-def _bucket_sums(
-    grid: PlanGrid, offset: float, follows_spot: bool, buckets: np.ndarray, runs: np.ndarray
+def _kernel_threshold_sums(
+    grid: PlanGrid, offset: float, follows_spot: bool, weights: np.ndarray, runs: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """A site's sums per threshold from its bucket accumulators [S, U, P, W] and run counts [S, U]: a threshold
-    runs in the steps of its bucket and every lower one (prefix sums), in _threshold_sums's layout. The price is
-    spot + offset when it follows spot, else the offset (_SitePrice)."""
+    """A site's sums per threshold, in _threshold_sums's layout, from the kernel's weight sums [S, U, P, W] and run
+    counts [S, U]. The price is spot + offset when it follows spot, else the offset (_SitePrice)."""
     from optimizer import economics_kernel as kern
 
-    cum = np.cumsum(buckets, axis=1).transpose(1, 3, 2, 0)  # [U, W, P, S]
+    cum = weights.transpose(1, 3, 2, 0)  # [U, W, P, S]
     hours = grid.timeline.step_hours
     return {
         "revenue": cum[:, kern.W_HASHPRICE] * hours,
@@ -664,7 +663,7 @@ def _bucket_sums(
         "cost": offset * cum[:, kern.W_COUNT] + (cum[:, kern.W_SPOT] if follows_spot else 0.0),
         "cost_pv": offset * cum[:, kern.W_DISCOUNT] + (cum[:, kern.W_SPOT_PV] if follows_spot else 0.0),
         "energy": cum[:, kern.W_COUNT],
-        "runs": np.cumsum(runs[:, : buckets.shape[1]], axis=1).T,
+        "runs": runs[:, : weights.shape[1]].T,
     }
 
 

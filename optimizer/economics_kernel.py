@@ -15,12 +15,13 @@ site may draw) and leaves them out of the sums; it sums the take-or-pay resale (
 step, per period and over the last year; the hashprice per scenario; and finds the halving step.
 
 Compiled once per machine: numba caches the machine code next to this file (`cache=True`), so a later
-process loads it in milliseconds; the import of numba itself (~0.5 s) is why small runs stay on numpy
-(optimizer.economics.KERNEL_MIN_SITE_CELLS).
+process loads it in milliseconds. This module imports numba (~0.5 s): optimizer.economics imports it only
+for runs large enough to pay for that (KERNEL_MIN_SITE_CELLS); small runs stay on numpy.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from optimizer.constants import HOURS_PER_DAY, KW_PER_MW, TH_PER_PH
@@ -31,24 +32,40 @@ N_WEIGHTS = 7
 # accumulator rows per (scenario, site, period) of take-or-pay resale over every step
 R_RESALE, R_RESALE_PV = range(2)
 
-_compiled = None
-
-
-def _kernel():
-    """The compiled pass, built (or loaded from numba's cache) on first use."""
-    global _compiled
-    if _compiled is None:
-        import numba
-
-        _compiled = numba.njit(cache=True, nogil=True)(_chunk_pass)
-    return _compiled
-
 
 def chunk_pass(*args) -> int:
     """Run the pass (see _chunk_pass); returns the number of coupled points written."""
-    return _kernel()(*args)
+    return _chunk_pass(*args)
 
 
+# the masked sums may be reassociated (vectorised): the order of a float sum, nothing else
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _masked_sums(keys, theta, row_h, row_h_pv, row_btc, discount, spot, out):
+    """out[:] = the weights summed over the steps t with keys[t] < theta (a branch-free reduction).
+
+    The loop runs from a literal 0 over equal-length slices: with a variable start, numba's negative-index
+    wraparound keeps LLVM from vectorising it (~8x slower, measured)."""
+    s_h = s_h_pv = s_btc = s_count = s_d = s_spot = s_spot_pv = 0.0
+    for t in range(keys.shape[0]):
+        r = 1.0 if keys[t] < theta else 0.0
+        d = discount[t]
+        s_h += r * row_h[t]
+        s_h_pv += r * row_h_pv[t]
+        s_btc += r * row_btc[t]
+        s_count += r
+        s_d += r * d
+        s_spot += r * spot[t]
+        s_spot_pv += r * spot[t] * d
+    out[W_HASHPRICE] = s_h
+    out[W_HASHPRICE_PV] = s_h_pv
+    out[W_BTC] = s_btc
+    out[W_COUNT] = s_count
+    out[W_DISCOUNT] = s_d
+    out[W_SPOT] = s_spot
+    out[W_SPOT_PV] = s_spot_pv
+
+
+@numba.njit(cache=True, nogil=True)
 def _chunk_pass(
     hashprice_ph_day,  # [S, T] USD per PH/s per day
     btc_price,  # [S, T]
@@ -74,8 +91,8 @@ def _chunk_pass(
     site_has_dr,  # [N] bool
     site_ai_kw,  # [N] the largest AI load at the meter
     site_ai_step,  # [N] the first step a hall could be live
-    sums,  # out [S, N, U, P, N_WEIGHTS], zeroed
-    runs,  # out [S, N, U] run steps per bucket (coupled ones too), zeroed
+    sums,  # out [S, N, U, P, N_WEIGHTS] per threshold, zeroed
+    runs,  # out [S, N, U] run steps per threshold (coupled ones too), zeroed
     resale,  # out [S, N, P, 2], zeroed
     resale_tail,  # out [S, N], zeroed
     hashprice_sum,  # out [S], zeroed
@@ -88,75 +105,71 @@ def _chunk_pass(
 ):
     n_scen, n_steps = hashprice_ph_day.shape
     n_sites, n_periods = site_market.shape[0], bounds.shape[0] - 1
-    n_u_max = site_thresholds.shape[1]
-    row_h, row_h_pv, row_btc = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
-    acc = np.empty((n_u_max + 1, N_WEIGHTS))  # per bucket; bucket U_n: no profile runs (summed, then dropped)
+    row_h, row_h_pv, row_btc, keys = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
     n_coupled = 0
     for s in range(n_scen):
         # the shared weights of the scenario's steps, once for every site
-        first_subsidy, halving_step, hashprice_total = subsidy[s, 0], n_steps, 0.0
+        hashprice_total, positive = 0.0, True
         for t in range(n_steps):
             hp_day = hashprice_ph_day[s, t]
             hashprice_total += hp_day
-            if halving_step == n_steps and subsidy[s, t] < first_subsidy:
-                halving_step = t
             h = hp_day / TH_PER_PH / HOURS_PER_DAY  # per TH-hour, as ScenarioSet.hashprice_usd_per_th_hour
+            positive &= h > 0
             row_h[t] = h
             row_h_pv[t] = h * discount[t]
             row_btc[t] = h * step_hours / btc_price[s, t]
-        halving[s] = halving_step
         hashprice_sum[s] = hashprice_total
+        halving[s] = n_steps
+        for t in range(n_steps):
+            if subsidy[s, t] < subsidy[s, 0]:
+                halving[s] = t
+                break
         for n in range(n_sites):
             m, n_u, offset, follows = site_market[n], site_n_thresholds[n], site_offset[n], site_follows_spot[n]
-            events = has_fraction or (has_calls and site_has_dr[n])
+            spot = power[m, s]
+            _keys(spot, offset, follows, row_h, positive, keys)
+            if has_fraction or (has_calls and site_has_dr[n]):
+                n_coupled = _find_coupled(
+                    s,
+                    n,
+                    m,
+                    n_u,
+                    keys,
+                    fraction,
+                    calls,
+                    has_fraction,
+                    has_calls and site_has_dr[n],
+                    site_thresholds,
+                    site_suffix_load_kw,
+                    site_capacity_mw,
+                    site_ai_kw,
+                    site_ai_step,
+                    runs,
+                    coupled_scen,
+                    coupled_step,
+                    coupled_site,
+                    coupled_cap_kw,
+                    coupled_call,
+                    n_coupled,
+                )
             for p in range(n_periods):
-                acc[:, :] = 0.0
-                for t in range(bounds[p], bounds[p + 1]):
-                    spot = power[m, s, t]
-                    price = spot + offset if follows else offset
-                    h = row_h[t]
-                    if h > 0:
-                        key = price / h
-                    elif price < 0:
-                        key = -np.inf
-                    else:
-                        key = np.inf
-                    j = 0
-                    for u in range(n_u):  # branch-free: the number of thresholds at or below the key
-                        j += site_thresholds[n, u] <= key
-                    if events:
-                        frac = fraction[m, s, t] if has_fraction else 1.0
-                        call = has_calls and site_has_dr[n] and calls[m, s, t]
-                        if frac < 1.0 or call:
-                            running_kw = site_suffix_load_kw[n, j]
-                            cap_kw = frac * site_capacity_mw[n] * KW_PER_MW if frac < 1.0 else np.inf
-                            ai_kw = site_ai_kw[n] if t >= site_ai_step[n] else 0.0
-                            if running_kw + ai_kw > cap_kw or (call and running_kw > 0):
-                                coupled_scen[n_coupled] = s
-                                coupled_step[n_coupled] = t
-                                coupled_site[n_coupled] = n
-                                coupled_cap_kw[n_coupled] = cap_kw
-                                coupled_call[n_coupled] = call
-                                n_coupled += 1
-                                if j < n_u:
-                                    runs[s, n, j] += 1  # a run step of the price rule, kept out of the sums
-                                continue
-                    d = discount[t]
-                    acc[j, W_HASHPRICE] += h
-                    acc[j, W_HASHPRICE_PV] += row_h_pv[t]
-                    acc[j, W_BTC] += row_btc[t]
-                    acc[j, W_COUNT] += 1.0
-                    acc[j, W_DISCOUNT] += d
-                    acc[j, W_SPOT] += spot
-                    acc[j, W_SPOT_PV] += spot * d
-                for j in range(n_u):
-                    runs[s, n, j] += acc[j, W_COUNT]
-                    for w in range(N_WEIGHTS):
-                        sums[s, n, j, p, w] = acc[j, w]
+                for u in range(n_u):
+                    a, b = bounds[p], bounds[p + 1]
+                    _masked_sums(
+                        keys[a:b],
+                        site_thresholds[n, u],
+                        row_h[a:b],
+                        row_h_pv[a:b],
+                        row_btc[a:b],
+                        discount[a:b],
+                        spot[a:b],
+                        sums[s, n, u, p],
+                    )
+                    runs[s, n, u] += sums[s, n, u, p, W_COUNT]
                 if site_resells[n]:
                     fee, total, total_pv = site_resale_fee[n], 0.0, 0.0
                     for t in range(bounds[p], bounds[p + 1]):
-                        sold = power[m, s, t] - fee
+                        sold = spot[t] - fee
                         total += sold
                         total_pv += sold * discount[t]
                         if t >= tail_start:
@@ -166,19 +179,79 @@ def _chunk_pass(
     return n_coupled
 
 
-_compiled_items = None
+@numba.njit(cache=True, nogil=True)
+def _keys(spot, offset, follows_spot, row_h, positive, keys):
+    """keys[:] = price / hashprice per TH-hour, as optimizer.economics.price_keys (a zero hashprice runs nothing
+    unless power is paid to be taken); `positive`: every hashprice is > 0, a plain division."""
+    if follows_spot:
+        for t in range(keys.shape[0]):
+            keys[t] = (spot[t] + offset) / row_h[t]
+    else:
+        for t in range(keys.shape[0]):
+            keys[t] = offset / row_h[t]
+    if not positive:
+        for t in range(keys.shape[0]):
+            if not row_h[t] > 0:
+                price = spot[t] + offset if follows_spot else offset
+                keys[t] = -np.inf if price < 0 else np.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _find_coupled(
+    s,
+    n,
+    m,
+    n_u,
+    keys,
+    fraction,
+    calls,
+    has_fraction,
+    has_calls,
+    site_thresholds,
+    site_suffix_load_kw,
+    site_capacity_mw,
+    site_ai_kw,
+    site_ai_step,
+    runs,
+    coupled_scen,
+    coupled_step,
+    coupled_site,
+    coupled_cap_kw,
+    coupled_call,
+    n_coupled,
+):
+    """The site's coupled steps of scenario s: written out, counted as run steps, their keys set to +inf so
+    the sums leave them out. Returns the new count of coupled points."""
+    for t in range(keys.shape[0]):
+        frac = fraction[m, s, t] if has_fraction else 1.0
+        call = has_calls and calls[m, s, t]
+        if not (frac < 1.0 or call):
+            continue
+        j = 0  # the thresholds u >= j run
+        while j < n_u and site_thresholds[n, j] <= keys[t]:
+            j += 1
+        running_kw = site_suffix_load_kw[n, j]
+        cap_kw = frac * site_capacity_mw[n] * KW_PER_MW if frac < 1.0 else np.inf
+        ai_kw = site_ai_kw[n] if t >= site_ai_step[n] else 0.0
+        if running_kw + ai_kw > cap_kw or (call and running_kw > 0):
+            coupled_scen[n_coupled] = s
+            coupled_step[n_coupled] = t
+            coupled_site[n_coupled] = n
+            coupled_cap_kw[n_coupled] = cap_kw
+            coupled_call[n_coupled] = call
+            n_coupled += 1
+            for u in range(j, n_u):
+                runs[s, n, u] += 1
+            keys[t] = np.inf
+    return n_coupled
 
 
 def coupled_items(*args) -> None:
     """Count or write the candidate racks of the coupled slots (see _coupled_items)."""
-    global _compiled_items
-    if _compiled_items is None:
-        import numba
-
-        _compiled_items = numba.njit(cache=True, nogil=True)(_coupled_items)
-    _compiled_items(*args)
+    _coupled_items(*args)
 
 
+@numba.njit(cache=True, nogil=True)
 def _coupled_items(
     point_scen,  # [C] coupled points in (scenario, site, step) order
     point_step,  # [C]
