@@ -281,13 +281,15 @@ _PROFILE_CACHE: dict[int, tuple] = {}  # id(grid) -> (weak reference to it, pool
 
 @dataclass(frozen=True)
 class _ProfileArrays:
-    """Per-profile figures as arrays, built once per batch (a fleet may have thousands of profiles)."""
+    """Per-profile (and per-site) figures as arrays, built once per batch (a fleet may have thousands of profiles)."""
 
     site: np.ndarray  # int [Q]
     hashrate_ths: np.ndarray  # [Q] per rack
     meter_kw: np.ndarray  # [Q] per rack
     theta: np.ndarray  # [Q] run threshold (run_threshold)
     max_load_kw: np.ndarray  # [Q] every rack of the profile running
+    site_ai_kw: np.ndarray  # [N] the largest AI load each site could carry (max_ai_load_kw)
+    site_ai_step: np.ndarray  # int [N] the first step a hall could be live there (earliest_ai_step)
 
     @staticmethod
     def of(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
@@ -311,6 +313,8 @@ class _ProfileArrays:
             meter_kw=meter_kw,
             theta=_merge_ties(np.array([run_threshold(fleet, p) for p in profiles], dtype=float)),
             max_load_kw=np.array([p.max_racks for p in profiles], dtype=float) * meter_kw,
+            site_ai_kw=np.array([max_ai_load_kw(fleet, s) for s in fleet.sites], dtype=float),
+            site_ai_step=np.array([earliest_ai_step(grid, s) for s in fleet.sites], dtype=np.int64),
         )
 
 
@@ -541,7 +545,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
     n_scen, n_steps, n_sites, n_p = scenarios.n_scenarios, scenarios.n_steps, len(sites), timeline.n_periods
     thresholds = [_Thresholds.of(profiles, n) for n in range(n_sites)]
     n_u = max((len(t.values) for t in thresholds), default=0)
-    table = _kernel_sites(fleet, grid, scenarios, thresholds, n_u)
+    table = _kernel_sites(fleet, profiles, scenarios, thresholds, n_u)
     has_fraction, has_calls = scenarios.available_power_fraction is not None, scenarios.dr_call is not None
     capacity = _coupled_capacity(fleet, scenarios)
     sums = np.zeros((n_scen, n_sites, n_u, n_p, kern.N_WEIGHTS))
@@ -610,7 +614,9 @@ def _threshold_of(thresholds: list[_Thresholds], n_profiles: int) -> np.ndarray:
     return out
 
 
-def _kernel_sites(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, thresholds: list[_Thresholds], n_u: int):
+def _kernel_sites(
+    fleet: Fleet, profiles: _ProfileArrays, scenarios: ScenarioSet, thresholds: list[_Thresholds], n_u: int
+):
     """The per-site arrays the kernel reads, in its argument order (optimizer.economics_kernel._chunk_pass)."""
     sites = fleet.sites
     prices = [_SitePrice(s, scenarios) for s in sites]
@@ -630,21 +636,21 @@ def _kernel_sites(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, threshol
         suffix,
         np.array([s.capacity_mw for s in sites], dtype=np.float64),
         np.array([s.demand_response is not None for s in sites]),
-        np.array([max_ai_load_kw(fleet, s) for s in sites], dtype=np.float64),
-        np.array([earliest_ai_step(grid, s) for s in sites], dtype=np.int64),
+        profiles.site_ai_kw,
+        profiles.site_ai_step,
     )
 
 
 def _coupled_capacity(fleet: Fleet, scenarios: ScenarioSet) -> int:
     """An upper bound on the coupled points of a chunk: every site's steps in an event or a call."""
-    total = 0
-    for site in fleet.sites:
-        m = scenarios.markets.index(site.market)
+    in_event, called = {}, {}
+    for m in range(len(scenarios.markets)):
         if scenarios.available_power_fraction is not None:
-            total += int(np.count_nonzero(scenarios.available_power_fraction[m] < 1.0))
-        if scenarios.dr_call is not None and site.demand_response is not None:
-            total += int(np.count_nonzero(scenarios.dr_call[m]))
-    return total
+            in_event[m] = int(np.count_nonzero(scenarios.available_power_fraction[m] < 1.0))
+        if scenarios.dr_call is not None:
+            called[m] = int(np.count_nonzero(scenarios.dr_call[m]))
+    positions = [(scenarios.markets.index(site.market), site.demand_response is not None) for site in fleet.sites]
+    return sum(in_event.get(m, 0) + (called.get(m, 0) if dr else 0) for m, dr in positions)
 
 
 def _kernel_threshold_sums(

@@ -15,7 +15,8 @@ site may draw) and leaves them out of the sums; it sums the take-or-pay resale (
 step, per period and over the last year; the hashprice per scenario; and finds the halving step.
 
 Compiled once per machine: numba caches the machine code next to this file (`cache=True`), so a later
-process loads it in milliseconds. This module imports numba (~0.5 s): optimizer.economics imports it only
+process loads it in milliseconds. Divisions follow numpy's error model (x / 0 is inf or nan, no exception),
+as the numpy path's do. This module imports numba (~0.5 s): optimizer.economics imports it only
 for runs large enough to pay for that (KERNEL_MIN_SITE_CELLS); small runs stay on numpy.
 """
 
@@ -39,7 +40,7 @@ def chunk_pass(*args) -> int:
 
 
 # the masked sums may be reassociated (vectorised): the order of a float sum, nothing else
-@numba.njit(cache=True, nogil=True, fastmath={"reassoc"})
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def _masked_sums(keys, theta, row_h, row_h_pv, row_btc, discount, spot, out):
     """out[:] = the weights summed over the steps t with keys[t] < theta (a branch-free reduction).
 
@@ -65,7 +66,7 @@ def _masked_sums(keys, theta, row_h, row_h_pv, row_btc, discount, spot, out):
     out[W_SPOT_PV] = s_spot_pv
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _chunk_pass(
     hashprice_ph_day,  # [S, T] USD per PH/s per day
     btc_price,  # [S, T]
@@ -179,7 +180,7 @@ def _chunk_pass(
     return n_coupled
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _keys(spot, offset, follows_spot, row_h, positive, keys):
     """keys[:] = price / hashprice per TH-hour, as optimizer.economics.price_keys (a zero hashprice runs nothing
     unless power is paid to be taken); `positive`: every hashprice is > 0, a plain division."""
@@ -196,7 +197,7 @@ def _keys(spot, offset, follows_spot, row_h, positive, keys):
                 keys[t] = -np.inf if price < 0 else np.inf
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _find_coupled(
     s,
     n,
@@ -251,7 +252,7 @@ def coupled_items(*args) -> None:
     _coupled_items(*args)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _coupled_items(
     point_scen,  # [C] coupled points in (scenario, site, step) order
     point_step,  # [C]
