@@ -420,12 +420,13 @@ def _site_steps(
 
 
 # Runs that price at least this many site-scenario-steps (scenarios x steps x sites of the fleet) use the
-# compiled one-pass kernel (optimizer.economics_kernel); smaller ones the numpy path. The kernel costs the
-# import of numba and the load of its cached machine code once per process (~0.5 s on this machine's two
-# cores) and then prices ~10x faster than numpy (~40 ns per site-scenario-step): the break-even, measured
-# by bench/bench_pipeline.py, is ~10M. A function of the fleet alone, so the path (and the last bits of the
+# compiled one-pass kernel (optimizer.economics_kernel); smaller ones the numpy path. The kernel costs, once per
+# process, the import of numba and its first dispatch (loading the cached machine code): 0.6 + 1.3 s measured on
+# this 2-core machine at load ~16 (about half that unloaded), and then saves ~10-16 ns per site-scenario-step
+# (bench/bench_pipeline.py section 2: numpy ~16-25 ns, the kernel ~5-9): the break-even is ~100M, e.g. the
+# five-year example at ~600 scenarios. A function of the fleet alone, so the path (and the last bits of the
 # sums) never depends on the batch size, the number of Ray workers or what a process priced before.
-KERNEL_MIN_SITE_CELLS = 10_000_000
+KERNEL_MIN_SITE_CELLS = 100_000_000
 
 
 def uses_kernel(fleet: Fleet) -> bool:

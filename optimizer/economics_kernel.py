@@ -1,23 +1,23 @@
 """The economics of a chunk of scenarios in one compiled pass over its arrays (numba), for large runs.
 
 optimizer.economics prices a chunk with numpy: per site, one run mask per distinct threshold and a
-matrix product per period, a dozen passes over [S, T] arrays per site. Here every scenario-step is read
-once: its hashprice, BTC price, subsidy, each market's spot price, curtailment fraction and call, and
-for every site the step's key (price / hashprice per TH-hour) is placed in its *bucket*: the number j
-of the site's ascending thresholds at or below the key, so the thresholds u >= j run (key < theta_u).
-The step's weights are added to that bucket's accumulators; after the pass, a threshold's sums are its
-bucket's plus every lower bucket's (a prefix sum over at most U buckets). That is O(S T (N + W)) work
-for N sites and W weights, nothing of size profiles x steps, and no temporaries of size [S, T].
+matrix product per period, a dozen passes over [S, T] arrays per site. Here each scenario's row is read
+once: its hashprice and BTC price give the weights every site shares (hashprice per TH-hour, the same
+discounted, BTC per TH/s-step); then per site, the step keys (price / hashprice per TH-hour) and, per
+distinct run threshold theta_u and period, the weights summed over the steps with key < theta_u, in one
+branch-free loop that LLVM vectorises (masked sums). No array of size profiles x steps, no [S, T]
+temporaries: per chunk, four rows of T floats of scratch.
 
 The same pass finds the coupled steps (an event's cap or a demand-response call can bind: the load of
 every profile that runs at the key, plus the largest AI load once a hall could be live, exceeds what the
-site may draw) and leaves them out of the sums; it sums the take-or-pay resale (spot - fee) of every
-step, per period and over the last year; the hashprice per scenario; and finds the halving step.
+site may draw), counts them as run steps and leaves them out of the sums; it sums the take-or-pay resale
+(spot - fee) per period and over the last year, the hashprice per scenario, and finds the halving step.
+A second loop writes the candidate racks (items) of the coupled steps.
 
 Compiled once per machine: numba caches the machine code next to this file (`cache=True`), so a later
-process loads it in milliseconds. Divisions follow numpy's error model (x / 0 is inf or nan, no exception),
-as the numpy path's do. This module imports numba (~0.5 s): optimizer.economics imports it only
-for runs large enough to pay for that (KERNEL_MIN_SITE_CELLS); small runs stay on numpy.
+process only loads it. Divisions follow numpy's error model (x / 0 is inf or nan, no exception), as the
+numpy path's do. This module imports numba: optimizer.economics imports it only for runs large enough to
+pay for that (KERNEL_MIN_SITE_CELLS); small runs stay on numpy.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from optimizer.constants import HOURS_PER_DAY, KW_PER_MW, TH_PER_PH
 
-# accumulator rows per (scenario, site, bucket, period): what a running step adds
+# weight sums per (scenario, site, threshold, period): what the steps a profile of the threshold runs in add
 W_HASHPRICE, W_HASHPRICE_PV, W_BTC, W_COUNT, W_DISCOUNT, W_SPOT, W_SPOT_PV = range(7)
 N_WEIGHTS = 7
 # accumulator rows per (scenario, site, period) of take-or-pay resale over every step
@@ -110,16 +110,14 @@ def _chunk_pass(
     n_coupled = 0
     for s in range(n_scen):
         # the shared weights of the scenario's steps, once for every site
-        hashprice_total, positive = 0.0, True
+        hp_day, btc = hashprice_ph_day[s], btc_price[s]
         for t in range(n_steps):
-            hp_day = hashprice_ph_day[s, t]
-            hashprice_total += hp_day
-            h = hp_day / TH_PER_PH / HOURS_PER_DAY  # per TH-hour, as ScenarioSet.hashprice_usd_per_th_hour
-            positive &= h > 0
+            h = hp_day[t] / TH_PER_PH / HOURS_PER_DAY  # per TH-hour, as ScenarioSet.hashprice_usd_per_th_hour
             row_h[t] = h
             row_h_pv[t] = h * discount[t]
-            row_btc[t] = h * step_hours / btc_price[s, t]
-        hashprice_sum[s] = hashprice_total
+            row_btc[t] = h * step_hours / btc[t]
+        hashprice_sum[s], n_positive = _sum_and_positives(hp_day)
+        positive = n_positive == n_steps
         halving[s] = n_steps
         for t in range(n_steps):
             if subsidy[s, t] < subsidy[s, 0]:
@@ -168,16 +166,34 @@ def _chunk_pass(
                     )
                     runs[s, n, u] += sums[s, n, u, p, W_COUNT]
                 if site_resells[n]:
-                    fee, total, total_pv = site_resale_fee[n], 0.0, 0.0
-                    for t in range(bounds[p], bounds[p + 1]):
-                        sold = spot[t] - fee
-                        total += sold
-                        total_pv += sold * discount[t]
-                        if t >= tail_start:
-                            resale_tail[s, n] += sold
-                    resale[s, n, p, R_RESALE] = total
-                    resale[s, n, p, R_RESALE_PV] = total_pv
+                    a, b = bounds[p], bounds[p + 1]
+                    resale[s, n, p, R_RESALE], resale[s, n, p, R_RESALE_PV] = _resale_sums(
+                        spot[a:b], discount[a:b], site_resale_fee[n]
+                    )
+            if site_resells[n]:
+                resale_tail[s, n] = _resale_sums(spot[tail_start:], discount[tail_start:], site_resale_fee[n])[0]
     return n_coupled
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _sum_and_positives(values):
+    """(the sum of the values, how many are > 0): a vectorised reduction."""
+    total, positives = 0.0, 0
+    for t in range(values.shape[0]):
+        total += values[t]
+        positives += values[t] > 0
+    return total, positives
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _resale_sums(spot, discount, fee):
+    """(resale, discounted resale) summed over the steps: spot - fee per MWh sold back (take-or-pay)."""
+    total, total_pv = 0.0, 0.0
+    for t in range(spot.shape[0]):
+        sold = spot[t] - fee
+        total += sold
+        total_pv += sold * discount[t]
+    return total, total_pv
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
