@@ -455,8 +455,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         for job in client.list_jobs(state):
             name = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
             rows.append(
-                {"job_id": job.job_id, "state": name, "fleet": job.fleet_name, "stage": job.progress.stage,
-                 "plan_id": job.plan_id}
+                {
+                    "job_id": job.job_id,
+                    "state": name,
+                    "fleet": job.fleet_name,
+                    "stage": job.progress.stage,
+                    "plan_id": job.plan_id,
+                }
             )
     emit(rows, args.format, "plan jobs")  # ids are never cut (services/tables.py)
     return 0
