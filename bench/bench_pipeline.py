@@ -186,21 +186,24 @@ def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int,
 
 
 def kernel_fixed_cost() -> None:
-    """What the kernel costs once per process: numba's import and the first dispatch (cached machine code)."""
+    """What the kernel costs once per process: numba's import and the first dispatch (cached machine code), in
+    seconds and in resident memory (what it adds to a Ray task)."""
     code = (
-        "import time; t0 = time.perf_counter(); import numpy; from tests.fleets import random_fleet_data, "
-        "scenarios_for; from optimizer.fleet import parse_fleet; from optimizer.economics import group_economics; "
-        "f = parse_fleet(random_fleet_data(0, scenarios=2)); s = scenarios_for(f); t1 = time.perf_counter(); "
-        "import numba; t2 = time.perf_counter(); group_economics(f, s, kernel=True); t3 = time.perf_counter(); "
-        "print(f'{t2 - t1:.2f} {t3 - t2:.2f}')"
+        "import time, psutil; p = psutil.Process(); from tests.fleets import random_fleet_data, scenarios_for; "
+        "from optimizer.fleet import parse_fleet; from optimizer.economics import group_economics; "
+        "f = parse_fleet(random_fleet_data(0, scenarios=2)); s = scenarios_for(f); group_economics(f, s); "
+        "m0 = p.memory_info().rss; t1 = time.perf_counter(); import numba; t2 = time.perf_counter(); "
+        "group_economics(f, s, kernel=True); t3 = time.perf_counter(); m1 = p.memory_info().rss; "
+        "print(f'{t2 - t1:.2f} {t3 - t2:.2f} {(m1 - m0) / 2**20:.0f}')"
     )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, env=env)  # compiles if not cached yet
     done = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True)
-    import_s, first_s = (float(x) for x in done.stdout.split())
+    import_s, first_s, rss_mib = done.stdout.split()
     print(
-        f"  kernel's fixed cost per process (fresh interpreter, cached machine code): import numba {import_s:.2f}s + "
-        f"first dispatch {first_s:.2f}s; economics.KERNEL_MIN_SITE_CELLS sends smaller runs to numpy ({load()})"
+        f"  kernel's fixed cost per process (fresh interpreter, cached machine code): import numba {import_s}s + "
+        f"first dispatch {first_s}s, +{rss_mib} MiB resident; economics.KERNEL_MIN_SITE_CELLS sends smaller runs "
+        f"to numpy ({load()})"
     )
 
 

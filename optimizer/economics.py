@@ -21,10 +21,17 @@ A site's marginal price is spot x weight + offset (fixed, index + adder, resale 
 sums come from the same rows. Every profile's sums are its per-rack scale times its threshold's sums:
 O(S T U) per site, independent of the number of profiles but for the [Q, P, S] outputs.
 
+Large runs (KERNEL_MIN_SITE_CELLS) price the same sums in one compiled pass per chunk instead
+(optimizer.economics_kernel, numba): per scenario row, per site, per distinct threshold and period, the
+weights summed over the steps with key < theta in a vectorised loop; the coupled steps, take-or-pay resale,
+halving step and items in the same pass. Both paths give the same coupled steps and items and the same sums
+up to the order of float additions (tests/optimizer/test_economics.py, test_multiyear.py).
+
 Memory of one Ray task (solvers.planner streams a batch in chunks of at most STREAM_CELLS = 250,000
 scenario-steps), per scenario-step of a chunk: its scenario arrays ((5 + 3 M) x 8 B for M markets),
 the shared weights (5 x 8 B), the markets' spot rows (2 M x 8 B), the keys (8 B) and one site's masks
-(U x 8 B), the last four in per-thread scratch buffers reused chunk after chunk (_scratch): about
+(U x 8 B), the last four in per-thread scratch buffers reused chunk after chunk (_scratch; the kernel needs
+four rows of T floats instead): about
 (90 + 40 M + 8 U) B x 250,000 = 70 MB for the example's four markets and four machine models,
 whatever the number of groups, steps (15-minute or hourly, a quarter or five years) or scenarios.
 On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled slots and items
