@@ -593,8 +593,9 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         _SiteSteps(scen[here], step[here], coupled_cap[:count][here], coupled_call[:count][here])
         for here in (site == n for n in range(n_sites))
     ]
+    prices = [_SitePrice(site, scenarios) for site in sites]
     per_threshold = [
-        _kernel_threshold_sums(grid, table[2][n], bool(table[1][n]), sums[:, n, : len(t.values)], runs[:, n])
+        _kernel_threshold_sums(grid, prices[n], sums[:, n, : len(t.values)], runs[:, n])
         for n, t in enumerate(thresholds)
         if len(t.members)
     ]
@@ -604,7 +605,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         threshold_of=_threshold_of(thresholds, len(grid.profiles)),
         site_steps=site_steps,
         resale={
-            n: (resale[:, n, :, 0].T, resale[:, n, :, 1].T, resale_tail[:, n] / tail_steps)
+            n: (resale[:, n, :, kern.R_RESALE].T, resale[:, n, :, kern.R_RESALE_PV].T, resale_tail[:, n] / tail_steps)
             for n, s in enumerate(sites)
             if s.contract.resells
         },
@@ -662,10 +663,10 @@ def _coupled_capacity(fleet: Fleet, scenarios: ScenarioSet) -> int:
 
 
 def _kernel_threshold_sums(
-    grid: PlanGrid, offset: float, follows_spot: bool, weights: np.ndarray, runs: np.ndarray
+    grid: PlanGrid, price: _SitePrice, weights: np.ndarray, runs: np.ndarray
 ) -> dict[str, np.ndarray]:
     """A site's sums per threshold, in _threshold_sums's layout, from the kernel's weight sums [S, U, P, W] and run
-    counts [S, U]. The price is spot + offset when it follows spot, else the offset (_SitePrice)."""
+    counts [S, U]: the cost is the offset times the steps plus, where the price follows spot, the spot sums."""
     from optimizer import economics_kernel as kern
 
     cum = weights.transpose(1, 3, 2, 0)  # [U, W, P, S]
@@ -674,8 +675,8 @@ def _kernel_threshold_sums(
         "revenue": cum[:, kern.W_HASHPRICE] * hours,
         "revenue_pv": cum[:, kern.W_HASHPRICE_PV] * hours,
         "btc": cum[:, kern.W_BTC],
-        "cost": offset * cum[:, kern.W_COUNT] + (cum[:, kern.W_SPOT] if follows_spot else 0.0),
-        "cost_pv": offset * cum[:, kern.W_DISCOUNT] + (cum[:, kern.W_SPOT_PV] if follows_spot else 0.0),
+        "cost": price.offset * cum[:, kern.W_COUNT] + (cum[:, kern.W_SPOT] if price.follows_spot else 0.0),
+        "cost_pv": price.offset * cum[:, kern.W_DISCOUNT] + (cum[:, kern.W_SPOT_PV] if price.follows_spot else 0.0),
         "energy": cum[:, kern.W_COUNT],
         "runs": runs[:, : weights.shape[1]].T,
     }
