@@ -36,9 +36,10 @@ four rows of T floats instead): about
 whatever the number of groups, steps (15-minute or hourly, a quarter or five years) or scenarios.
 On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled slots and items
 ([I, S_batch], I = the most coupled steps x candidate profiles in one scenario), and the worker's
-interpreter with numpy, pydantic and Ray (~150-200 MiB). Measured by bench/bench_pipeline.py (peak
-RSS of the worker process): ~250 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 50), ~220
-MiB for 300 groups x 200 scenarios at 15 minutes; the bound to hold is 512 MiB.
+interpreter with numpy, pydantic and Ray (~150-200 MiB), plus ~160 MiB for numba and LLVM where the
+kernel runs. Measured by bench/bench_pipeline.py (peak RSS of the worker process): 233 MiB for 1,000 groups
+x 1,000 scenarios hourly (batches of 50), 217 MiB for 300 groups x 200 scenarios at 15 minutes (both on
+the numpy path); the bound to hold is 512 MiB.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):
 a curtailment event that caps the site's power, and a demand-response call that makes its mining
@@ -441,7 +442,7 @@ def uses_kernel(fleet: Fleet) -> bool:
     return fleet.scenarios.count * fleet.horizon.n_steps * len(fleet.sites) >= KERNEL_MIN_SITE_CELLS
 
 
-@dataclass
+@dataclass(frozen=True)
 class _ChunkSums:
     """What a pass over a chunk yields, per site: threshold sums, coupled steps, take-or-pay resale."""
 
