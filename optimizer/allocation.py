@@ -33,13 +33,21 @@ from optimizer.cashflows import (
 from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, KW_PER_MW
 from optimizer.economics import NO_SITE, GroupEconomics, economics_grid
 from optimizer.fleet import Fleet, RackGroup
-from optimizer.lifecycles import Lifecycle, PlanGrid, plan_grid, purchase_price_usd, rack_resale_usd
+from optimizer.lifecycles import (
+    Lifecycle,
+    PlanGrid,
+    plan_grid,
+    purchase_price_usd,
+    purchase_resale_usd,
+    rack_resale_usd,
+)
 from optimizer.modes import MODES, Mode
+from optimizer.rack_ranges import RackRange, group_range
 
 # Shed AI below this counts no lost hour: a lease sized exactly at a cap leaves float dust, not an outage.
 LOST_LOAD_TOL_KW = 1e-6
 
-__all__ = ["MODES", "Allocation", "Mode", "check_feasible", "scenario_profits_usd", "site_profits"]
+__all__ = ["MODES", "Allocation", "Mode", "Violation", "check_feasible", "scenario_profits_usd", "site_profits"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,7 @@ class Allocation:
     dr_mw: dict[str, float] = field(default_factory=dict)  # site id -> committed curtailable MW (meter)
     lifecycles: dict[str, dict[str, int]] = field(default_factory=dict)  # group id -> lifecycle key -> racks
     conversion_start: dict[str, int] = field(default_factory=dict)  # site id -> start option index
-    purchases: dict[str, int] = field(default_factory=dict)  # purchase option id -> racks bought
+    purchases: dict[str, int] = field(default_factory=dict)  # purchase lot key (option id, or "id@mM") -> racks
 
     def __post_init__(self) -> None:
         # one canonical form, so equal decisions compare equal however they were written
@@ -126,13 +134,12 @@ def all_mining(fleet: Fleet) -> Allocation:
     return Allocation({g.id: {**dict.fromkeys(MODES, 0), Mode.MINE: g.racks} for g in fleet.rack_groups})
 
 
-def rack_ids(group: RackGroup, allocation: Allocation) -> dict[Mode, list[str]]:
-    """Which racks take which mode: the group's racks in id order, in the order of MODES."""
-    ids = [f"{group.id}-{k:05d}" for k in range(group.racks)]
+def rack_ranges(group: RackGroup, allocation: Allocation) -> dict[Mode, list[RackRange]]:
+    """Which racks take which mode: the group's racks in id order, one block per mode in the order of MODES."""
     out, start = {}, 0
     for mode in MODES:
         n = allocation.count(group.id, mode)
-        out[mode], start = ids[start : start + n], start + n
+        out[mode], start = ([group_range(group.id, start, n)] if n else []), start + n
     return out
 
 
@@ -231,8 +238,8 @@ def present_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> np.nd
         for key, n in counts.items():
             for q, first, stop in options[key].mining:
                 out[q, first:stop] += n
-    for b, option in enumerate(fleet.purchases):
-        out[grid.purchase_profile[b], grid.delivery[b] :] += allocation.purchases.get(option.id, 0)
+    for lot in grid.purchase_lots:
+        out[lot.profile, lot.delivery :] += allocation.purchases.get(lot.key, 0)
     return out
 
 
@@ -403,17 +410,18 @@ def _add_racks(fleet, grid: PlanGrid, economics, allocation: Allocation, out: di
 
 
 def _add_purchases(fleet, grid: PlanGrid, economics, allocation: Allocation, out: dict) -> None:
-    end_discount = grid.timeline.discount_at_hours(grid.timeline.horizon_hours)
-    for b, option in enumerate(fleet.purchases):
-        n = allocation.purchases.get(option.id, 0)
+    timeline = grid.timeline
+    end_discount = timeline.discount_at_hours(timeline.horizon_hours)
+    boundary_discount = timeline.discount_at_hours(timeline.bounds * timeline.step_hours)
+    for lot in grid.purchase_lots:
+        n = allocation.purchases.get(lot.key, 0)
         if not n:
             continue
-        q = grid.purchase_profile[b]
-        site = grid.profiles[q].site
-        _add_mining(grid, economics, q, grid.delivery[b], grid.n_periods, n, out)
-        out["machines_bought_usd"][site, 0] += purchase_price_usd(fleet, b) * n
-        resale = fleet.machine(option.machine).resale_usd_per_th or 0.0
-        salvage = resale * grid.profiles[q].hashrate_ths * economics.hashprice_ratio[-1] * end_discount
+        site = grid.profiles[lot.profile].site
+        _add_mining(grid, economics, lot.profile, lot.delivery, grid.n_periods, n, out)
+        price = purchase_price_usd(fleet, lot.option) * boundary_discount[lot.ordered_at]
+        out["machines_bought_usd"][site, min(lot.ordered_at, grid.n_periods - 1)] += price * n
+        salvage = purchase_resale_usd(fleet, grid, lot) * economics.hashprice_ratio[-1] * end_discount
         out["machine_sales_usd"][site, -1] += salvage * n
 
 
@@ -557,10 +565,37 @@ def scenario_profits_usd(
     return site_profits(fleet, economics, allocation, grid).profit_usd.sum(axis=0)
 
 
-def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[tuple[str, str]]:
-    """Constraint violations of a given allocation as (field path, message); empty when feasible."""
+@dataclass(frozen=True)
+class Violation:
+    """A constraint of the fleet an allocation breaks, as a record (not a sentence to parse back apart).
+
+    `constraint` is the family ("site_capacity", "site_ai", "site_demand_response", "offer_bounds",
+    "offer_start", "capital_budget", "rack_counts", "purchase_racks"), `subject` the id it applies to (site, offer or
+    group; "" for fleet-wide), `needed` and `limit` the amounts that clash in `unit` (None where the
+    clash is not an amount), `field` the fleet path that sets the limit, `message` the words people read.
+    """
+
+    constraint: str
+    subject: str
+    field: str
+    message: str
+    needed: float | None = None
+    limit: float | None = None
+    unit: str = ""
+
+    @property
+    def label(self) -> str:
+        """The constraint and its subject, site_capacity[texas]; the family alone when fleet-wide."""
+        return f"{self.constraint}[{self.subject}]" if self.subject else self.constraint
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[Violation]:
+    """The constraints a given allocation breaks; empty when feasible."""
     grid = plan_grid(fleet)
-    problems = _check_racks(fleet, grid, allocation)
+    problems = _check_racks(fleet, grid, allocation) + _check_purchases(fleet, grid, allocation)
     if problems:
         return problems
     present = present_racks(fleet, grid, allocation)
@@ -569,69 +604,120 @@ def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> l
     terms = lease_terms(fleet, grid)
     for n, site in enumerate(fleet.sites):
         worst = int(np.argmax(mining_kw[n] + ai_kw[n]))
-        load_kw = mining_kw[n, worst] + ai_kw[n, worst]
-        if load_kw > site.capacity_mw * KW_PER_MW * (1 + tol):
-            problems.append((f"sites.{site.id}.capacity_mw", f"load {load_kw / KW_PER_MW:.3f} MW exceeds capacity"))
+        load_mw = (mining_kw[n, worst] + ai_kw[n, worst]) / KW_PER_MW
+        if load_mw > site.capacity_mw * (1 + tol):
+            message = f"load {load_mw:.3f} MW exceeds capacity"
+            problems.append(_site(site, "site_capacity", "capacity_mw", message, load_mw, site.capacity_mw))
         ai_mw = converted_mw(fleet, allocation, site.id)
-        if allocation.site_lease_mw(site.id) > ai_mw + tol:
-            problems.append((f"sites.{site.id}.ai", "leased MW exceed converted MW"))
+        leased_mw = allocation.site_lease_mw(site.id)
+        if leased_mw > ai_mw + tol:
+            problems.append(_site(site, "site_ai", "ai", "leased MW exceed converted MW", leased_mw, ai_mw))
         for (offer_id, site_id), _ in allocation.lease_mw.items():
             if site_id == site.id and (offer_id, site_id, allocation.start_option(site_id)) not in terms:
-                problems.append((f"lease_offers.{offer_id}", f"cannot start at {site_id}'s chosen option"))
+                message = f"cannot start at {site_id}'s chosen option"
+                problems.append(Violation("offer_start", offer_id, f"lease_offers.{offer_id}", message))
         problems += _check_dr(site, allocation, mining_kw[n].min() if grid.n_periods else 0.0, tol)
         converted = site.id in allocation.converted_sites
         if site.ai and converted and not (site.ai.min_mw - tol <= ai_mw <= site.ai.max_mw + tol):
-            problems.append((f"sites.{site.id}.ai", f"converted {ai_mw:.3f} MW outside [min_mw, max_mw]"))
+            bound = site.ai.min_mw if ai_mw < site.ai.min_mw else site.ai.max_mw
+            message = f"converted {ai_mw:.3f} MW outside [min_mw, max_mw]"
+            problems.append(_site(site, "site_ai", "ai", message, ai_mw, bound))
         if ai_mw > tol and not converted:
-            problems.append((f"sites.{site.id}.ai", "racks in AI mode at a site that is not converted"))
+            message = "racks in AI mode at a site that is not converted"
+            problems.append(_site(site, "site_ai", "ai", message, ai_mw, 0.0))
+    problems += _check_budget(fleet, grid, allocation, tol)
+    for offer in fleet.lease_offers:
+        mw = allocation.offer_mw(offer.id)
+        if mw > tol and not (offer.min_mw - tol <= mw <= offer.max_mw + tol):
+            bound = offer.min_mw if mw < offer.min_mw else offer.max_mw
+            message = f"{mw:.3f} MW outside [min_mw, max_mw]"
+            problems.append(Violation("offer_bounds", offer.id, f"lease_offers.{offer.id}", message, mw, bound, "MW"))
+    return problems
+
+
+def _site(site, constraint: str, field: str, message: str, needed_mw: float, limit_mw: float) -> Violation:
+    return Violation(constraint, site.id, f"sites.{site.id}.{field}", message, needed_mw, limit_mw, "MW")
+
+
+def _check_budget(fleet: Fleet, grid: PlanGrid, allocation: Allocation, tol: float) -> list[Violation]:
+    budget = fleet.capital_budget_usd
     capex = sum(full_capex_usd(fleet, s, converted_mw(fleet, allocation, s)) for s in allocation.converted_sites)
     capex += sum(
-        purchase_price_usd(fleet, b) * allocation.purchases.get(o.id, 0) for b, o in enumerate(fleet.purchases)
+        purchase_price_usd(fleet, lot.option) * allocation.purchases.get(lot.key, 0) for lot in grid.purchase_lots
     )
     offers = {o.id: o for o in fleet.lease_offers}
     capex -= sum(
         offers[o].tenant_capex_share * fleet.site(s).ai.capex_usd_per_mw * mw
         for (o, s), mw in allocation.lease_mw.items()
     )
-    if fleet.capital_budget_usd is not None and capex > fleet.capital_budget_usd * (1 + tol):
-        problems.append(
-            ("capital_budget_usd", f"needs ${capex / 1e6:,.1f}M, budget ${fleet.capital_budget_usd / 1e6:,.1f}M")
-        )
-    for offer in fleet.lease_offers:
-        mw = allocation.offer_mw(offer.id)
-        if mw > tol and not (offer.min_mw - tol <= mw <= offer.max_mw + tol):
-            problems.append((f"lease_offers.{offer.id}", f"{mw:.3f} MW outside [min_mw, max_mw]"))
-    return problems
+    if budget is None or capex <= budget * (1 + tol):
+        return []
+    message = f"needs ${capex / 1e6:,.1f}M, budget ${budget / 1e6:,.1f}M"
+    return [Violation("capital_budget", "", "capital_budget_usd", message, capex, budget, "USD")]
 
 
-def _check_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[tuple[str, str]]:
+def _check_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[Violation]:
+    """Counts that do not describe the fleet's racks: a malformed allocation rather than a broken constraint."""
     problems = []
     try:
         counts = allocation.lifecycle_counts(fleet)
     except ValueError as exc:
-        return [("allocation", str(exc))]
+        return [Violation("rack_counts", "", "allocation", str(exc))]
     for g, group in enumerate(fleet.rack_groups):
         mine = counts.get(group.id)
+        field = f"allocation.{group.id}"
         if mine is None:
-            problems.append((f"allocation.{group.id}", "rack group missing"))
+            problems.append(Violation("rack_counts", group.id, field, "rack group missing", 0, group.racks, "racks"))
             continue
         options = {life.key for life in grid.lifecycles[g]}
         unknown = sorted(set(mine) - options)
         if unknown:
-            problems.append((f"allocation.{group.id}", f"no such option {unknown} (options: {sorted(options)})"))
-        if any(n < 0 for n in mine.values()) or sum(mine.values()) != group.racks:
-            problems.append((f"allocation.{group.id}", f"counts {dict(mine)} must be >= 0 and sum to {group.racks}"))
+            message = f"no such option {unknown} (options: {sorted(options)})"
+            problems.append(Violation("rack_counts", group.id, field, message))
+        total = sum(mine.values())
+        if any(n < 0 for n in mine.values()) or total != group.racks:
+            message = f"counts {dict(mine)} must be >= 0 and sum to {group.racks}"
+            problems.append(Violation("rack_counts", group.id, field, message, total, group.racks, "racks"))
     return problems
 
 
-def _check_dr(site, allocation: Allocation, least_mining_kw: float, tol: float) -> list[tuple[str, str]]:
+def _check_purchases(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[Violation]:
+    """Known lots, today's at least the racks already ordered, an option's lots together at most max_racks."""
+    lots = {lot.key: lot for lot in grid.purchase_lots}
+    unknown = sorted(set(allocation.purchases) - set(lots))
+    if unknown:
+        message = f"no such purchase {unknown} (options: {sorted(lots)})"
+        return [Violation("purchase_racks", "", "allocation.purchases", message)]
+    problems = []
+    for i, option in enumerate(fleet.purchases):
+        ordered = {key: n for key, n in allocation.purchases.items() if lots[key].option == i}
+        today, total = ordered.get(option.id, 0), sum(ordered.values())
+        if any(n < 0 for n in ordered.values()):
+            message = f"negative racks ordered {ordered}"
+            problems.append(Violation("purchase_racks", option.id, f"purchases.{option.id}", message))
+        elif today < option.min_racks:
+            message = f"{today} racks ordered today, fewer than the {option.min_racks} already ordered"
+            field = f"purchases.{option.id}.min_racks"
+            problems.append(Violation("purchase_racks", option.id, field, message, today, option.min_racks, "racks"))
+        elif total > option.max_racks:
+            message = f"{total} racks ordered in all ({ordered}), more than max_racks"
+            field = f"purchases.{option.id}.max_racks"
+            problems.append(Violation("purchase_racks", option.id, field, message, total, option.max_racks, "racks"))
+    return problems
+
+
+def _check_dr(site, allocation: Allocation, least_mining_kw: float, tol: float) -> list[Violation]:
     dr_mw = allocation.site_dr_mw(site.id)
     if dr_mw <= tol:
         return []
+
+    def broken(message: str, limit_mw: float) -> list[Violation]:
+        return [_site(site, "site_demand_response", "demand_response", message, dr_mw, limit_mw)]
+
     if site.demand_response is None:
-        return [(f"sites.{site.id}.demand_response", "demand-response MW at a site without a programme")]
+        return broken("demand-response MW at a site without a programme", 0.0)
     if dr_mw > site.demand_response.max_mw + tol:
-        return [(f"sites.{site.id}.demand_response", f"{dr_mw:.3f} MW exceeds max_mw")]
+        return broken(f"{dr_mw:.3f} MW exceeds max_mw", site.demand_response.max_mw)
     if dr_mw * KW_PER_MW > least_mining_kw * (1 + tol) + tol:
-        return [(f"sites.{site.id}.demand_response", "committed MW exceed the planned mining load")]
+        return broken("committed MW exceed the planned mining load", least_mining_kw / KW_PER_MW)
     return []

@@ -4,14 +4,12 @@ builds it from optimizer.option_value's results."""
 
 from __future__ import annotations
 
-import math
-
 from pydantic import BaseModel
 
 
 class LifecycleCount(BaseModel):
     group: str
-    lifecycle: str  # optimizer.lifecycles key: sell, idle, move:SITE, ai@K:FATE, mine
+    lifecycle: str  # optimizer.lifecycles key: sell, idle, move:SITE, ai@K:FATE, mine, sell@mM, idle:restart@mM...
     racks: int
 
 
@@ -41,6 +39,7 @@ class TreeNodeResult(BaseModel):
     lifecycles: list[LifecycleCount]  # racks put on each lifecycle at this node
     conversions: dict[str, int]  # site -> start option started at this node
     lease_mw: dict[str, float]  # "offer@site" -> MW leased on a hall started here
+    purchases: dict[str, int] = {}  # purchase lot ("option" today, "option@mM" later) -> racks ordered here
 
 
 class RuleRow(BaseModel):
@@ -123,6 +122,7 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
                 lifecycles=lifecycle_rows(d.lifecycles) if d else [],
                 conversions=d.conversion_start if d else {},
                 lease_mw={f"{o}@{s}": mw for (o, s), mw in d.lease_mw.items()} if d else {},
+                purchases=dict(d.purchases) if d else {},
             )
         )
     rules = [
@@ -164,8 +164,8 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
         value_of_waiting_in_sample_usd=solution.value_of_waiting_usd,
         value_of_waiting=ValueInterval(
             estimate_usd=interval.estimate_usd,
-            lower_usd=interval.lower_usd if math.isfinite(interval.lower_usd) else None,
-            upper_usd=interval.upper_usd if math.isfinite(interval.upper_usd) else None,
+            lower_usd=interval.lower_usd,
+            upper_usd=interval.upper_usd,
             confidence_level=interval.confidence_level,
             replications_usd=list(interval.values_usd),
         ),
@@ -208,6 +208,7 @@ def tree_tables(report: TreeReport) -> dict[str, list[dict]]:
             "lifecycles": "; ".join(f"{c.group}:{c.lifecycle}={c.racks}" for c in n.lifecycles),
             "conversions": text(n.conversions),
             "lease_mw": text(n.lease_mw),
+            "purchases": text(n.purchases),
         }
         for n in report.tree
     ]

@@ -104,6 +104,16 @@ def small_fleet_data(days: int = 3, scenarios: int = 6) -> dict:
     }
 
 
+def million_rack_fleet_data() -> dict:
+    """One site, one group of 1,000,000 single-machine racks; the grid takes about half of them mining."""
+    data = small_fleet_data(days=2, scenarios=4)
+    group = dict(data["rack_groups"][0], racks=1_000_000, machine="new", machines_per_rack=1)
+    data.update(rack_groups=[dict(group, opex_usd_per_rack_day=0.3)], lease_offers=[], sites=data["sites"][:1])
+    data["sites"][0]["capacity_mw"] = 2_000
+    del data["capital_budget_usd"]  # nothing to spend it on
+    return data
+
+
 def medium_fleet_data(days: int = 2, scenarios: int = 5) -> dict:
     """small_fleet_data with twenty times the racks and room for AI blocks: for compact vs extensive form."""
     data = small_fleet_data(days=days, scenarios=scenarios)
@@ -376,4 +386,33 @@ def random_fleet_data(seed: int, scenarios: int = 3) -> dict:
             }
         ],
         "scenarios": {"count": scenarios, "seed": seed, "batch_size": 2},
+    }
+
+
+def selling_fleet_data(months: int = 24) -> dict:
+    """One site of old machines on a fixed $35/MWh with a volatile BTC price: mining pays on the paths where the
+    price rises and not where it falls, and the machines resell at $4/TH (tracking hashprice). Whether to sell
+    at month 6 is worth deciding at month 6. Daily steps, cash discounted at 10% a year."""
+    return {
+        "name": "sell-or-keep",
+        "horizon": {"start": "2026-12-01", "months": months, "step_hours": 24},
+        "finance": {"discount_rate_per_year": 0.10},
+        "markets": [{"id": "m", "mean_price_usd_per_mwh": 35, "vol_per_sqrt_day": 0.3}],
+        "bitcoin": {"price_vol_per_year": 1.2, "jump_intensity_per_year": 0},
+        "machines": [{"id": "old", "hashrate_ths": 104, "efficiency_j_per_th": 29.5, "resale_usd_per_th": 4}],
+        "sites": [
+            {"id": "a", "market": "m", "capacity_mw": 0.1, "contract": {"type": "fixed", "price_usd_per_mwh": 35}}
+        ],
+        "rack_groups": [
+            {
+                "id": "a-old",
+                "site": "a",
+                "machine": "old",
+                "racks": 3,
+                "machines_per_rack": 10,
+                "opex_usd_per_rack_day": 3,
+                "idle_cost_usd_per_rack_day": 1,
+            }
+        ],
+        "scenarios": {"count": 3, "seed": 3},
     }
