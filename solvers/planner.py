@@ -47,7 +47,9 @@ from solvers.ray_pool import (
     runs_in_process,
 )
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# (stage, done, total). It is also called again with unchanged figures while a stage waits on long
+# batches: a heartbeat, so that a callback that stops the run (solvers/runs.py) acts within a poll.
+Progress = Callable[[str, int, int], None]
 
 OPTIMIZATION_STREAM = 0  # seed streams: see optimizer.scenarios.scenario_rng
 
@@ -165,6 +167,7 @@ def compute_economics(
         ],
         workers,
         tick,
+        on_wait=lambda: progress("scenarios", done[0], spec.count),
     )
     economics = concat_economics([econ for econ, _ in results])
     scenarios = concat_scenarios([s for _, s in results]) if keep_scenarios else None

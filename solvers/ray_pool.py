@@ -257,6 +257,8 @@ def cpus_for(batches_count: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Fan-out
 
+WAIT_POLL_S = 0.2  # how often a fan-out waiting on long batches asks whether to stop (a cancel must act within 2 s)
+
 
 def batches(count: int, batch_size: int) -> list[range]:
     return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
@@ -267,12 +269,15 @@ def fan_out(
     arg_lists: Sequence[tuple],
     max_in_flight: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Run `remote_fn.remote(*args)` for each args tuple; results in submission order.
 
     At most `max_in_flight` tasks run at once (None: all submitted together), so the
     number of workers is a setting that never changes the result. Under `in_process()`
-    the task function runs here, one batch after the other.
+    the task function runs here, one batch after the other. `on_wait` is called every
+    WAIT_POLL_S while no task finishes: an exception it raises (a stop) cancels the tasks still
+    running at once, rather than after the next batch, which may take minutes.
     """
     if running_in_process():
         return _run_here(remote_fn, arg_lists, on_done)
@@ -286,9 +291,9 @@ def fan_out(
         for index, args in queue:
             pending[remote_fn.remote(*args)] = index
             if len(pending) >= limit:
-                _collect_one(pending, results, on_done)
+                _collect_one(pending, results, on_done, on_wait)
         while pending:
-            _collect_one(pending, results, on_done)
+            _collect_one(pending, results, on_done, on_wait)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -308,11 +313,20 @@ def _run_here(remote_fn: Any, arg_lists: Sequence[tuple], on_done: Callable[[int
     return results
 
 
-def _collect_one(pending: dict[Any, int], results: list[Any], on_done: Callable[[int], None] | None) -> None:
+def _collect_one(
+    pending: dict[Any, int],
+    results: list[Any],
+    on_done: Callable[[int], None] | None,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
     import ray
 
-    [ready], _ = ray.wait(list(pending), num_returns=1)
-    index = pending.pop(ready)
-    results[index] = ray.get(ready)
+    ready: list[Any] = []
+    while not ready:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if on_wait is None else WAIT_POLL_S)
+        if not ready and on_wait is not None:
+            on_wait()
+    index = pending.pop(ready[0])
+    results[index] = ray.get(ready[0])
     if on_done:
         on_done(index)
