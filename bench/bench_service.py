@@ -21,7 +21,6 @@ moves them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -214,41 +213,56 @@ def started(client, job_id: str, stage: str = "scenarios") -> None:
 
 
 def stop_latencies(client, supervisor: int, server: int) -> None:
-    """Seconds from a cancel, a passed deadline and a dropped caller until the work has stopped."""
+    """Seconds from a cancel, a passed deadline and a dropped caller until the work has stopped; each
+    time once the run's Ray tasks are busy (a stop before any work starts proves nothing)."""
     from protos.hashpivot.v1 import planner_service_pb2 as pb
     from services.client import PlannerError, fleet_message
 
-    job = client.submit(ROOT / "examples" / "fleet.yaml")
-    started(client, job.job_id)
-    time.sleep(2.0)  # scenario batches on Ray
+    fleet = ROOT / "examples" / "fleet.yaml"
+    job = client.submit(fleet)
+    busy_s = wait_until_busy(supervisor)
     asked = time.monotonic()
     state = client.cancel(job.job_id).state
     ended_s = time.monotonic() - asked
     quiet_s = seconds_until_quiet(supervisor, server, asked)
     print(
-        f"  cancel of a running fleet.yaml job: CANCELLED after {ended_s:.2f} s (state {state}), "
-        f"work gone after {quiet_s:.2f} s",
+        f"  CancelPlanJob of a fleet.yaml job {busy_s:.1f} s into its Ray tasks: state {state} "
+        f"(5 = CANCELLED) after {ended_s:.2f} s, work gone after {quiet_s:.2f} s",
         flush=True,
     )
-    deadline_s = 6.0
+    deadline_s = 8.0
     sent = time.monotonic()
-    with contextlib.suppress(PlannerError):
-        client.optimize(ROOT / "examples" / "fleet.yaml", timeout_s=deadline_s)
+    try:
+        client.optimize(fleet, timeout_s=deadline_s)
+        outcome = "a plan"
+    except PlannerError as exc:
+        outcome = exc.code.name
     replied_s = time.monotonic() - sent
     quiet_s = seconds_until_quiet(supervisor, server, sent + deadline_s)
     print(
-        f"  Optimize fleet.yaml with a {deadline_s:.0f} s deadline: reply after {replied_s:.2f} s, "
+        f"  Optimize fleet.yaml with a {deadline_s:.0f} s deadline: {outcome} after {replied_s:.2f} s, "
         f"work gone {quiet_s:.2f} s after the deadline",
         flush=True,
     )
-    future = client.stub.Optimize.future(
-        pb.OptimizeRequest(fleet=fleet_message(ROOT / "examples" / "fleet.yaml")), metadata=METADATA
-    )
-    time.sleep(4.0)  # scenarios under way
+    future = client.stub.Optimize.future(pb.OptimizeRequest(fleet=fleet_message(fleet)), metadata=METADATA)
+    busy_s = wait_until_busy(supervisor)
     dropped = time.monotonic()
     future.cancel()
     quiet_s = seconds_until_quiet(supervisor, server, dropped)
-    print(f"  Optimize fleet.yaml dropped by its caller after 4 s: work gone after {quiet_s:.2f} s", flush=True)
+    print(
+        f"  Optimize fleet.yaml dropped by its caller {busy_s:.1f} s into its Ray tasks: "
+        f"work gone after {quiet_s:.2f} s",
+        flush=True,
+    )
+
+
+def wait_until_busy(supervisor: int, settle_s: float = 2.0, timeout_s: float = 120.0) -> float:
+    """Until a Ray worker of the tree runs a task, then `settle_s` more; -> seconds since the task was seen."""
+    deadline = time.monotonic() + timeout_s
+    while not busy_ray_workers(supervisor) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle_s)
+    return settle_s
 
 
 def max_admitted_request(client, supervisor: int) -> None:

@@ -141,7 +141,22 @@ def get(ref: Any) -> Any:
 # Starting Ray
 
 
-def _init(address: str | None, num_cpus: int | None) -> None:
+# An embedded Ray started by the server runs its workers at this niceness: planning work (scenario
+# batches, HiGHS) is batch work, a Dispatch call is not, and on a small machine both want the same
+# cores. The scheduler then gives the server the CPU whenever it has a call to answer
+# (bench/bench_service.py measures Dispatch while a job runs).
+SERVING_WORKER_NICENESS = 10
+
+
+def lower_worker_priority() -> None:
+    """Ray's worker_process_setup_hook for a serving process's embedded Ray: every thread of the worker
+    (Linux niceness is per thread; threads started later inherit it) at SERVING_WORKER_NICENESS."""
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [str(os.getpid())]:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), SERVING_WORKER_NICENESS)
+
+
+def _init(address: str | None, num_cpus: int | None, yield_to_serving: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
@@ -159,6 +174,7 @@ def _init(address: str | None, num_cpus: int | None) -> None:
         log_to_driver=False,
         configure_logging=False,
         _node_ip_address=LOOPBACK,  # ray.init's documented node-IP option: GCS, raylet, workers bind here
+        runtime_env={"worker_process_setup_hook": f"{__name__}.lower_worker_priority"} if yield_to_serving else None,
     )
 
 
@@ -223,8 +239,9 @@ class _NotMainThreadFilter(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray once.
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, yield_to_serving: bool = False) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray once, with
+    `yield_to_serving` its workers at a lower CPU priority than this process (lower_worker_priority).
 
     If `start_ray_background` started one, wait for it (and raise what it raised).
     """
@@ -232,7 +249,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         if _start_error is not None:
             raise _start_error
         return
-    _init(address, num_cpus)
+    _init(address, num_cpus, yield_to_serving)
 
 
 def settle_ray_start() -> bool:
