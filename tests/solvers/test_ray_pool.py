@@ -1,14 +1,17 @@
-"""solvers/ray_pool.py's fan-out: results in order, and a stop raised while batches run cancels them at once."""
+"""solvers/ray_pool.py: the fan-out keeps the order and stops at once; a serving process's Ray workers yield the CPU."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 import ray
 
-from solvers.ray_pool import WAIT_POLL_S, fan_out, lazy_remote
-from tests.conftest import wait_for_free_cpus
+from solvers.ray_pool import SERVING_WORKER_NICENESS, WAIT_POLL_S, fan_out, lazy_remote
+from tests.conftest import ROOT, wait_for_free_cpus
 
 
 @lazy_remote(num_cpus=1)
@@ -42,3 +45,31 @@ def test_a_stop_while_batches_run_cancels_them_without_waiting_for_them(ray_sess
     assert len(polls) >= 3 and polls[1] - polls[0] >= WAIT_POLL_S * 0.5
     assert time.monotonic() - start < 300  # not after the batches (600 s)
     assert wait_for_free_cpus(), "the cancelled batches kept their CPUs"
+
+
+_WORKER_NICENESS = """
+import os, sys, threading
+import ray
+from solvers.ray_pool import ensure_ray
+
+ensure_ray(num_cpus=1, yield_to_serving=True)
+
+@ray.remote(num_cpus=1)
+def niceness():
+    threading.Thread(target=lambda: None).start()  # threads a task starts inherit it
+    return sorted({os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")})
+
+print(ray.get(niceness.remote()), os.getpriority(os.PRIO_PROCESS, 0))
+"""
+
+
+def test_a_serving_process_embedded_ray_runs_its_workers_at_a_lower_priority(tmp_path):
+    """Every thread of a worker at SERVING_WORKER_NICENESS; the serving process itself keeps its priority."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "-c", _WORKER_NICENESS], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == f"[{own + SERVING_WORKER_NICENESS}] {own}"
