@@ -146,6 +146,7 @@ def build_dispatch_table(
     pue = np.array([fleet.site(g.site).pue_mining for g in groups], dtype=float)
     efficiency_j_per_th = np.array([fleet.machine(g.machine).efficiency_j_per_th for g in groups], dtype=float)
     rack_meter_mw = rack_power_kw * pue / KW_PER_MW
+    revenue_per_hashprice = rack_hashrate_ths / TH_PER_PH / HOURS_PER_DAY * (1.0 - fleet.pool_fee_fraction)
     return DispatchTable(
         group_ids=tuple(g.id for g in groups),
         group_sites=tuple(g.site for g in groups),
@@ -169,10 +170,7 @@ def build_dispatch_table(
         fleet_group_index=np.array([group_position[g.id] for g in groups], dtype=np.intp),
         rack_meter_mw=rack_meter_mw,
         meter_mw=racks * rack_meter_mw,
-        revenue_usd_per_rack_hour_per_hashprice=rack_hashrate_ths
-        / TH_PER_PH
-        / HOURS_PER_DAY
-        * (1.0 - fleet.pool_fee_fraction),
+        revenue_usd_per_rack_hour_per_hashprice=revenue_per_hashprice,
         breakeven_usd_per_mwh_per_hashprice=breakeven_power_price_usd_per_mwh(
             1.0, efficiency_j_per_th, pue, fleet.pool_fee_fraction
         ),

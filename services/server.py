@@ -158,7 +158,7 @@ class PlannerServer:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="hashpivot-run")
         )
-        await asyncio.to_thread(ensure_ray, config.ray_address, None, True)  # workers yield the CPU to calls
+        await asyncio.to_thread(lambda: ensure_ray(config.ray_address, yield_to_serving=True))
         self.relay = new_relay()
         self.runner = JobRunner(
             self.store,
