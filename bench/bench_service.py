@@ -6,8 +6,9 @@ Starts `hashpivot serve` as its own process tree (supervisor, server, embedded R
 database; bearer-token auth on, as in production), plans examples/tiny.yaml, then prints:
 1. Dispatch: `--clients` clients (threads spread over `--processes` processes, so the clients are
    not all behind one GIL), each with its own channel and token, sending back-to-back calls for
-   `--seconds`: calls/s and client-side p50/p99/max, on an idle server and while a plan job of
-   examples/fleet.yaml runs on the same server;
+   `--seconds`: calls/s and client-side p50/p99/max, on an idle server, against a bare grpc.aio
+   server that returns a fixed reply (what gRPC, the Python clients and the machine allow at that
+   moment: the ratio is hashpivot's share of it), and while a plan job of examples/fleet.yaml runs;
 2. stop latency: seconds from a CancelPlanJob of a running fleet.yaml job, from the deadline of an
    Optimize of it, and from its caller dropping such an Optimize, until the work is gone: no Ray
    worker of the tree runs a task (economics, HiGHS) and the server process is idle again;
@@ -40,6 +41,10 @@ METADATA = (("authorization", f"Bearer {TOKEN}"),)
 RUNNING, FINAL_STATES = 2, 3  # PlanJobState numbers (protos/hashpivot/v1/jobs.proto): RUNNING; SUCCEEDED and above end
 QUIET_WINDOW_S = 0.25
 QUIET_CORES = 0.3  # the server's own upkeep (health, Ray probes) stays well below this
+# The job Dispatch runs against: examples/fleet.yaml planned (~20 s on 2 cores), then a light robustness
+# pass (~30 s more) that admission admits (14M scenario steps of the default 20M), so the job outlasts
+# the client processes' start-up and the measured window.
+BUSY_JOB_ROBUSTNESS = {"oos_scenarios": 100, "replications": 1, "wait_and_see_scenarios": 20, "sensitivity": False}
 # Ray workers with these titles run no task of ours: idle workers, the progress actor, Ray's agents.
 IDLE_TITLES = ("ray::IDLE", "ray::ProgressRelay", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
@@ -132,6 +137,44 @@ def dispatch_load(target: str, plan_id: str, clients: int, processes: int, secon
     for p in procs:
         p.join()
     return len(latencies) / seconds, latencies
+
+
+def _bare_server(port_queue) -> None:
+    """A grpc.aio server whose Dispatch returns a fixed reply: no auth, bounds, metrics or decision."""
+    import asyncio
+
+    import grpc
+
+    from protos.hashpivot.v1 import planner_service_pb2 as pb
+    from protos.hashpivot.v1 import planner_service_pb2_grpc
+
+    reply = pb.DispatchResponse(plan_id="bare", racks_run=1)
+
+    class Bare(planner_service_pb2_grpc.PlannerServiceServicer):
+        async def Dispatch(self, request, context):
+            return reply
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(Bare(), server)
+        port_queue.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def bare_grpc_load(clients: int, processes: int, seconds: float) -> tuple[float, list[float]]:
+    """The same load against the bare server: what gRPC, the clients and the machine allow at this moment."""
+    ctx = mp.get_context("spawn")
+    port_queue = ctx.Queue()
+    bare = ctx.Process(target=_bare_server, args=(port_queue,), daemon=True)
+    bare.start()
+    try:
+        return dispatch_load(f"127.0.0.1:{port_queue.get(timeout=120)}", "bare", clients, processes, seconds)
+    finally:
+        bare.terminate()
+        bare.join()
 
 
 def report(label: str, rate: float, latencies: list[float]) -> None:
@@ -328,13 +371,17 @@ def main() -> None:
                 print(f"machine: {machine()}", flush=True)
                 rate, latencies = dispatch_load(target, plan_id, args.clients, args.processes, args.seconds)
                 report(f"{args.clients} clients, idle server", rate, latencies)
-                job = client.submit(ROOT / "examples" / "fleet.yaml")
+                bare_rate, latencies = bare_grpc_load(args.clients, args.processes, args.seconds)
+                report(f"{args.clients} clients, bare grpc.aio server (fixed reply)", bare_rate, latencies)
+                print(f"  hashpivot's idle rate / the bare server's: {rate / bare_rate:.2f}", flush=True)
+                job = client.submit(ROOT / "examples" / "fleet.yaml", robustness=BUSY_JOB_ROBUSTNESS)
                 started(client, job.job_id)
                 rate, latencies = dispatch_load(target, plan_id, args.clients, args.processes, args.seconds)
                 still = client.get(job.job_id)[0].state == RUNNING
                 report(f"{args.clients} clients, fleet.yaml job running{'' if still else ' (job ended early)'}",
                        rate, latencies)  # fmt: skip
-                client.cancel(job.job_id)
+                if still:
+                    client.cancel(job.job_id)
                 print(f"stop latency (target 2 s); machine: {machine()}", flush=True)
                 stop_latencies(client, process.pid, server)
                 if not args.no_max_request:
