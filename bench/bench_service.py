@@ -12,7 +12,7 @@ database; bearer-token auth on, as in production), plans examples/tiny.yaml, the
 2. stop latency: seconds from a CancelPlanJob of a running fleet.yaml job, from the deadline of an
    Optimize of it, and from its caller dropping such an Optimize, until the work is gone: no Ray
    worker of the tree runs a task (economics, HiGHS) and the server process is idle again;
-3. (unless --no-max-request; minutes, several GB) the largest request admission admits at the
+3. (unless --no-max-request; about a minute, ~1.4 GB) the largest request admission admits at the
    default limits (examples/fleet.yaml scaled in scenarios), run as a job: the process tree's peak
    memory (PSS: driver, Ray and its workers) next to admission's estimate.
 Every figure comes with the machine's cores, memory and load average: other work on the machine
@@ -237,14 +237,15 @@ def cpu_seconds(pid: int) -> float:
 
 def seconds_until_quiet(supervisor: int, server: int, since: float, timeout_s: float = 60.0) -> float:
     """Seconds from `since` (time.monotonic) until no Ray worker of the tree runs a task and the server
-    process itself uses under QUIET_CORES of a CPU (its run thread stopped too)."""
+    process itself uses under QUIET_CORES of a CPU (its run thread stopped too): the end of the first
+    quiet QUIET_WINDOW_S window, an upper bound at that resolution."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         before, at = cpu_seconds(server), time.monotonic()
         time.sleep(QUIET_WINDOW_S)
-        used = (cpu_seconds(server) - before) / (time.monotonic() - at)
-        if used < QUIET_CORES and not busy_ray_workers(supervisor):
-            return at - since
+        end = time.monotonic()
+        if (cpu_seconds(server) - before) / (end - at) < QUIET_CORES and not busy_ray_workers(supervisor):
+            return end - since
     return math.inf
 
 
