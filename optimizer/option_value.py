@@ -139,8 +139,8 @@ def solve_tree(
 @dataclass(frozen=True)
 class Interval:
     estimate_usd: float
-    lower_usd: float
-    upper_usd: float
+    lower_usd: float | None  # None: fewer than two replications
+    upper_usd: float | None
     confidence_level: float
     values_usd: tuple[float, ...]
 

@@ -4,8 +4,6 @@ builds it from optimizer.option_value's results."""
 
 from __future__ import annotations
 
-import math
-
 from pydantic import BaseModel
 
 
@@ -164,8 +162,8 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
         value_of_waiting_in_sample_usd=solution.value_of_waiting_usd,
         value_of_waiting=ValueInterval(
             estimate_usd=interval.estimate_usd,
-            lower_usd=interval.lower_usd if math.isfinite(interval.lower_usd) else None,
-            upper_usd=interval.upper_usd if math.isfinite(interval.upper_usd) else None,
+            lower_usd=interval.lower_usd,
+            upper_usd=interval.upper_usd,
             confidence_level=interval.confidence_level,
             replications_usd=list(interval.values_usd),
         ),
