@@ -80,8 +80,7 @@ def evaluate_rolling(
     economics = group_economics(fleet, paths.scenarios)
     grid = economics_grid(fleet, economics)
     root = solution.plan.root
-    leaf0 = solution.plan.leaf_plans[0]
-    bought, dr = dict(leaf0.purchases), dict(leaf0.dr_mw)
+    dr = dict(solution.plan.leaf_plans[0].dr_mw)  # a root commitment: the same on every path
     decisions: dict[int, NodeDecision] = {0: root}
     solves = 0
     for node in range(1, tree.n_nodes):
@@ -90,12 +89,10 @@ def evaluate_rolling(
             continue
         history = tree.path(node)
         decisions[node] = _replan(
-            fleet, tree, paths, history, decisions, bought, dr, seed, risk, solve, time_limit_s, mip_rel_gap
+            fleet, tree, paths, history, decisions, dr, seed, risk, solve, time_limit_s, mip_rel_gap
         )
         solves += 1
-    leaf_plans = [
-        combine_path(fleet, grid, [decisions[n] for n in tree.path(leaf)[:-1]], bought, dr) for leaf in tree.leaves
-    ]
+    leaf_plans = [combine_path(fleet, grid, [decisions[n] for n in tree.path(leaf)[:-1]], dr) for leaf in tree.leaves]
     rolling = np.array(
         [scenario_profits_usd(fleet, economics.columns([w]), p, grid)[0] for w, p in enumerate(leaf_plans)]
     )
@@ -125,7 +122,7 @@ def calculator_plan(fleet: Fleet, solution: TreeSolution) -> Allocation:
     return calculator_allocation(fleet, hashprice, power)
 
 
-def _replan(fleet, tree, paths, history, decisions, bought, dr, seed, risk, solve, time_limit_s, mip_rel_gap):
+def _replan(fleet, tree, paths, history, decisions, dr, seed, risk, solve, time_limit_s, mip_rel_gap):
     """The decision at evaluation node history[-1]: solve a look-ahead tree from its history, ancestors fixed."""
     from optimizer.tree import build_tree_from_branching
 
@@ -150,14 +147,12 @@ def _replan(fleet, tree, paths, history, decisions, bought, dr, seed, risk, solv
     for c, h in zip(chain[:-1], history[:-1], strict=True):
         _fix_node(model, fleet, grid, c, decisions[h])
     if depth > 0:
-        for b in model.B:
-            model.buy[b].fix(bought.get(fleet.purchases[b].id, 0))
         for s in model.dr_mw:
             model.dr_mw[s].fix(dr.get(s, 0.0))
     solve(model, time_limit_s, mip_rel_gap)
     plan = extract_tree_plan(model, fleet)
     chosen = next(d for d in plan.nodes if d.node == chain[-1])
-    return NodeDecision(node, depth, chosen.lifecycles, chosen.conversion_start, chosen.lease_mw)
+    return NodeDecision(node, depth, chosen.lifecycles, chosen.conversion_start, chosen.lease_mw, chosen.purchases)
 
 
 def _branching_at(tree: ScenarioTree, depth: int) -> int:
@@ -177,3 +172,6 @@ def _fix_node(model, fleet: Fleet, grid, node: int, decision: NodeDecision) -> N
         if n == node:
             on = decision.conversion_start.get(s) == k
             model.lease_mw[n, o, s, k].fix(decision.lease_mw.get((o, s), 0.0) if on else 0.0)
+    for n, b in model.NBUY:
+        if n == node:
+            model.buy[n, b].fix(decision.purchases.get(grid.purchase_lots[b].key, 0))

@@ -363,7 +363,8 @@ def print_tree(report, console: Console) -> None:
     for score in report.out_of_sample:
         console.print(f"  out of sample (fresh tree): {score.policy} {score.objective_usd:,.0f}")
     table = Table(title="Decisions per node")
-    for column in ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW"):
+    columns = ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW", "buy")
+    for column in columns:
         table.add_column(column)
     for n in report.tree:
         if n.decision_month is None:
@@ -378,6 +379,7 @@ def print_tree(report, console: Console) -> None:
             "; ".join(f"{c.group}: {c.lifecycle}={c.racks}" for c in n.lifecycles),
             ", ".join(f"{s}@{k}" for s, k in n.conversions.items()),
             ", ".join(f"{k}={v:.3f}" for k, v in n.lease_mw.items()),
+            ", ".join(f"{k}={v}" for k, v in n.purchases.items()),
         )
     console.print(table)
     for rule in report.decision_rules:

@@ -5,6 +5,9 @@ It runs in the caller's process: the trees are small next to the plan's scenario
 cost), every draw is keyed by (seed, stream, node position), so the result is the same wherever it runs.
 `progress(stage, done, total)` hears "tree" (the plan's tree), "tree reps" (each independent tree) and
 "tree oos" (each re-solve of the rolling policy); a callback that raises stops the analysis there.
+
+Every decision date after the first is a recourse date of the fleet the analysis plans (optimizer.multistage
+.with_recourse_at): its nodes may sell, move, idle or restart racks, besides converting and leasing.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ def plan_tree(
 ) -> TreeReport:
     """`provided`: the plan's tree from a file (optimizer.tree_io); `export_path`: write the plan's tree there."""
     from optimizer.fleet import TreeSettings
+    from optimizer.multistage import with_recourse_at
     from optimizer.option_value import value_of_waiting
     from optimizer.rolling import evaluate_rolling
 
     settings = fleet.tree
     if provided is not None:
         dates, branching = tree_shape(provided.tree, fleet.horizon.step_hours)
+        if settings is not None and same_dates(settings.decision_months, provided.tree, fleet):
+            dates = list(settings.decision_months)  # the fleet's own months, not ones rounded back from steps
         settings = settings or TreeSettings(
             decision_months=dates,
             branching=branching,
@@ -45,6 +51,7 @@ def plan_tree(
         raise ValueError("the fleet has no `tree` settings")
     else:
         dates, branching = settings.decision_months, settings.per_date()
+    fleet = with_recourse_at(fleet, dates)
     report = progress or (lambda stage, done, total: None)
     result = value_of_waiting(
         fleet,
@@ -73,6 +80,12 @@ def plan_tree(
         )
         report("tree oos", 1, 1)
     return tree_report(fleet, dates, branching, result, rolling)
+
+
+def same_dates(decision_months, tree, fleet: Fleet) -> bool:
+    from optimizer.tree import decision_steps_of
+
+    return decision_steps_of(decision_months, fleet.horizon.step_hours, fleet.horizon.n_steps) == tree.decision_steps
 
 
 def tree_shape(tree, step_hours: float) -> tuple[list[float], list[int]]:

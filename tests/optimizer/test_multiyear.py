@@ -59,20 +59,31 @@ def every_plan(fleet: Fleet, grid: PlanGrid):
         [dict(zip(keys, counts, strict=True)) for counts in compositions(group.racks, len(keys))]
         for group, keys in zip(fleet.rack_groups, options, strict=True)
     ]
-    for combo in itertools.product(*per_group, range(fleet.purchases[0].max_racks + 1)):
+    for combo in itertools.product(*per_group, purchase_splits(fleet, grid)):
         *counts, bought = combo
         lifecycles = {g.id: {k: n for k, n in c.items() if n} for g, c in zip(fleet.rack_groups, counts, strict=True)}
         starts = {int(k[3]) for c in lifecycles.values() for k in c if k.startswith("ai@")}
         if len(starts) > 1:
             continue  # a site converts once
         conversion = {"a": starts.pop()} if starts else {}
-        plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, purchases={"new-a": bought})
+        plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, purchases=bought)
         if conversion:
             mw = largest_lease_mw(fleet, grid, plan, conversion["a"])
             lease = {("colo", "a"): mw} if mw > 0 else {}
-            plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, lease, purchases={"new-a": bought})
+            plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, lease, purchases=bought)
         if not check_feasible(fleet, plan):
             yield plan
+
+
+def purchase_splits(fleet: Fleet, grid: PlanGrid) -> list[dict[str, int]]:
+    """Every way to order the one purchase option's racks over its lots (today, and each recourse date)."""
+    option, keys = fleet.purchases[0], [lot.key for lot in grid.purchase_lots]
+    counts = itertools.product(range(option.max_racks + 1), repeat=len(keys))
+    return [
+        {k: n for k, n in zip(keys, c, strict=True) if n}
+        for c in counts
+        if c[0] >= option.min_racks and sum(c) <= option.max_racks
+    ]
 
 
 def brute_force(fleet: Fleet, grid: PlanGrid, economics, risk: RiskSettings) -> tuple[float, Allocation]:
