@@ -170,8 +170,9 @@ def _add_site_limits(model, block, fleet: Fleet, site: Site, scenarios: Scenario
         called = [(w, t) for w in model.S for t in model.T if calls[w, t]]
         block.dr_drop = pyo.Constraint(
             called,
-            rule=lambda b, w, t: mining_kw[w, t]
-            <= model.mining_kw[site.id, int(period[t])] - model.dr_mw[site.id] * KW_PER_MW,
+            rule=lambda b, w, t: (
+                mining_kw[w, t] <= model.mining_kw[site.id, int(period[t])] - model.dr_mw[site.id] * KW_PER_MW
+            ),
         )
     return served
 

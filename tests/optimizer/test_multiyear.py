@@ -301,18 +301,20 @@ def example_five_years():
     return with_overrides(load_fleet(EXAMPLES / "fleet.yaml"), {"scenarios": {"count": 3}})
 
 
+@pytest.mark.parametrize("kernel", [False, True], ids=["numpy", "kernel"])
 @pytest.mark.parametrize(
     "make_fleet",
     [example_five_years, *(lambda seed=seed: parse_fleet(random_fleet_data(seed)) for seed in range(6))],
     ids=["example", *(f"random{seed}" for seed in range(6))],
 )
-def test_streamed_economics_equal_a_direct_computation_per_step_to_the_cent(make_fleet):
-    """Every profile sum of the threshold-shared, masks-by-matmul economics against the plain per-step sums:
-    the example fleet (five years hourly, moves, purchases, events, take-or-pay) and random fleets (every
-    contract type, 15-, 30-, 60- and 180-minute steps, events and calls, many groups per threshold)."""
+def test_streamed_economics_equal_a_direct_computation_per_step_to_the_cent(make_fleet, kernel):
+    """Every profile sum of the threshold-shared economics, by numpy (masks by matmul) and by the compiled
+    one-pass kernel, against the plain per-step sums: the example fleet (five years hourly, moves, purchases,
+    events, take-or-pay) and random fleets (every contract type, 15-, 30-, 60- and 180-minute steps, events
+    and calls, many groups per threshold)."""
     fleet = make_fleet()
     scenarios = scenarios_for(fleet)
-    economics, grid = group_economics(fleet, scenarios), plan_grid(fleet)
+    economics, grid = group_economics(fleet, scenarios, kernel=kernel), plan_grid(fleet)
     direct = direct_economics(fleet, scenarios, economics, grid)
     cent = 0.005
     np.testing.assert_allclose(economics.hash_revenue_usd, direct["rev"], rtol=0, atol=cent)
