@@ -1,21 +1,28 @@
-"""Dispatch under load: throughput and client-side p50/p99 from 30 concurrent clients on loopback.
+"""The service's measured figures in one run: Dispatch under load, stop latency, peak memory.
 
-    .venv/bin/python bench/bench_service.py [--clients 30] [--processes 6] [--seconds 10] [--max-request]
+    .venv/bin/python bench/bench_service.py [--clients 30] [--processes 6] [--seconds 10] [--no-max-request]
 
-Starts `hashpivot serve` as its own process (embedded Ray, temporary database, bearer-token auth on,
-as in production), plans examples/tiny.yaml, then runs `--clients` Dispatch clients (threads spread
-over `--processes` processes, so the Python clients are not all behind one GIL), each with its own
-channel and token, sending back-to-back calls for `--seconds`:
-1. idle server;
-2. while a plan job of examples/fleet.yaml (with robustness) runs on the same server.
-Prints calls/s and client-side p50/p99/max per phase. With --max-request, also submits the largest
-request admission lets through (scaled from examples/fleet.yaml) and prints the server process
-tree's peak RSS while it runs (slow: minutes, several GB).
+Starts `hashpivot serve` as its own process tree (supervisor, server, embedded Ray; temporary
+database; bearer-token auth on, as in production), plans examples/tiny.yaml, then prints:
+1. Dispatch: `--clients` clients (threads spread over `--processes` processes, so the clients are
+   not all behind one GIL), each with its own channel and token, sending back-to-back calls for
+   `--seconds`: calls/s and client-side p50/p99/max, on an idle server, against a bare grpc.aio
+   server that returns a fixed reply (what gRPC, the Python clients and the machine allow at that
+   moment: the ratio is hashpivot's share of it), and while a plan job of examples/fleet.yaml runs;
+2. stop latency: seconds from a CancelPlanJob of a running fleet.yaml job, from the deadline of an
+   Optimize of it, and from its caller dropping such an Optimize, until the work is gone: no Ray
+   worker of the tree runs a task (economics, HiGHS) and the server process is idle again;
+3. (unless --no-max-request; about a minute, ~1.4 GB) the largest request admission admits at the
+   default limits (examples/fleet.yaml scaled in scenarios), run as a job: the process tree's peak
+   memory (PSS: driver, Ray and its workers) next to admission's estimate.
+Every figure comes with the machine's cores, memory and load average: other work on the machine
+moves them.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing as mp
 import os
 import re
@@ -30,6 +37,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOKEN = "bench-service-token"
+METADATA = (("authorization", f"Bearer {TOKEN}"),)
+RUNNING, FINAL_STATES = 2, 3  # PlanJobState numbers (protos/hashpivot/v1/jobs.proto): RUNNING; SUCCEEDED and above end
+QUIET_WINDOW_S = 0.25
+QUIET_CORES = 0.3  # the server's own upkeep (health, Ray probes) stays well below this
+# The job Dispatch runs against: examples/fleet.yaml planned (~20 s on 2 cores), then a light robustness
+# pass (~30 s more) that admission admits (14M scenario steps of the default 20M), so the job outlasts
+# the client processes' start-up and the measured window.
+BUSY_JOB_ROBUSTNESS = {"oos_scenarios": 100, "replications": 1, "wait_and_see_scenarios": 20, "sensitivity": False}
+# Ray workers with these titles run no task of ours: idle workers, the progress actor, Ray's agents.
+IDLE_TITLES = ("ray::IDLE", "ray::ProgressRelay", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
 def start_server(db: Path) -> tuple[subprocess.Popen, str]:
@@ -52,13 +69,23 @@ def start_server(db: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start")
 
 
-def _client_thread(target: str, plan_id: str, start_at: float, stop_at: float, out: list[float], seed: int) -> None:
+def server_pid(supervisor: int) -> int:
+    """The server process: the supervisor's child (services/supervisor.py)."""
+    for _ in range(100):
+        with open(f"/proc/{supervisor}/task/{supervisor}/children") as f:
+            children = f.read().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.1)
+    raise RuntimeError("the supervisor has no server process")
+
+
+def _client_thread(target: str, plan_id: str, ready, go, seconds: float, out: list[float], seed: int) -> None:
     import grpc
 
     from protos.hashpivot.v1 import planner_service_pb2 as pb
     from protos.hashpivot.v1 import planner_service_pb2_grpc
 
-    metadata = (("authorization", f"Bearer {TOKEN}"),)
     prices = [30.0 + (seed * 7 + k) % 90 for k in range(64)]
     with grpc.insecure_channel(target) as channel:
         stub = planner_service_pb2_grpc.PlannerServiceStub(channel)
@@ -68,46 +95,86 @@ def _client_thread(target: str, plan_id: str, start_at: float, stop_at: float, o
             )
             for p in prices
         ]
-        stub.Dispatch(requests[0], metadata=metadata, timeout=10)  # connect before the clock starts
-        time.sleep(max(0.0, start_at - time.time()))
-        k = 0
-        while time.time() < stop_at:
-            begin = time.perf_counter()
-            stub.Dispatch(requests[k % len(requests)], metadata=metadata, timeout=10)
+        stub.Dispatch(requests[0], metadata=METADATA, timeout=30)  # connect before the clock starts
+        ready.put(seed)
+        go.wait()
+        stop_at, k = time.perf_counter() + seconds, 0
+        while (begin := time.perf_counter()) < stop_at:
+            stub.Dispatch(requests[k % len(requests)], metadata=METADATA, timeout=10)
             out.append(time.perf_counter() - begin)
             k += 1
 
 
-def _client_process(target: str, plan_id: str, threads: int, start_at: float, stop_at: float, first: int, queue):
+def _client_process(target: str, plan_id: str, threads: int, ready, go, seconds: float, first: int, results_queue):
     results: list[list[float]] = [[] for _ in range(threads)]
     workers = [
-        threading.Thread(target=_client_thread, args=(target, plan_id, start_at, stop_at, results[i], first + i))
+        threading.Thread(target=_client_thread, args=(target, plan_id, ready, go, seconds, results[i], first + i))
         for i in range(threads)
     ]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    queue.put([x for r in results for x in r])
+    results_queue.put([x for r in results for x in r])
 
 
 def dispatch_load(target: str, plan_id: str, clients: int, processes: int, seconds: float) -> tuple[float, list[float]]:
+    """Every client connected first (client processes start slowly on a loaded machine), then all go at once."""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    start_at = time.time() + 3.0  # every process imported and connected
-    stop_at = start_at + seconds
+    ready, go, results_queue = ctx.Queue(), ctx.Event(), ctx.Queue()
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     procs = [
-        ctx.Process(target=_client_process, args=(target, plan_id, n, start_at, stop_at, sum(per[:i]), queue))
+        ctx.Process(target=_client_process, args=(target, plan_id, n, ready, go, seconds, sum(per[:i]), results_queue))
         for i, n in enumerate(per)
         if n
     ]
     for p in procs:
         p.start()
-    latencies = [x for _ in procs for x in queue.get()]
+    for _ in range(clients):
+        ready.get(timeout=120)
+    go.set()
+    latencies = [x for _ in procs for x in results_queue.get()]
     for p in procs:
         p.join()
     return len(latencies) / seconds, latencies
+
+
+def _bare_server(port_queue) -> None:
+    """A grpc.aio server whose Dispatch returns a fixed reply: no auth, bounds, metrics or decision."""
+    import asyncio
+
+    import grpc
+
+    from protos.hashpivot.v1 import planner_service_pb2 as pb
+    from protos.hashpivot.v1 import planner_service_pb2_grpc
+
+    reply = pb.DispatchResponse(plan_id="bare", racks_run=1)
+
+    class Bare(planner_service_pb2_grpc.PlannerServiceServicer):
+        async def Dispatch(self, request, context):
+            return reply
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(Bare(), server)
+        port_queue.put(server.add_insecure_port("127.0.0.1:0"))
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def bare_grpc_load(clients: int, processes: int, seconds: float) -> tuple[float, list[float]]:
+    """The same load against the bare server: what gRPC, the clients and the machine allow at this moment."""
+    ctx = mp.get_context("spawn")
+    port_queue = ctx.Queue()
+    bare = ctx.Process(target=_bare_server, args=(port_queue,), daemon=True)
+    bare.start()
+    try:
+        return dispatch_load(f"127.0.0.1:{port_queue.get(timeout=120)}", "bare", clients, processes, seconds)
+    finally:
+        bare.terminate()
+        bare.join()
 
 
 def report(label: str, rate: float, latencies: list[float]) -> None:
@@ -121,49 +188,169 @@ def report(label: str, rate: float, latencies: list[float]) -> None:
     )
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """RSS of a process and all its descendants (the server, its Ray and workers), from /proc."""
-    total, frontier, seen = 0, [pid], set()
+def _tree_pids(pid: int) -> list[int]:
+    """A process and all its descendants (the supervisor, the server, its Ray and workers), from /proc."""
+    found, frontier = [], [pid]
     while frontier:
         p = frontier.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+        found.append(p)
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
             with open(f"/proc/{p}/task/{p}/children") as f:
                 frontier += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
+        except OSError:
+            continue
+    return found
+
+
+def tree_memory_bytes(pid: int) -> int:
+    """Proportional set size (PSS) of the process tree: shared pages (Ray's object store, libraries)
+    counted once across the processes that map them, where summing RSS would count them per process."""
+    total = 0
+    for p in _tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
             continue
     return total
 
 
-def max_admitted_request(client, pid: int) -> None:
-    from optimizer.fleet import load_fleet, with_overrides
-    from services.admission import Limits, estimate
+def busy_ray_workers(pid: int) -> list[str]:
+    """Process titles of the tree's Ray workers that run a task (economics, HiGHS, robustness)."""
+    busy = []
+    for p in _tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and not title.startswith(IDLE_TITLES):
+            busy.append(title)
+    return busy
 
-    fleet = load_fleet(ROOT / "examples" / "fleet.yaml")
-    limits, count = Limits(), fleet.scenarios.count
-    while True:  # the largest scenario count admission admits, in steps of 10 %
-        bigger = with_overrides(fleet, {"scenarios": {"count": int(count * 1.1)}})
-        e = estimate(bigger)
-        if e.scenario_steps > limits.max_scenario_steps or e.memory_bytes > limits.max_memory_bytes:
-            break
-        fleet, count = bigger, bigger.scenarios.count
-    e = estimate(fleet)
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def seconds_until_quiet(supervisor: int, server: int, since: float, timeout_s: float = 60.0) -> float:
+    """Seconds from `since` (time.monotonic) until no Ray worker of the tree runs a task and the server
+    process itself uses under QUIET_CORES of a CPU (its run thread stopped too): the end of the first
+    quiet QUIET_WINDOW_S window, an upper bound at that resolution."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before, at = cpu_seconds(server), time.monotonic()
+        time.sleep(QUIET_WINDOW_S)
+        end = time.monotonic()
+        if (cpu_seconds(server) - before) / (end - at) < QUIET_CORES and not busy_ray_workers(supervisor):
+            return end - since
+    return math.inf
+
+
+def started(client, job_id: str, stage: str = "scenarios") -> None:
+    """Until the job runs and has reached `stage` (its Ray tasks hold the CPUs)."""
+    for event in client.watch(job_id, timeout_s=600):
+        if event.state == RUNNING and event.progress.stage == stage or event.state >= FINAL_STATES:
+            return
+
+
+def stop_latencies(client, supervisor: int, server: int) -> None:
+    """Seconds from a cancel, a passed deadline and a dropped caller until the work has stopped; each
+    time once the run's Ray tasks are busy (a stop before any work starts proves nothing)."""
+    from protos.hashpivot.v1 import planner_service_pb2 as pb
+    from services.client import PlannerError, fleet_message
+
+    fleet = ROOT / "examples" / "fleet.yaml"
     job = client.submit(fleet)
-    peak = 0
-    while True:
-        peak = max(peak, tree_rss_bytes(pid))
+    busy_s = wait_until_busy(supervisor)
+    asked = time.monotonic()
+    state = client.cancel(job.job_id).state
+    ended_s = time.monotonic() - asked
+    quiet_s = seconds_until_quiet(supervisor, server, asked)
+    print(
+        f"  CancelPlanJob of a fleet.yaml job {busy_s:.1f} s into its Ray tasks: state {state} "
+        f"(5 = CANCELLED) after {ended_s:.2f} s, work gone after {quiet_s:.2f} s",
+        flush=True,
+    )
+    deadline_s = 8.0  # the plan fits (~4-6 s), its robustness pass does not: the deadline stops that
+    sent = time.monotonic()
+    try:
+        client.optimize(fleet, timeout_s=deadline_s, robustness=BUSY_JOB_ROBUSTNESS)
+        outcome = "a plan (the deadline did not pass: nothing to stop)"
+    except PlannerError as exc:
+        outcome = exc.code.name
+    replied_s = time.monotonic() - sent
+    quiet_s = seconds_until_quiet(supervisor, server, sent + deadline_s)
+    print(
+        f"  Optimize fleet.yaml with robustness and a {deadline_s:.0f} s deadline: {outcome} after "
+        f"{replied_s:.2f} s, work gone {quiet_s:.2f} s after the deadline",
+        flush=True,
+    )
+    future = client.stub.Optimize.future(pb.OptimizeRequest(fleet=fleet_message(fleet)), metadata=METADATA)
+    busy_s = wait_until_busy(supervisor)
+    dropped = time.monotonic()
+    future.cancel()
+    quiet_s = seconds_until_quiet(supervisor, server, dropped)
+    print(
+        f"  Optimize fleet.yaml dropped by its caller {busy_s:.1f} s into its Ray tasks: "
+        f"work gone after {quiet_s:.2f} s",
+        flush=True,
+    )
+
+
+def wait_until_busy(supervisor: int, settle_s: float = 2.0, timeout_s: float = 120.0) -> float:
+    """Until a Ray worker of the tree runs a task, then `settle_s` more; -> seconds since the task was seen."""
+    deadline = time.monotonic() + timeout_s
+    while not busy_ray_workers(supervisor) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle_s)
+    return settle_s
+
+
+def max_admitted_request(client, supervisor: int) -> None:
+    """The largest scaling of examples/fleet.yaml admission admits at the default limits, run as a job,
+    with the server tree's peak memory next to admission's estimate."""
+    from optimizer.fleet import load_fleet
+    from services.admission import Limits
+
+    fleet, e = largest_admitted(load_fleet(ROOT / "examples" / "fleet.yaml"), Limits())
+    baseline = tree_memory_bytes(supervisor)
+    job = client.submit(fleet)
+    peak, state, begin = baseline, RUNNING, time.monotonic()
+    while state < FINAL_STATES:
+        peak = max(peak, tree_memory_bytes(supervisor))
         state = client.get(job.job_id)[0].state
-        if state >= 3:  # a final PlanJobState
-            break
         time.sleep(0.5)
     print(
-        f"max admitted request: {count:,} scenarios x {fleet.horizon.n_steps:,} steps; estimate "
-        f"{e.memory_bytes / 2**30:.2f} GiB; peak RSS of the server tree {peak / 2**30:.2f} GiB; final state {state}"
+        f"max admitted request: examples/fleet.yaml at {fleet.scenarios.count:,} scenarios x "
+        f"{fleet.horizon.n_steps:,} steps ({e.scenario_steps:,} scenario steps of {Limits().max_scenario_steps:,}); "
+        f"admission estimate {e.memory_bytes / 2**30:.2f} GiB; server tree PSS peak {peak / 2**30:.2f} GiB "
+        f"({(peak - baseline) / 2**30:.2f} GiB above the idle server's {baseline / 2**30:.2f} GiB); "
+        f"job state {state} after {time.monotonic() - begin:.0f} s",
+        flush=True,
     )
+
+
+def largest_admitted(fleet, limits):
+    """Scale the scenario count up in 10 % steps while admission admits the plan request."""
+    from optimizer.fleet import with_overrides
+    from services.admission import check, estimate
+
+    while True:
+        bigger = with_overrides(fleet, {"scenarios": {"count": int(fleet.scenarios.count * 1.1) + 1}})
+        if check(bigger, None, limits):
+            return fleet, estimate(fleet)
+        fleet = bigger
+
+
+def machine() -> str:
+    with open("/proc/meminfo") as f:
+        mem_gib = int(f.readline().split()[1]) / 2**20
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, load average {load}"
 
 
 def main() -> None:
@@ -171,29 +358,36 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=30)
     parser.add_argument("--processes", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--max-request", action="store_true")
+    parser.add_argument("--no-max-request", action="store_true", help="skip the largest admitted request (minutes)")
     args = parser.parse_args()
 
     from services.client import PlannerClient
 
     with tempfile.TemporaryDirectory() as tmp:
         process, target = start_server(Path(tmp) / "bench.sqlite")
+        server = server_pid(process.pid)
         try:
             with PlannerClient(target, timeout_s=600, token=TOKEN) as client:
                 plan_id = client.optimize(ROOT / "examples" / "tiny.yaml").plan_id
+                print(f"machine: {machine()}", flush=True)
                 rate, latencies = dispatch_load(target, plan_id, args.clients, args.processes, args.seconds)
                 report(f"{args.clients} clients, idle server", rate, latencies)
-                job = client.submit(ROOT / "examples" / "fleet.yaml", robustness={})
-                for event in client.watch(job.job_id, timeout_s=600):
-                    if event.state == 2:  # RUNNING
-                        break
+                bare_rate, latencies = bare_grpc_load(args.clients, args.processes, args.seconds)
+                report(f"{args.clients} clients, bare grpc.aio server (fixed reply)", bare_rate, latencies)
+                print(f"  hashpivot's idle rate / the bare server's: {rate / bare_rate:.2f}", flush=True)
+                job = client.submit(ROOT / "examples" / "fleet.yaml", robustness=BUSY_JOB_ROBUSTNESS)
+                started(client, job.job_id)
                 rate, latencies = dispatch_load(target, plan_id, args.clients, args.processes, args.seconds)
-                still = client.get(job.job_id)[0].state == 2
+                still = client.get(job.job_id)[0].state == RUNNING
                 report(f"{args.clients} clients, fleet.yaml job running{'' if still else ' (job ended early)'}",
                        rate, latencies)  # fmt: skip
-                client.cancel(job.job_id)
-                if args.max_request:
+                if still:
+                    client.cancel(job.job_id)
+                print(f"stop latency (target 2 s); machine: {machine()}", flush=True)
+                stop_latencies(client, process.pid, server)
+                if not args.no_max_request:
                     max_admitted_request(client, process.pid)
+                print(f"machine at the end: {machine()}")
         finally:
             process.terminate()
             process.wait(60)

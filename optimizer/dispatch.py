@@ -71,16 +71,13 @@ class DispatchTable:
     fleet: Fleet  # with `allocation`, the plan's first stage: what a coupled step is dispatched against
     allocation: Allocation
     fleet_group_index: np.ndarray  # [G] position of each group in fleet.rack_groups
-
-    @property
-    def meter_mw(self) -> np.ndarray:
-        """[G] load of each group's mining racks at the meter, PUE included."""
-        return self.racks * self.rack_power_kw * self.pue / KW_PER_MW
-
-    @property
-    def rack_meter_mw(self) -> np.ndarray:
-        """[G] load of one mining rack at the meter, PUE included."""
-        return self.rack_power_kw * self.pue / KW_PER_MW
+    # Derived once per plan (build_dispatch_table), so that a decision is a few operations per call:
+    rack_meter_mw: np.ndarray  # [G] load of one mining rack at the meter, PUE included
+    meter_mw: np.ndarray  # [G] load of each group's mining racks at the meter, PUE included
+    revenue_usd_per_rack_hour_per_hashprice: np.ndarray  # [G] hash revenue after pool fee per $/PH/day
+    breakeven_usd_per_mwh_per_hashprice: np.ndarray  # [G] breakeven power price per $/PH/day (linear in it)
+    site_position: dict[str, int]  # site id -> position in site_ids
+    mining_site_positions: tuple[int, ...]  # positions of the sites with mining racks, each once
 
 
 @dataclass(frozen=True)
@@ -143,16 +140,23 @@ def build_dispatch_table(
     market_sites: dict[str, list[int]] = {m.id: [] for m in fleet.markets}
     for n, site in enumerate(fleet.sites):
         market_sites[site.market].append(n)
+    racks = np.array([racks_mine[g.id] for g in groups], dtype=np.int64)
+    rack_hashrate_ths = np.array([fleet.rack_hashrate_ths(g) for g in groups], dtype=float)
+    rack_power_kw = np.array([fleet.rack_power_kw(g) for g in groups], dtype=float)
+    pue = np.array([fleet.site(g.site).pue_mining for g in groups], dtype=float)
+    efficiency_j_per_th = np.array([fleet.machine(g.machine).efficiency_j_per_th for g in groups], dtype=float)
+    rack_meter_mw = rack_power_kw * pue / KW_PER_MW
+    revenue_per_hashprice = rack_hashrate_ths / TH_PER_PH / HOURS_PER_DAY * (1.0 - fleet.pool_fee_fraction)
     return DispatchTable(
         group_ids=tuple(g.id for g in groups),
         group_sites=tuple(g.site for g in groups),
         site_ids=site_ids,
         site_index=np.array([position[g.site] for g in groups], dtype=np.intp),
-        racks=np.array([racks_mine[g.id] for g in groups], dtype=np.int64),
-        rack_hashrate_ths=np.array([fleet.rack_hashrate_ths(g) for g in groups], dtype=float),
-        rack_power_kw=np.array([fleet.rack_power_kw(g) for g in groups], dtype=float),
-        pue=np.array([fleet.site(g.site).pue_mining for g in groups], dtype=float),
-        efficiency_j_per_th=np.array([fleet.machine(g.machine).efficiency_j_per_th for g in groups], dtype=float),
+        racks=racks,
+        rack_hashrate_ths=rack_hashrate_ths,
+        rack_power_kw=rack_power_kw,
+        pue=pue,
+        efficiency_j_per_th=efficiency_j_per_th,
         pool_fee_fraction=fleet.pool_fee_fraction,
         default_price_usd_per_mwh=np.array(default_price, dtype=float),
         rack_ids=tuple(tuple(rack_ids_mine[g.id]) if rack_ids_mine else () for g in groups),
@@ -164,6 +168,14 @@ def build_dispatch_table(
         fleet=fleet,
         allocation=allocation,
         fleet_group_index=np.array([group_position[g.id] for g in groups], dtype=np.intp),
+        rack_meter_mw=rack_meter_mw,
+        meter_mw=racks * rack_meter_mw,
+        revenue_usd_per_rack_hour_per_hashprice=revenue_per_hashprice,
+        breakeven_usd_per_mwh_per_hashprice=breakeven_power_price_usd_per_mwh(
+            1.0, efficiency_j_per_th, pue, fleet.pool_fee_fraction
+        ),
+        site_position=position,
+        mining_site_positions=tuple(dict.fromkeys(position[g.site] for g in groups)),
     )
 
 
@@ -201,7 +213,7 @@ def site_prices_usd_per_mwh(
         for n in table.market_sites[market]:
             if not math.isnan(table.spot_offset_usd_per_mwh[n]):
                 out[n] = spot + table.spot_offset_usd_per_mwh[n]
-    position = {s: i for i, s in enumerate(table.site_ids)}
+    position = table.site_position
     for site, price in prices.items():
         where = f"power_price_usd_per_mwh_by_site[{site}]"
         if site not in position:
@@ -209,10 +221,10 @@ def site_prices_usd_per_mwh(
         if not math.isfinite(price):
             raise DispatchInputError(where, f"must be finite (got {price})")
         out[position[site]] = price + table.site_price_offset_usd_per_mwh[position[site]]
-    for site in dict.fromkeys(table.group_sites):
-        if math.isnan(out[position[site]]):
+    for n in table.mining_site_positions:
+        if math.isnan(out[n]):
             raise DispatchInputError(
-                f"power_price_usd_per_mwh_by_site[{site}]",
+                f"power_price_usd_per_mwh_by_site[{table.site_ids[n]}]",
                 "required: the site has mining racks and no fixed contract price; give its price or its "
                 "market's spot price",
             )
@@ -272,10 +284,8 @@ def decide(
     if not (hashprice >= 0 and math.isfinite(hashprice)):
         raise DispatchInputError("hashprice_usd_per_ph_day", f"must be a finite number >= 0 (got {hashprice})")
     price = site_price_usd_per_mwh[table.site_index]
-    revenue_usd_per_hour = (
-        table.rack_hashrate_ths * hashprice / TH_PER_PH / HOURS_PER_DAY * (1.0 - table.pool_fee_fraction)
-    )
-    cost_usd_per_hour = table.rack_power_kw * table.pue / KW_PER_MW * price
+    revenue_usd_per_hour = table.revenue_usd_per_rack_hour_per_hashprice * hashprice
+    cost_usd_per_hour = table.rack_meter_mw * price
     margin = revenue_usd_per_hour - cost_usd_per_hour
     run = margin > 0
     racks_run = np.where(run, table.racks, 0)
@@ -288,9 +298,7 @@ def decide(
         hashprice_usd_per_ph_day=hashprice,
         run=run,
         power_price_usd_per_mwh=price,
-        breakeven_power_price_usd_per_mwh=breakeven_power_price_usd_per_mwh(
-            hashprice, table.efficiency_j_per_th, table.pue, table.pool_fee_fraction
-        ),
+        breakeven_power_price_usd_per_mwh=table.breakeven_usd_per_mwh_per_hashprice * hashprice,
         margin_usd_per_rack_hour=margin,
         racks_run=racks_run,
         lp_racks_run=lp_racks_run,

@@ -24,10 +24,10 @@ import contextvars
 import enum
 import hashlib
 import inspect
+import itertools
 import logging
 import os
 import secrets
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,10 +199,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return wrap_handler(handler, lambda behavior: _with_caller(behavior, caller, method, request_id))
 
 
+# Ids for calls that bring none: a random prefix per server process and a counter, unique in its
+# logs at a fraction of uuid4's cost (an os.urandom call on every Dispatch).
+_REQUEST_PREFIX = secrets.token_hex(4)
+_REQUEST_COUNTER = itertools.count(1)
+
+
 def _request_id(metadata) -> str:
     """The caller's x-request-id (clipped), else a fresh one: it ties the caller's logs to ours."""
     given = next((v for k, v in metadata or () if k == REQUEST_ID_HEADER), None)
-    return given[:64] if isinstance(given, str) and given else uuid.uuid4().hex[:16]
+    return given[:64] if isinstance(given, str) and given else f"{_REQUEST_PREFIX}-{next(_REQUEST_COUNTER):x}"
 
 
 def _with_caller(behavior: Callable, caller: Caller, method: str, request_id: str) -> Callable:

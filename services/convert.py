@@ -527,33 +527,46 @@ _ACTIONS = (  # index 0: every rack of the group runs, 1: none, 2: some (a limit
 
 
 def dispatch_response(plan_id: str, table, decision, include_rack_ids: bool) -> planner_service_pb2.DispatchResponse:
-    """optimizer.dispatch's table and decision -> DispatchResponse."""
-    racks, racks_run = table.racks, decision.racks_run
-    mw, run_mw = table.meter_mw, racks_run * table.rack_meter_mw
+    """optimizer.dispatch's table and decision -> DispatchResponse (plain floats: one conversion per array)."""
+    racks, racks_run, mw = table.racks.tolist(), decision.racks_run.tolist(), table.meter_mw.tolist()
+    run_mw = [n * rack_mw for n, rack_mw in zip(racks_run, table.rack_meter_mw.tolist(), strict=True)]
+    columns = zip(
+        table.group_ids,
+        table.group_sites,
+        racks,
+        mw,
+        decision.power_price_usd_per_mwh.tolist(),
+        decision.breakeven_power_price_usd_per_mwh.tolist(),
+        decision.margin_usd_per_rack_hour.tolist(),
+        table.rack_ids,
+        racks_run,
+        run_mw,
+        strict=True,
+    )
     groups = [
         planner_service_pb2.GroupDispatch(
-            group=table.group_ids[g],
-            site=table.group_sites[g],
-            action=_ACTIONS[0 if racks_run[g] == racks[g] else 1 if racks_run[g] == 0 else 2],
-            racks=int(racks[g]),
-            mw=float(mw[g]),
-            power_price_usd_per_mwh=float(decision.power_price_usd_per_mwh[g]),
-            breakeven_power_price_usd_per_mwh=float(decision.breakeven_power_price_usd_per_mwh[g]),
-            margin_usd_per_rack_hour=float(decision.margin_usd_per_rack_hour[g]),
-            rack_ids=table.rack_ids[g] if include_rack_ids else (),
-            racks_run=int(racks_run[g]),
-            run_mw=float(run_mw[g]),
+            group=group,
+            site=site,
+            action=_ACTIONS[0 if n_run == n else 1 if n_run == 0 else 2],
+            racks=n,
+            mw=group_mw,
+            power_price_usd_per_mwh=price,
+            breakeven_power_price_usd_per_mwh=breakeven,
+            margin_usd_per_rack_hour=margin,
+            rack_ids=ids if include_rack_ids else (),
+            racks_run=n_run,
+            run_mw=group_run_mw,
         )
-        for g in range(len(table.group_ids))
+        for group, site, n, group_mw, price, breakeven, margin, ids, n_run, group_run_mw in columns
     ]
     response = planner_service_pb2.DispatchResponse(
         plan_id=plan_id,
         hashprice_usd_per_ph_day=decision.hashprice_usd_per_ph_day,
         groups=groups,
-        racks_run=int(racks_run.sum()),
-        racks_curtailed=int((racks - racks_run).sum()),
-        run_mw=float(run_mw.sum()),
-        curtailed_mw=float((mw - run_mw).sum()),
+        racks_run=sum(racks_run),
+        racks_curtailed=sum(racks) - sum(racks_run),
+        run_mw=sum(run_mw),
+        curtailed_mw=sum(mw) - sum(run_mw),
     )
     for state in decision.sites:
         fill_message(response.sites.add(), dataclasses.asdict(state))

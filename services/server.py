@@ -13,7 +13,8 @@
   period to finish, running jobs stop and go back to the queue (a server started on the same
   database runs them again).
 - Ray: joins the cluster at --ray-address / $RAY_ADDRESS, else starts an embedded local Ray bound
-  to loopback; an already initialised Ray (tests, notebooks) is reused.
+  to loopback, its workers at a lower CPU priority than the server (solvers/ray_pool.py), so that
+  a running plan does not starve Dispatch calls; an already initialised Ray (tests, notebooks) is reused.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class PlannerServer:
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="hashpivot-run")
         )
-        await asyncio.to_thread(ensure_ray, config.ray_address)
+        await asyncio.to_thread(lambda: ensure_ray(config.ray_address, yield_to_serving=True))
         self.relay = new_relay()
         self.runner = JobRunner(
             self.store,

@@ -56,7 +56,9 @@ from solvers.ray_pool import (
     runs_in_process,
 )
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+# (stage, done, total). It is also called again with unchanged figures while a stage waits on long
+# batches: a heartbeat, so that a callback that stops the run (solvers/runs.py) acts within a poll.
+Progress = Callable[[str, int, int], None]
 
 OPTIMIZATION_STREAM = 0  # seed streams: see optimizer.scenarios.scenario_rng
 
@@ -142,16 +144,22 @@ def streamed_economics(
     return concat_economics(parts), (concat_scenarios(kept) if keep else None)
 
 
-def _scenario_ticker(parts: list[range], count: int, progress: Progress) -> Callable[[int], None]:
-    """Reports 0 of `count` scenarios now, and returns the per-batch callback that counts the rest."""
+def _scenario_ticker(
+    parts: list[range], count: int, progress: Progress
+) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """Reports 0 of `count` scenarios now; returns the per-batch callback that counts the rest, and one
+    that repeats the last report (while waiting)."""
     done = [0]
 
     def tick(index: int) -> None:
         done[0] += len(parts[index])
         progress("scenarios", done[0], count)
 
+    def again() -> None:
+        progress("scenarios", done[0], count)
+
     progress("scenarios", 0, count)
-    return tick
+    return tick, again
 
 
 @lazy_remote(num_cpus=1)
@@ -176,7 +184,7 @@ def economics_batches(
     fleet_ref = put(fleet)
     provided_ref = None if spec.provided is None else put(spec.provided)
     parts = batches(spec.count, batch_size)
-    tick = _scenario_ticker(parts, spec.count, progress)
+    tick, _ = _scenario_ticker(parts, spec.count, progress)
     args = [(fleet_ref, rows, spec.seed, spec.stream, provided_ref, spec.draw_step_minutes) for rows in parts]
     return EconomicsBatches.from_refs(fleet, fan_out_refs(_economics_only, args, workers, tick), workers)
 
@@ -193,7 +201,7 @@ def compute_economics(
     fleet_ref = put(fleet)
     provided_ref = None if spec.provided is None else put(spec.provided)  # put once, pass references
     parts = batches(spec.count, batch_size)
-    tick = _scenario_ticker(parts, spec.count, progress)
+    tick, again = _scenario_ticker(parts, spec.count, progress)
     results = fan_out(
         _economics_batch,
         [
@@ -202,6 +210,7 @@ def compute_economics(
         ],
         workers,
         tick,
+        on_wait=again,
     )
     economics = concat_economics([econ for econ, _ in results])
     scenarios = concat_scenarios([s for _, s in results]) if keep_scenarios else None

@@ -141,7 +141,22 @@ def get(ref: Any) -> Any:
 # Starting Ray
 
 
-def _init(address: str | None, num_cpus: int | None) -> None:
+# An embedded Ray started by the server runs its workers at this niceness: planning work (scenario
+# batches, HiGHS) is batch work, a Dispatch call is not, and on a small machine both want the same
+# cores. The scheduler then gives the server the CPU whenever it has a call to answer
+# (bench/bench_service.py measures Dispatch while a job runs).
+SERVING_WORKER_NICENESS = 10
+
+
+def lower_worker_priority() -> None:
+    """Ray's worker_process_setup_hook for a serving process's embedded Ray: every thread of the worker
+    (Linux niceness is per thread; threads started later inherit it) at SERVING_WORKER_NICENESS."""
+    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [str(os.getpid())]:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), SERVING_WORKER_NICENESS)
+
+
+def _init(address: str | None, num_cpus: int | None, yield_to_serving: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
@@ -159,6 +174,7 @@ def _init(address: str | None, num_cpus: int | None) -> None:
         log_to_driver=False,
         configure_logging=False,
         _node_ip_address=LOOPBACK,  # ray.init's documented node-IP option: GCS, raylet, workers bind here
+        runtime_env={"worker_process_setup_hook": f"{__name__}.lower_worker_priority"} if yield_to_serving else None,
     )
 
 
@@ -223,8 +239,9 @@ class _NotMainThreadFilter(logging.Filter):
         return "SIGTERM handler is not set" not in record.getMessage()
 
 
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray once.
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, yield_to_serving: bool = False) -> None:
+    """Join the cluster at `address` (or $RAY_ADDRESS); otherwise start an embedded local Ray once, with
+    `yield_to_serving` its workers at a lower CPU priority than this process (lower_worker_priority).
 
     If `start_ray_background` started one, wait for it (and raise what it raised).
     """
@@ -232,7 +249,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         if _start_error is not None:
             raise _start_error
         return
-    _init(address, num_cpus)
+    _init(address, num_cpus, yield_to_serving)
 
 
 def settle_ray_start() -> bool:
@@ -257,6 +274,8 @@ def cpus_for(batches_count: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Fan-out
 
+WAIT_POLL_S = 0.2  # how often a fan-out waiting on long batches asks whether to stop (a cancel must act within 2 s)
+
 
 def batches(count: int, batch_size: int) -> list[range]:
     return [range(start, min(start + batch_size, count)) for start in range(0, count, batch_size)]
@@ -268,13 +287,16 @@ def fan_out(
     max_in_flight: int | None = None,
     on_done: Callable[[int], None] | None = None,
     placements: Sequence[Any] | None = None,
+    on_wait: Callable[[], None] | None = None,
 ) -> list[Any]:
     """Run `remote_fn.remote(*args)` for each args tuple; results in submission order.
 
     At most `max_in_flight` tasks run at once (None: all submitted together), so the
     number of workers is a setting that never changes the result. Under `in_process()`
     the task function runs here, one batch after the other. `placements` (one scheduling
-    strategy per task, see `spread_over_nodes`) pins each task to a node.
+    strategy per task, see `spread_over_nodes`) pins each task to a node. `on_wait` is called every
+    WAIT_POLL_S while no task finishes: an exception it raises (a stop) cancels the tasks still
+    running at once, rather than after the next batch, which may take minutes.
     """
     if running_in_process():
         return _run_here(remote_fn, arg_lists, on_done)
@@ -289,9 +311,9 @@ def fan_out(
             task = remote_fn.options(scheduling_strategy=placements[index]) if placements else remote_fn
             pending[task.remote(*args)] = index
             if len(pending) >= limit:
-                _collect_one(pending, results, on_done)
+                _collect_one(pending, results, on_done, on_wait)
         while pending:
-            _collect_one(pending, results, on_done)
+            _collect_one(pending, results, on_done, on_wait)
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -327,12 +349,21 @@ def _run_here(remote_fn: Any, arg_lists: Sequence[tuple], on_done: Callable[[int
     return results
 
 
-def _collect_one(pending: dict[Any, int], results: list[Any], on_done: Callable[[int], None] | None) -> None:
+def _collect_one(
+    pending: dict[Any, int],
+    results: list[Any],
+    on_done: Callable[[int], None] | None,
+    on_wait: Callable[[], None] | None = None,
+) -> None:
     import ray
 
-    [ready], _ = ray.wait(list(pending), num_returns=1)
-    index = pending.pop(ready)
-    results[index] = ray.get(ready)
+    ready: list[Any] = []
+    while not ready:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if on_wait is None else WAIT_POLL_S)
+        if not ready and on_wait is not None:
+            on_wait()
+    index = pending.pop(ready[0])
+    results[index] = ray.get(ready[0])
     if on_done:
         on_done(index)
 

@@ -3,7 +3,8 @@
 The pipeline is solvers.planner's (`plan_fleet`, `compute_economics`); this module adds what a
 server needs around it:
 - stop: `RunControl.stop()` from any thread. The next progress tick raises `RunStopped`, which
-  makes `fan_out` cancel the pending Ray batches; during the MIP the solve task is polled and
+  makes `fan_out` cancel the pending Ray batches (it ticks every WAIT_POLL_S while it waits on
+  batches, so a stop acts within that, not after the next batch); during the MIP the solve task is polled and
   `ray.cancel(ref, force=True)` kills the worker running HiGHS.
 - deadline: the time left on the call becomes the HiGHS time limit, minus what the call still
   needs around HiGHS: the model build and transfer inside the Ray task (learnt from earlier solves,
@@ -133,8 +134,12 @@ class RunControl:
             self._on_progress(self.snapshot)
 
     def pipeline_progress(self, stage: str, done: int, total: int) -> None:
-        """The `progress` callback of solvers.planner: report, then stop here if asked to."""
+        """The `progress` callback of solvers.planner: stop here if asked to, else report (a heartbeat
+        with unchanged figures reports nothing)."""
         self.check()
+        current = self.snapshot
+        if (current.stage, current.stage_done, current.stage_total) == (stage, done, total):
+            return
         fields = {"stage": stage, "stage_done": done, "stage_total": total}
         if stage == "scenarios":
             fields.update(scenarios_done=done, scenarios_total=total)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,18 @@ def ray_session():
     ensure_ray(num_cpus=2)
     yield
     # Ray stops at interpreter exit; shutting down here would break later session fixtures.
+
+
+def wait_for_free_cpus(timeout_s: float = 20) -> bool:
+    """Until every CPU of the session's Ray is free again (the tasks of a stopped run are gone)."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @pytest.fixture

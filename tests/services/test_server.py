@@ -21,6 +21,7 @@ from services import convert
 from services.client import PlannerError
 from services.servicer import SERVER_TIME_METADATA, SERVICE_NAME
 from solvers.planner import plan_fleet
+from tests.conftest import wait_for_free_cpus
 from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message, hard_fleet_data, rich_details
 from tests.services.test_contract import power_plan_with_robustness
@@ -269,15 +270,6 @@ def test_mip_progress_then_cancel_stops_highs_and_ray(stub):
     assert got.job.state == jobs_pb2.PLAN_JOB_STATE_CANCELLED and not got.HasField("plan")
     again = stub.CancelPlanJob(pb.CancelPlanJobRequest(job_id=job.job_id), timeout=30).job  # idempotent
     assert again.state == jobs_pb2.PLAN_JOB_STATE_CANCELLED
-
-
-def wait_for_free_cpus(timeout_s: float = 20) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_abandoned_optimize_stops_its_solve(stub):
