@@ -315,6 +315,15 @@ def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path
     return [*paths, write_workbook(out_dir / "plan.xlsx", tables, plan)]
 
 
+def _interval_text(value, what: str) -> str:
+    """estimate [lower, upper] at 95% over N <what> (or the estimate alone, from one)."""
+    n = len(value.replications_usd)
+    if value.lower_usd is None:
+        return f"{value.estimate_usd:,.0f} (one of {what}: no interval)"
+    level = f"{value.confidence_level:.0%}"
+    return f"{value.estimate_usd:,.0f} [{value.lower_usd:,.0f}, {value.upper_usd:,.0f}] at {level} over {n} {what}"
+
+
 def print_tree(report, console: Console) -> None:
     """The multi-stage plan: what to do now, the value of waiting, each node's decisions and the rule."""
     vw = report.value_of_waiting
@@ -327,16 +336,20 @@ def print_tree(report, console: Console) -> None:
         f"  multi-stage {report.multistage_usd:,.0f}  now-or-never {report.now_or_never_usd:,.0f}"
         + (f"  wait-and-see {report.wait_and_see_usd:,.0f}" if report.wait_and_see_usd is not None else "")
     )
-    if vw.lower_usd is None:
-        interval = "no interval (fewer than two independent trees: --tree-replications)"
-    else:
-        interval = (
-            f"{vw.estimate_usd:,.0f} [{vw.lower_usd:,.0f}, {vw.upper_usd:,.0f}] at {vw.confidence_level:.0%} "
-            f"over {len(vw.replications_usd)} independent trees"
-        )
+    interval = (
+        _interval_text(vw, "independent trees")
+        if vw.lower_usd is not None
+        else ("no interval (fewer than two independent trees: --tree-replications)")
+    )
     console.print(f"  value of waiting {report.value_of_waiting_in_sample_usd:,.0f} in sample; {interval}")
     for score in report.out_of_sample:
-        console.print(f"  out of sample (fresh tree): {score.policy} {score.objective_usd:,.0f}")
+        console.print(f"  out of sample: {score.policy} {_interval_text(score.objective, 'fresh trees')}")
+    for label, value in (
+        ("rolling - now-or-never", report.out_of_sample_value_of_waiting),
+        ("rolling - calculator", report.out_of_sample_gain_over_calculator),
+    ):
+        if value is not None:
+            console.print(f"  out of sample: {label} {_interval_text(value, 'fresh trees')}")
     table = Table(title="Decisions per node")
     for column in ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW"):
         table.add_column(column)

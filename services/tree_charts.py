@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from optimizer.tree_report import TreeReport
 
@@ -70,7 +71,8 @@ def tree_chart(path: Path, report: TreeReport) -> None:
 
 
 def decision_rule_chart(path: Path, report: TreeReport, site: str) -> None:
-    """One panel per decision date: hashprice (x) against BTC price (y) at each node, marked by its action."""
+    """One panel per decision date: hashprice (x) against BTC price (y) at each node, marked by its action, with
+    the rule's convert regions shaded and every region's edge drawn."""
     rules = [r for r in report.decision_rules if r.site == site]
     fig = _figure((4.2 * len(rules) + 0.5, 4.0))
     axes = fig.subplots(1, len(rules), squeeze=False)[0]
@@ -84,21 +86,47 @@ def decision_rule_chart(path: Path, report: TreeReport, site: str) -> None:
                     color=color,
                     marker=marker,
                     label=action,
+                    zorder=3,
                 )
-        for value in (rule.convert_below_hashprice_usd_per_ph_day, rule.convert_above_hashprice_usd_per_ph_day):
-            if value is not None:
-                ax.axvline(value, color="#d62728", linestyle="--", linewidth=1)
-        for value in (rule.convert_below_btc_price_usd, rule.convert_above_btc_price_usd):
-            if value is not None:
-                ax.axhline(value / 1e3, color="#d62728", linestyle=":", linewidth=1)
-        ax.set_title(f"month {rule.decision_month:g}", fontsize=9)
+        _draw_regions(ax, rule)
+        ax.set_title(f"month {rule.decision_month:g}: rule reproduces {rule.in_sample_accuracy:.0%}", fontsize=9)
         ax.set_xlabel("hashprice, $/PH/day (30-day mean)")
         ax.set_ylabel("BTC price, $k")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Decision rule, site {site}: convert or wait at each date", fontsize=10)
+    fig.suptitle(f"Decision rule, site {site}: convert (shaded) or wait at each date", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _draw_regions(ax, rule) -> None:
+    """Shade the convert regions and outline every region, clipped to the panel (unbounded sides reach its edge)."""
+    if len(rule.regions) < 2 and not any(r.action == "convert" for r in rule.regions):
+        return  # one waiting region: nothing to draw
+    ax.margins(0.15)
+    ax.autoscale_view()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    for region in rule.regions:
+        left = x0 if region.hashprice_above_usd_per_ph_day is None else region.hashprice_above_usd_per_ph_day
+        right = x1 if region.hashprice_at_most_usd_per_ph_day is None else region.hashprice_at_most_usd_per_ph_day
+        low = y0 if region.btc_above_usd is None else region.btc_above_usd / 1e3
+        high = y1 if region.btc_at_most_usd is None else region.btc_at_most_usd / 1e3
+        convert = region.action == "convert"
+        ax.add_patch(
+            Rectangle(
+                (left, low),
+                right - left,
+                high - low,
+                facecolor=ACTION_STYLE["convert"][0] if convert else "none",
+                alpha=0.15 if convert else 1.0,
+                edgecolor="#d62728",
+                linestyle="--",
+                linewidth=1,
+                zorder=1,
+            )
+        )
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
 
 
 def tree_charts(out_dir: Path, report: TreeReport) -> dict[str, Path]:
