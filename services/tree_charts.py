@@ -100,31 +100,28 @@ def decision_rule_chart(path: Path, report: TreeReport, site: str) -> None:
 
 
 def _draw_regions(ax, rule) -> None:
-    """Shade the convert regions and outline every region, clipped to the panel (unbounded sides reach its edge)."""
-    if len(rule.regions) < 2 and not any(r.action == "convert" for r in rule.regions):
-        return  # one waiting region: nothing to draw
+    """Shade the convert regions and draw each region's finite edges, clipped to the panel (unbounded sides
+    reach its edge)."""
+    if len(rule.regions) < 2:
+        return  # one region: every node does the same, nothing to draw
     ax.margins(0.15)
     ax.autoscale_view()
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    line = dict(color="#d62728", linestyle="--", linewidth=1, zorder=2)
     for region in rule.regions:
-        left = x0 if region.hashprice_above_usd_per_ph_day is None else region.hashprice_above_usd_per_ph_day
-        right = x1 if region.hashprice_at_most_usd_per_ph_day is None else region.hashprice_at_most_usd_per_ph_day
-        low = y0 if region.btc_above_usd is None else region.btc_above_usd / 1e3
-        high = y1 if region.btc_at_most_usd is None else region.btc_at_most_usd / 1e3
-        convert = region.action == "convert"
-        ax.add_patch(
-            Rectangle(
-                (left, low),
-                right - left,
-                high - low,
-                facecolor=ACTION_STYLE["convert"][0] if convert else "none",
-                alpha=0.15 if convert else 1.0,
-                edgecolor="#d62728",
-                linestyle="--",
-                linewidth=1,
-                zorder=1,
-            )
-        )
+        left, right = region.hashprice_above_usd_per_ph_day, region.hashprice_at_most_usd_per_ph_day
+        low, high = (None if v is None else v / 1e3 for v in (region.btc_above_usd, region.btc_at_most_usd))
+        xa, xb = x0 if left is None else left, x1 if right is None else right
+        ya, yb = y0 if low is None else low, y1 if high is None else high
+        if region.action == "convert":
+            color = ACTION_STYLE["convert"][0]
+            ax.add_patch(Rectangle((xa, ya), xb - xa, yb - ya, color=color, alpha=0.15, zorder=1))
+        for x in (left, right):
+            if x is not None:
+                ax.plot([x, x], [ya, yb], **line)
+        for y in (low, high):
+            if y is not None:
+                ax.plot([xa, xb], [y, y], **line)
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
 
