@@ -186,6 +186,7 @@ class WaitingValue:
     in_sample: TreeSolution
     value_of_waiting: Interval
     replications: tuple[ReplicationValue, ...]
+    replications_wall_s: float = 0.0  # the independent trees' wall time (their tasks may run in parallel)
 
 
 def value_of_waiting(
@@ -228,6 +229,7 @@ def value_of_waiting(
     )
     report("tree", 1, 1)
     report("tree reps", 0, replications)
+    start = time.perf_counter()
     reps = tuple(
         run_tasks(solve_replication, [(fleet, tree, seed, SAA_FIRST_STREAM + r, options) for r in range(replications)])
     )
@@ -235,7 +237,7 @@ def value_of_waiting(
     values = np.array([r.value_of_waiting_usd for r in reps]) if reps else np.array([in_sample.value_of_waiting_usd])
     ci = t_interval(values, confidence_level)
     interval = Interval(ci.estimate_usd, ci.lower_usd, ci.upper_usd, confidence_level, tuple(float(v) for v in values))
-    return WaitingValue(in_sample, interval, reps)
+    return WaitingValue(in_sample, interval, reps, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)

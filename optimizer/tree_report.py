@@ -163,7 +163,8 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
     ]
     now_plan = solution.now_plan
     timings = dict(solution.timings_s)
-    timings["replications"] = sum(sum(r.timings_s.values()) for r in result.replications)
+    timings["replications"] = sum(sum(r.timings_s.values()) for r in result.replications)  # task time, summed
+    timings["replications_wall"] = result.replications_wall_s
     if rolling is not None:
         timings["rolling_out_of_sample"] = rolling.wall_s
     return TreeReport(

@@ -95,3 +95,15 @@ def test_fresh_trees_give_an_interval_on_each_policy_and_the_paired_differences(
     for policy in POLICIES:
         values = [e.score(policy).objective_usd for e in study.evaluations]
         assert study.objectives[policy].estimate_usd == pytest.approx(np.mean(values))
+
+
+def test_lookahead_keys_of_different_nodes_never_coincide():
+    """Under the old key (prefix and position run together) the depth-1 node (1,)'s look-ahead node (0, 0, 0, 1)
+    and the depth-2 node (1, 0)'s look-ahead node (0, 0, 1) both drew from (1000, 5, 1, 0, 0, 0, 1)."""
+    from optimizer.tree_scenarios import node_rng
+
+    a = node_rng(5, 1_000, (0, 0, 0, 1), (1,)).random(4)
+    b = node_rng(5, 1_000, (0, 0, 1), (1, 0)).random(4)
+    assert not np.allclose(a, b)
+    unprefixed = np.random.default_rng(np.random.SeedSequence(5, spawn_key=(0, 2, 1, 2))).random(4)
+    np.testing.assert_array_equal(node_rng(5, 0, (1, 2)).random(4), unprefixed)  # in-sample trees: keys unchanged
