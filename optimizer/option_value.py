@@ -49,6 +49,7 @@ from optimizer.tree import ScenarioTree, build_tree, build_tree_from_branching
 from optimizer.tree_scenarios import TreeScenarios, generate_tree_scenarios
 
 TaskMap = Callable[[Callable, Sequence[tuple]], list]  # run fn(*args) for each args tuple; results in order
+WAIT_AND_SEE_LEAVES = 10  # single-leaf solves per task: each is short, a task amortises its overhead
 
 
 def run_here(fn: Callable, arg_lists: Sequence[tuple]) -> list[Any]:
@@ -111,9 +112,10 @@ def solve_tree(
     mip_rel_gap: float = 0.0,
     wait_and_see: bool = True,
     paths: TreeScenarios | None = None,
+    run_tasks: TaskMap = run_here,
 ) -> TreeSolution:
     """Draw the tree's paths (or take `paths`: a user's tree), then solve the multi-stage, now-or-never and
-    (optionally) wait-and-see plans."""
+    (optionally) wait-and-see plans; the wait-and-see leaves in batches of WAIT_AND_SEE_LEAVES per task."""
     from solvers.highs import solve
 
     risk = risk or fleet.risk
@@ -141,13 +143,25 @@ def solve_tree(
     ws = None
     if wait_and_see:
         start = time.perf_counter()
-        values = [
-            solve(build_compact_model(fleet, economics.columns([w]), risk), time_limit_s, mip_rel_gap).objective_usd
-            for w in range(tree.n_leaves)
+        limits, n = (time_limit_s, mip_rel_gap), tree.n_leaves
+        batches = [
+            (fleet, economics.columns(range(first, min(first + WAIT_AND_SEE_LEAVES, n))), risk, limits)
+            for first in range(0, n, WAIT_AND_SEE_LEAVES)
         ]
+        values = [v for batch in run_tasks(leaf_optima, batches) for v in batch]
         ws = float(tree.leaf_probability() @ np.array(values))
         timings["wait_and_see"] = time.perf_counter() - start
     return TreeSolution(tree, paths, economics, plan, now_plan, multi_usd, now_usd, ws, multi_size, now_size, timings)
+
+
+def leaf_optima(fleet: Fleet, economics: GroupEconomics, risk: RiskSettings, limits: tuple[float, float]) -> list:
+    """Each leaf's own optimum, knowing its whole future (the wait-and-see bound's terms)."""
+    from solvers.highs import solve
+
+    return [
+        solve(build_compact_model(fleet, economics.columns([w]), risk), *limits).objective_usd
+        for w in range(economics.n_scenarios)
+    ]
 
 
 @dataclass(frozen=True)
@@ -225,7 +239,14 @@ def value_of_waiting(
     report("tree", 0, 1)
     in_tree = tree if provided is None else provided.tree
     in_sample = solve_tree(
-        fleet, in_tree, seed, OPTIMIZATION_STREAM, wait_and_see=wait_and_see, paths=provided, **options
+        fleet,
+        in_tree,
+        seed,
+        OPTIMIZATION_STREAM,
+        wait_and_see=wait_and_see,
+        paths=provided,
+        run_tasks=run_tasks,
+        **options,
     )
     report("tree", 1, 1)
     report("tree reps", 0, replications)
