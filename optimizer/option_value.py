@@ -173,6 +173,15 @@ class Interval:
     values_usd: tuple[float, ...]
 
 
+def interval_of(values: Sequence[float], confidence_level: float) -> Interval:
+    """The two-sided Student-t interval on the mean of i.i.d. values (optimizer.robustness.t_interval, as the SAA
+    gap); fewer than two values: infinite bounds."""
+    from optimizer.robustness import t_interval
+
+    ci = t_interval(np.asarray(values, dtype=float), confidence_level)
+    return Interval(ci.estimate_usd, ci.lower_usd, ci.upper_usd, confidence_level, tuple(float(v) for v in values))
+
+
 @dataclass(frozen=True)
 class ReplicationValue:
     """What an independent tree contributes to the interval (its paths stay in the task that drew them)."""
@@ -226,7 +235,6 @@ def value_of_waiting(
     `provided`: the plan's tree from a file (optimizer.tree_io); the independent trees are drawn with its shape
     when it is uniform, else with `decision_months` and `branching`.
     """
-    from optimizer.robustness import t_interval
 
     seed = fleet.scenarios.seed if seed is None else seed
     if provided is None:
@@ -255,10 +263,8 @@ def value_of_waiting(
         run_tasks(solve_replication, [(fleet, tree, seed, SAA_FIRST_STREAM + r, options) for r in range(replications)])
     )
     report("tree reps", replications, replications)
-    values = np.array([r.value_of_waiting_usd for r in reps]) if reps else np.array([in_sample.value_of_waiting_usd])
-    ci = t_interval(values, confidence_level)
-    interval = Interval(ci.estimate_usd, ci.lower_usd, ci.upper_usd, confidence_level, tuple(float(v) for v in values))
-    return WaitingValue(in_sample, interval, reps, time.perf_counter() - start)
+    values = [r.value_of_waiting_usd for r in reps] if reps else [in_sample.value_of_waiting_usd]
+    return WaitingValue(in_sample, interval_of(values, confidence_level), reps, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from optimizer.allocation import Allocation, scenario_profits_usd
 from optimizer.economics import GroupEconomics, economics_grid, group_economics, site_power_price_usd_per_mwh
 from optimizer.fleet import Fleet, RiskSettings
 from optimizer.multistage import NodeDecision, build_multistage_model, combine_path, extract_tree_plan
-from optimizer.option_value import Interval, TaskMap, TreeSolution, run_here
+from optimizer.option_value import Interval, TaskMap, TreeSolution, interval_of, run_here
 from optimizer.risk import risk_objective_value
 from optimizer.scenarios import EVALUATION_STREAM
 from optimizer.tree import ScenarioTree
@@ -62,7 +62,6 @@ class RollingEvaluation:
     scores: tuple[PolicyScore, ...]
     decisions: dict[int, NodeDecision]  # evaluation node -> what the rolling policy decided there
     solves: int
-    wall_s: float
 
     def score(self, policy: str) -> PolicyScore:
         return next(s for s in self.scores if s.policy == policy)
@@ -146,26 +145,27 @@ def evaluate_rolling_trees(
     risk = risk or fleet.risk
     report = progress or (lambda stage, done, total: None)
     tree = solution.tree
+    leaf0 = solution.plan.leaf_plans[0]
+    root = (dict(leaf0.purchases), dict(leaf0.dr_mw))  # purchases and DR MW: decided at the root, for every path
     fresh = run_tasks(draw_fresh_tree, [(fleet, tree, seed, t) for t in range(trees)])
-    decisions = _roll(fleet, solution, seed, fresh, risk, (time_limit_s, mip_rel_gap), run_tasks, report)
+    decisions = _roll(fleet, solution, seed, fresh, root, risk, (time_limit_s, mip_rel_gap), run_tasks, report)
     calculator = calculator_plan(fleet, solution)
     evaluations = tuple(
-        _score(fleet, solution, calculator, fresh[t].economics, decisions[t], risk, start) for t in range(trees)
+        _score(fleet, solution, calculator, fresh[t].economics, decisions[t], root, risk) for t in range(trees)
     )
     return RollingStudy(
         evaluations,
-        {p: _interval([e.score(p).objective_usd for e in evaluations], confidence_level) for p in POLICIES},
-        _interval([e.value_of_waiting_usd for e in evaluations], confidence_level),
-        _interval([e.gain_over_calculator_usd for e in evaluations], confidence_level),
+        {p: interval_of([e.score(p).objective_usd for e in evaluations], confidence_level) for p in POLICIES},
+        interval_of([e.value_of_waiting_usd for e in evaluations], confidence_level),
+        interval_of([e.gain_over_calculator_usd for e in evaluations], confidence_level),
         time.perf_counter() - start,
     )
 
 
-def _roll(fleet, solution, seed, fresh, risk, limits, run_tasks, report) -> list[dict[int, NodeDecision]]:
+def _roll(fleet, solution, seed, fresh, root, risk, limits, run_tasks, report) -> list[dict[int, NodeDecision]]:
     """Every fresh tree's decisions per node: the in-sample root, then each level re-planned as one batch of tasks."""
     tree = solution.tree
-    leaf0 = solution.plan.leaf_plans[0]
-    bought, dr = dict(leaf0.purchases), dict(leaf0.dr_mw)
+    bought, dr = root
     decisions: list[dict[int, NodeDecision]] = [{0: solution.plan.root} for _ in fresh]
     jobs_total = (tree.n_nodes - tree.n_leaves - 1) * len(fresh)
     done = 0
@@ -185,11 +185,10 @@ def _roll(fleet, solution, seed, fresh, risk, limits, run_tasks, report) -> list
     return decisions
 
 
-def _score(fleet, solution, calculator, economics, decisions, risk, start) -> RollingEvaluation:
+def _score(fleet, solution, calculator, economics, decisions, root, risk) -> RollingEvaluation:
     tree = solution.tree
     grid = economics_grid(fleet, economics)
-    leaf0 = solution.plan.leaf_plans[0]
-    bought, dr = dict(leaf0.purchases), dict(leaf0.dr_mw)
+    bought, dr = root
     leaf_plans = [
         combine_path(fleet, grid, [decisions[n] for n in tree.path(leaf)[:-1]], bought, dr) for leaf in tree.leaves
     ]
@@ -203,14 +202,7 @@ def _score(fleet, solution, calculator, economics, decisions, risk, start) -> Ro
         PolicyScore(name, _objective(values, risk, probability), float(probability @ values), values)
         for name, values in zip(POLICIES, (rolling, now, calc), strict=True)
     )
-    return RollingEvaluation(tree, scores, decisions, len(decisions) - 1, time.perf_counter() - start)
-
-
-def _interval(values: list[float], confidence_level: float) -> Interval:
-    from optimizer.robustness import t_interval
-
-    ci = t_interval(np.array(values), confidence_level)
-    return Interval(ci.estimate_usd, ci.lower_usd, ci.upper_usd, confidence_level, tuple(float(v) for v in values))
+    return RollingEvaluation(tree, scores, decisions, len(decisions) - 1)
 
 
 def _objective(values: np.ndarray, risk: RiskSettings, probability: np.ndarray) -> float:
