@@ -287,13 +287,17 @@ class DecisionRule:
     def text(self) -> str:
         converts = [p for p in self.points if p.action is ConversionAction.CONVERT]
         waits = [p for p in self.points if p.action is ConversionAction.WAIT]
+        where = f"month {self.decision_month:g}, site {self.site}"
+        if not converts and not waits:
+            done = sum(p.action is ConversionAction.CONVERTED for p in self.points)
+            return f"{where}: no choice left ({done} converted earlier, {len(self.points) - done} closed)"
         if not converts:
-            return f"month {self.decision_month:g}, site {self.site}: never converts here ({len(waits)} nodes wait)"
+            return f"{where}: never converts here ({len(waits)} nodes wait)"
         if not waits:
-            return f"month {self.decision_month:g}, site {self.site}: converts on every open path"
+            return f"{where}: converts on every open path"
         fit = self.regions
         reproduced = f"reproduces {fit.nodes - fit.misclassified} of {fit.nodes} nodes"
-        return f"month {self.decision_month:g}, site {self.site}: convert if {fit.text()} ({reproduced})"
+        return f"{where}: convert if {fit.text()} ({reproduced})"
 
 
 def decision_rules(fleet: Fleet, solution: TreeSolution, decision_months: list[float]) -> list[DecisionRule]:
