@@ -316,10 +316,10 @@ def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path
 
 
 def _interval_text(value, what: str) -> str:
-    """estimate [lower, upper] at 95% over N <what> (or the estimate alone, from one)."""
+    """estimate [lower, upper] at 95% over N <what> (the estimate alone from fewer than two)."""
     n = len(value.replications_usd)
     if value.lower_usd is None:
-        return f"{value.estimate_usd:,.0f} (one of {what}: no interval)"
+        return f"{value.estimate_usd:,.0f} (fewer than two {what}: no interval)"
     level = f"{value.confidence_level:.0%}"
     return f"{value.estimate_usd:,.0f} [{value.lower_usd:,.0f}, {value.upper_usd:,.0f}] at {level} over {n} {what}"
 
@@ -336,11 +336,7 @@ def print_tree(report, console: Console) -> None:
         f"  multi-stage {report.multistage_usd:,.0f}  now-or-never {report.now_or_never_usd:,.0f}"
         + (f"  wait-and-see {report.wait_and_see_usd:,.0f}" if report.wait_and_see_usd is not None else "")
     )
-    interval = (
-        _interval_text(vw, "independent trees")
-        if vw.lower_usd is not None
-        else ("no interval (fewer than two independent trees: --tree-replications)")
-    )
+    interval = _interval_text(vw, "independent trees")
     console.print(f"  value of waiting {report.value_of_waiting_in_sample_usd:,.0f} in sample; {interval}")
     for score in report.out_of_sample:
         console.print(f"  out of sample: {score.policy} {_interval_text(score.objective, 'fresh trees')}")
