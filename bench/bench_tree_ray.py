@@ -5,7 +5,8 @@
 
 Runs solvers.tree_plan.plan_tree twice, each in a fresh process: every task here (local=True), then on an
 embedded Ray with `--workers` tasks at once (local=False; Ray's start-up is inside the wall time). Prints
-each run's wall time, its stages (the plan's tree, the independent trees, the rolling out-of-sample),
+each run's wall time, its stages (the plan's tree, its wait-and-see leaves, the independent trees, the
+rolling out-of-sample, the rest: imports, Ray's start-up, the plan's tree's paths),
 the peak memory of the whole process tree (driver, Ray's processes and workers: RSS summed, sampled every
 50 ms; bench_pipeline.peak_tree), the ratios, and whether the two runs report the same numbers.
 """
@@ -42,9 +43,16 @@ def run(args: argparse.Namespace, local: bool) -> dict:
 
 def line(label: str, r: dict) -> str:
     t = r["t"]
+    stages = {
+        "plan's tree": t["multistage"] + t["now_or_never"],
+        "wait-and-see": t.get("wait_and_see", 0.0),
+        "independent trees": t["replications_wall"],
+        "rolling oos": t["rolling_out_of_sample"],
+    }
+    rest = r["wall_s"] - sum(stages.values())
+    parts = "  ".join(f"{name} {seconds:5.1f} s" for name, seconds in stages.items())
     return (
-        f"  {label:26s} wall {r['wall_s']:6.1f} s | plan's tree {t['multistage'] + t['now_or_never']:5.1f} s"
-        f"  independent trees {t['replications_wall']:6.1f} s  rolling oos {t['rolling_out_of_sample']:6.1f} s"
+        f"  {label:26s} wall {r['wall_s']:6.1f} s | {parts}  rest (imports, Ray start, paths) {rest:5.1f} s"
         f" | peak tree {r['peak_gib']:.2f} GiB, {r['procs']} processes"
     )
 
