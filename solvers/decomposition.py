@@ -49,7 +49,7 @@ import numpy as np
 from optimizer.economics import NO_SITE, GroupEconomics, economics_grid, max_ai_load_kw
 from optimizer.fleet import Fleet, Objective, RiskSettings, SolveMethod, SolverSettings
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, relative_gap
-from solvers.ray_pool import batches, lazy_remote, running_in_process
+from solvers.ray_pool import batches, lazy_remote, running_in_process, spread_over_nodes
 
 log = logging.getLogger(__name__)
 
@@ -537,6 +537,7 @@ class _Pool:
         self.local = running_in_process()
         self.workers = workers
         self.nodes: set[str] = set()
+        self.placements: list | None = None  # per batch, once `submit` has placed the batches
 
     def put(self, value):
         if self.local:
@@ -547,17 +548,17 @@ class _Pool:
 
     def submit(self, task, arg_lists: list[tuple]) -> list:
         """Refs (Ray) or values (in-process), in order, results left in the object store; at most
-        `workers` tasks in flight; returns when all have finished."""
+        `workers` tasks in flight; returns when all have finished. Task i goes to the node of batch i."""
         if self.local:
             return [task.fn(*args) for args in arg_lists]
         import ray
 
+        self.placements = spread_over_nodes(len(arg_lists))
         refs, pending = [], []
-        for args in arg_lists:
+        for args, placement in zip(arg_lists, self.placements, strict=True):
             if self.workers and len(pending) >= self.workers:
                 _, pending = ray.wait(pending, num_returns=len(pending) - self.workers + 1)
-            # SPREAD: the batches' data lands across the nodes; later tasks follow it (locality-aware)
-            ref = task.options(scheduling_strategy="SPREAD").remote(*args)
+            ref = task.options(scheduling_strategy=placement).remote(*args)
             refs.append(ref)
             pending.append(ref)
         if pending:
@@ -569,7 +570,7 @@ class _Pool:
             return [task.fn(*args) for args in arg_lists]
         from solvers.ray_pool import fan_out
 
-        return fan_out(task, arg_lists, self.workers)
+        return fan_out(task, arg_lists, self.workers, placements=self.placements)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -267,12 +267,14 @@ def fan_out(
     arg_lists: Sequence[tuple],
     max_in_flight: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    placements: Sequence[Any] | None = None,
 ) -> list[Any]:
     """Run `remote_fn.remote(*args)` for each args tuple; results in submission order.
 
     At most `max_in_flight` tasks run at once (None: all submitted together), so the
     number of workers is a setting that never changes the result. Under `in_process()`
-    the task function runs here, one batch after the other.
+    the task function runs here, one batch after the other. `placements` (one scheduling
+    strategy per task, see `spread_over_nodes`) pins each task to a node.
     """
     if running_in_process():
         return _run_here(remote_fn, arg_lists, on_done)
@@ -284,7 +286,8 @@ def fan_out(
     limit = max_in_flight or len(arg_lists)
     try:
         for index, args in queue:
-            pending[remote_fn.remote(*args)] = index
+            task = remote_fn.options(scheduling_strategy=placements[index]) if placements else remote_fn
+            pending[task.remote(*args)] = index
             if len(pending) >= limit:
                 _collect_one(pending, results, on_done)
         while pending:
@@ -294,6 +297,22 @@ def fan_out(
             ray.cancel(ref, force=True)
         raise
     return results
+
+
+def spread_over_nodes(count: int) -> list[Any]:
+    """Scheduling strategies that place `count` tasks round-robin over the nodes with CPUs.
+
+    Ray's SPREAD reads a resource view that can lag behind a busy cluster and then packs every task on
+    one node; naming the node (soft, so a lost node falls back to any other) places the batches' data
+    across the nodes for certain, and the later tasks that read a batch go where it is.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+    if len(nodes) < 2:
+        return ["DEFAULT"] * count
+    return [NodeAffinitySchedulingStrategy(nodes[i % len(nodes)], soft=True) for i in range(count)]
 
 
 def _run_here(remote_fn: Any, arg_lists: Sequence[tuple], on_done: Callable[[int], None] | None) -> list[Any]:
