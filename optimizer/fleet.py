@@ -326,7 +326,7 @@ class TreeSettings(StrictModel):
     replications: int = Field(5, ge=0, le=1_000, description="Independent trees for the value-of-waiting interval.")
     out_of_sample: bool = Field(True, description="Score the policy by re-solving at each node of fresh trees.")
     out_of_sample_trees: int = Field(
-        3, ge=1, le=100, description="Fresh trees for the out-of-sample score and its interval (two or more)."
+        3, ge=1, le=100, description="Fresh trees the policy is scored on; two or more give an interval."
     )
 
     @model_validator(mode="after")
