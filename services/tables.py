@@ -315,13 +315,18 @@ def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path
     return [*paths, write_workbook(out_dir / "plan.xlsx", tables, plan)]
 
 
+def _dollars(value: float) -> str:
+    """Whole dollars; a difference of two equal optima (-1e-9) prints 0, not -0."""
+    return f"{round(value):,}"
+
+
 def _interval_text(value, what: str) -> str:
     """estimate [lower, upper] at 95% over N <what> (the estimate alone from fewer than two)."""
     n = len(value.replications_usd)
     if value.lower_usd is None:
-        return f"{value.estimate_usd:,.0f} (fewer than two {what}: no interval)"
-    level = f"{value.confidence_level:.0%}"
-    return f"{value.estimate_usd:,.0f} [{value.lower_usd:,.0f}, {value.upper_usd:,.0f}] at {level} over {n} {what}"
+        return f"{_dollars(value.estimate_usd)} (fewer than two {what}: no interval)"
+    bounds = f"[{_dollars(value.lower_usd)}, {_dollars(value.upper_usd)}]"
+    return f"{_dollars(value.estimate_usd)} {bounds} at {value.confidence_level:.0%} over {n} {what}"
 
 
 def print_tree(report, console: Console) -> None:
@@ -337,7 +342,7 @@ def print_tree(report, console: Console) -> None:
         + (f"  wait-and-see {report.wait_and_see_usd:,.0f}" if report.wait_and_see_usd is not None else "")
     )
     interval = _interval_text(vw, "independent trees")
-    console.print(f"  value of waiting {report.value_of_waiting_in_sample_usd:,.0f} in sample; {interval}")
+    console.print(f"  value of waiting {_dollars(report.value_of_waiting_in_sample_usd)} in sample; {interval}")
     for score in report.out_of_sample:
         console.print(f"  out of sample: {score.policy} {_interval_text(score.objective, 'fresh trees')}")
     for label, value in (
