@@ -35,11 +35,12 @@ from optimizer.economics import NO_SITE, GroupEconomics, economics_grid
 from optimizer.fleet import Fleet, RackGroup
 from optimizer.lifecycles import Lifecycle, PlanGrid, plan_grid, purchase_price_usd, rack_resale_usd
 from optimizer.modes import MODES, Mode
+from optimizer.rack_ranges import RackRange, group_range
 
 # Shed AI below this counts no lost hour: a lease sized exactly at a cap leaves float dust, not an outage.
 LOST_LOAD_TOL_KW = 1e-6
 
-__all__ = ["MODES", "Allocation", "Mode", "check_feasible", "scenario_profits_usd", "site_profits"]
+__all__ = ["MODES", "Allocation", "Mode", "Violation", "check_feasible", "scenario_profits_usd", "site_profits"]
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,12 @@ def all_mining(fleet: Fleet) -> Allocation:
     return Allocation({g.id: {**dict.fromkeys(MODES, 0), Mode.MINE: g.racks} for g in fleet.rack_groups})
 
 
-def rack_ids(group: RackGroup, allocation: Allocation) -> dict[Mode, list[str]]:
-    """Which racks take which mode: the group's racks in id order, in the order of MODES."""
-    ids = [f"{group.id}-{k:05d}" for k in range(group.racks)]
+def rack_ranges(group: RackGroup, allocation: Allocation) -> dict[Mode, list[RackRange]]:
+    """Which racks take which mode: the group's racks in id order, one block per mode in the order of MODES."""
     out, start = {}, 0
     for mode in MODES:
         n = allocation.count(group.id, mode)
-        out[mode], start = ids[start : start + n], start + n
+        out[mode], start = ([group_range(group.id, start, n)] if n else []), start + n
     return out
 
 
@@ -557,8 +557,35 @@ def scenario_profits_usd(
     return site_profits(fleet, economics, allocation, grid).profit_usd.sum(axis=0)
 
 
-def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[tuple[str, str]]:
-    """Constraint violations of a given allocation as (field path, message); empty when feasible."""
+@dataclass(frozen=True)
+class Violation:
+    """A constraint of the fleet an allocation breaks, as a record (not a sentence to parse back apart).
+
+    `constraint` is the family ("site_capacity", "site_ai", "site_demand_response", "offer_bounds",
+    "offer_start", "capital_budget", "rack_counts"), `subject` the id it applies to (site, offer or
+    group; "" for fleet-wide), `needed` and `limit` the amounts that clash in `unit` (None where the
+    clash is not an amount), `field` the fleet path that sets the limit, `message` the words people read.
+    """
+
+    constraint: str
+    subject: str
+    field: str
+    message: str
+    needed: float | None = None
+    limit: float | None = None
+    unit: str = ""
+
+    @property
+    def label(self) -> str:
+        """The constraint and its subject, site_capacity[texas]; the family alone when fleet-wide."""
+        return f"{self.constraint}[{self.subject}]" if self.subject else self.constraint
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[Violation]:
+    """The constraints a given allocation breaks; empty when feasible."""
     grid = plan_grid(fleet)
     problems = _check_racks(fleet, grid, allocation)
     if problems:
@@ -569,21 +596,43 @@ def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> l
     terms = lease_terms(fleet, grid)
     for n, site in enumerate(fleet.sites):
         worst = int(np.argmax(mining_kw[n] + ai_kw[n]))
-        load_kw = mining_kw[n, worst] + ai_kw[n, worst]
-        if load_kw > site.capacity_mw * KW_PER_MW * (1 + tol):
-            problems.append((f"sites.{site.id}.capacity_mw", f"load {load_kw / KW_PER_MW:.3f} MW exceeds capacity"))
+        load_mw = (mining_kw[n, worst] + ai_kw[n, worst]) / KW_PER_MW
+        if load_mw > site.capacity_mw * (1 + tol):
+            message = f"load {load_mw:.3f} MW exceeds capacity"
+            problems.append(_site(site, "site_capacity", "capacity_mw", message, load_mw, site.capacity_mw))
         ai_mw = converted_mw(fleet, allocation, site.id)
-        if allocation.site_lease_mw(site.id) > ai_mw + tol:
-            problems.append((f"sites.{site.id}.ai", "leased MW exceed converted MW"))
+        leased_mw = allocation.site_lease_mw(site.id)
+        if leased_mw > ai_mw + tol:
+            problems.append(_site(site, "site_ai", "ai", "leased MW exceed converted MW", leased_mw, ai_mw))
         for (offer_id, site_id), _ in allocation.lease_mw.items():
             if site_id == site.id and (offer_id, site_id, allocation.start_option(site_id)) not in terms:
-                problems.append((f"lease_offers.{offer_id}", f"cannot start at {site_id}'s chosen option"))
+                message = f"cannot start at {site_id}'s chosen option"
+                problems.append(Violation("offer_start", offer_id, f"lease_offers.{offer_id}", message))
         problems += _check_dr(site, allocation, mining_kw[n].min() if grid.n_periods else 0.0, tol)
         converted = site.id in allocation.converted_sites
         if site.ai and converted and not (site.ai.min_mw - tol <= ai_mw <= site.ai.max_mw + tol):
-            problems.append((f"sites.{site.id}.ai", f"converted {ai_mw:.3f} MW outside [min_mw, max_mw]"))
+            bound = site.ai.min_mw if ai_mw < site.ai.min_mw else site.ai.max_mw
+            message = f"converted {ai_mw:.3f} MW outside [min_mw, max_mw]"
+            problems.append(_site(site, "site_ai", "ai", message, ai_mw, bound))
         if ai_mw > tol and not converted:
-            problems.append((f"sites.{site.id}.ai", "racks in AI mode at a site that is not converted"))
+            message = "racks in AI mode at a site that is not converted"
+            problems.append(_site(site, "site_ai", "ai", message, ai_mw, 0.0))
+    problems += _check_budget(fleet, allocation, tol)
+    for offer in fleet.lease_offers:
+        mw = allocation.offer_mw(offer.id)
+        if mw > tol and not (offer.min_mw - tol <= mw <= offer.max_mw + tol):
+            bound = offer.min_mw if mw < offer.min_mw else offer.max_mw
+            message = f"{mw:.3f} MW outside [min_mw, max_mw]"
+            problems.append(Violation("offer_bounds", offer.id, f"lease_offers.{offer.id}", message, mw, bound, "MW"))
+    return problems
+
+
+def _site(site, constraint: str, field: str, message: str, needed_mw: float, limit_mw: float) -> Violation:
+    return Violation(constraint, site.id, f"sites.{site.id}.{field}", message, needed_mw, limit_mw, "MW")
+
+
+def _check_budget(fleet: Fleet, allocation: Allocation, tol: float) -> list[Violation]:
+    budget = fleet.capital_budget_usd
     capex = sum(full_capex_usd(fleet, s, converted_mw(fleet, allocation, s)) for s in allocation.converted_sites)
     capex += sum(
         purchase_price_usd(fleet, b) * allocation.purchases.get(o.id, 0) for b, o in enumerate(fleet.purchases)
@@ -593,45 +642,49 @@ def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> l
         offers[o].tenant_capex_share * fleet.site(s).ai.capex_usd_per_mw * mw
         for (o, s), mw in allocation.lease_mw.items()
     )
-    if fleet.capital_budget_usd is not None and capex > fleet.capital_budget_usd * (1 + tol):
-        problems.append(
-            ("capital_budget_usd", f"needs ${capex / 1e6:,.1f}M, budget ${fleet.capital_budget_usd / 1e6:,.1f}M")
-        )
-    for offer in fleet.lease_offers:
-        mw = allocation.offer_mw(offer.id)
-        if mw > tol and not (offer.min_mw - tol <= mw <= offer.max_mw + tol):
-            problems.append((f"lease_offers.{offer.id}", f"{mw:.3f} MW outside [min_mw, max_mw]"))
-    return problems
+    if budget is None or capex <= budget * (1 + tol):
+        return []
+    message = f"needs ${capex / 1e6:,.1f}M, budget ${budget / 1e6:,.1f}M"
+    return [Violation("capital_budget", "", "capital_budget_usd", message, capex, budget, "USD")]
 
 
-def _check_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[tuple[str, str]]:
+def _check_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[Violation]:
+    """Counts that do not describe the fleet's racks: a malformed allocation rather than a broken constraint."""
     problems = []
     try:
         counts = allocation.lifecycle_counts(fleet)
     except ValueError as exc:
-        return [("allocation", str(exc))]
+        return [Violation("rack_counts", "", "allocation", str(exc))]
     for g, group in enumerate(fleet.rack_groups):
         mine = counts.get(group.id)
+        field = f"allocation.{group.id}"
         if mine is None:
-            problems.append((f"allocation.{group.id}", "rack group missing"))
+            problems.append(Violation("rack_counts", group.id, field, "rack group missing", 0, group.racks, "racks"))
             continue
         options = {life.key for life in grid.lifecycles[g]}
         unknown = sorted(set(mine) - options)
         if unknown:
-            problems.append((f"allocation.{group.id}", f"no such option {unknown} (options: {sorted(options)})"))
-        if any(n < 0 for n in mine.values()) or sum(mine.values()) != group.racks:
-            problems.append((f"allocation.{group.id}", f"counts {dict(mine)} must be >= 0 and sum to {group.racks}"))
+            message = f"no such option {unknown} (options: {sorted(options)})"
+            problems.append(Violation("rack_counts", group.id, field, message))
+        total = sum(mine.values())
+        if any(n < 0 for n in mine.values()) or total != group.racks:
+            message = f"counts {dict(mine)} must be >= 0 and sum to {group.racks}"
+            problems.append(Violation("rack_counts", group.id, field, message, total, group.racks, "racks"))
     return problems
 
 
-def _check_dr(site, allocation: Allocation, least_mining_kw: float, tol: float) -> list[tuple[str, str]]:
+def _check_dr(site, allocation: Allocation, least_mining_kw: float, tol: float) -> list[Violation]:
     dr_mw = allocation.site_dr_mw(site.id)
     if dr_mw <= tol:
         return []
+
+    def broken(message: str, limit_mw: float) -> list[Violation]:
+        return [_site(site, "site_demand_response", "demand_response", message, dr_mw, limit_mw)]
+
     if site.demand_response is None:
-        return [(f"sites.{site.id}.demand_response", "demand-response MW at a site without a programme")]
+        return broken("demand-response MW at a site without a programme", 0.0)
     if dr_mw > site.demand_response.max_mw + tol:
-        return [(f"sites.{site.id}.demand_response", f"{dr_mw:.3f} MW exceeds max_mw")]
+        return broken(f"{dr_mw:.3f} MW exceeds max_mw", site.demand_response.max_mw)
     if dr_mw * KW_PER_MW > least_mining_kw * (1 + tol) + tol:
-        return [(f"sites.{site.id}.demand_response", "committed MW exceed the planned mining load")]
+        return broken("committed MW exceed the planned mining load", least_mining_kw / KW_PER_MW)
     return []

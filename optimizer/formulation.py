@@ -204,7 +204,10 @@ def define_capital_budget(model, fleet: Fleet) -> None:
     """sum_n (fixed_n convert[n] + capex_per_mw_n (converted - tenant-funded MW)) + sum_b price_b buy[b] <= budget."""
     if fleet.capital_budget_usd is None:
         return
-    model.capital_budget = pyo.Constraint(expr=capital_spend_expr(model, fleet) <= fleet.capital_budget_usd)
+    spend = capital_spend_expr(model, fleet)
+    if isinstance(spend, (int, float)):  # nothing to spend on (no conversions, no purchases): always within budget
+        return
+    model.capital_budget = pyo.Constraint(expr=spend <= fleet.capital_budget_usd)
 
 
 def capital_spend_expr(m, fleet: Fleet):

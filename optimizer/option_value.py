@@ -167,15 +167,15 @@ def leaf_optima(fleet: Fleet, economics: GroupEconomics, risk: RiskSettings, lim
 @dataclass(frozen=True)
 class Interval:
     estimate_usd: float
-    lower_usd: float
-    upper_usd: float
+    lower_usd: float | None  # None: fewer than two replications
+    upper_usd: float | None
     confidence_level: float
     values_usd: tuple[float, ...]
 
 
 def interval_of(values: Sequence[float], confidence_level: float) -> Interval:
     """The two-sided Student-t interval on the mean of i.i.d. values (optimizer.robustness.t_interval, as the SAA
-    gap); fewer than two values: infinite bounds."""
+    gap); fewer than two values: no bounds."""
     from optimizer.robustness import t_interval
 
     ci = t_interval(np.asarray(values, dtype=float), confidence_level)

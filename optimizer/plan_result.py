@@ -17,7 +17,7 @@ from optimizer.allocation import (
     converted_mw,
     planned_mining_kw,
     present_racks,
-    rack_ids,
+    rack_ranges,
     site_profits,
 )
 from optimizer.constants import KW_PER_MW
@@ -25,6 +25,7 @@ from optimizer.deal_report import ConversionResult, SiteYear, TimelineEvent, Yea
 from optimizer.economics import NO_SITE, GroupEconomics, breakeven_power_price_usd_per_mwh, economics_grid
 from optimizer.fleet import Fleet
 from optimizer.lifecycles import PlanGrid, lifecycle_values_usd, plan_grid
+from optimizer.rack_ranges import RackRange, expand
 from optimizer.robustness import RobustnessReport
 from optimizer.tree_report import TreeReport
 
@@ -38,17 +39,25 @@ class GroupAllocation(BaseModel):
     racks_idle: int
     racks_sell: int = 0
     racks_move: int = 0
-    rack_ids_mine: list[str]
-    rack_ids_ai: list[str]
-    rack_ids_idle: list[str]
-    rack_ids_sell: list[str] = []
-    rack_ids_move: list[str] = []
+    # which racks, as blocks of ids (optimizer/rack_ranges.py): a plan's size does not grow with rack counts
+    rack_ranges_mine: list[RackRange] = []
+    rack_ranges_ai: list[RackRange] = []
+    rack_ranges_idle: list[RackRange] = []
+    rack_ranges_sell: list[RackRange] = []
+    rack_ranges_move: list[RackRange] = []
     lifecycles: dict[str, int] = {}  # the decision: racks per lifecycle option (optimizer.lifecycles)
     # expected present value of one rack on each lifecycle option, rent and capex of AI slots excluded
     option_values_usd_per_rack: dict[str, float] = {}
     expected_mine_value_usd_per_rack: float  # PV, at the plan's dispatch (caps, DR calls); the price rule if none mine
     run_fraction: float  # mean share of hours a mining rack of the group runs by the price rule
     breakeven_power_price_usd_per_mwh: float  # at the expected hashprice, site PUE, pool fee
+
+    def rack_ranges(self, mode: Mode) -> list[RackRange]:
+        return getattr(self, f"rack_ranges_{mode.value}")
+
+    def rack_ids(self, mode: Mode) -> list[str]:
+        """Every id of the group's racks in `mode` (a million racks are a million strings: ask only when needed)."""
+        return expand(self.rack_ranges(mode))
 
 
 class SiteAi(BaseModel):
@@ -128,8 +137,9 @@ class GroupBreakeven(BaseModel):
 class SolverReport(BaseModel):
     status: str
     objective_usd: float
-    bound_usd: float
-    mip_gap: float
+    # None when unknown: a solve stopped before HiGHS proved any bound has no bound and no gap
+    bound_usd: float | None
+    mip_gap: float | None
     wall_s: float
     variables: int
     constraints: int
@@ -208,7 +218,7 @@ def group_allocations(
         q = grid.group_profile[g]
         mining = sum(n for key, n in counts.get(group.id, {}).items() if key == "mine")
         value = dispatched[g].mean() / mining if mining else price_rule[q].mean()
-        ids = rack_ids(group, allocation)
+        ranges = rack_ranges(group, allocation)
         efficiency = fleet.machine(group.machine).efficiency_j_per_th
         pue = fleet.site(group.site).pue_mining
         out.append(
@@ -217,7 +227,7 @@ def group_allocations(
                 site=group.site,
                 machine=group.machine,
                 **{f"racks_{m.value}": allocation.count(group.id, m) for m in MODES},
-                **{f"rack_ids_{m.value}": ids[m] for m in MODES},
+                **{f"rack_ranges_{m.value}": ranges[m] for m in MODES},
                 lifecycles=counts.get(group.id, {}),
                 option_values_usd_per_rack={
                     life.key: float(option_values[g, ell]) for ell, life in enumerate(grid.lifecycles[g])

@@ -65,8 +65,8 @@ class RobustnessSettings(BaseModel):
 
 class ConfidenceInterval(BaseModel):
     estimate_usd: float
-    lower_usd: float
-    upper_usd: float
+    lower_usd: float | None  # None: cannot be estimated (fewer than two values)
+    upper_usd: float | None
     confidence_level: float
     method: str  # "t" (Student t on the mean), "paired t", "paired bootstrap", "MMW one-sided"
 
@@ -174,7 +174,7 @@ def t_interval(values: np.ndarray, confidence_level: float, method: str = "t") -
     mean = float(values.mean())
     if n < 2:
         return ConfidenceInterval(
-            estimate_usd=mean, lower_usd=-np.inf, upper_usd=np.inf, confidence_level=confidence_level, method=method
+            estimate_usd=mean, lower_usd=None, upper_usd=None, confidence_level=confidence_level, method=method
         )
     from scipy import stats  # ~0.5 s to import: only when an interval is computed (CLI start-up)
 
@@ -339,7 +339,7 @@ def evaluate_plan(
         plan=name,
         description=description,
         feasible=not violations,
-        violations=[f"{path}: {message}" for path, message in violations],
+        violations=[str(v) for v in violations],
         **{f"racks_{m.value}": sum(getattr(s, f"racks_{m.value}") for s in sites) for m in MODES},
         leased_mw=sum(allocation.lease_mw.values()),
         sites=sites,

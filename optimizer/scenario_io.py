@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections.abc import Mapping, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -54,8 +55,8 @@ def power_price_array_name(market_id: str) -> str:
     return POWER_PRICE_PREFIX + market_id
 
 
-def save_scenarios(path: str | os.PathLike, scenarios: ScenarioSet) -> None:
-    """Write `scenarios` to `path` (exactly that name: no .npz is appended)."""
+def save_scenarios(path: str | os.PathLike | BinaryIO, scenarios: ScenarioSet) -> None:
+    """Write `scenarios` to `path` (exactly that name: no .npz is appended), or to an open binary file."""
     arrays = {name: getattr(scenarios, name) for name in PATH_ARRAYS}
     for market_id in scenarios.markets:
         arrays[power_price_array_name(market_id)] = scenarios.power_price(market_id)
@@ -69,17 +70,21 @@ def save_scenarios(path: str | os.PathLike, scenarios: ScenarioSet) -> None:
         arrays[STEP_HOURS] = np.int64(minutes // MINUTES_PER_HOUR)
     arrays[INDICES] = np.asarray(scenarios.indices, dtype=np.int64)
     # uncompressed: random float paths barely compress, and saving stays fast for big sets
+    if hasattr(path, "write"):
+        np.savez(path, **arrays)
+        return
     with open(path, "wb") as file:
         np.savez(file, **arrays)
 
 
 def load_scenarios(
-    path: str | os.PathLike,
+    path: str | os.PathLike | BinaryIO,
     required_markets: Sequence[str] | None = None,
     expected_steps: int | None = None,
     expected_step_hours: float | None = None,
 ) -> ScenarioSet:
-    """Read and validate a scenario file; power markets keep the file's order."""
+    """Read and validate a scenario file (a path, or an open binary file such as an upload's bytes);
+    power markets keep the file's order."""
     arrays = _read_arrays(path)
     _reject_unknown_arrays(arrays)
     step_hours = _step_hours(arrays, expected_step_hours)
@@ -134,13 +139,14 @@ def _zero_one(arrays: Mapping[str, np.ndarray], name: str) -> np.ndarray:
     return values == 1
 
 
-def _read_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def _read_arrays(path: str | os.PathLike | BinaryIO) -> dict[str, np.ndarray]:
+    name = "the upload" if hasattr(path, "read") else os.fspath(path)
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ScenarioFileError(None, f"cannot read {os.fspath(path)} as an NPZ archive: {error}") from error
+        raise ScenarioFileError(None, f"cannot read {name} as an NPZ archive: {error}") from error
     if not isinstance(loaded, np.lib.npyio.NpzFile):
-        raise ScenarioFileError(None, f"{os.fspath(path)} holds a single array, not an NPZ archive of named arrays")
+        raise ScenarioFileError(None, f"{name} holds a single array, not an NPZ archive of named arrays")
     with loaded:
         return {name: _read_member(loaded, name) for name in loaded.files}
 

@@ -4,8 +4,6 @@ builds it from optimizer.option_value's results."""
 
 from __future__ import annotations
 
-import math
-
 from pydantic import BaseModel
 
 
@@ -193,11 +191,11 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
 
 
 def value_interval(interval) -> ValueInterval:
-    """From optimizer.option_value.Interval (infinite bounds: fewer than two trees)."""
+    """From optimizer.option_value.Interval (no bounds: fewer than two trees)."""
     return ValueInterval(
         estimate_usd=interval.estimate_usd,
-        lower_usd=interval.lower_usd if math.isfinite(interval.lower_usd) else None,
-        upper_usd=interval.upper_usd if math.isfinite(interval.upper_usd) else None,
+        lower_usd=interval.lower_usd,
+        upper_usd=interval.upper_usd,
         confidence_level=interval.confidence_level,
         replications_usd=list(interval.values_usd),
     )

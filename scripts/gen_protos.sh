@@ -17,6 +17,7 @@ mkdir -p "$OUT"
 
 "$PYTHON" -m grpc_tools.protoc \
   -I protos \
+  -I third_party/googleapis \
   --plugin=protoc-gen-mypy="$BIN/protoc-gen-mypy" \
   --plugin=protoc-gen-mypy_grpc="$BIN/protoc-gen-mypy_grpc" \
   --python_out="$OUT" \

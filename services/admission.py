@@ -36,6 +36,8 @@ class Limits:
     max_bootstrap_resamples: int = 100_000
     max_replications: int = 50
     max_queued_jobs_per_caller: int = 20
+    max_scenario_upload_bytes: int = 256 * 1024**2  # one UploadScenarios file (it is held in memory to validate)
+    max_scenario_sets_per_caller: int = 20  # stored scenario sets per tenant (DeleteScenarioSet frees one)
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,11 @@ def _robust_scenarios(fleet: Fleet, robustness: RobustnessSettings | None) -> in
     )
 
 
-def estimate(fleet: Fleet, robustness: RobustnessSettings | None = None, workers: int = 2) -> Estimate:
-    steps, scenarios = fleet.horizon.n_steps, fleet.scenarios.count
+def estimate(
+    fleet: Fleet, robustness: RobustnessSettings | None = None, workers: int = 2, scenarios: int | None = None
+) -> Estimate:
+    """`scenarios`: the plan's scenario count when it is not the fleet's (an uploaded scenario set)."""
+    steps, scenarios = fleet.horizon.n_steps, fleet.scenarios.count if scenarios is None else scenarios
     groups, markets = len(fleet.rack_groups), len(fleet.markets)
     horizons = scenarios + _robust_scenarios(fleet, robustness)
     scenario_steps = horizons * steps
@@ -76,10 +81,16 @@ def estimate(fleet: Fleet, robustness: RobustnessSettings | None = None, workers
 
 
 def check(
-    fleet: Fleet, robustness: RobustnessSettings | None, limits: Limits, workers: int = 2
+    fleet: Fleet,
+    robustness: RobustnessSettings | None,
+    limits: Limits,
+    workers: int = 2,
+    scenario_set: tuple[str, int] | None = None,
 ) -> list[tuple[str, str, str]]:
-    """(limit, request fields, description) for each limit the request exceeds; empty when admitted."""
-    est = estimate(fleet, robustness, workers)
+    """(limit, request fields, description) for each limit the request exceeds; empty when admitted.
+    `scenario_set`: (request field, scenario count) of an uploaded set the request plans on."""
+    count_field, count = ("fleet.scenarios.count", fleet.scenarios.count) if scenario_set is None else scenario_set
+    est = estimate(fleet, robustness, workers, count)
     over: list[tuple[str, str, str]] = []
 
     def exceeds(limit: str, value: int, fields: str, what: str) -> None:
@@ -88,8 +99,8 @@ def check(
             over.append((limit, fields, f"{what}: estimated {value:,}, limit {ceiling:,}"))
 
     exceeds("max_groups", len(fleet.rack_groups), "fleet.rack_groups", "rack groups")
-    exceeds("max_scenarios", fleet.scenarios.count, "fleet.scenarios.count", "scenarios")
-    sample_fields = "fleet.scenarios.count, fleet.horizon, robustness"
+    exceeds("max_scenarios", count, count_field, "scenarios")
+    sample_fields = f"{count_field}, fleet.horizon, robustness"
     exceeds("max_scenario_steps", est.scenario_steps, sample_fields, "scenario steps")
     exceeds("max_work", est.work, f"{sample_fields}, fleet.rack_groups", "work (scenario steps x groups)")
     exceeds("max_memory_bytes", est.memory_bytes, f"{sample_fields}, fleet.rack_groups", "memory, bytes")

@@ -57,6 +57,7 @@ class Role(enum.StrEnum):
 
 _READ = frozenset({"GetPlanJob", "ListPlanJobs", "WatchPlanJob", "GetPlan", "ListPlans"})
 _PLAN = _READ | {"Optimize", "SubmitPlanJob", "CancelPlanJob", "Evaluate", "DeletePlan", "DeletePlanJob", "Dispatch"}
+_PLAN |= {"UploadScenarios", "DeleteScenarioSet"}
 ALLOWED_METHODS: dict[Role, frozenset[str]] = {
     Role.READER: _READ,
     Role.PLANNER: frozenset(_PLAN),

@@ -7,6 +7,8 @@
         checked = client.optimize("examples/tiny.yaml", robustness=RobustnessSettings(oos_scenarios=200))
         print(checked.plan.robustness.plan("stochastic").mean_profit_usd)
         now = client.dispatch(reply.plan_id, {"texas": 41.0}, hashprice_usd_per_ph_day=35.0)
+        paths = client.upload_scenarios("desk_paths.npz")  # our own scenarios, streamed in chunks
+        on_ours = client.optimize("examples/tiny.yaml", scenario_set_id=paths.scenario_set_id)
 
 Credentials: `token` (default $HASHPIVOT_TOKEN) travels as "authorization: Bearer <token>" on
 every call; `tls` (Credentials.from_env reads $HASHPIVOT_TLS_CA, $HASHPIVOT_CLIENT_CERT,
@@ -15,11 +17,13 @@ $HASHPIVOT_CLIENT_KEY) makes the channel TLS, with a client certificate for mTLS
 Fleets are given as a fleet file path (the same YAML/JSON as `hashpivot plan`), a validated
 `optimizer.fleet.Fleet`, a fleet mapping, or a `hashpivot.v1.Fleet` message. Plans come back as
 `optimizer.plan_result.PlanResult` (what plan.json holds). Errors raise `PlannerError` with the
-status code and the field or constraint violations the server sent.
+status code and the field or constraint violations the server sent (`constraints`: the records, with
+amounts); a failed job's `status` reads the same way with `PlannerError.from_status`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
@@ -35,8 +39,11 @@ from optimizer.allocation import Allocation
 from optimizer.fleet import Fleet, load_fleet, parse_fleet
 from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings
+from optimizer.scenario_io import save_scenarios
+from optimizer.scenarios import ScenarioSet
 from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 from services import convert
+from services.validation import MAX_CHUNK_BYTES
 from solvers.diagnose import Commitments
 
 TARGET_ENV = "HASHPIVOT_TARGET"
@@ -48,6 +55,7 @@ FleetLike = Fleet | str | Path | Mapping[str, Any] | fleet_pb2.Fleet
 # Robustness settings as the domain model, a mapping of the fields to set (the server validates them and
 # applies the defaults of `hashpivot plan` to the others), or the message.
 RobustnessLike = RobustnessSettings | Mapping[str, Any] | plan_pb2.RobustnessSettings
+ScenariosLike = str | Path | bytes | ScenarioSet  # a scenario file (docs/scenarios.md), its bytes, or the paths
 
 
 def default_target() -> str:
@@ -86,28 +94,44 @@ class PlannerError(Exception):
     field_violations: list[tuple[str, str]] = field(default_factory=list)  # (field path, description)
     constraint_violations: list[tuple[str, str]] = field(default_factory=list)  # (subject, description)
     quota_violations: list[tuple[str, str]] = field(default_factory=list)  # (limit, estimate and fields)
+    # the broken constraints as records: family, subject, amount needed, limit, unit, fleet field
+    constraints: list[jobs_pb2.ConstraintViolation] = field(default_factory=list)
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.message}"
 
     @classmethod
     def from_rpc_error(cls, error: grpc.RpcError) -> PlannerError:
-        out = cls(error.code(), error.details() or "")
         status = rpc_status.from_call(error)
-        for detail in status.details if status is not None else ():
+        out = cls(error.code(), error.details() or "")
+        out._read_details(status.details if status is not None else ())
+        return out
+
+    @classmethod
+    def from_status(cls, status: status_pb2.Status) -> PlannerError:
+        """The error a failed job holds (PlanJob.status), as a failed call would have raised it."""
+        out = cls(grpc.StatusCode[code_pb2.Code.Name(status.code)], status.message)
+        out._read_details(status.details)
+        return out
+
+    def _read_details(self, details) -> None:
+        for detail in details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
-                out.field_violations += [(v.field, v.description) for v in bad.field_violations]
+                self.field_violations += [(v.field, v.description) for v in bad.field_violations]
             elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
                 failure = error_details_pb2.PreconditionFailure()
                 detail.Unpack(failure)
-                out.constraint_violations += [(v.subject, v.description) for v in failure.violations]
+                self.constraint_violations += [(v.subject, v.description) for v in failure.violations]
             elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
                 quota = error_details_pb2.QuotaFailure()
                 detail.Unpack(quota)
-                out.quota_violations += [(v.subject, v.description) for v in quota.violations]
-        return out
+                self.quota_violations += [(v.subject, v.description) for v in quota.violations]
+            elif detail.Is(jobs_pb2.ConstraintViolations.DESCRIPTOR):
+                records = jobs_pb2.ConstraintViolations()
+                detail.Unpack(records)
+                self.constraints += list(records.violations)
 
 
 @dataclass(frozen=True)
@@ -126,6 +150,17 @@ def fleet_message(fleet: FleetLike) -> fleet_pb2.Fleet:
     elif isinstance(fleet, Mapping):
         fleet = parse_fleet(dict(fleet))
     return convert.fleet_to_message(fleet)
+
+
+def scenario_bytes(scenarios: ScenariosLike) -> bytes:
+    """The NPZ bytes of a scenario file path, of bytes as they are, or of a ScenarioSet (saved as a file would be)."""
+    if isinstance(scenarios, bytes):
+        return scenarios
+    if isinstance(scenarios, str | Path):
+        return Path(scenarios).read_bytes()
+    buffer = io.BytesIO()
+    save_scenarios(buffer, scenarios)
+    return buffer.getvalue()
 
 
 def robustness_message(settings: RobustnessLike) -> plan_pb2.RobustnessSettings:
@@ -178,10 +213,12 @@ class PlannerClient:
         commitments: Commitments | None = None,
         timeout_s: float | None = None,
         robustness: RobustnessLike | None = None,
+        scenario_set_id: str = "",
     ) -> PlanReply:
         """Plan within the call; the deadline bounds the solve (best plan so far, with its gap).
-        With `robustness`, the plan comes back assessed (plan.robustness); the deadline must cover that too."""
-        request = planner_service_pb2.OptimizeRequest(fleet=fleet_message(fleet))
+        With `robustness`, the plan comes back assessed (plan.robustness); the deadline must cover that too.
+        With `scenario_set_id` (upload_scenarios), the plan is made on those scenarios."""
+        request = planner_service_pb2.OptimizeRequest(fleet=fleet_message(fleet), scenario_set_id=scenario_set_id)
         if commitments is not None:
             request.commitments.CopyFrom(convert.commitments_to_message(commitments))
         if robustness is not None:
@@ -201,9 +238,12 @@ class PlannerClient:
         commitments: Commitments | None = None,
         request_id: str = "",
         robustness: RobustnessLike | None = None,
+        scenario_set_id: str = "",
     ) -> jobs_pb2.PlanJob:
         """Queue a plan job; with `robustness`, its plan is stored with its robustness report."""
-        request = planner_service_pb2.SubmitPlanJobRequest(fleet=fleet_message(fleet), request_id=request_id)
+        request = planner_service_pb2.SubmitPlanJobRequest(
+            fleet=fleet_message(fleet), request_id=request_id, scenario_set_id=scenario_set_id
+        )
         if commitments is not None:
             request.commitments.CopyFrom(convert.commitments_to_message(commitments))
         if robustness is not None:
@@ -258,6 +298,25 @@ class PlannerClient:
         except grpc.RpcError as error:
             raise PlannerError.from_rpc_error(error) from None
 
+    # scenario sets
+
+    def upload_scenarios(
+        self, scenarios: ScenariosLike, name: str = "", timeout_s: float | None = None
+    ) -> planner_service_pb2.ScenarioSet:
+        """Upload a scenario file (a path, its bytes, or a ScenarioSet) in chunks; reference the returned
+        scenario_set_id from optimize, submit and evaluate."""
+        data = scenario_bytes(scenarios)
+        chunks = [data[i : i + MAX_CHUNK_BYTES] for i in range(0, len(data), MAX_CHUNK_BYTES)] or [b""]
+        requests = (
+            planner_service_pb2.UploadScenariosRequest(chunk=chunk, name=name if i == 0 else "")
+            for i, chunk in enumerate(chunks)
+        )
+        return self._call(self.stub.UploadScenarios, requests, timeout_s).scenario_set
+
+    def delete_scenario_set(self, scenario_set_id: str) -> None:
+        request = planner_service_pb2.DeleteScenarioSetRequest(scenario_set_id=scenario_set_id)
+        self._call(self.stub.DeleteScenarioSet, request)
+
     # what-if and dispatch
 
     def evaluate(
@@ -270,9 +329,11 @@ class PlannerClient:
         stream: int | None = None,
         include_scenario_profits: bool = False,
         timeout_s: float | None = None,
+        scenario_set_id: str = "",
     ) -> planner_service_pb2.EvaluateResponse:
+        """Score an allocation; on every scenario of `scenario_set_id` when given (then no count, seed, stream)."""
         request = planner_service_pb2.EvaluateRequest(
-            plan_id=plan_id, include_scenario_profits=include_scenario_profits
+            plan_id=plan_id, include_scenario_profits=include_scenario_profits, scenario_set_id=scenario_set_id
         )
         if fleet is not None:
             request.fleet.CopyFrom(fleet_message(fleet))

@@ -480,6 +480,7 @@ def job_to_message(job) -> jobs_pb2.PlanJob:
         cancel_requested=job.cancel_requested,
         attempts=job.attempts,
         create_time=timestamp(job.created_at),
+        scenario_set_id=job.scenario_set_id,
     )
     fill_message(message.progress, job.progress.as_dict())
     if job.started_at is not None:
@@ -487,10 +488,25 @@ def job_to_message(job) -> jobs_pb2.PlanJob:
     if job.ended_at is not None:
         message.end_time.CopyFrom(timestamp(job.ended_at))
     if job.error is not None:
-        message.error.CopyFrom(job.error.to_job_error())
+        message.status.CopyFrom(job.error.to_rpc_status())
+        message.error.CopyFrom(job.error.to_job_error())  # deprecated, kept for older clients
     if job.robustness is not None:
         message.robustness.CopyFrom(robustness_settings_to_message(job.robustness))
     return message
+
+
+def scenario_set_to_message(info) -> planner_service_pb2.ScenarioSet:
+    """services.store.ScenarioSetInfo -> ScenarioSet."""
+    return planner_service_pb2.ScenarioSet(
+        scenario_set_id=info.scenario_set_id,
+        name=info.name,
+        scenarios=info.scenarios,
+        steps=info.steps,
+        step_hours=info.step_hours,
+        markets=list(info.markets),
+        size_bytes=info.size_bytes,
+        create_time=timestamp(info.created_at),
+    )
 
 
 def plan_summary_to_message(summary) -> planner_service_pb2.PlanSummary:

@@ -17,6 +17,7 @@ The same information is stored with a failed job (JobError), so GetPlanJob expla
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from optimizer.allocation import Violation
 from optimizer.dispatch import DispatchInputError
 from optimizer.fleet import FleetError
 from protos.hashpivot.v1 import jobs_pb2
@@ -56,6 +58,24 @@ class ConstraintViolation:
     constraint: str  # family, e.g. "site_capacity"
     subject: str  # e.g. "site_capacity[texas]"
     description: str
+    needed: float | None = None  # the amounts that clash (optimizer.allocation.Violation), in `unit`
+    limit: float | None = None
+    unit: str = ""
+    field: str = ""  # fleet field that sets the limit, e.g. "sites.texas.capacity_mw"
+
+    def to_message(self) -> jobs_pb2.ConstraintViolation:
+        message = jobs_pb2.ConstraintViolation(
+            constraint=self.constraint,
+            subject=self.subject,
+            description=self.description,
+            unit=self.unit,
+            field=self.field,
+        )
+        if self.needed is not None:
+            message.needed = self.needed
+        if self.limit is not None:
+            message.limit = self.limit
+        return message
 
 
 class StoreError(RuntimeError):
@@ -91,6 +111,10 @@ class ServiceError(Exception):
         return self.message
 
     def to_status(self) -> grpc.Status:
+        return rpc_status.to_status(self.to_rpc_status())
+
+    def to_rpc_status(self) -> status_pb2.Status:
+        """google.rpc.Status with the rich details: what a call ends with, and what a failed job holds."""
         details = []
         if self.field_violations:
             details.append(
@@ -112,6 +136,9 @@ class ServiceError(Exception):
                     ]
                 )
             )
+            details.append(
+                jobs_pb2.ConstraintViolations(violations=[v.to_message() for v in self.constraint_violations])
+            )
         if self.quota_violations:
             details.append(
                 error_details_pb2.QuotaFailure(
@@ -126,18 +153,15 @@ class ServiceError(Exception):
             any_detail = any_pb2.Any()
             any_detail.Pack(detail)
             packed.append(any_detail)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
-        return rpc_status.to_status(status)
+        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
 
     def to_job_error(self) -> jobs_pb2.JobError:
+        """The deprecated PlanJob.error (PlanJob.status has the same as a google.rpc.Status)."""
         return jobs_pb2.JobError(
             code=self.code.value[0],
             message=self.message,
             field_violations=[jobs_pb2.FieldViolation(field=f, description=d) for f, d in self.field_violations],
-            constraint_violations=[
-                jobs_pb2.ConstraintViolation(constraint=v.constraint, subject=v.subject, description=v.description)
-                for v in self.constraint_violations
-            ],
+            constraint_violations=[v.to_message() for v in self.constraint_violations],
         )
 
     def as_dict(self) -> dict:
@@ -146,7 +170,8 @@ class ServiceError(Exception):
             "code": self.code.name,
             "message": self.message,
             "field_violations": [list(v) for v in self.field_violations],
-            "constraint_violations": [[v.constraint, v.subject, v.description] for v in self.constraint_violations],
+            "constraint_violations": [dataclasses.asdict(v) for v in self.constraint_violations],
+            "quota_violations": [dataclasses.asdict(v) for v in self.quota_violations],
         }
 
     @classmethod
@@ -155,8 +180,14 @@ class ServiceError(Exception):
             code=grpc.StatusCode[data["code"]],
             message=data["message"],
             field_violations=[tuple(v) for v in data.get("field_violations", [])],
-            constraint_violations=[ConstraintViolation(*v) for v in data.get("constraint_violations", [])],
+            constraint_violations=[_constraint(v) for v in data.get("constraint_violations", [])],
+            quota_violations=[QuotaViolation(**v) for v in data.get("quota_violations", [])],
         )
+
+
+def _constraint(stored: dict | list) -> ConstraintViolation:
+    """A stored constraint violation: a dict, or the [constraint, subject, description] of older databases."""
+    return ConstraintViolation(**stored) if isinstance(stored, dict) else ConstraintViolation(*stored)
 
 
 def invalid_argument(violations: Iterable[tuple[str, str]], prefix: str = "") -> ServiceError:
@@ -204,38 +235,25 @@ def infeasible(exc: InfeasiblePlanError) -> ServiceError:
     return failed_precondition(str(exc), violations)
 
 
-def allocation_error(problems: list[tuple[str, str]], group_position: dict[str, int]) -> ServiceError:
-    """The error for `optimizer.allocation.check_feasible` problems of a requested allocation.
+def allocation_error(problems: list[Violation], group_position: dict[str, int]) -> ServiceError:
+    """The error for `optimizer.allocation.check_feasible` violations of a requested allocation.
 
     Counts that do not add up are a malformed request (INVALID_ARGUMENT on "allocation.racks[i]");
     a well-formed allocation that breaks a constraint of the fleet (site capacity, AI block, offer
-    bounds, capital budget) is FAILED_PRECONDITION naming the constraint.
+    bounds, capital budget) is FAILED_PRECONDITION naming the constraint, with the amounts.
     """
-    malformed = [(path, msg) for path, msg in problems if path.startswith("allocation.")]
+    malformed = [v for v in problems if v.constraint == "rack_counts"]
     if malformed:
-        fields = []
-        for path, msg in malformed:
-            group, _, rest = path.removeprefix("allocation.").partition(".")
-            where = f"allocation.racks[{group_position[group]}]" if group in group_position else "allocation.racks"
-            fields.append((f"{where}.racks_{rest}" if rest else where, msg))
-        return invalid_argument(fields)
-    violations = [ConstraintViolation(*_constraint_of(path), msg) for path, msg in problems]
+        return invalid_argument([(_racks_field(v.subject, group_position), v.message) for v in malformed])
+    violations = [
+        ConstraintViolation(v.constraint, v.label, v.message, v.needed, v.limit, v.unit, v.field) for v in problems
+    ]
     summary = "; ".join(f"{v.subject}: {v.description}" for v in violations)
     return failed_precondition(f"the allocation breaks constraints of the fleet: {summary}", violations)
 
 
-def _constraint_of(path: str) -> tuple[str, str]:
-    """("site_capacity", "site_capacity[texas]") for check_feasible's "sites.texas.capacity_mw"."""
-    head, _, rest = path.partition(".")
-    if head == "sites" and rest:
-        site, _, what = rest.rpartition(".")  # ids may hold dots; the field name does not
-        family = {"capacity_mw": "site_capacity", "ai": "site_ai"}.get(what, f"site_{what}")
-        return family, f"{family}[{site}]"
-    if head == "lease_offers" and rest:
-        return "offer_bounds", f"offer_bounds[{rest}]"
-    if head == "capital_budget_usd":
-        return "capital_budget", "capital_budget"
-    return head, path
+def _racks_field(group: str, group_position: dict[str, int]) -> str:
+    return f"allocation.racks[{group_position[group]}]" if group in group_position else "allocation.racks"
 
 
 def to_service_error(exc: BaseException, fleet_prefix: str = "fleet") -> ServiceError:

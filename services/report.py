@@ -54,6 +54,10 @@ def _usd(value: float | None) -> str:
     return f"-${-rounded:,.0f}" if rounded < 0 else f"${rounded:,.0f}"
 
 
+def _half_width(ci: ConfidenceInterval) -> float | None:
+    return None if ci.lower_usd is None or ci.upper_usd is None else (ci.upper_usd - ci.lower_usd) / 2
+
+
 def _ci(ci: ConfidenceInterval | None) -> str:
     if ci is None:
         return "-"
@@ -89,7 +93,7 @@ def print_robustness(report: RobustnessReport, console: Console) -> None:
             PLAN_LABELS.get(p.plan, p.plan),
             f"{p.racks_mine}/{p.racks_ai}/{p.racks_idle}",
             _usd(p.mean_profit_usd.estimate_usd),
-            _usd((p.mean_profit_usd.upper_usd - p.mean_profit_usd.lower_usd) / 2),
+            _usd(_half_width(p.mean_profit_usd)),
             _usd(p.p5_profit_usd),
             _usd(p.cvar_usd),
             _usd(p.objective_usd),

@@ -24,7 +24,7 @@ import grpc
 
 from optimizer.fleet import Fleet
 from optimizer.robustness import RobustnessSettings
-from services import logs, metrics
+from services import logs, metrics, scenario_sets
 from services.admission import Limits
 from services.errors import (
     QuotaViolation,
@@ -138,6 +138,7 @@ class JobRunner:
         request_id: str = "",
         robustness: RobustnessSettings | None = None,
         owner: str = "",
+        scenario_set_id: str = "",
     ) -> JobRecord:
         """Queue a job for `owner`; RESOURCE_EXHAUSTED past the owner's quota of unfinished jobs."""
         quota = self.limits.max_queued_jobs_per_caller
@@ -151,7 +152,7 @@ class JobRunner:
                 "wait for some to end or cancel them",
                 [violation],
             )
-        job, created = self.store.create_job(fleet, commitments, request_id, robustness, owner)
+        job, created = self.store.create_job(fleet, commitments, request_id, robustness, owner, scenario_set_id)
         if created:
             metrics.QUEUE_DEPTH.set(self.store.queue_depth())
             self._wake.set()
@@ -261,7 +262,13 @@ class JobRunner:
         outcome: _Outcome | None = None
         try:
             fleet = job.fleet()
-            plan = await asyncio.to_thread(run_plan, fleet, job.commitments, control, self.relay, job.robustness)
+            provided = None
+            if job.scenario_set_id:  # read when the job runs (access was checked at submission; an admin may use
+                # another tenant's set): a set deleted meanwhile fails the job NOT_FOUND
+                provided = scenario_sets.load(self.store, job.scenario_set_id, None, fleet, "scenario_set_id")
+            plan = await asyncio.to_thread(
+                run_plan, fleet, job.commitments, control, self.relay, job.robustness, provided
+            )
             outcome = _Outcome(JobState.SUCCEEDED, control.snapshot, plan=(new_id("plan"), fleet, plan))
             metrics.SOLVE_SECONDS.observe(plan.solver.wall_s)
         except RAY_LOST_ERRORS as exc:  # the cluster failed, not the job: run it again (capped like a crash)

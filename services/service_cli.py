@@ -47,6 +47,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--max-memory-gb", type=float, help="estimated memory per request (default 2)")
     limits.add_argument("--max-groups", type=int, help="rack groups per fleet (default 1000)")
     limits.add_argument("--max-queued-jobs", type=int, help="unfinished jobs per tenant (default 20)")
+    limits.add_argument("--max-upload-mb", type=float, help="size of one uploaded scenario file (default 256)")
+    limits.add_argument("--max-scenario-sets", type=int, help="stored scenario sets per tenant (default 20)")
     limits.add_argument("--max-crashes", type=int, default=3, help="server deaths a job may cause before it FAILs")
     limits.add_argument("--retain-days", type=float, help="delete plans and finished jobs older than this")
     limits.add_argument("--retain-plans", type=int, help="keep at most this many plans (newest)")
@@ -140,6 +142,8 @@ def serve_config(args: argparse.Namespace):
         "max_groups": args.max_groups,
         "max_queued_jobs_per_caller": args.max_queued_jobs,
         "max_memory_bytes": None if args.max_memory_gb is None else int(args.max_memory_gb * 1024**3),
+        "max_scenario_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 1024**2),
+        "max_scenario_sets_per_caller": args.max_scenario_sets,
     }
     config.limits = dataclasses.replace(Limits(), **{k: v for k, v in limits.items() if v is not None})
     return config
@@ -206,6 +210,7 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
         c = calls.add_parser(name, help=help_text)
         c.add_argument("fleet", type=Path, help="fleet file (YAML or JSON), as for `hashpivot plan`")
         c.add_argument("--scenarios", type=int, help="number of Monte Carlo scenarios (default: the fleet file's)")
+        add_scenario_file_argument(c)
         c.add_argument("--time-limit", type=float, help="solver time limit in seconds")
         c.add_argument("--accept-offer", action="append", default=[], help="commit to this lease offer (repeatable)")
         c.add_argument("--convert-site", action="append", default=[], help="commit to converting a site (repeatable)")
@@ -242,6 +247,7 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--scenarios", type=int, help="number of scenarios")
     c.add_argument("--seed", type=int, help="random seed")
     c.add_argument("--stream", type=int, help="0 the plan's scenarios, 1 out-of-sample, 2+k SAA replication k")
+    add_scenario_file_argument(c)
     c.add_argument("--json", action="store_true", help="print the response as JSON")
     c.set_defaults(func=cmd_evaluate)
     c = calls.add_parser("dispatch", help="which racks of a plan to run or curtail now")
@@ -273,6 +279,29 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     c = calls.add_parser("health", help="standard gRPC health check; exit 0 when SERVING")
     c.add_argument("--service", default="", help="service name (default: the whole server)")
     c.set_defaults(func=cmd_health)
+
+
+def add_scenario_file_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scenario-file",
+        type=Path,
+        help="your own scenarios (NPZ, docs/scenarios.md): uploaded (UploadScenarios), then used by id",
+    )
+
+
+def _uploaded_scenarios(client, args: argparse.Namespace) -> str:
+    """Upload --scenario-file, if given; its scenario_set_id ("" without one)."""
+    if args.scenario_file is None:
+        return ""
+    from services.messages import check_input_file
+
+    check_input_file(args.scenario_file, "scenario file")
+    uploaded = client.upload_scenarios(args.scenario_file, name=args.scenario_file.name)
+    console.print(
+        f"scenario_set_id {uploaded.scenario_set_id} ({uploaded.scenarios} scenarios x {uploaded.steps} steps)",
+        highlight=False,
+    )
+    return uploaded.scenario_set_id
 
 
 def _client(args: argparse.Namespace):
@@ -311,17 +340,21 @@ def _rpc(fn):
         try:
             return fn(args)
         except PlannerError as error:
-            from services.messages import tidy
-
-            # one line: the status, the message; field and constraint details only when the message lacks them
-            extra = [f"{p}: {d}" for p, d in error.field_violations if p not in error.message]
-            extra += [f"{s}: {d}" for s, d in error.constraint_violations if s not in error.message]
-            extra += [f"{limit}: {d}" for limit, d in error.quota_violations if limit not in error.message]
-            line = tidy(" ".join([f"{error.code.name}: {error.message}", *(f"[{e}]" for e in extra)]))
-            console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+            _print_error(error)
             return 1
 
     return wrapped
+
+
+def _print_error(error) -> None:
+    """One red line: the status, the message; field and constraint details only when the message lacks them."""
+    from services.messages import tidy
+
+    extra = [f"{p}: {d}" for p, d in error.field_violations if p not in error.message]
+    extra += [f"{s}: {d}" for s, d in error.constraint_violations if s not in error.message]
+    extra += [f"{limit}: {d}" for limit, d in error.quota_violations if limit not in error.message]
+    line = tidy(" ".join([f"{error.code.name}: {error.message}", *(f"[{e}]" for e in extra)]))
+    console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def _show_plan(plan, out: Path | None, fmt: str = "table") -> None:
@@ -365,7 +398,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         return _print_request(args, OptimizeRequest)
     with _client(args) as client:
-        reply = client.optimize(_fleet(args), _commitments(args), robustness=robustness_overrides(args))
+        scenario_set_id = _uploaded_scenarios(client, args)
+        reply = client.optimize(
+            _fleet(args), _commitments(args), robustness=robustness_overrides(args), scenario_set_id=scenario_set_id
+        )
     _show_plan(reply.plan, args.out, args.format)
     if args.format == "table":
         print(f"plan_id {reply.plan_id}")
@@ -381,7 +417,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         return _print_request(args, SubmitPlanJobRequest)
     with _client(args) as client:
-        job = client.submit(_fleet(args), _commitments(args), args.request_id, robustness_overrides(args))
+        scenario_set_id = _uploaded_scenarios(client, args)
+        job = client.submit(
+            _fleet(args), _commitments(args), args.request_id, robustness_overrides(args), scenario_set_id
+        )
         if args.format == "table" or args.watch:
             print(f"job_id {job.job_id}")
         else:
@@ -425,8 +464,10 @@ def _follow(client, job_id: str) -> int:
                 bar.update(tasks[p.stage], completed=p.stage_done, mip=mip)
     state = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
     print(f"job {job_id} {state}" + (f" plan_id {job.plan_id}" if job.plan_id else ""))  # one line in every format
-    if job.HasField("error"):
-        console.print(f"[red]{job.error.message}[/red]")
+    if job.HasField("status"):
+        from services.client import PlannerError
+
+        _print_error(PlannerError.from_status(job.status))
     return 0 if job.state == jobs_pb2.PLAN_JOB_STATE_SUCCEEDED else 1
 
 
@@ -455,8 +496,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         for job in client.list_jobs(state):
             name = jobs_pb2.PlanJobState.Name(job.state).removeprefix("PLAN_JOB_STATE_").lower()
             rows.append(
-                {"job_id": job.job_id, "state": name, "fleet": job.fleet_name, "stage": job.progress.stage,
-                 "plan_id": job.plan_id}
+                {
+                    "job_id": job.job_id,
+                    "state": name,
+                    "fleet": job.fleet_name,
+                    "stage": job.progress.stage,
+                    "plan_id": job.plan_id,
+                }
             )
     emit(rows, args.format, "plan jobs")  # ids are never cut (services/tables.py)
     return 0
@@ -491,7 +537,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     fleet = load_fleet(args.fleet) if args.fleet else None
     with _client(args) as client:
         response = client.evaluate(
-            args.plan_id, fleet, allocation, count=args.scenarios, seed=args.seed, stream=args.stream
+            args.plan_id,
+            fleet,
+            allocation,
+            count=args.scenarios,
+            seed=args.seed,
+            stream=args.stream,
+            scenario_set_id=_uploaded_scenarios(client, args),
         )
     if args.json or args.format == "json":
         print(json_format.MessageToJson(response, preserving_proto_field_name=True))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from optimizer.allocation import check_feasible
+from optimizer.allocation import Mode, check_feasible
 from optimizer.dispatch import (
     DispatchTable,
     build_dispatch_table,
@@ -33,8 +33,9 @@ from optimizer.dispatch import (
 from optimizer.fleet import Fleet, FleetError, with_overrides
 from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings
+from optimizer.scenarios import ScenarioSet
 from protos.hashpivot.v1 import planner_service_pb2, planner_service_pb2_grpc
-from services import admission, convert, metrics, paging
+from services import admission, convert, metrics, paging, scenario_sets
 from services.auth import Caller, current_caller
 from services.errors import (
     QuotaViolation,
@@ -132,9 +133,15 @@ def _request_fields(fn: Callable, *args):
         raise invalid_argument(exc.violations) from None
 
 
-def _admit(fleet: Fleet, robustness: RobustnessSettings | None, limits: admission.Limits) -> None:
+def _admit(
+    fleet: Fleet,
+    robustness: RobustnessSettings | None,
+    limits: admission.Limits,
+    provided: ScenarioSet | None = None,
+) -> None:
     """RESOURCE_EXHAUSTED naming each limit the request's estimate exceeds, before any work starts."""
-    over = admission.check(fleet, robustness, limits)
+    scenario_set = None if provided is None else ("scenario_set_id", provided.n_scenarios)
+    over = admission.check(fleet, robustness, limits, scenario_set=scenario_set)
     if not over:
         return
     for limit, _, _ in over:
@@ -169,10 +176,11 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         fleet = _parse_fleet(request)
         commitments = _request_fields(convert.commitments_from_message, request.commitments, fleet)
         robustness = _robustness(request)
-        _admit(fleet, robustness, self._limits)
+        provided = self._scenario_set(request.scenario_set_id, fleet)
+        _admit(fleet, robustness, self._limits, provided)
         control = RunControl(deadline=_deadline(context))
         try:
-            plan = await asyncio.to_thread(run_plan, fleet, commitments, control, self._relay, robustness)
+            plan = await asyncio.to_thread(run_plan, fleet, commitments, control, self._relay, robustness, provided)
         except asyncio.CancelledError:  # the caller went away: stop the Ray tasks and HiGHS too
             control.stop(STOP_CANCELLED)
             raise
@@ -223,8 +231,11 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         fleet = _parse_fleet(request)
         commitments = _request_fields(convert.commitments_from_message, request.commitments, fleet)
         robustness = _robustness(request)
-        _admit(fleet, robustness, self._limits)
-        job = await self._runner.submit(fleet, commitments, request.request_id, robustness, caller.owner)
+        provided = self._scenario_set(request.scenario_set_id, fleet)  # checked now, read again when the job runs
+        _admit(fleet, robustness, self._limits, provided)
+        job = await self._runner.submit(
+            fleet, commitments, request.request_id, robustness, caller.owner, request.scenario_set_id
+        )
         return planner_service_pb2.SubmitPlanJobResponse(job=convert.job_to_message(job))
 
     @_handle_errors
@@ -270,6 +281,30 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         async for job in self._runner.watch(request.job_id, current_caller().sees):
             yield planner_service_pb2.WatchPlanJobResponse(job=convert.job_to_message(job))
 
+    # scenario sets
+
+    async def UploadScenarios(self, request_iterator, context):
+        try:
+            info = await scenario_sets.receive(request_iterator, self._store, current_caller().owner, self._limits)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            await _abort(context, exc)
+        return planner_service_pb2.UploadScenariosResponse(scenario_set=convert.scenario_set_to_message(info))
+
+    @_handle_errors
+    async def DeleteScenarioSet(self, request, context):
+        if self._store.get_scenario_set(request.scenario_set_id, current_caller().sees) is None:
+            raise not_found("scenario set", request.scenario_set_id)
+        self._store.delete_scenario_set(request.scenario_set_id)
+        return planner_service_pb2.DeleteScenarioSetResponse()
+
+    def _scenario_set(self, scenario_set_id: str, fleet: Fleet) -> ScenarioSet | None:
+        """The caller's uploaded scenario set the request names, checked against its fleet; None if it names none."""
+        if not scenario_set_id:
+            return None
+        return scenario_sets.load(self._store, scenario_set_id, current_caller().sees, fleet, "scenario_set_id")
+
     # what-if and dispatch
 
     @_handle_errors
@@ -295,8 +330,15 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         problems = check_feasible(fleet, allocation)
         if problems:
             raise allocation_error(problems, {c.group: i for i, c in enumerate(message.racks)})
-        fleet, spec = _scenario_selection(fleet, request.scenarios)
-        _admit(fleet, None, self._limits)
+        if request.scenario_set_id:
+            if request.HasField("scenarios"):
+                raise invalid_argument([("scenarios", "leave unset with scenario_set_id: every scenario is scored")])
+            provided = self._scenario_set(request.scenario_set_id, fleet)
+            spec = ScenarioSpec(count=provided.n_scenarios, seed=fleet.scenarios.seed, provided=provided)
+        else:
+            provided = None
+            fleet, spec = _scenario_selection(fleet, request.scenarios)
+        _admit(fleet, None, self._limits, provided)
         control = RunControl(deadline=_deadline(context))
         try:
             result = await asyncio.to_thread(
@@ -334,7 +376,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     def remember_plan(self, plan_id: str, fleet: Fleet, plan: PlanResult, owner: str = "") -> None:
         """Lay out a plan's dispatch table once, when the plan is made or first dispatched."""
         racks = {g.group: g.racks_mine for g in plan.allocation}
-        ids = {g.group: g.rack_ids_mine for g in plan.allocation}
+        ids = {g.group: g.rack_ids(Mode.MINE) for g in plan.allocation}
         table = build_dispatch_table(fleet, racks, ids, allocation=convert.plan_allocation(plan))
         self._dispatch[plan_id] = _DispatchEntry(plan_id, owner, table)
         self._dispatch.move_to_end(plan_id)

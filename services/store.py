@@ -44,7 +44,7 @@ from solvers.runs import ProgressSnapshot
 log = logging.getLogger(__name__)
 
 DB_ENV = "HASHPIVOT_DB"
-SCHEMA_VERSION = 3  # 2: jobs.robustness_json; 3: owners, crash count, back-off, plans.fleet_name
+SCHEMA_VERSION = 4  # 2: jobs.robustness_json; 3: owners, crash count, back-off, plans.fleet_name; 4: scenario sets
 
 
 class JobState(enum.StrEnum):
@@ -90,6 +90,7 @@ class JobRecord:
     robustness: RobustnessSettings | None = None  # assess the plan's robustness after planning
     owner: str = ""
     crashes: int = 0  # server deaths while it ran
+    scenario_set_id: str = ""  # plan on this uploaded scenario set instead of drawing scenarios
 
     def fleet(self) -> Fleet:
         return parse_fleet(json.loads(self.fleet_json))
@@ -102,6 +103,27 @@ class PlanSummary:
     created_at: float
     fleet_name: str
     owner: str
+
+
+@dataclass(frozen=True)
+class ScenarioSetInfo:
+    """What an uploaded scenario set holds (the bytes are stored beside it)."""
+
+    scenario_set_id: str
+    owner: str
+    name: str
+    created_at: float
+    size_bytes: int
+    scenarios: int
+    steps: int
+    step_hours: float
+    markets: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "markets", tuple(self.markets))  # JSON gives a list back
 
 
 @dataclass(frozen=True)
@@ -140,7 +162,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     robustness_json TEXT,
     owner TEXT NOT NULL DEFAULT '',
     crashes INTEGER NOT NULL DEFAULT 0,
-    not_before REAL NOT NULL DEFAULT 0
+    not_before REAL NOT NULL DEFAULT 0,
+    scenario_set_id TEXT
 );
 """
 _SCHEMA = (
@@ -159,6 +182,15 @@ CREATE TABLE IF NOT EXISTS plans (
     fleet_name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS plans_by_owner ON plans (owner, created_at);
+CREATE TABLE IF NOT EXISTS scenario_sets (
+    scenario_set_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    info_json TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scenario_sets_by_owner ON scenario_sets (owner, created_at);
 """
 )
 # Columns of a version 1/2 jobs table, copied when the table is rebuilt (its request_id was globally UNIQUE).
@@ -177,7 +209,8 @@ def fleet_json(fleet: Fleet) -> str:
 
 
 def plan_json(plan: PlanResult) -> str:
-    # Python's json keeps inf (a MIP gap without a bound), which pydantic's JSON mode would turn into null.
+    # Python's json keeps any non-finite float exactly (the store is read only by PlanResult.model_validate_json);
+    # unknown figures (a bound the solver never proved) are None in the domain already.
     return json.dumps(plan.model_dump(mode="python"), default=_json_default)
 
 
@@ -240,6 +273,9 @@ class JobStore:
             self._db.execute(_JOBS_TABLE)
             self._db.execute(f"INSERT INTO jobs ({_V2_JOB_COLUMNS}) SELECT {_V2_JOB_COLUMNS} FROM jobs_v2")
             self._db.execute("DROP TABLE jobs_v2")
+        job_columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "jobs" in tables and "scenario_set_id" not in job_columns:  # before version 4 (a rebuilt table has it)
+            self._db.execute("ALTER TABLE jobs ADD COLUMN scenario_set_id TEXT")
         if "plans" in tables and version < 3:
             self._db.execute("ALTER TABLE plans ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
             self._db.execute("ALTER TABLE plans ADD COLUMN fleet_name TEXT NOT NULL DEFAULT ''")
@@ -298,6 +334,7 @@ class JobStore:
         request_id: str = "",
         robustness: RobustnessSettings | None = None,
         owner: str = "",
+        scenario_set_id: str = "",
     ) -> tuple[JobRecord, bool]:
         """Insert a queued job; with a request_id this owner used before, return that job instead. -> (job, created)."""
         if request_id:
@@ -310,7 +347,7 @@ class JobStore:
         with self._write():
             self._db.execute(
                 "INSERT INTO jobs (job_id, request_id, state, fleet_name, fleet_json, commitments_json, created_at,"
-                " robustness_json, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " robustness_json, owner, scenario_set_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     request_id or None,
@@ -321,6 +358,7 @@ class JobStore:
                     time.time(),
                     None if robustness is None else robustness.model_dump_json(),
                     owner,
+                    scenario_set_id or None,
                 ),
             )
         return self.get_job(job_id), True
@@ -531,11 +569,41 @@ class JobStore:
             self._db.execute("UPDATE jobs SET plan_id = NULL WHERE plan_id = ?", (plan_id,))
         return deleted
 
+    # scenario sets (UploadScenarios): the NPZ bytes as uploaded, with what they hold
+
+    def save_scenario_set(self, info: ScenarioSetInfo, data: bytes) -> None:
+        with self._write():
+            self._db.execute(
+                "INSERT INTO scenario_sets (scenario_set_id, owner, name, created_at, info_json, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (info.scenario_set_id, info.owner, info.name, info.created_at, json.dumps(info.as_dict()), data),
+            )
+
+    def get_scenario_set(self, scenario_set_id: str, owner: str | None = None) -> tuple[ScenarioSetInfo, bytes] | None:
+        """The set's description and bytes, if it exists and `owner` may see it (None: any owner)."""
+        where, args = _visible(owner)
+        row = self._db.execute(
+            f"SELECT info_json, data FROM scenario_sets WHERE scenario_set_id = ? AND {where}", (scenario_set_id, *args)
+        ).fetchone()
+        if row is None:
+            return None
+        return ScenarioSetInfo(**json.loads(row["info_json"])), bytes(row["data"])
+
+    def count_scenario_sets(self, owner: str) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM scenario_sets WHERE owner = ?", (owner,)).fetchone()[0]
+
+    def delete_scenario_set(self, scenario_set_id: str) -> bool:
+        with self._write():
+            return (
+                self._db.execute("DELETE FROM scenario_sets WHERE scenario_set_id = ?", (scenario_set_id,)).rowcount
+                == 1
+            )
+
     # retention
 
     def sweep(self, max_age_s: float | None, max_plans: int | None, max_jobs: int | None) -> tuple[int, int]:
-        """Delete plans and finished jobs older than max_age_s, then all but the newest max_plans / max_jobs.
-        Queued and running jobs are never deleted. -> (plans deleted, jobs deleted)."""
+        """Delete plans, finished jobs and scenario sets older than max_age_s, then all but the newest
+        max_plans / max_jobs. Queued and running jobs are never deleted. -> (plans deleted, jobs deleted)."""
         final = (JobState.SUCCEEDED.value, JobState.FAILED.value, JobState.CANCELLED.value)
         plans = jobs = 0
         with self._write():
@@ -545,6 +613,7 @@ class JobStore:
                 jobs += self._db.execute(
                     "DELETE FROM jobs WHERE created_at < ? AND state IN (?, ?, ?)", (cutoff, *final)
                 ).rowcount
+                self._db.execute("DELETE FROM scenario_sets WHERE created_at < ?", (cutoff,))
             if max_plans is not None:
                 plans += self._db.execute(
                     "DELETE FROM plans WHERE plan_id NOT IN"
@@ -585,4 +654,5 @@ def _job(row: sqlite3.Row) -> JobRecord:
         ),
         owner=row["owner"],
         crashes=row["crashes"],
+        scenario_set_id=row["scenario_set_id"] or "",
     )

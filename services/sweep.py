@@ -19,16 +19,14 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 from rich.console import Console
 
-from optimizer.economics import group_economics
 from optimizer.fleet import Fleet, FleetError, parse_fleet
 from optimizer.plan_result import PlanResult
-from optimizer.scenarios import OPTIMIZATION_STREAM, generate_scenarios
 from optimizer.sweep import SweepInputError, TornadoBar, Vary, apply_inputs, base_value, sweep_points, tornado
 from services.report import MODE_COLORS, _figure
 from services.tables import new_table
 from solvers.highs import InfeasiblePlanError, NoSolutionInTimeError
-from solvers.planner import ScenarioSpec, assemble_plan, solve_allocation
-from solvers.ray_pool import ensure_ray, fan_out
+from solvers.planner import ScenarioSpec, assemble_plan, solve_allocation, streamed_economics
+from solvers.ray_pool import ensure_ray, fan_out, in_process
 
 METRICS = {
     "mean": "mean_usd",
@@ -40,12 +38,13 @@ MODE_ORDER = ("mine", "ai", "idle")
 
 
 def plan_point(fleet: Fleet) -> PlanResult:
-    """One whole plan in this process: scenarios, economics, the MIP on one thread."""
-    count, seed = fleet.scenarios.count, fleet.scenarios.seed
-    scenarios = generate_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, range(count), seed, OPTIMIZATION_STREAM)
-    economics = group_economics(fleet, scenarios)
-    solved = solve_allocation(fleet, economics, fleet.risk, fleet.solver.model_copy(update={"threads": 1}))
-    return assemble_plan(fleet, economics, solved, ScenarioSpec(count=count, seed=seed), source="generated")
+    """One whole plan in this process: scenarios streamed chunk by chunk (as `hashpivot plan` does, so a
+    five-year horizon never holds every scenario-step at once), the economics, the MIP on one thread."""
+    spec = ScenarioSpec(count=fleet.scenarios.count, seed=fleet.scenarios.seed)
+    with in_process():  # the point is the task: no nested tasks competing with the other points for CPUs
+        economics, _ = streamed_economics(fleet, range(spec.count), spec.seed, spec.stream, None)
+        solved = solve_allocation(fleet, economics, fleet.risk, fleet.solver.model_copy(update={"threads": 1}))
+    return assemble_plan(fleet, economics, solved, spec, source="generated")
 
 
 @ray.remote(num_cpus=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from rich.table import Table
 
 from optimizer.modes import MODES
 from optimizer.plan_result import PlanResult
+from optimizer.rack_ranges import label
 
 FORMATS = ("table", "json", "csv")
 PIPE_WIDTH = 400  # not a terminal: lines as wide as the content, never cut at 80 columns
@@ -160,7 +162,7 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
     )
     s = plan.solver
     console.print(
-        f"solver: {s.status}, gap {s.mip_gap:.2e}, {s.variables} variables, {s.constraints} constraints, "
+        f"solver: {s.status}, gap {gap_text(s.mip_gap, '.2e')}, {s.variables} variables, {s.constraints} constraints, "
         f"solve {s.wall_s:.2f}s, total {plan.timings_s.get('total_s', 0):.1f}s"
     )
     if s.gap_exceeded:
@@ -209,12 +211,18 @@ def _print_deals(plan: PlanResult, console: Console) -> None:
         console.print(f"{event.date}  {event.event.replace('_', ' ')}: {event.detail}", style="dim")
 
 
+def gap_text(mip_gap: float | None, spec: str) -> str:
+    """The MIP gap formatted, or "unknown (no bound)" when the solve proved no bound."""
+    return "unknown (no bound)" if mip_gap is None else format(mip_gap, spec)
+
+
 def gap_warning(plan: PlanResult) -> str:
     """One line saying the plan is unproven: the solve stopped at a limit with a gap above the accepted one."""
     s = plan.solver
     limit = f" of {s.time_limit_s:.0f} s" if s.status == "time_limit" and s.time_limit_s is not None else ""
     return (
-        f"UNPROVEN PLAN: the solver stopped at its {s.status.replace('_', ' ')}{limit} with a gap of {s.mip_gap:.2%} "
+        f"UNPROVEN PLAN: the solver stopped at its {s.status.replace('_', ' ')}{limit} "
+        f"with a gap of {gap_text(s.mip_gap, '.2%')} "
         f"(accepted: {s.max_accepted_gap:.2%}); the allocation may be far from the best one"
     )
 
@@ -258,8 +266,9 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
         values = {v.group: v for v in rack_values(fleet, plan)}
     allocation = []
     for g in plan.allocation:
-        listed = {f"rack_ids_{m.value}" for m in MODES} | {"lifecycles", "option_values_usd_per_rack"}
+        listed = {f"rack_ranges_{m.value}" for m in MODES} | {"lifecycles", "option_values_usd_per_rack"}
         row = g.model_dump(exclude=listed)
+        row["rack_ids"] = rack_ids_text(g)
         row["lifecycles"] = "; ".join(f"{key}={n}" for key, n in g.lifecycles.items())
         row["option_values_usd_per_rack"] = "; ".join(
             f"{key}={value:.0f}" for key, value in g.option_values_usd_per_rack.items()
@@ -293,6 +302,11 @@ def plan_tables(plan: PlanResult, fleet=None) -> dict[str, list[dict]]:
     }
 
 
+def rack_ids_text(group) -> str:
+    """Which racks take which mode, as ranges: "mine texas-00000..texas-00099; idle texas-00100..texas-00119"."""
+    return "; ".join(f"{m.value} {label(group.rack_ranges(m))}" for m in MODES if group.rack_ranges(m))
+
+
 def plan_json(plan: PlanResult, fleet=None) -> dict:
     """plan.json: the PlanResult, plus `rack_values` (value of a rack per mode) when the fleet is known."""
     data = plan.model_dump(mode="json")
@@ -300,7 +314,18 @@ def plan_json(plan: PlanResult, fleet=None) -> dict:
         from optimizer.rack_values import rack_values
 
         data["rack_values"] = [v.as_dict() for v in rack_values(fleet, plan)]
-    return data
+    return finite_json(data)
+
+
+def finite_json(value):
+    """`value` with every non-finite float as None: json.dumps would write Infinity and NaN, which are not JSON."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path]:
@@ -309,7 +334,7 @@ def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_path = out_dir / "plan.json"
-    plan_path.write_text(json.dumps(plan_json(plan, fleet), indent=2))
+    plan_path.write_text(json.dumps(plan_json(plan, fleet), indent=2, allow_nan=False))
     tables = plan_tables(plan, fleet)
     paths = [plan_path, *(_write_csv(out_dir / f"{name}.csv", rows) for name, rows in tables.items())]
     return [*paths, write_workbook(out_dir / "plan.xlsx", tables, plan)]

@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 MAX_STRING_CHARS = 256  # ids and names; no field of the contract needs more
 MAX_ITEMS = 5_000  # entries of any one repeated field or map (admission bounds the work separately)
 MAX_ABS_NUMBER = 1e12  # USD, MW, TH/s, ...: a magnitude past this is a typo or an attack (1e308 overflows sums)
+MAX_CHUNK_BYTES = 1024 * 1024  # one UploadScenarios chunk (clients send this size; the server refuses more)
 MAX_VIOLATIONS = 20  # stop collecting: one bad list must not produce a megabyte of violations
 
 _FLOATS = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)

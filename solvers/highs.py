@@ -347,6 +347,11 @@ def load_values(model: pyo.ConcreteModel, matrix: MatrixModel, values: np.ndarra
         )
 
 
+def finite_or_none(value: float) -> float | None:
+    """A solver figure as reported: None when unknown (an infinite bound or gap, NaN)."""
+    return value if math.isfinite(value) else None
+
+
 def relative_gap(objective: float, bound: float) -> float:
     """|bound - objective| / max(|objective|, 1e-9), HiGHS's definition; inf without a bound."""
     if not math.isfinite(bound):

@@ -33,7 +33,14 @@ from optimizer.risk import profit_stats
 from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios, hourly_means, select_rows
 from optimizer.ties import break_ties
 from solvers.diagnose import Commitments, apply_commitments, explain_infeasible
-from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, solve
+from solvers.highs import (
+    InfeasiblePlanError,
+    MipProgress,
+    NoSolutionInTimeError,
+    SolveOutcome,
+    finite_or_none,
+    solve,
+)
 from solvers.limits import gap_exceeded, resolved_time_limit_s
 from solvers.ray_pool import (
     batches,
@@ -371,8 +378,8 @@ def assemble_plan(
         solver=SolverReport(
             status=solved.outcome.status,
             objective_usd=solved.outcome.objective_usd,
-            bound_usd=solved.outcome.bound_usd,
-            mip_gap=solved.outcome.mip_gap,
+            bound_usd=finite_or_none(solved.outcome.bound_usd),
+            mip_gap=finite_or_none(solved.outcome.mip_gap),
             wall_s=solved.outcome.wall_s,
             variables=solved.variables,
             constraints=solved.constraints,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import statistics
 import threading
 import time
@@ -38,8 +37,9 @@ from optimizer.fleet import Fleet
 from optimizer.plan_result import PlanResult, SiteBreakdown, site_breakdowns
 from optimizer.risk import ProfitStats, profit_stats, risk_objective_value
 from optimizer.robustness import RobustnessReport, RobustnessSettings
+from optimizer.scenarios import ScenarioSet
 from solvers.diagnose import Commitments
-from solvers.highs import MipProgress, NoSolutionInTimeError, SolveError
+from solvers.highs import MipProgress, NoSolutionInTimeError, SolveError, finite_or_none
 from solvers.limits import resolved_time_limit_s
 from solvers.planner import ScenarioSpec, SolvedPlan, compute_economics, plan_fleet, solve_remote
 from solvers.robustness import assess_plan
@@ -187,10 +187,6 @@ def ping() -> bool:
     return True
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 # ---------------------------------------------------------------------------------------------
 # Plan
 
@@ -201,17 +197,19 @@ def run_plan(
     control: RunControl,
     relay=None,
     robustness: RobustnessSettings | None = None,
+    provided: ScenarioSet | None = None,
 ) -> PlanResult:
     """Plan the fleet with solvers.planner.plan_fleet, stoppable and deadline-bound through `control`;
-    with `robustness`, assess the plan too (solvers.robustness.assess_plan) and attach the report."""
+    with `robustness`, assess the plan too (solvers.robustness.assess_plan) and attach the report.
+    `provided`: plan on these scenarios (a user's paths) instead of drawing the fleet's."""
 
     def solve_plan(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
         return _solve_stoppable(fleet, economics, commitments, control, relay)
 
     control.check()
-    plan, _ = plan_fleet(fleet, progress=control.pipeline_progress, solve_plan=solve_plan)
+    plan, _ = plan_fleet(fleet, provided=provided, progress=control.pipeline_progress, solve_plan=solve_plan)
     if robustness is not None:
-        report = _assess_stoppable(fleet, plan, robustness, control, relay)
+        report = _assess_stoppable(fleet, plan, robustness, control, relay, provided)
         plan = plan.model_copy(update={"robustness": report})
     if fleet.tree is not None:
         from solvers.tree_plan import plan_tree
@@ -303,7 +301,9 @@ def _relay_progress(relay, key: str, control: RunControl) -> None:
         return
     if latest is not None:
         incumbent, bound, gap, _ = latest
-        control.update(incumbent_usd=_finite(incumbent), bound_usd=_finite(bound), mip_gap=_finite(gap))
+        control.update(
+            incumbent_usd=finite_or_none(incumbent), bound_usd=finite_or_none(bound), mip_gap=finite_or_none(gap)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,23 +311,30 @@ def _relay_progress(relay, key: str, control: RunControl) -> None:
 
 
 @ray.remote(num_cpus=0)  # it only waits on the tasks it submits, which hold the CPUs
-def assess_remote(fleet: Fleet, plan: PlanResult, settings: RobustnessSettings, relay, key: str) -> RobustnessReport:
+def assess_remote(
+    fleet: Fleet, plan: PlanResult, settings: RobustnessSettings, relay, key: str, provided: ScenarioSet | None = None
+) -> RobustnessReport:
     """solvers.robustness.assess_plan as one task: cancelling it recursively stops every task it submitted."""
 
     def progress(stage: str, done: int, total: int) -> None:
         if relay is not None:
             relay.report_stage.remote(key, stage, done, total)
 
-    return assess_plan(fleet, plan, settings=settings, progress=progress).report
+    return assess_plan(fleet, plan, provided=provided, settings=settings, progress=progress).report
 
 
 def _assess_stoppable(
-    fleet: Fleet, plan: PlanResult, settings: RobustnessSettings, control: RunControl, relay
+    fleet: Fleet,
+    plan: PlanResult,
+    settings: RobustnessSettings,
+    control: RunControl,
+    relay,
+    provided: ScenarioSet | None = None,
 ) -> RobustnessReport:
     control.check()
     control.update(stage=ROBUSTNESS_STAGE, stage_done=0, stage_total=1)
     key = uuid.uuid4().hex
-    ref = assess_remote.remote(fleet, plan, settings, relay, key)
+    ref = assess_remote.remote(fleet, plan, settings, relay, key, provided)
     while True:
         ready, _ = ray.wait([ref], timeout=POLL_S)
         if relay is not None:

@@ -104,6 +104,16 @@ def small_fleet_data(days: int = 3, scenarios: int = 6) -> dict:
     }
 
 
+def million_rack_fleet_data() -> dict:
+    """One site, one group of 1,000,000 single-machine racks; the grid takes about half of them mining."""
+    data = small_fleet_data(days=2, scenarios=4)
+    group = dict(data["rack_groups"][0], racks=1_000_000, machine="new", machines_per_rack=1)
+    data.update(rack_groups=[dict(group, opex_usd_per_rack_day=0.3)], lease_offers=[], sites=data["sites"][:1])
+    data["sites"][0]["capacity_mw"] = 2_000
+    del data["capital_budget_usd"]  # nothing to spend it on
+    return data
+
+
 def medium_fleet_data(days: int = 2, scenarios: int = 5) -> dict:
     """small_fleet_data with twenty times the racks and room for AI blocks: for compact vs extensive form."""
     data = small_fleet_data(days=days, scenarios=scenarios)

@@ -94,3 +94,22 @@ def test_compact_equals_extensive_form(risk):
     extensive_outcome = solve(extensive, time_limit_s=120, mip_rel_gap=0.0)
     assert extensive.nvariables() > 10 * compact.nvariables()
     assert compact_outcome.objective_usd == pytest.approx(extensive_outcome.objective_usd, rel=1e-7, abs=1e-3)
+
+
+def test_capital_budget_with_nothing_to_spend_it_on_plans_as_without_it():
+    """A budget on a fleet with no conversion and no purchase bounds nothing: the same optimum as no budget
+    (it used to fail model building on a constant constraint)."""
+    data = small_fleet_data(days=2, scenarios=4)
+    data.update(sites=data["sites"][:1], rack_groups=data["rack_groups"][:1], lease_offers=[])
+    with_budget = parse_fleet(data)
+    without = parse_fleet({k: v for k, v in data.items() if k != "capital_budget_usd"})
+    economics = group_economics(with_budget, scenarios_for(with_budget))
+    risk = RISKS[0]
+    solved = [
+        solve(build_compact_model(f, economics, risk), time_limit_s=60, mip_rel_gap=0.0) for f in (with_budget, without)
+    ]
+    assert solved[0].objective_usd == pytest.approx(solved[1].objective_usd, rel=1e-9)
+    mine_all = {"f-old": {Mode.MINE: 4, Mode.AI: 0, Mode.IDLE: 0}}
+    profits = scenario_profits_usd(with_budget, economics, Allocation(mine_all, frozenset()))
+    best = max(risk_objective_value(profits * share, risk.objective.value, risk.alpha, risk.weight) for share in (0, 1))
+    assert solved[0].objective_usd >= best - 1e-6  # at least as good as all-idle or all-mining

@@ -200,10 +200,15 @@ def test_a_demand_response_call_drops_the_worst_margins_first():
 def test_demand_response_needs_a_programme_and_planned_mining_load():
     fleet = one_day_fleet(FIXED_30, dr=True)
     assert check_feasible(fleet, Allocation(mining(1, 0), dr_mw={"spot": 0.03})) == []
-    too_much = dict(check_feasible(fleet, Allocation(mining(1, 0), dr_mw={"spot": 0.04})))
-    assert "planned mining load" in too_much["sites.spot.demand_response"]
-    nowhere = dict(check_feasible(fleet, Allocation(mining(1, 0), dr_mw={"fixed": 0.01})))
-    assert "without a programme" in nowhere["sites.fixed.demand_response"]
+    (too_much,) = check_feasible(fleet, Allocation(mining(1, 0), dr_mw={"spot": 0.04}))
+    assert (too_much.constraint, too_much.subject) == ("site_demand_response", "spot")
+    assert too_much.field == "sites.spot.demand_response"
+    assert "planned mining load" in too_much.message
+    # the record carries the amounts: 0.04 MW committed against the planned mining load (one rack at the meter)
+    assert too_much.needed == pytest.approx(0.04) and too_much.unit == "MW" and 0.03 <= too_much.limit < 0.04
+    (nowhere,) = check_feasible(fleet, Allocation(mining(1, 0), dr_mw={"fixed": 0.01}))
+    assert nowhere.field == "sites.fixed.demand_response" and "without a programme" in nowhere.message
+    assert (nowhere.needed, nowhere.limit) == (pytest.approx(0.01), 0.0)
 
 
 # --- the numpy evaluation is the dispatch LP --------------------------------------------------

@@ -25,9 +25,8 @@ def test_plan_writes_json_and_csv(ray_session, tmp_path, tiny_args, capsys):
         rows = list(csv.DictReader(handle))
     assert [r["group"] for r in rows] == ["hydro-s19", "texas-s19", "texas-s21"]
     for row, group in zip(rows, plan["allocation"], strict=True):
-        assert int(row["racks_mine"]) + int(row["racks_ai"]) + int(row["racks_idle"]) == len(
-            group["rack_ids_mine"] + group["rack_ids_ai"] + group["rack_ids_idle"]
-        )
+        for mode in ("mine", "ai", "idle"):
+            assert int(row[f"racks_{mode}"]) == sum(r["count"] for r in group[f"rack_ranges_{mode}"])
     printed = capsys.readouterr().out
     assert "Allocation" in printed and "CVaR95%" in printed
 

@@ -1,11 +1,15 @@
 """The Python client API and `hashpivot client ...` against a real server on a loopback port."""
 
+import csv
+import io
 import json
 
+import grpc
 import pytest
 import yaml
 from google.protobuf import json_format
 
+from optimizer.allocation import Mode
 from optimizer.fleet import load_fleet
 from protos.hashpivot.v1 import jobs_pb2
 from protos.hashpivot.v1 import planner_service_pb2 as pb
@@ -13,7 +17,7 @@ from services import convert, healthcheck
 from services.cli import main
 from services.client import PlannerClient, PlannerError
 from solvers.diagnose import Commitments
-from tests.fleets import small_fleet_data
+from tests.fleets import million_rack_fleet_data, small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message
 
 
@@ -183,3 +187,24 @@ def test_robustness_and_events_through_the_client(server, client, fleet_file, ca
     assert [s["site"] for s in response["sites"]] == ["fixed", "spot"]
     assert main([*target, *dispatch, "--hashprice", "40"]) == 0
     assert "site spot: 0.00 MW available" in capsys.readouterr().out
+
+
+def test_a_million_rack_plan_fits_a_default_client_and_shows_its_ranges(server, tmp_path, capsys):
+    """Rack ids travel as ranges: a default 4 MiB client reads the plan; the CLI prints them as ranges."""
+    path = tmp_path / "million.yaml"
+    path.write_text(yaml.safe_dump(million_rack_fleet_data()))
+    target = ["client", "--target", server.target, "--timeout", "120"]
+    assert main([*target, "optimize", str(path), "--format", "csv"]) == 0
+    printed = capsys.readouterr()
+    row = next(csv.DictReader(io.StringIO(printed.out)))
+    plan_id = printed.err.strip().splitlines()[-1].split()[-1]
+    mine, idle = int(row["racks_mine"]), int(row["racks_idle"])
+    assert 0 < mine < 1_000_000 and mine + idle == 1_000_000
+    assert row["rack_ids"] == f"mine f-old-00000..f-old-{mine - 1:05d}; idle f-old-{mine:05d}..f-old-999999"
+    with grpc.insecure_channel(server.target) as channel:  # default message limits (4 MiB)
+        client = PlannerClient(server.target, timeout_s=60, channel=channel)
+        reply = client.get_plan(plan_id)
+    assert reply.message.ByteSize() < 4096
+    group = reply.plan.allocation[0]
+    assert group.rack_ids(Mode.MINE) == [f"f-old-{k:05d}" for k in range(mine)]
+    assert len(group.rack_ids(Mode.IDLE)) == idle

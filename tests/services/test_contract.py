@@ -6,7 +6,6 @@ still lacks (extend protos/hashpivot/v1/*.proto, run scripts/gen_protos.sh).
 
 import dataclasses
 import functools
-import math
 
 import pytest
 
@@ -23,7 +22,7 @@ from services import convert
 from services.store import plan_json
 from solvers.planner import ScenarioSpec, assemble_plan, plan_fleet, solve_allocation
 from solvers.robustness import assess_plan
-from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
+from tests.fleets import EXAMPLES, events_fleet_data, million_rack_fleet_data, small_fleet_data
 
 
 def test_every_fleet_field_has_a_proto_field():
@@ -85,13 +84,33 @@ def test_plan_round_trip():
     assert back == plan
 
 
+def test_a_million_rack_plan_is_a_few_kb_and_round_trips_to_the_same_allocation():
+    fleet = parse_fleet(million_rack_fleet_data())
+    plan, _ = plan_fleet(fleet, local=True)
+    group = plan.allocation[0]
+    assert 0 < group.racks_mine < 1_000_000 and group.racks_mine + group.racks_idle == 1_000_000
+    wire = convert.plan_to_message(plan, "plan-big").SerializeToString()
+    assert len(wire) < 4096  # every id listed, it was 17.9 MB
+    back = convert.plan_from_message(plan_pb2.Plan.FromString(wire))
+    assert back == plan
+    assert convert.plan_allocation(back) == convert.plan_allocation(plan)
+    mining = back.allocation[0].rack_ids(Mode.MINE)
+    assert len(mining) == group.racks_mine and mining[0] == "f-old-00000"
+    assert mining[-1] == f"f-old-{group.racks_mine - 1:05d}"
+    assert back.allocation[0].rack_ids(Mode.IDLE)[-1] == "f-old-999999"
+
+
 def test_plan_with_unbounded_gap_round_trips():
+    """An unknown bound and gap are unset in the message (never Infinity) and None again on the way back."""
     plan = small_plan()
-    solver = plan.solver.model_copy(update={"mip_gap": math.inf, "status": "time_limit"})
+    solver = plan.solver.model_copy(update={"bound_usd": None, "mip_gap": None, "status": "time_limit"})
     plan = plan.model_copy(update={"solver": solver})
-    message = convert.plan_to_message(plan)
-    assert math.isinf(message.solver.mip_gap) and message.solver.status == plan_pb2.SOLVE_STATUS_TIME_LIMIT
+    message = plan_pb2.Plan.FromString(convert.plan_to_message(plan).SerializeToString())
+    assert message.solver.status == plan_pb2.SOLVE_STATUS_TIME_LIMIT
+    assert not message.solver.HasField("bound_usd") and not message.solver.HasField("mip_gap")
     assert convert.plan_from_message(message).solver == plan.solver
+    known = convert.plan_to_message(small_plan())
+    assert known.solver.HasField("bound_usd") and known.solver.mip_gap == small_plan().solver.mip_gap
 
 
 @pytest.mark.parametrize("path", ["tiny.yaml", "fleet.yaml"])
@@ -176,7 +195,7 @@ def test_plan_with_power_features_and_robustness_round_trips(ray_session):
 def test_plan_without_optional_robustness_sections_round_trips():
     """None sections (no replications, no wait-and-see, no sensitivity) stay None, not empty messages."""
     plan = small_plan()
-    interval = {"estimate_usd": 1.0, "lower_usd": -math.inf, "upper_usd": math.inf, "confidence_level": 0.95}
+    interval = {"estimate_usd": 1.0, "lower_usd": None, "upper_usd": None, "confidence_level": 0.95}
     evaluation = {
         "plan": "stochastic",
         "description": "d",

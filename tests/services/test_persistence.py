@@ -134,7 +134,8 @@ def test_a_version_1_database_gains_the_robustness_column_and_owners(tmp_path):
     store.close()
     reopened = JobStore(db)
     assert reopened.get_job(job.job_id).robustness == settings
-    assert reopened._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert reopened._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert reopened.get_job("job-old").scenario_set_id == ""  # version 4 added the column
     # Jobs from before owners existed belong to no tenant: only an admin (owner=None) sees them.
     assert reopened.get_job("job-old", owner=None) is not None and reopened.get_job("job-old", owner="alice") is None
     reopened.close()

@@ -7,15 +7,18 @@ import grpc
 import pytest
 import ray
 import yaml
+from google.rpc import code_pb2, error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from optimizer.allocation import Mode
 from optimizer.dispatch import build_dispatch_table, decide, site_conditions, site_prices_usd_per_mwh
 from optimizer.fleet import parse_fleet
 from optimizer.robustness import RobustnessSettings
 from protos.hashpivot.v1 import jobs_pb2, plan_pb2
 from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services import convert
+from services.client import PlannerError
 from services.servicer import SERVER_TIME_METADATA, SERVICE_NAME
 from solvers.planner import plan_fleet
 from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
@@ -287,8 +290,20 @@ def test_failed_job_keeps_its_error(stub):
     job = stub.SubmitPlanJob(request, timeout=30).job
     final = watch_until_final(stub, job.job_id)[-1]
     assert final.state == jobs_pb2.PLAN_JOB_STATE_FAILED and not final.plan_id
-    assert final.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert final.error.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]  # the deprecated JobError, still filled
     assert [v.subject for v in final.error.constraint_violations] == ["capital_budget", "convert[spot]"]
+    # the job's error is a google.rpc.Status: what a unary call would have ended with, details included
+    assert final.status.code == code_pb2.FAILED_PRECONDITION and final.status.message == final.error.message
+    failure = error_details_pb2.PreconditionFailure()
+    assert final.status.details[0].Unpack(failure)
+    assert [(v.type, v.subject) for v in failure.violations] == [
+        ("CONSTRAINT", "capital_budget"),
+        ("CONSTRAINT", "convert[spot]"),
+    ]
+    as_raised = PlannerError.from_status(final.status)
+    assert as_raised.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert [s for s, _ in as_raised.constraint_violations] == ["capital_budget", "convert[spot]"]
+    assert [v.constraint for v in as_raised.constraints] == ["capital_budget", "commitments"]
     # a job with a bad fleet is refused at submission, not failed later
     data["sites"][0]["capacity_mw"] = -1
     error = call_error(stub.SubmitPlanJob, pb.SubmitPlanJobRequest(fleet=fleet_message(data)), timeout=30)
@@ -376,6 +391,17 @@ def test_evaluate_errors(stub, small_plan):
     error = call_error(stub.Evaluate, pb.EvaluateRequest(fleet=fleet_message(data), allocation=all_mining), timeout=60)
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert [s for s, _ in rich_details(error)["constraints"]] == ["site_capacity[spot]"]
+    # the same violation as a record with its amounts: the site's mining load at the meter against its capacity
+    (record,) = PlannerError.from_rpc_error(error).constraints
+    fleet = parse_fleet(data)
+    spot = fleet.site("spot")
+    load_kw = sum(g.racks * fleet.rack_power_kw(g) for g in fleet.rack_groups if g.site == "spot") * spot.pue_mining
+    assert (record.constraint, record.subject, record.field) == (
+        "site_capacity",
+        "site_capacity[spot]",
+        "sites.spot.capacity_mw",
+    )
+    assert record.needed == pytest.approx(load_kw / 1000) and record.limit == 0.1 and record.unit == "MW"
 
     short = pb.Allocation(racks=[pb.GroupCounts(group=g["id"], racks_mine=1) for g in data["rack_groups"]])
     error = call_error(stub.Evaluate, pb.EvaluateRequest(fleet=fleet_message(data), allocation=short), timeout=60)
@@ -450,7 +476,7 @@ def test_dispatch_from_network_figures_and_rack_ids(stub, tiny_plan):
     )
     response = stub.Dispatch(request, timeout=10)
     assert response.hashprice_usd_per_ph_day == pytest.approx(144 * (3.125 + 0.025) * 67_800 / 900_000)
-    ids = {g.group: list(g.rack_ids_mine) for g in plan.allocation}
+    ids = {g.group: g.rack_ids(Mode.MINE) for g in convert.plan_from_message(plan).allocation}
     assert all(list(g.rack_ids) == ids[g.group] for g in response.groups)
 
 

@@ -14,6 +14,7 @@ from protos.hashpivot.v1 import plan_pb2
 from services import cli, convert
 from services.tables import print_plan
 from solvers import planner, ray_pool
+from solvers.highs import NoSolutionInTimeError
 from solvers.limits import (
     TIME_LIMIT_MAX_S,
     default_time_limit_s,
@@ -150,3 +151,48 @@ def test_report_html_opens_with_the_warning(ray_session, tmp_path):
     write_report(fleet, plan.model_copy(update={"solver": solver}), run, tmp_path / "unproven")
     html = (tmp_path / "unproven" / "report.html").read_text()
     assert 'id="gap-exceeded"' in html and "20.00%" in html and "1.00%" in html and "time limit" in html
+
+
+def _strict_json(text: str):
+    """json.loads that refuses Infinity and NaN, as every JSON parser but Python's does."""
+
+    def refuse(constant: str):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_solve_stopped_before_any_bound_leaves_bound_and_gap_unset(tmp_path):
+    """HiGHS stopped by a tiny time limit with a plan but no proven bound: unset in the Plan, null in plan.json."""
+    from services.tables import write_plan_outputs
+
+    plan = None
+    for limit_s in (0.03, 0.02, 0.05, 0.015, 0.01, 0.08, 0.007, 0.005):  # an incumbent before the root LP ends
+        try:
+            candidate, _ = plan_fleet(parse_fleet(hard_fleet_data(time_limit_s=limit_s)), local=True)
+        except NoSolutionInTimeError:
+            continue
+        if candidate.solver.bound_usd is None:
+            plan = candidate
+            break
+    assert plan is not None, "no time limit gave a plan without a bound (the machine may be very fast or loaded)"
+    assert plan.solver.status == "time_limit" and plan.solver.mip_gap is None and plan.solver.gap_exceeded
+    message = plan_pb2.Plan.FromString(convert.plan_to_message(plan).SerializeToString())
+    assert not message.solver.HasField("bound_usd") and not message.solver.HasField("mip_gap")
+    assert message.solver.objective_usd == plan.solver.objective_usd
+    write_plan_outputs(plan, tmp_path)
+    solver = _strict_json((tmp_path / "plan.json").read_text())["solver"]
+    assert solver["bound_usd"] is None and solver["mip_gap"] is None
+    console = Console(file=io.StringIO(), width=200)
+    print_plan(plan, console)
+    assert "gap unknown (no bound)" in console.file.getvalue()
+
+
+def test_plan_json_has_no_infinity_even_where_the_domain_holds_one(tmp_path):
+    from services.tables import write_plan_outputs
+    from tests.services.test_contract import small_plan
+
+    plan = small_plan()
+    plan = plan.model_copy(update={"profit": {**plan.profit, "std_usd": math.inf}})
+    write_plan_outputs(plan, tmp_path)
+    assert _strict_json((tmp_path / "plan.json").read_text())["profit"]["std_usd"] is None

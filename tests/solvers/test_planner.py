@@ -3,6 +3,7 @@ import pytest
 
 from optimizer.allocation import scenario_profits_usd
 from optimizer.fleet import parse_fleet, with_overrides
+from optimizer.modes import MODES
 from optimizer.risk import profit_stats
 from solvers.planner import ScenarioSpec, compute_economics, plan_fleet
 from tests.fleets import small_fleet_data
@@ -39,8 +40,9 @@ def test_plan_reports_consistent_economics(ray_session, fleet):
     p = plan.profit
     assert plan.solver.objective_usd == pytest.approx(p["mean_usd"], rel=1e-6)  # expected objective by default
     for group, spec in zip(plan.allocation, fleet.rack_groups, strict=True):
-        ids = group.rack_ids_mine + group.rack_ids_ai + group.rack_ids_idle
+        ids = [rack_id for mode in MODES for rack_id in group.rack_ids(mode)]
         assert len(ids) == len(set(ids)) == spec.racks
+        assert set(ids) == {f"{spec.id}-{k:05d}" for k in range(spec.racks)}
 
 
 def test_plan_on_user_scenarios_reproduces_generated_plan(ray_session, fleet):

@@ -23,26 +23,31 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from protos.hashpivot.v1 import plan_pb2 as hashpivot_dot_v1_dot_plan__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hashpivot/v1/jobs.proto\x12\x0chashpivot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hashpivot/v1/plan.proto\"\x83\x02\n\x0fPlanJobProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\nstage_done\x18\x02 \x01(\x03\x12\x13\n\x0bstage_total\x18\x03 \x01(\x03\x12\x16\n\x0escenarios_done\x18\x04 \x01(\x03\x12\x17\n\x0fscenarios_total\x18\x05 \x01(\x03\x12\x1a\n\rincumbent_usd\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tbound_usd\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07mip_gap\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\telapsed_s\x18\t \x01(\x01\x42\x10\n\x0e_incumbent_usdB\x0c\n\n_bound_usdB\n\n\x08_mip_gap\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"O\n\x13\x43onstraintViolation\x12\x12\n\nconstraint\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xa3\x01\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x36\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32\x1c.hashpivot.v1.FieldViolation\x12@\n\x15\x63onstraint_violations\x18\x04 \x03(\x0b\x32!.hashpivot.v1.ConstraintViolation\"\xc6\x03\n\x07PlanJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.hashpivot.v1.PlanJobState\x12\x12\n\nfleet_name\x18\x04 \x01(\t\x12/\n\x08progress\x18\x05 \x01(\x0b\x32\x1d.hashpivot.v1.PlanJobProgress\x12\x0f\n\x07plan_id\x18\x06 \x01(\t\x12%\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.hashpivot.v1.JobError\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\nrobustness\x18\r \x01(\x0b\x32 .hashpivot.v1.RobustnessSettings*\xbc\x01\n\x0cPlanJobState\x12\x1e\n\x1aPLAN_JOB_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15PLAN_JOB_STATE_QUEUED\x10\x01\x12\x1a\n\x16PLAN_JOB_STATE_RUNNING\x10\x02\x12\x1c\n\x18PLAN_JOB_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15PLAN_JOB_STATE_FAILED\x10\x04\x12\x1c\n\x18PLAN_JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17hashpivot/v1/jobs.proto\x12\x0chashpivot.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\x1a\x17hashpivot/v1/plan.proto\"\x83\x02\n\x0fPlanJobProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x12\n\nstage_done\x18\x02 \x01(\x03\x12\x13\n\x0bstage_total\x18\x03 \x01(\x03\x12\x16\n\x0escenarios_done\x18\x04 \x01(\x03\x12\x17\n\x0fscenarios_total\x18\x05 \x01(\x03\x12\x1a\n\rincumbent_usd\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tbound_usd\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x14\n\x07mip_gap\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x11\n\telapsed_s\x18\t \x01(\x01\x42\x10\n\x0e_incumbent_usdB\x0c\n\n_bound_usdB\n\n\x08_mip_gap\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xaa\x01\n\x13\x43onstraintViolation\x12\x12\n\nconstraint\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x13\n\x06needed\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05limit\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\r\n\x05\x66ield\x18\x07 \x01(\tB\t\n\x07_neededB\x08\n\x06_limit\"M\n\x14\x43onstraintViolations\x12\x35\n\nviolations\x18\x01 \x03(\x0b\x32!.hashpivot.v1.ConstraintViolation\"\xa3\x01\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x36\n\x10\x66ield_violations\x18\x03 \x03(\x0b\x32\x1c.hashpivot.v1.FieldViolation\x12@\n\x15\x63onstraint_violations\x18\x04 \x03(\x0b\x32!.hashpivot.v1.ConstraintViolation\"\x87\x04\n\x07PlanJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12)\n\x05state\x18\x03 \x01(\x0e\x32\x1a.hashpivot.v1.PlanJobState\x12\x12\n\nfleet_name\x18\x04 \x01(\t\x12/\n\x08progress\x18\x05 \x01(\x0b\x32\x1d.hashpivot.v1.PlanJobProgress\x12\x0f\n\x07plan_id\x18\x06 \x01(\t\x12)\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x16.hashpivot.v1.JobErrorB\x02\x18\x01\x12\x18\n\x10\x63\x61ncel_requested\x18\x08 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\t \x01(\x05\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\nrobustness\x18\r \x01(\x0b\x32 .hashpivot.v1.RobustnessSettings\x12\"\n\x06status\x18\x0e \x01(\x0b\x32\x12.google.rpc.Status\x12\x17\n\x0fscenario_set_id\x18\x0f \x01(\t*\xbc\x01\n\x0cPlanJobState\x12\x1e\n\x1aPLAN_JOB_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15PLAN_JOB_STATE_QUEUED\x10\x01\x12\x1a\n\x16PLAN_JOB_STATE_RUNNING\x10\x02\x12\x1c\n\x18PLAN_JOB_STATE_SUCCEEDED\x10\x03\x12\x19\n\x15PLAN_JOB_STATE_FAILED\x10\x04\x12\x1c\n\x18PLAN_JOB_STATE_CANCELLED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.hashpivot.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLANJOBSTATE']._serialized_start=1120
-  _globals['_PLANJOBSTATE']._serialized_end=1308
-  _globals['_PLANJOBPROGRESS']._serialized_start=100
-  _globals['_PLANJOBPROGRESS']._serialized_end=359
-  _globals['_FIELDVIOLATION']._serialized_start=361
-  _globals['_FIELDVIOLATION']._serialized_end=413
-  _globals['_CONSTRAINTVIOLATION']._serialized_start=415
-  _globals['_CONSTRAINTVIOLATION']._serialized_end=494
-  _globals['_JOBERROR']._serialized_start=497
-  _globals['_JOBERROR']._serialized_end=660
-  _globals['_PLANJOB']._serialized_start=663
-  _globals['_PLANJOB']._serialized_end=1117
+  _globals['_PLANJOB'].fields_by_name['error']._loaded_options = None
+  _globals['_PLANJOB'].fields_by_name['error']._serialized_options = b'\030\001'
+  _globals['_PLANJOBSTATE']._serialized_start=1381
+  _globals['_PLANJOBSTATE']._serialized_end=1569
+  _globals['_PLANJOBPROGRESS']._serialized_start=125
+  _globals['_PLANJOBPROGRESS']._serialized_end=384
+  _globals['_FIELDVIOLATION']._serialized_start=386
+  _globals['_FIELDVIOLATION']._serialized_end=438
+  _globals['_CONSTRAINTVIOLATION']._serialized_start=441
+  _globals['_CONSTRAINTVIOLATION']._serialized_end=611
+  _globals['_CONSTRAINTVIOLATIONS']._serialized_start=613
+  _globals['_CONSTRAINTVIOLATIONS']._serialized_end=690
+  _globals['_JOBERROR']._serialized_start=693
+  _globals['_JOBERROR']._serialized_end=856
+  _globals['_PLANJOB']._serialized_start=859
+  _globals['_PLANJOB']._serialized_end=1378
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 from protos.hashpivot.v1 import plan_pb2 as _plan_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -155,37 +161,89 @@ Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
 
 @_typing.final
 class ConstraintViolation(_message.Message):
-    """A constraint of the plan that cannot be met, as in google.rpc.PreconditionFailure.Violation."""
+    """A constraint of the plan that cannot be met: google.rpc.PreconditionFailure.Violation with the
+    amounts that clash. Sent as a detail of FAILED_PRECONDITION (in ConstraintViolations) beside the
+    PreconditionFailure.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSTRAINT_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    NEEDED_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
     constraint: _builtins.str
-    """Constraint family, e.g. "site_capacity", "ai_min_block", "offer_min", "capital_budget"."""
+    """Constraint family, e.g. "site_capacity", "site_ai", "site_demand_response", "offer_bounds",
+    "capital_budget".
+    """
     subject: _builtins.str
     """What it applies to, e.g. "site_capacity[texas]"."""
     description: _builtins.str
     """What is wrong, in words."""
+    needed: _builtins.float
+    """The amount the allocation needs, in `unit` (e.g. the site load); unset when not an amount."""
+    limit: _builtins.float
+    """The limit it breaks, in `unit` (e.g. the site's capacity); unset when not an amount."""
+    unit: _builtins.str
+    """Unit of needed and limit: "MW", "USD" or "racks"."""
+    field: _builtins.str
+    """Fleet field that sets the limit, e.g. "sites.texas.capacity_mw"; empty when not one field."""
     def __init__(
         self,
         *,
         constraint: _builtins.str = ...,
         subject: _builtins.str = ...,
         description: _builtins.str = ...,
+        needed: _builtins.float | None = ...,
+        limit: _builtins.float | None = ...,
+        unit: _builtins.str = ...,
+        field: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_needed", b"_needed", "limit", b"limit", "needed", b"needed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["constraint", b"constraint", "description", b"description", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_limit", b"_limit", "_needed", b"_needed", "constraint", b"constraint", "description", b"description", "field", b"field", "limit", b"limit", "needed", b"needed", "subject", b"subject", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__limit: _TypeAlias = _typing.Literal["limit"]  # noqa: Y015
+    _WhichOneofArgType__limit: _TypeAlias = _typing.Literal["_limit", b"_limit"]  # noqa: Y015
+    _WhichOneofReturnType__needed: _TypeAlias = _typing.Literal["needed"]  # noqa: Y015
+    _WhichOneofArgType__needed: _TypeAlias = _typing.Literal["_needed", b"_needed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__limit) -> _WhichOneofReturnType__limit | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__needed) -> _WhichOneofReturnType__needed | None: ...
 
 Global___ConstraintViolation: _TypeAlias = ConstraintViolation  # noqa: Y015
 
 @_typing.final
+class ConstraintViolations(_message.Message):
+    """The constraints an allocation or a plan breaks, as records: a google.rpc.Status detail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConstraintViolation]:
+        """One per broken constraint."""
+
+    def __init__(
+        self,
+        *,
+        violations: _abc.Iterable[Global___ConstraintViolation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConstraintViolations: _TypeAlias = ConstraintViolations  # noqa: Y015
+
+@_typing.final
 class JobError(_message.Message):
-    """Why a job failed."""
+    """Why a job failed (superseded by PlanJob.status, which carries the same as a google.rpc.Status)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -240,6 +298,8 @@ class PlanJob(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     ROBUSTNESS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SCENARIO_SET_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Job id."""
     request_id: _builtins.str
@@ -254,13 +314,16 @@ class PlanJob(_message.Message):
     """Whether a cancel was requested and the work is stopping."""
     attempts: _builtins.int
     """Times the job started running (more than 1 after a restart re-ran it)."""
+    scenario_set_id: _builtins.str
+    """Scenario set the job plans on (SubmitPlanJobRequest.scenario_set_id); empty: drawn scenarios."""
     @_builtins.property
     def progress(self) -> Global___PlanJobProgress:
         """Latest progress."""
 
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def error(self) -> Global___JobError:
-        """Why the job failed, when it did."""
+        """Why the job failed, when it did. Deprecated: read `status`."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -278,6 +341,13 @@ class PlanJob(_message.Message):
     def robustness(self) -> _plan_pb2.RobustnessSettings:
         """Robustness settings the job was submitted with; unset: the plan gets no robustness report."""
 
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """Why the job failed, when it did: the status a unary call would have ended with (code, message
+        and details: google.rpc.BadRequest for bad fields, google.rpc.PreconditionFailure and
+        ConstraintViolations for broken constraints, google.rpc.QuotaFailure for limits). Unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -294,10 +364,12 @@ class PlanJob(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         robustness: _plan_pb2.RobustnessSettings | None = ...,
+        status: _status_pb2.Status | None = ...,
+        scenario_set_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "robustness", b"robustness", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "progress", b"progress", "robustness", b"robustness", "start_time", b"start_time", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "fleet_name", b"fleet_name", "job_id", b"job_id", "plan_id", b"plan_id", "progress", b"progress", "request_id", b"request_id", "robustness", b"robustness", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "fleet_name", b"fleet_name", "job_id", b"job_id", "plan_id", b"plan_id", "progress", b"progress", "request_id", b"request_id", "robustness", b"robustness", "scenario_set_id", b"scenario_set_id", "start_time", b"start_time", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1228,18 +1228,18 @@ class GroupAllocation(_message.Message):
     RACKS_MINE_FIELD_NUMBER: _builtins.int
     RACKS_AI_FIELD_NUMBER: _builtins.int
     RACKS_IDLE_FIELD_NUMBER: _builtins.int
-    RACK_IDS_MINE_FIELD_NUMBER: _builtins.int
-    RACK_IDS_AI_FIELD_NUMBER: _builtins.int
-    RACK_IDS_IDLE_FIELD_NUMBER: _builtins.int
     EXPECTED_MINE_VALUE_USD_PER_RACK_FIELD_NUMBER: _builtins.int
     RUN_FRACTION_FIELD_NUMBER: _builtins.int
     BREAKEVEN_POWER_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     RACKS_SELL_FIELD_NUMBER: _builtins.int
     RACKS_MOVE_FIELD_NUMBER: _builtins.int
-    RACK_IDS_SELL_FIELD_NUMBER: _builtins.int
-    RACK_IDS_MOVE_FIELD_NUMBER: _builtins.int
     LIFECYCLES_FIELD_NUMBER: _builtins.int
     OPTION_VALUES_USD_PER_RACK_FIELD_NUMBER: _builtins.int
+    RACK_RANGES_MINE_FIELD_NUMBER: _builtins.int
+    RACK_RANGES_AI_FIELD_NUMBER: _builtins.int
+    RACK_RANGES_IDLE_FIELD_NUMBER: _builtins.int
+    RACK_RANGES_SELL_FIELD_NUMBER: _builtins.int
+    RACK_RANGES_MOVE_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """Rack group id."""
     site: _builtins.str
@@ -1268,26 +1268,6 @@ class GroupAllocation(_message.Message):
     racks_move: _builtins.int
     """Racks moved to another site at the start."""
     @_builtins.property
-    def rack_ids_mine(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the mining racks."""
-
-    @_builtins.property
-    def rack_ids_ai(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the racks converted to AI/HPC."""
-
-    @_builtins.property
-    def rack_ids_idle(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the idle racks."""
-
-    @_builtins.property
-    def rack_ids_sell(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the racks sold."""
-
-    @_builtins.property
-    def rack_ids_move(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the racks moved."""
-
-    @_builtins.property
     def lifecycles(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """The decision: racks per lifecycle option ("mine", "idle", "sell", "move:SITE",
         "ai@K:sell|store|move:SITE").
@@ -1296,6 +1276,26 @@ class GroupAllocation(_message.Message):
     @_builtins.property
     def option_values_usd_per_rack(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Expected present value of one rack on each lifecycle option, USD (rent and capex of AI slots excluded)."""
+
+    @_builtins.property
+    def rack_ranges_mine(self) -> _containers.RepeatedCompositeFieldContainer[Global___RackRange]:
+        """Ids of the mining racks, as ranges (each mode takes the next block of the group's racks in id order)."""
+
+    @_builtins.property
+    def rack_ranges_ai(self) -> _containers.RepeatedCompositeFieldContainer[Global___RackRange]:
+        """Ids of the racks converted to AI/HPC, as ranges."""
+
+    @_builtins.property
+    def rack_ranges_idle(self) -> _containers.RepeatedCompositeFieldContainer[Global___RackRange]:
+        """Ids of the idle racks, as ranges."""
+
+    @_builtins.property
+    def rack_ranges_sell(self) -> _containers.RepeatedCompositeFieldContainer[Global___RackRange]:
+        """Ids of the racks sold, as ranges."""
+
+    @_builtins.property
+    def rack_ranges_move(self) -> _containers.RepeatedCompositeFieldContainer[Global___RackRange]:
+        """Ids of the racks moved, as ranges."""
 
     def __init__(
         self,
@@ -1306,26 +1306,63 @@ class GroupAllocation(_message.Message):
         racks_mine: _builtins.int = ...,
         racks_ai: _builtins.int = ...,
         racks_idle: _builtins.int = ...,
-        rack_ids_mine: _abc.Iterable[_builtins.str] | None = ...,
-        rack_ids_ai: _abc.Iterable[_builtins.str] | None = ...,
-        rack_ids_idle: _abc.Iterable[_builtins.str] | None = ...,
         expected_mine_value_usd_per_rack: _builtins.float = ...,
         run_fraction: _builtins.float = ...,
         breakeven_power_price_usd_per_mwh: _builtins.float = ...,
         racks_sell: _builtins.int = ...,
         racks_move: _builtins.int = ...,
-        rack_ids_sell: _abc.Iterable[_builtins.str] | None = ...,
-        rack_ids_move: _abc.Iterable[_builtins.str] | None = ...,
         lifecycles: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         option_values_usd_per_rack: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        rack_ranges_mine: _abc.Iterable[Global___RackRange] | None = ...,
+        rack_ranges_ai: _abc.Iterable[Global___RackRange] | None = ...,
+        rack_ranges_idle: _abc.Iterable[Global___RackRange] | None = ...,
+        rack_ranges_sell: _abc.Iterable[Global___RackRange] | None = ...,
+        rack_ranges_move: _abc.Iterable[Global___RackRange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "expected_mine_value_usd_per_rack", b"expected_mine_value_usd_per_rack", "group", b"group", "lifecycles", b"lifecycles", "machine", b"machine", "option_values_usd_per_rack", b"option_values_usd_per_rack", "rack_ids_ai", b"rack_ids_ai", "rack_ids_idle", b"rack_ids_idle", "rack_ids_mine", b"rack_ids_mine", "rack_ids_move", b"rack_ids_move", "rack_ids_sell", b"rack_ids_sell", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "racks_move", b"racks_move", "racks_sell", b"racks_sell", "run_fraction", b"run_fraction", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "expected_mine_value_usd_per_rack", b"expected_mine_value_usd_per_rack", "group", b"group", "lifecycles", b"lifecycles", "machine", b"machine", "option_values_usd_per_rack", b"option_values_usd_per_rack", "rack_ranges_ai", b"rack_ranges_ai", "rack_ranges_idle", b"rack_ranges_idle", "rack_ranges_mine", b"rack_ranges_mine", "rack_ranges_move", b"rack_ranges_move", "rack_ranges_sell", b"rack_ranges_sell", "racks_ai", b"racks_ai", "racks_idle", b"racks_idle", "racks_mine", b"racks_mine", "racks_move", b"racks_move", "racks_sell", b"racks_sell", "run_fraction", b"run_fraction", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GroupAllocation: _TypeAlias = GroupAllocation  # noqa: Y015
+
+@_typing.final
+class RackRange(_message.Message):
+    """A block of rack ids: prefix + first, prefix + (first + 1), ..., prefix + (first + count - 1), each
+    number written in decimal, zero-padded to `digits` digits (wider numbers are written in full).
+    E.g. {prefix: "texas-s21-", first: 0, count: 3, digits: 5} is texas-s21-00000, -00001, -00002.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREFIX_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    DIGITS_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.str
+    """Text before the number, e.g. "texas-s21-" (the rack group id and a hyphen)."""
+    first: _builtins.int
+    """Number of the first rack."""
+    count: _builtins.int
+    """Racks in the block."""
+    digits: _builtins.int
+    """Minimum digits of the number, zero-padded."""
+    def __init__(
+        self,
+        *,
+        prefix: _builtins.str = ...,
+        first: _builtins.int = ...,
+        count: _builtins.int = ...,
+        digits: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "digits", b"digits", "first", b"first", "prefix", b"prefix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RackRange: _TypeAlias = RackRange  # noqa: Y015
 
 @_typing.final
 class SiteAi(_message.Message):
@@ -1700,9 +1737,13 @@ class SolverReport(_message.Message):
     objective_usd: _builtins.float
     """Objective of the plan returned, USD."""
     bound_usd: _builtins.float
-    """Best bound on the objective proven by the solver, USD."""
+    """Best bound on the objective proven by the solver, USD; unset when the solve stopped before
+    proving any bound.
+    """
     mip_gap: _builtins.float
-    """Relative gap between objective and bound, |bound - objective| / |objective| (inf: no bound)."""
+    """Relative gap between objective and bound, |bound - objective| / max(|objective|, 1e-9); unset
+    when there is no bound.
+    """
     wall_s: _builtins.float
     """Wall time of the solve, seconds."""
     variables: _builtins.int
@@ -1724,8 +1765,8 @@ class SolverReport(_message.Message):
         *,
         status: Global___SolveStatus.ValueType = ...,
         objective_usd: _builtins.float = ...,
-        bound_usd: _builtins.float = ...,
-        mip_gap: _builtins.float = ...,
+        bound_usd: _builtins.float | None = ...,
+        mip_gap: _builtins.float | None = ...,
         wall_s: _builtins.float = ...,
         variables: _builtins.int = ...,
         constraints: _builtins.int = ...,
@@ -1733,12 +1774,21 @@ class SolverReport(_message.Message):
         max_accepted_gap: _builtins.float = ...,
         gap_exceeded: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s", "time_limit_s", b"time_limit_s"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bound_usd", b"_bound_usd", "_mip_gap", b"_mip_gap", "_time_limit_s", b"_time_limit_s", "bound_usd", b"bound_usd", "mip_gap", b"mip_gap", "time_limit_s", b"time_limit_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s", "bound_usd", b"bound_usd", "constraints", b"constraints", "gap_exceeded", b"gap_exceeded", "max_accepted_gap", b"max_accepted_gap", "mip_gap", b"mip_gap", "objective_usd", b"objective_usd", "status", b"status", "time_limit_s", b"time_limit_s", "variables", b"variables", "wall_s", b"wall_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bound_usd", b"_bound_usd", "_mip_gap", b"_mip_gap", "_time_limit_s", b"_time_limit_s", "bound_usd", b"bound_usd", "constraints", b"constraints", "gap_exceeded", b"gap_exceeded", "max_accepted_gap", b"max_accepted_gap", "mip_gap", b"mip_gap", "objective_usd", b"objective_usd", "status", b"status", "time_limit_s", b"time_limit_s", "variables", b"variables", "wall_s", b"wall_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bound_usd: _TypeAlias = _typing.Literal["bound_usd"]  # noqa: Y015
+    _WhichOneofArgType__bound_usd: _TypeAlias = _typing.Literal["_bound_usd", b"_bound_usd"]  # noqa: Y015
+    _WhichOneofReturnType__mip_gap: _TypeAlias = _typing.Literal["mip_gap"]  # noqa: Y015
+    _WhichOneofArgType__mip_gap: _TypeAlias = _typing.Literal["_mip_gap", b"_mip_gap"]  # noqa: Y015
     _WhichOneofReturnType__time_limit_s: _TypeAlias = _typing.Literal["time_limit_s"]  # noqa: Y015
     _WhichOneofArgType__time_limit_s: _TypeAlias = _typing.Literal["_time_limit_s", b"_time_limit_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bound_usd) -> _WhichOneofReturnType__bound_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mip_gap) -> _WhichOneofReturnType__mip_gap | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__time_limit_s) -> _WhichOneofReturnType__time_limit_s | None: ...
 
 Global___SolverReport: _TypeAlias = SolverReport  # noqa: Y015
@@ -1880,9 +1930,9 @@ class ConfidenceInterval(_message.Message):
     estimate_usd: _builtins.float
     """Point estimate, USD."""
     lower_usd: _builtins.float
-    """Lower end, USD (-inf when it cannot be estimated)."""
+    """Lower end, USD; unset when it cannot be estimated (fewer than two values)."""
     upper_usd: _builtins.float
-    """Upper end, USD (inf when it cannot be estimated)."""
+    """Upper end, USD; unset when it cannot be estimated."""
     confidence_level: _builtins.float
     """Confidence level."""
     method: _builtins.str
@@ -1891,16 +1941,23 @@ class ConfidenceInterval(_message.Message):
         self,
         *,
         estimate_usd: _builtins.float = ...,
-        lower_usd: _builtins.float = ...,
-        upper_usd: _builtins.float = ...,
+        lower_usd: _builtins.float | None = ...,
+        upper_usd: _builtins.float | None = ...,
         confidence_level: _builtins.float = ...,
         method: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd", "_upper_usd", b"_upper_usd", "lower_usd", b"lower_usd", "upper_usd", b"upper_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence_level", b"confidence_level", "estimate_usd", b"estimate_usd", "lower_usd", b"lower_usd", "method", b"method", "upper_usd", b"upper_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd", "_upper_usd", b"_upper_usd", "confidence_level", b"confidence_level", "estimate_usd", b"estimate_usd", "lower_usd", b"lower_usd", "method", b"method", "upper_usd", b"upper_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__lower_usd: _TypeAlias = _typing.Literal["lower_usd"]  # noqa: Y015
+    _WhichOneofArgType__lower_usd: _TypeAlias = _typing.Literal["_lower_usd", b"_lower_usd"]  # noqa: Y015
+    _WhichOneofReturnType__upper_usd: _TypeAlias = _typing.Literal["upper_usd"]  # noqa: Y015
+    _WhichOneofArgType__upper_usd: _TypeAlias = _typing.Literal["_upper_usd", b"_upper_usd"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__lower_usd) -> _WhichOneofReturnType__lower_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upper_usd) -> _WhichOneofReturnType__upper_usd | None: ...
 
 Global___ConfidenceInterval: _TypeAlias = ConfidenceInterval  # noqa: Y015
 

@@ -7,7 +7,8 @@ and tell fleet automation which racks to run right now.
 Errors follow https://google.aip.dev/193: INVALID_ARGUMENT carries a google.rpc.BadRequest whose
 field violations name the request field path (e.g. "fleet.sites[1].capacity_mw");
 FAILED_PRECONDITION carries a google.rpc.PreconditionFailure naming the constraint no plan can
-meet (type "CONSTRAINT", subject e.g. "capital_budget"); NOT_FOUND names the missing id;
+meet (type "CONSTRAINT", subject e.g. "capital_budget") and the same as hashpivot.v1.ConstraintViolations
+records with the amounts that clash (needed, limit, unit); NOT_FOUND names the missing id;
 DEADLINE_EXCEEDED means the caller's deadline passed before a plan was found (a plan the solver's
 own time limit left without any incumbent is FAILED_PRECONDITION); UNAUTHENTICATED: no valid
 bearer token ("authorization: Bearer <token>" metadata); PERMISSION_DENIED: the caller's role
@@ -110,6 +111,11 @@ class OptimizeRequest(_message.Message):
     FLEET_FIELD_NUMBER: _builtins.int
     COMMITMENTS_FIELD_NUMBER: _builtins.int
     ROBUSTNESS_FIELD_NUMBER: _builtins.int
+    SCENARIO_SET_ID_FIELD_NUMBER: _builtins.int
+    scenario_set_id: _builtins.str
+    """Plan on this uploaded scenario set (UploadScenarios) instead of drawing fleet.scenarios.count
+    scenarios: its paths must cover the fleet's horizon steps and power markets.
+    """
     @_builtins.property
     def fleet(self) -> _fleet_pb2.Fleet:
         """The fleet to plan."""
@@ -131,10 +137,11 @@ class OptimizeRequest(_message.Message):
         fleet: _fleet_pb2.Fleet | None = ...,
         commitments: Global___Commitments | None = ...,
         robustness: _plan_pb2.RobustnessSettings | None = ...,
+        scenario_set_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "robustness", b"robustness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "robustness", b"robustness"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "robustness", b"robustness", "scenario_set_id", b"scenario_set_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,10 +181,13 @@ class SubmitPlanJobRequest(_message.Message):
     COMMITMENTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ROBUSTNESS_FIELD_NUMBER: _builtins.int
+    SCENARIO_SET_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: a second submission by the same tenant with the same key returns the first
     job. Keys of different tenants never collide.
     """
+    scenario_set_id: _builtins.str
+    """Plan on this uploaded scenario set (UploadScenarios), read when the job runs."""
     @_builtins.property
     def fleet(self) -> _fleet_pb2.Fleet:
         """The fleet to plan; fleet.solver.time_limit_s bounds the solve."""
@@ -199,10 +209,11 @@ class SubmitPlanJobRequest(_message.Message):
         commitments: Global___Commitments | None = ...,
         request_id: _builtins.str = ...,
         robustness: _plan_pb2.RobustnessSettings | None = ...,
+        scenario_set_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "robustness", b"robustness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "request_id", b"request_id", "robustness", b"robustness"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commitments", b"commitments", "fleet", b"fleet", "request_id", b"request_id", "robustness", b"robustness", "scenario_set_id", b"scenario_set_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -760,10 +771,15 @@ class EvaluateRequest(_message.Message):
     ALLOCATION_FIELD_NUMBER: _builtins.int
     SCENARIOS_FIELD_NUMBER: _builtins.int
     INCLUDE_SCENARIO_PROFITS_FIELD_NUMBER: _builtins.int
+    SCENARIO_SET_ID_FIELD_NUMBER: _builtins.int
     plan_id: _builtins.str
     """A stored plan whose fleet and allocation are the defaults."""
     include_scenario_profits: _builtins.bool
     """Whether to return the profit of every scenario."""
+    scenario_set_id: _builtins.str
+    """Score on this uploaded scenario set (UploadScenarios), every scenario of it; `scenarios` must
+    then be unset.
+    """
     @_builtins.property
     def fleet(self) -> _fleet_pb2.Fleet:
         """Fleet to score on; default the plan's fleet."""
@@ -784,10 +800,11 @@ class EvaluateRequest(_message.Message):
         allocation: Global___Allocation | None = ...,
         scenarios: Global___ScenarioSelection | None = ...,
         include_scenario_profits: _builtins.bool = ...,
+        scenario_set_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "fleet", b"fleet", "scenarios", b"scenarios"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "fleet", b"fleet", "include_scenario_profits", b"include_scenario_profits", "plan_id", b"plan_id", "scenarios", b"scenarios"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "fleet", b"fleet", "include_scenario_profits", b"include_scenario_profits", "plan_id", b"plan_id", "scenario_set_id", b"scenario_set_id", "scenarios", b"scenarios"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1349,3 +1366,146 @@ class DeletePlanJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeletePlanJobResponse: _TypeAlias = DeletePlanJobResponse  # noqa: Y015
+
+@_typing.final
+class UploadScenariosRequest(_message.Message):
+    """One chunk of UploadScenarios: the scenario file's bytes in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    """The next bytes of the NPZ file, at most 1 MiB."""
+    name: _builtins.str
+    """A name for the set (at most 256 characters); read from the first chunk only."""
+    def __init__(
+        self,
+        *,
+        chunk: _builtins.bytes = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadScenariosRequest: _TypeAlias = UploadScenariosRequest  # noqa: Y015
+
+@_typing.final
+class ScenarioSet(_message.Message):
+    """An uploaded scenario set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_SET_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCENARIOS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    STEP_HOURS_FIELD_NUMBER: _builtins.int
+    MARKETS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    scenario_set_id: _builtins.str
+    """Id to give Optimize, SubmitPlanJob and Evaluate."""
+    name: _builtins.str
+    """Name given at upload."""
+    scenarios: _builtins.int
+    """Scenarios (rows of the paths)."""
+    steps: _builtins.int
+    """Steps per scenario (columns of the paths)."""
+    step_hours: _builtins.float
+    """Length of a step, hours."""
+    size_bytes: _builtins.int
+    """Size of the uploaded file, bytes."""
+    @_builtins.property
+    def markets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Power markets with price paths, in the file's order."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was uploaded."""
+
+    def __init__(
+        self,
+        *,
+        scenario_set_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        scenarios: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        step_hours: _builtins.float = ...,
+        markets: _abc.Iterable[_builtins.str] | None = ...,
+        size_bytes: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "markets", b"markets", "name", b"name", "scenario_set_id", b"scenario_set_id", "scenarios", b"scenarios", "size_bytes", b"size_bytes", "step_hours", b"step_hours", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScenarioSet: _TypeAlias = ScenarioSet  # noqa: Y015
+
+@_typing.final
+class UploadScenariosResponse(_message.Message):
+    """Response of UploadScenarios."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_SET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def scenario_set(self) -> Global___ScenarioSet:
+        """The stored set."""
+
+    def __init__(
+        self,
+        *,
+        scenario_set: Global___ScenarioSet | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scenario_set", b"scenario_set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario_set", b"scenario_set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadScenariosResponse: _TypeAlias = UploadScenariosResponse  # noqa: Y015
+
+@_typing.final
+class DeleteScenarioSetRequest(_message.Message):
+    """Request of DeleteScenarioSet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCENARIO_SET_ID_FIELD_NUMBER: _builtins.int
+    scenario_set_id: _builtins.str
+    """Scenario set id."""
+    def __init__(
+        self,
+        *,
+        scenario_set_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scenario_set_id", b"scenario_set_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteScenarioSetRequest: _TypeAlias = DeleteScenarioSetRequest  # noqa: Y015
+
+@_typing.final
+class DeleteScenarioSetResponse(_message.Message):
+    """Response of DeleteScenarioSet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteScenarioSetResponse: _TypeAlias = DeleteScenarioSetResponse  # noqa: Y015

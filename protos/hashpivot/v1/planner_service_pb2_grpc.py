@@ -95,6 +95,16 @@ class PlannerServiceStub:
                 request_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobRequest.SerializeToString,
                 response_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobResponse.FromString,
                 _registered_method=True)
+        self.UploadScenarios = channel.stream_unary(
+                '/hashpivot.v1.PlannerService/UploadScenarios',
+                request_serializer=hashpivot_dot_v1_dot_planner__service__pb2.UploadScenariosRequest.SerializeToString,
+                response_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.UploadScenariosResponse.FromString,
+                _registered_method=True)
+        self.DeleteScenarioSet = channel.unary_unary(
+                '/hashpivot.v1.PlannerService/DeleteScenarioSet',
+                request_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeleteScenarioSetRequest.SerializeToString,
+                response_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeleteScenarioSetResponse.FromString,
+                _registered_method=True)
 
 
 class PlannerServiceServicer:
@@ -187,6 +197,24 @@ class PlannerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadScenarios(self, request_iterator, context):
+        """Uploads a scenario set, the caller's own price paths (an NPZ scenario file, docs/scenarios.md),
+        in chunks of at most 1 MiB; Optimize, SubmitPlanJob and Evaluate then take its id. The set
+        belongs to the caller's tenant. RESOURCE_EXHAUSTED + QuotaFailure past the server's upload size
+        limit (subject "max_scenario_upload_bytes") or stored-set quota ("max_scenario_sets_per_caller");
+        INVALID_ARGUMENT naming the array for a file that is not a valid scenario file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteScenarioSet(self, request, context):
+        """Deletes a scenario set (jobs queued with it fail NOT_FOUND when they run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlannerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +277,16 @@ def add_PlannerServiceServicer_to_server(servicer, server):
                     servicer.DeletePlanJob,
                     request_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobRequest.FromString,
                     response_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobResponse.SerializeToString,
+            ),
+            'UploadScenarios': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadScenarios,
+                    request_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.UploadScenariosRequest.FromString,
+                    response_serializer=hashpivot_dot_v1_dot_planner__service__pb2.UploadScenariosResponse.SerializeToString,
+            ),
+            'DeleteScenarioSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteScenarioSet,
+                    request_deserializer=hashpivot_dot_v1_dot_planner__service__pb2.DeleteScenarioSetRequest.FromString,
+                    response_serializer=hashpivot_dot_v1_dot_planner__service__pb2.DeleteScenarioSetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -576,6 +614,60 @@ class PlannerService:
             '/hashpivot.v1.PlannerService/DeletePlanJob',
             hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobRequest.SerializeToString,
             hashpivot_dot_v1_dot_planner__service__pb2.DeletePlanJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadScenarios(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/hashpivot.v1.PlannerService/UploadScenarios',
+            hashpivot_dot_v1_dot_planner__service__pb2.UploadScenariosRequest.SerializeToString,
+            hashpivot_dot_v1_dot_planner__service__pb2.UploadScenariosResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteScenarioSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashpivot.v1.PlannerService/DeleteScenarioSet',
+            hashpivot_dot_v1_dot_planner__service__pb2.DeleteScenarioSetRequest.SerializeToString,
+            hashpivot_dot_v1_dot_planner__service__pb2.DeleteScenarioSetResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,8 @@ and tell fleet automation which racks to run right now.
 Errors follow https://google.aip.dev/193: INVALID_ARGUMENT carries a google.rpc.BadRequest whose
 field violations name the request field path (e.g. "fleet.sites[1].capacity_mw");
 FAILED_PRECONDITION carries a google.rpc.PreconditionFailure naming the constraint no plan can
-meet (type "CONSTRAINT", subject e.g. "capital_budget"); NOT_FOUND names the missing id;
+meet (type "CONSTRAINT", subject e.g. "capital_budget") and the same as hashpivot.v1.ConstraintViolations
+records with the amounts that clash (needed, limit, unit); NOT_FOUND names the missing id;
 DEADLINE_EXCEEDED means the caller's deadline passed before a plan was found (a plan the solver's
 own time limit left without any incumbent is FAILED_PRECONDITION); UNAUTHENTICATED: no valid
 bearer token ("authorization: Bearer <token>" metadata); PERMISSION_DENIED: the caller's role
@@ -77,6 +78,15 @@ class PlannerServiceStub:
     """Deletes a finished job's record (its plan stays; delete it with DeletePlan).
     FAILED_PRECONDITION for a queued or running job: cancel it first.
     """
+    UploadScenarios: _grpc.StreamUnaryMultiCallable[_planner_service_pb2.UploadScenariosRequest, _planner_service_pb2.UploadScenariosResponse]
+    """Uploads a scenario set, the caller's own price paths (an NPZ scenario file, docs/scenarios.md),
+    in chunks of at most 1 MiB; Optimize, SubmitPlanJob and Evaluate then take its id. The set
+    belongs to the caller's tenant. RESOURCE_EXHAUSTED + QuotaFailure past the server's upload size
+    limit (subject "max_scenario_upload_bytes") or stored-set quota ("max_scenario_sets_per_caller");
+    INVALID_ARGUMENT naming the array for a file that is not a valid scenario file.
+    """
+    DeleteScenarioSet: _grpc.UnaryUnaryMultiCallable[_planner_service_pb2.DeleteScenarioSetRequest, _planner_service_pb2.DeleteScenarioSetResponse]
+    """Deletes a scenario set (jobs queued with it fail NOT_FOUND when they run)."""
 
 @_typing.type_check_only
 class PlannerServiceAsyncStub(PlannerServiceStub):
@@ -111,6 +121,15 @@ class PlannerServiceAsyncStub(PlannerServiceStub):
     """Deletes a finished job's record (its plan stays; delete it with DeletePlan).
     FAILED_PRECONDITION for a queued or running job: cancel it first.
     """
+    UploadScenarios: _aio.StreamUnaryMultiCallable[_planner_service_pb2.UploadScenariosRequest, _planner_service_pb2.UploadScenariosResponse]  # type: ignore[assignment]
+    """Uploads a scenario set, the caller's own price paths (an NPZ scenario file, docs/scenarios.md),
+    in chunks of at most 1 MiB; Optimize, SubmitPlanJob and Evaluate then take its id. The set
+    belongs to the caller's tenant. RESOURCE_EXHAUSTED + QuotaFailure past the server's upload size
+    limit (subject "max_scenario_upload_bytes") or stored-set quota ("max_scenario_sets_per_caller");
+    INVALID_ARGUMENT naming the array for a file that is not a valid scenario file.
+    """
+    DeleteScenarioSet: _aio.UnaryUnaryMultiCallable[_planner_service_pb2.DeleteScenarioSetRequest, _planner_service_pb2.DeleteScenarioSetResponse]  # type: ignore[assignment]
+    """Deletes a scenario set (jobs queued with it fail NOT_FOUND when they run)."""
 
 class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Plans Bitcoin-mining fleets: mine, lease for AI/HPC, or idle, per rack."""
@@ -214,5 +233,26 @@ class PlannerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a finished job's record (its plan stays; delete it with DeletePlan).
         FAILED_PRECONDITION for a queued or running job: cancel it first.
         """
+
+    @_abc_1.abstractmethod
+    def UploadScenarios(
+        self,
+        request_iterator: _MaybeAsyncIterator[_planner_service_pb2.UploadScenariosRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_planner_service_pb2.UploadScenariosResponse, _abc.Awaitable[_planner_service_pb2.UploadScenariosResponse]]:
+        """Uploads a scenario set, the caller's own price paths (an NPZ scenario file, docs/scenarios.md),
+        in chunks of at most 1 MiB; Optimize, SubmitPlanJob and Evaluate then take its id. The set
+        belongs to the caller's tenant. RESOURCE_EXHAUSTED + QuotaFailure past the server's upload size
+        limit (subject "max_scenario_upload_bytes") or stored-set quota ("max_scenario_sets_per_caller");
+        INVALID_ARGUMENT naming the array for a file that is not a valid scenario file.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteScenarioSet(
+        self,
+        request: _planner_service_pb2.DeleteScenarioSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_planner_service_pb2.DeleteScenarioSetResponse, _abc.Awaitable[_planner_service_pb2.DeleteScenarioSetResponse]]:
+        """Deletes a scenario set (jobs queued with it fail NOT_FOUND when they run)."""
 
 def add_PlannerServiceServicer_to_server(servicer: PlannerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
