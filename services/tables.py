@@ -370,12 +370,12 @@ def print_tree(report, console: Console) -> None:
     console.print(f"  value of waiting {_dollars(report.value_of_waiting_in_sample_usd)} in sample; {interval}")
     for score in report.out_of_sample:
         console.print(f"  out of sample: {score.policy} {_interval_text(score.objective, 'fresh trees')}")
-    for label, value in (
+    for difference, value in (
         ("rolling - now-or-never", report.out_of_sample_value_of_waiting),
         ("rolling - calculator", report.out_of_sample_gain_over_calculator),
     ):
         if value is not None:
-            console.print(f"  out of sample: {label} {_interval_text(value, 'fresh trees')}")
+            console.print(f"  out of sample: {difference} {_interval_text(value, 'fresh trees')}")
     table = Table(title="Decisions per node")
     for column in ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW"):
         table.add_column(column)
