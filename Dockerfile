@@ -41,7 +41,10 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HASHPIVOT_PORT=50051 \
-    HASHPIVOT_DB=/data/hashpivot.sqlite
+    HASHPIVOT_DB=/data/hashpivot.sqlite \
+    NUMBA_CACHE_DIR=/data/numba-cache
+# NUMBA_CACHE_DIR: the economics kernel's machine code (optimizer/economics_kernel.py) is cached where the
+# service user may write; the venv is root's.
 WORKDIR /data
 VOLUME ["/data"]
 USER 10001:10001

@@ -152,8 +152,6 @@ def one_pass_s(chunks) -> float:
 
 
 def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int, events: bool = True) -> None:
-    import numpy as np
-
     from optimizer.economics import group_economics
     from optimizer.lifecycles import plan_grid
     from solvers.planner import STREAM_CELLS, batch_scenarios
@@ -166,24 +164,47 @@ def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int,
         for a in range(0, count, per_chunk)
     ]
     cells = sum(c.n_scenarios * c.n_steps for c in chunks)
-    econ, limit = [], []
+    group_economics(fleet, chunks[0], grid, kernel=True)  # numba's import and first dispatch: timed apart
+    econ, limit = {True: [], False: []}, []
     for _ in range(repeats):
         limit.append(one_pass_s(chunks))
-        start = time.process_time()
-        for c in chunks:
-            group_economics(fleet, c, grid)
-        econ.append(time.process_time() - start)
+        for kernel in (True, False):
+            start = time.process_time()
+            for c in chunks:
+                group_economics(fleet, c, grid, kernel=kernel)
+            econ[kernel].append(time.process_time() - start)
         limit.append(one_pass_s(chunks))
-    e, lim = min(econ), min(limit)
-    verdict = "OK" if e <= 3 * lim else "ABOVE TARGET"
+    k, n, lim = min(econ[True]), min(econ[False]), min(limit)
+    verdict = "OK" if k <= 3 * lim else "ABOVE TARGET"
     kind = "events+calls" if events else "separable"
     print(
         f"  {groups:5d} groups x {count:5d} scen, {step_minutes:2d} min, {fleet.horizon.n_steps:5d} steps, "
-        f"{kind:12s}: economics {e:6.3f}s | one pass {lim:6.3f}s | ratio {e / lim:5.2f}x (target <= 3x: "
-        f"{verdict}) | {cells / e / 1e6:5.1f} M scenario-steps/s ({load()})"
+        f"{kind:12s}: kernel {k:6.3f}s | numpy {n:6.3f}s | one pass {lim:6.3f}s | kernel/one pass {k / lim:5.2f}x "
+        f"(target <= 3x: {verdict}), numpy/one pass {n / lim:5.2f}x | kernel {cells / k / 1e6:5.1f} M "
+        f"scenario-steps/s ({load()})"
     )
-    del chunks
-    np.empty(0)
+
+
+def kernel_fixed_cost() -> None:
+    """What the kernel costs once per process: numba's import and the first dispatch (cached machine code), in
+    seconds and in resident memory (what it adds to a Ray task)."""
+    code = (
+        "import time, psutil; p = psutil.Process(); from tests.fleets import random_fleet_data, scenarios_for; "
+        "from optimizer.fleet import parse_fleet; from optimizer.economics import group_economics; "
+        "f = parse_fleet(random_fleet_data(0, scenarios=2)); s = scenarios_for(f); group_economics(f, s); "
+        "m0 = p.memory_info().rss; t1 = time.perf_counter(); import numba; t2 = time.perf_counter(); "
+        "group_economics(f, s, kernel=True); t3 = time.perf_counter(); m1 = p.memory_info().rss; "
+        "print(f'{t2 - t1:.2f} {t3 - t2:.2f} {(m1 - m0) / 2**20:.0f}')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, env=env)  # compiles if not cached yet
+    done = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True)
+    import_s, first_s, rss_mib = done.stdout.split()
+    print(
+        f"  kernel's fixed cost per process (fresh interpreter, cached machine code): import numba {import_s}s + "
+        f"first dispatch {first_s}s, +{rss_mib} MiB resident; economics.KERNEL_MIN_SITE_CELLS sends smaller runs "
+        f"to numpy ({load()})"
+    )
 
 
 def tree_peaks(cmd: list[str], env: dict) -> tuple[float, float, float, int, str]:
@@ -266,11 +287,13 @@ def subhourly_value(count: int, days: int) -> None:
 def economics_section(quick: bool) -> None:
     print("\n[2] economics vs one numpy pass over the same scenario arrays (in-process, CPU time, best of runs;")
     print("    the chunks a Ray task streams: <= 250,000 scenario-steps each; examples/fleet.yaml's four markets and")
-    print("    sites; with its winter events and calls (coupled steps: one item per profile and step), and without)")
+    print("    sites; with its winter events and calls (coupled steps: one item per profile and step), and without;")
+    print("    kernel = optimizer/economics_kernel.py, numpy = the path of runs below KERNEL_MIN_SITE_CELLS)")
     cases = [(300, 50, 15), (1000, 100, 60)] if quick else [(1000, 1000, 60), (300, 200, 15)]
     for groups, count, minutes in cases:
         for events in (True, False):
             economics_vs_limit(groups, count, minutes, repeats=2 if quick else 3, events=events)
+    kernel_fixed_cost()
     print("    peak memory: scenarios + economics on an embedded Ray (num_cpus = cores), gathered in the driver;")
     print("    tree = RSS summed over the driver and every descendant; task = the largest Ray worker process")
     for groups, count, minutes in cases:

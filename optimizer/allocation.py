@@ -33,7 +33,14 @@ from optimizer.cashflows import (
 from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, KW_PER_MW
 from optimizer.economics import NO_SITE, GroupEconomics, economics_grid
 from optimizer.fleet import Fleet, RackGroup
-from optimizer.lifecycles import Lifecycle, PlanGrid, plan_grid, purchase_price_usd, rack_resale_usd
+from optimizer.lifecycles import (
+    Lifecycle,
+    PlanGrid,
+    plan_grid,
+    purchase_price_usd,
+    purchase_resale_usd,
+    rack_resale_usd,
+)
 from optimizer.modes import MODES, Mode
 from optimizer.rack_ranges import RackRange, group_range
 
@@ -53,7 +60,7 @@ class Allocation:
     dr_mw: dict[str, float] = field(default_factory=dict)  # site id -> committed curtailable MW (meter)
     lifecycles: dict[str, dict[str, int]] = field(default_factory=dict)  # group id -> lifecycle key -> racks
     conversion_start: dict[str, int] = field(default_factory=dict)  # site id -> start option index
-    purchases: dict[str, int] = field(default_factory=dict)  # purchase option id -> racks bought
+    purchases: dict[str, int] = field(default_factory=dict)  # purchase lot key (option id, or "id@mM") -> racks
 
     def __post_init__(self) -> None:
         # one canonical form, so equal decisions compare equal however they were written
@@ -231,8 +238,8 @@ def present_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> np.nd
         for key, n in counts.items():
             for q, first, stop in options[key].mining:
                 out[q, first:stop] += n
-    for b, option in enumerate(fleet.purchases):
-        out[grid.purchase_profile[b], grid.delivery[b] :] += allocation.purchases.get(option.id, 0)
+    for lot in grid.purchase_lots:
+        out[lot.profile, lot.delivery :] += allocation.purchases.get(lot.key, 0)
     return out
 
 
@@ -403,17 +410,18 @@ def _add_racks(fleet, grid: PlanGrid, economics, allocation: Allocation, out: di
 
 
 def _add_purchases(fleet, grid: PlanGrid, economics, allocation: Allocation, out: dict) -> None:
-    end_discount = grid.timeline.discount_at_hours(grid.timeline.horizon_hours)
-    for b, option in enumerate(fleet.purchases):
-        n = allocation.purchases.get(option.id, 0)
+    timeline = grid.timeline
+    end_discount = timeline.discount_at_hours(timeline.horizon_hours)
+    boundary_discount = timeline.discount_at_hours(timeline.bounds * timeline.step_hours)
+    for lot in grid.purchase_lots:
+        n = allocation.purchases.get(lot.key, 0)
         if not n:
             continue
-        q = grid.purchase_profile[b]
-        site = grid.profiles[q].site
-        _add_mining(grid, economics, q, grid.delivery[b], grid.n_periods, n, out)
-        out["machines_bought_usd"][site, 0] += purchase_price_usd(fleet, b) * n
-        resale = fleet.machine(option.machine).resale_usd_per_th or 0.0
-        salvage = resale * grid.profiles[q].hashrate_ths * economics.hashprice_ratio[-1] * end_discount
+        site = grid.profiles[lot.profile].site
+        _add_mining(grid, economics, lot.profile, lot.delivery, grid.n_periods, n, out)
+        price = purchase_price_usd(fleet, lot.option) * boundary_discount[lot.ordered_at]
+        out["machines_bought_usd"][site, min(lot.ordered_at, grid.n_periods - 1)] += price * n
+        salvage = purchase_resale_usd(fleet, grid, lot) * economics.hashprice_ratio[-1] * end_discount
         out["machine_sales_usd"][site, -1] += salvage * n
 
 
@@ -562,7 +570,7 @@ class Violation:
     """A constraint of the fleet an allocation breaks, as a record (not a sentence to parse back apart).
 
     `constraint` is the family ("site_capacity", "site_ai", "site_demand_response", "offer_bounds",
-    "offer_start", "capital_budget", "rack_counts"), `subject` the id it applies to (site, offer or
+    "offer_start", "capital_budget", "rack_counts", "purchase_racks"), `subject` the id it applies to (site, offer or
     group; "" for fleet-wide), `needed` and `limit` the amounts that clash in `unit` (None where the
     clash is not an amount), `field` the fleet path that sets the limit, `message` the words people read.
     """
@@ -587,7 +595,7 @@ class Violation:
 def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> list[Violation]:
     """The constraints a given allocation breaks; empty when feasible."""
     grid = plan_grid(fleet)
-    problems = _check_racks(fleet, grid, allocation)
+    problems = _check_racks(fleet, grid, allocation) + _check_purchases(fleet, grid, allocation)
     if problems:
         return problems
     present = present_racks(fleet, grid, allocation)
@@ -617,7 +625,7 @@ def check_feasible(fleet: Fleet, allocation: Allocation, tol: float = 1e-6) -> l
         if ai_mw > tol and not converted:
             message = "racks in AI mode at a site that is not converted"
             problems.append(_site(site, "site_ai", "ai", message, ai_mw, 0.0))
-    problems += _check_budget(fleet, allocation, tol)
+    problems += _check_budget(fleet, grid, allocation, tol)
     for offer in fleet.lease_offers:
         mw = allocation.offer_mw(offer.id)
         if mw > tol and not (offer.min_mw - tol <= mw <= offer.max_mw + tol):
@@ -631,11 +639,11 @@ def _site(site, constraint: str, field: str, message: str, needed_mw: float, lim
     return Violation(constraint, site.id, f"sites.{site.id}.{field}", message, needed_mw, limit_mw, "MW")
 
 
-def _check_budget(fleet: Fleet, allocation: Allocation, tol: float) -> list[Violation]:
+def _check_budget(fleet: Fleet, grid: PlanGrid, allocation: Allocation, tol: float) -> list[Violation]:
     budget = fleet.capital_budget_usd
     capex = sum(full_capex_usd(fleet, s, converted_mw(fleet, allocation, s)) for s in allocation.converted_sites)
     capex += sum(
-        purchase_price_usd(fleet, b) * allocation.purchases.get(o.id, 0) for b, o in enumerate(fleet.purchases)
+        purchase_price_usd(fleet, lot.option) * allocation.purchases.get(lot.key, 0) for lot in grid.purchase_lots
     )
     offers = {o.id: o for o in fleet.lease_offers}
     capex -= sum(
@@ -670,6 +678,31 @@ def _check_racks(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[V
         if any(n < 0 for n in mine.values()) or total != group.racks:
             message = f"counts {dict(mine)} must be >= 0 and sum to {group.racks}"
             problems.append(Violation("rack_counts", group.id, field, message, total, group.racks, "racks"))
+    return problems
+
+
+def _check_purchases(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[Violation]:
+    """Known lots, today's at least the racks already ordered, an option's lots together at most max_racks."""
+    lots = {lot.key: lot for lot in grid.purchase_lots}
+    unknown = sorted(set(allocation.purchases) - set(lots))
+    if unknown:
+        message = f"no such purchase {unknown} (options: {sorted(lots)})"
+        return [Violation("purchase_racks", "", "allocation.purchases", message)]
+    problems = []
+    for i, option in enumerate(fleet.purchases):
+        ordered = {key: n for key, n in allocation.purchases.items() if lots[key].option == i}
+        today, total = ordered.get(option.id, 0), sum(ordered.values())
+        if any(n < 0 for n in ordered.values()):
+            message = f"negative racks ordered {ordered}"
+            problems.append(Violation("purchase_racks", option.id, f"purchases.{option.id}", message))
+        elif today < option.min_racks:
+            message = f"{today} racks ordered today, fewer than the {option.min_racks} already ordered"
+            field = f"purchases.{option.id}.min_racks"
+            problems.append(Violation("purchase_racks", option.id, field, message, today, option.min_racks, "racks"))
+        elif total > option.max_racks:
+            message = f"{total} racks ordered in all ({ordered}), more than max_racks"
+            field = f"purchases.{option.id}.max_racks"
+            problems.append(Violation("purchase_racks", option.id, field, message, total, option.max_racks, "racks"))
     return problems
 
 

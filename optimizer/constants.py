@@ -30,5 +30,7 @@ def block_subsidy_btc(height):
 
     halvings = np.asarray(height) // HALVING_INTERVAL_BLOCKS
     return INITIAL_SUBSIDY_BTC / np.power(2.0, halvings)
+
+
 HOURS_PER_YEAR = HOURS_PER_DAY * DAYS_PER_YEAR  # 8,766: the Julian year, as the discounting's time unit
 MONTHS_PER_YEAR = 12

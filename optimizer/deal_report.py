@@ -28,7 +28,7 @@ from optimizer.cashflows import capex_discount_factor, conversion_cash_usd, irr,
 from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY
 from optimizer.economics import GroupEconomics, nominal_view
 from optimizer.fleet import Fleet
-from optimizer.lifecycles import PlanGrid, purchase_price_usd, rack_resale_usd
+from optimizer.lifecycles import PlanGrid, purchase_price_usd, purchase_resale_usd, rack_resale_usd
 from optimizer.modes import Mode
 
 
@@ -199,15 +199,35 @@ def _depreciation_per_year(fleet: Fleet, grid: PlanGrid, economics: GroupEconomi
     counts = allocation.lifecycle_counts(fleet)
     lost = 0.0
     for g, group in enumerate(fleet.rack_groups):
-        miners = sum(n for key, n in counts.get(group.id, {}).items() if key == "mine" or key.startswith("move"))
+        modes = {life.key: life.mode for life in grid.lifecycles[g]}
+        miners = sum(n for key, n in counts.get(group.id, {}).items() if modes[key] in (Mode.MINE, Mode.MOVE))
         lost += rack_resale_usd(fleet, g) * (1.0 - end_ratio) * miners
-    for b, option in enumerate(fleet.purchases):
-        n = allocation.purchases.get(option.id, 0)
-        resale = (fleet.machine(option.machine).resale_usd_per_th or 0.0) * grid.profiles[
-            grid.purchase_profile[b]
-        ].hashrate_ths
-        lost += (purchase_price_usd(fleet, b) - resale * end_ratio) * n
+    for lot in grid.purchase_lots:
+        n = allocation.purchases.get(lot.key, 0)
+        lost += (purchase_price_usd(fleet, lot.option) - purchase_resale_usd(fleet, grid, lot) * end_ratio) * n
     return lost / years if years > 0 else 0.0
+
+
+def _rack_events(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[TimelineEvent]:
+    """Sales (racks per date) and moves (per group, target and date), today's and at recourse dates."""
+    sold: dict[int, int] = {}
+    events = []
+    for g, group in enumerate(fleet.rack_groups):
+        options = {life.key: life for life in grid.lifecycles[g]}
+        for key, n in allocation.lifecycle_counts(fleet).get(group.id, {}).items():
+            life = options[key]
+            if life.conversion is not None:
+                continue  # the machines' fate goes with the conversion
+            if life.sold_at is not None:
+                sold[life.sold_at] = sold.get(life.sold_at, 0) + n
+            elif life.moved_at is not None:
+                date = _date(fleet, grid.boundary_days(life.moved_at))
+                detail = f"{n} {group.id} racks to {key.rsplit(':', 1)[1]}"
+                events.append(TimelineEvent(date=date, event="move", detail=detail))
+    for at, n in sorted(sold.items()):
+        date = _date(fleet, grid.boundary_days(at))
+        events.append(TimelineEvent(date=date, event="sale", detail=f"{n} racks sold"))
+    return events
 
 
 def timeline_events(
@@ -215,24 +235,12 @@ def timeline_events(
 ) -> list[TimelineEvent]:
     events: list[TimelineEvent] = []
     terms = lease_terms(fleet, grid)
-    counts = allocation.lifecycle_counts(fleet)
-    sold = sum(n for c in counts.values() for key, n in c.items() if key == "sell")
-    if sold:
-        events.append(TimelineEvent(date=_date(fleet, 0), event="sale", detail=f"{sold} racks sold"))
-    for group_id, c in counts.items():
-        for key, n in c.items():
-            if key.startswith("move:"):
-                events.append(
-                    TimelineEvent(date=_date(fleet, 0), event="move", detail=f"{n} {group_id} racks to {key[5:]}")
-                )
-    for option in fleet.purchases:
-        n = allocation.purchases.get(option.id, 0)
+    events += _rack_events(fleet, grid, allocation)
+    for lot in grid.purchase_lots:
+        n = allocation.purchases.get(lot.key, 0)
         if n:
-            events.append(
-                TimelineEvent(
-                    date=_date(fleet, option.delivery_days), event="delivery", detail=f"{n} racks of {option.id}"
-                )
-            )
+            date = _date(fleet, grid.boundary_days(lot.delivery))
+            events.append(TimelineEvent(date=date, event="delivery", detail=f"{n} racks of {lot.key}"))
     for conversion in conversion_results(fleet, grid, economics, allocation):
         events.append(TimelineEvent(date=conversion.start_date, event="construction_start", detail=conversion.site))
         events.append(

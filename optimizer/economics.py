@@ -21,17 +21,25 @@ A site's marginal price is spot x weight + offset (fixed, index + adder, resale 
 sums come from the same rows. Every profile's sums are its per-rack scale times its threshold's sums:
 O(S T U) per site, independent of the number of profiles but for the [Q, P, S] outputs.
 
+Large runs (KERNEL_MIN_SITE_CELLS) price the same sums in one compiled pass per chunk instead
+(optimizer.economics_kernel, numba): per scenario row, per site, per distinct threshold and period, the
+weights summed over the steps with key < theta in a vectorised loop; the coupled steps, take-or-pay resale,
+halving step and items in the same pass. Both paths give the same coupled steps and items and the same sums
+up to the order of float additions (tests/optimizer/test_economics.py, test_multiyear.py).
+
 Memory of one Ray task (solvers.planner streams a batch in chunks of at most STREAM_CELLS = 250,000
 scenario-steps), per scenario-step of a chunk: its scenario arrays ((5 + 3 M) x 8 B for M markets),
 the shared weights (5 x 8 B), the markets' spot rows (2 M x 8 B), the keys (8 B) and one site's masks
-(U x 8 B), the last four in per-thread scratch buffers reused chunk after chunk (_scratch): about
+(U x 8 B), the last four in per-thread scratch buffers reused chunk after chunk (_scratch; the kernel needs
+four rows of T floats instead): about
 (90 + 40 M + 8 U) B x 250,000 = 70 MB for the example's four markets and four machine models,
 whatever the number of groups, steps (15-minute or hourly, a quarter or five years) or scenarios.
 On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled slots and items
 ([I, S_batch], I = the most coupled steps x candidate profiles in one scenario), and the worker's
-interpreter with numpy, pydantic and Ray (~150-200 MiB). Measured by bench/bench_pipeline.py (peak
-RSS of the worker process): ~250 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 50), ~220
-MiB for 300 groups x 200 scenarios at 15 minutes; the bound to hold is 512 MiB.
+interpreter with numpy, pydantic and Ray (~150-200 MiB), plus ~160 MiB for numba and LLVM where the
+kernel runs. Measured by bench/bench_pipeline.py (peak RSS of the worker process): 233 MiB for 1,000 groups
+x 1,000 scenarios hourly (batches of 50), 217 MiB for 300 groups x 200 scenarios at 15 minutes (both on
+the numpy path); the bound to hold is 512 MiB.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):
 a curtailment event that caps the site's power, and a demand-response call that makes its mining
@@ -59,7 +67,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.constants import HOURS_PER_DAY, HOURS_PER_YEAR, KW_PER_MW
+from optimizer.constants import HOURS_PER_DAY, HOURS_PER_YEAR, KW_PER_MW, TH_PER_PH
 from optimizer.fleet import ContractType, Fleet, Site
 from optimizer.lifecycles import PlanGrid, Profile, plan_grid
 from optimizer.scenarios import ScenarioSet
@@ -265,10 +273,6 @@ class _SitePrice:
             np.divide(self.offset, hashprice_th_hour, out=out)
         return out
 
-    def keys_at(self, hashprice_th_hour: np.ndarray, scen: np.ndarray, step: np.ndarray) -> np.ndarray:
-        """The keys at some (scenario, step) points."""
-        return price_keys(self.at(scen, step), hashprice_th_hour[scen, step])
-
 
 @dataclass(frozen=True)
 class _SiteSteps:
@@ -285,13 +289,15 @@ _PROFILE_CACHE: dict[int, tuple] = {}  # id(grid) -> (weak reference to it, pool
 
 @dataclass(frozen=True)
 class _ProfileArrays:
-    """Per-profile figures as arrays, built once per batch (a fleet may have thousands of profiles)."""
+    """Per-profile (and per-site) figures as arrays, built once per batch (a fleet may have thousands of profiles)."""
 
     site: np.ndarray  # int [Q]
     hashrate_ths: np.ndarray  # [Q] per rack
     meter_kw: np.ndarray  # [Q] per rack
     theta: np.ndarray  # [Q] run threshold (run_threshold)
     max_load_kw: np.ndarray  # [Q] every rack of the profile running
+    site_ai_kw: np.ndarray  # [N] the largest AI load each site could carry (max_ai_load_kw)
+    site_ai_step: np.ndarray  # int [N] the first step a hall could be live there (earliest_ai_step)
 
     @staticmethod
     def of(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
@@ -315,6 +321,8 @@ class _ProfileArrays:
             meter_kw=meter_kw,
             theta=_merge_ties(np.array([run_threshold(fleet, p) for p in profiles], dtype=float)),
             max_load_kw=np.array([p.max_racks for p in profiles], dtype=float) * meter_kw,
+            site_ai_kw=np.array([max_ai_load_kw(fleet, s) for s in fleet.sites], dtype=float),
+            site_ai_step=np.array([earliest_ai_step(grid, s) for s in fleet.sites], dtype=np.int64),
         )
 
 
@@ -419,8 +427,40 @@ def _site_steps(
     return _SiteSteps(scen=scen[binds], step=step[binds], cap_kw=cap_kw[binds], dr_call=dr_call[binds])
 
 
-def group_economics(fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None = None) -> GroupEconomics:
-    """Economics of a batch of scenarios on the fleet's plan grid (periods and profiles)."""
+# Runs that price at least this many site-scenario-steps (scenarios x steps x sites of the fleet) use the
+# compiled one-pass kernel (optimizer.economics_kernel); smaller ones the numpy path. The kernel costs, once per
+# process, the import of numba and its first dispatch (loading the cached machine code): 0.6 + 1.3 s measured on
+# this 2-core machine at load ~16 (about half that unloaded), and then saves ~10-16 ns per site-scenario-step
+# (bench/bench_pipeline.py section 2: numpy ~16-25 ns, the kernel ~5-9): the break-even is ~100M, e.g. the
+# five-year example at ~600 scenarios. A function of the fleet alone, so the path (and the last bits of the
+# sums) never depends on the batch size, the number of Ray workers or what a process priced before.
+KERNEL_MIN_SITE_CELLS = 100_000_000
+
+
+def uses_kernel(fleet: Fleet) -> bool:
+    """Whether the fleet's runs price their economics with the compiled kernel (KERNEL_MIN_SITE_CELLS)."""
+    return fleet.scenarios.count * fleet.horizon.n_steps * len(fleet.sites) >= KERNEL_MIN_SITE_CELLS
+
+
+@dataclass(frozen=True)
+class _ChunkSums:
+    """What a pass over a chunk yields, per site: threshold sums, coupled steps, take-or-pay resale."""
+
+    per_threshold: list[dict[str, np.ndarray]]  # per site with profiles: [U, P, S] per _PROFILE_SUMS, runs [U, S]
+    threshold_of: np.ndarray  # int [Q] position of each profile's threshold among all sites' thresholds
+    site_steps: list[_SiteSteps]
+    resale: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]  # take-or-pay site -> [P, S] sum, PV, tail mean [S]
+    halving_step: np.ndarray  # [S]
+    mean_hashprice_usd_per_ph_day: np.ndarray  # [S]
+
+
+def group_economics(
+    fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None = None, kernel: bool | None = None
+) -> GroupEconomics:
+    """Economics of a batch of scenarios on the fleet's plan grid (periods and profiles).
+
+    `kernel`: price with the compiled one-pass kernel (True) or numpy (False); by default as uses_kernel.
+    """
     grid = grid or plan_grid(fleet, scenarios.n_steps)
     timeline = grid.timeline
     if scenarios.n_steps != timeline.n_steps or abs(scenarios.step_hours - timeline.step_hours) > 1e-12:
@@ -428,32 +468,40 @@ def group_economics(fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None 
             f"scenarios have {scenarios.n_steps} steps of {scenarios.step_hours:g} h, the horizon "
             f"{timeline.n_steps} of {timeline.step_hours:g} h"
         )
-    n_q, n_p, n_scen = len(grid.profiles), timeline.n_periods, scenarios.n_scenarios
-    hashprice = scenarios.hashprice_usd_per_th_hour
-    weights = _Weights(scenarios, hashprice, timeline.step_discount())
-    site_steps, prices = [], []
     profiles = _ProfileArrays.of(fleet, grid)
-    per_threshold, threshold_of = [], np.zeros(n_q, dtype=np.int64)  # global threshold index of each profile
-    positive = bool(np.all(hashprice > 0))
-    keys = _scratch("keys", hashprice.shape)
-    for n, site in enumerate(fleet.sites):
-        price = _SitePrice(site, scenarios)
-        price.keys(hashprice, positive, out=keys)
-        thresholds = _Thresholds.of(profiles, n)
-        masks = _run_masks(keys, thresholds)
-        steps = _site_steps(fleet, grid, n, scenarios, masks, thresholds)
-        site_steps.append(steps)
-        prices.append(price)
-        if len(thresholds.members):
-            threshold_of[thresholds.members] = sum(len(t["runs"]) for t in per_threshold) + thresholds.of_member
-            per_threshold.append(_threshold_sums(grid, thresholds, masks, keys, steps, price, weights))
-        del masks
-    # every profile's sums: its threshold's, times its per-rack scale
-    hours = timeline.step_hours
+    kernel = uses_kernel(fleet) if kernel is None else kernel
+    chunk = (_kernel_pass if kernel else _numpy_pass)(fleet, grid, scenarios, profiles)
+    sums, runs = _profile_sums(fleet, grid, profiles, chunk, scenarios.n_scenarios)
+    opex_pv = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * timeline.period_discounted_days()
+    return GroupEconomics(
+        indices=np.asarray(scenarios.indices),
+        steps=np.full(scenarios.n_scenarios, scenarios.n_steps),
+        mine_value_usd=sums["revenue_pv"] - sums["cost_pv"] - opex_pv[:, :, None],
+        hash_revenue_usd=sums["revenue"],
+        power_cost_usd=sums["cost"],
+        hash_revenue_pv_usd=sums["revenue_pv"],
+        power_cost_pv_usd=sums["cost_pv"],
+        energy_mwh=sums["energy"],
+        btc_mined=sums["btc"],
+        run_fraction=runs / timeline.n_steps,
+        mean_hashprice_usd_per_ph_day=chunk.mean_hashprice_usd_per_ph_day,
+        halving_step=chunk.halving_step,
+        hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
+        **_contract_terms(fleet, grid, scenarios.n_scenarios, chunk.resale),
+        **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles, kernel),
+    )
+
+
+def _profile_sums(
+    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums, n_scen: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every profile's sums [Q, P, S] and run steps [Q, S]: its threshold's, times its per-rack scale."""
+    n_q, n_p = len(grid.profiles), grid.timeline.n_periods
     rev_scale = profiles.hashrate_ths * (1 - fleet.pool_fee_fraction)  # per TH-hour of hashprice
-    mwh_scale = profiles.meter_kw / KW_PER_MW * hours  # MWh one rack draws in a step
+    mwh_scale = profiles.meter_kw / KW_PER_MW * grid.timeline.step_hours  # MWh one rack draws in a step
     scale = {"revenue": rev_scale, "revenue_pv": rev_scale, "btc": rev_scale}
     scale |= {"cost": mwh_scale, "cost_pv": mwh_scale, "energy": mwh_scale}
+    per_threshold, threshold_of = chunk.per_threshold, chunk.threshold_of
     sums = {}
     for name in _PROFILE_SUMS:
         if per_threshold:
@@ -467,24 +515,172 @@ def group_economics(fleet: Fleet, scenarios: ScenarioSet, grid: PlanGrid | None 
         if per_threshold
         else np.zeros((n_q, n_scen))
     )
-    opex_pv = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * timeline.period_discounted_days()
-    return GroupEconomics(
-        indices=np.asarray(scenarios.indices),
-        steps=np.full(n_scen, scenarios.n_steps),
-        mine_value_usd=sums["revenue_pv"] - sums["cost_pv"] - opex_pv[:, :, None],
-        hash_revenue_usd=sums["revenue"],
-        power_cost_usd=sums["cost"],
-        hash_revenue_pv_usd=sums["revenue_pv"],
-        power_cost_pv_usd=sums["cost_pv"],
-        energy_mwh=sums["energy"],
-        btc_mined=sums["btc"],
-        run_fraction=runs / timeline.n_steps,
-        mean_hashprice_usd_per_ph_day=scenarios.hashprice_usd_per_ph_day.mean(axis=1),
+    return sums, runs
+
+
+def _numpy_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: _ProfileArrays) -> _ChunkSums:
+    """Per site: run masks per distinct threshold, times the shared weights per period (matrix products)."""
+    hashprice = scenarios.hashprice_usd_per_th_hour
+    weights = _Weights(scenarios, hashprice, grid.timeline.step_discount())
+    site_steps, per_threshold, all_thresholds = [], [], []
+    positive = bool(np.all(hashprice > 0))
+    keys = _scratch("keys", hashprice.shape)
+    for n, site in enumerate(fleet.sites):
+        price = _SitePrice(site, scenarios)
+        price.keys(hashprice, positive, out=keys)
+        thresholds = _Thresholds.of(profiles, n)
+        masks = _run_masks(keys, thresholds)
+        steps = _site_steps(fleet, grid, n, scenarios, masks, thresholds)
+        site_steps.append(steps)
+        all_thresholds.append(thresholds)
+        if len(thresholds.members):
+            per_threshold.append(_threshold_sums(grid, thresholds, masks, keys, steps, price, weights))
+        del masks
+    return _ChunkSums(
+        per_threshold=per_threshold,
+        threshold_of=_threshold_of(all_thresholds, len(grid.profiles)),
+        site_steps=site_steps,
+        resale=_numpy_resale(fleet, grid, scenarios),
         halving_step=_halving_step(scenarios),
-        hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
-        **_contract_terms(fleet, grid, scenarios),
-        **_coupled_slots(fleet, grid, scenarios, site_steps, prices, profiles),
+        mean_hashprice_usd_per_ph_day=scenarios.hashprice_usd_per_ph_day.mean(axis=1),
     )
+
+
+def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: _ProfileArrays) -> _ChunkSums:
+    """One compiled pass over the chunk (optimizer.economics_kernel): per site and threshold, the weight sums."""
+    from optimizer import economics_kernel as kern
+
+    timeline, sites = grid.timeline, fleet.sites
+    n_scen, n_steps, n_sites, n_p = scenarios.n_scenarios, scenarios.n_steps, len(sites), timeline.n_periods
+    thresholds = [_Thresholds.of(profiles, n) for n in range(n_sites)]
+    n_u = max((len(t.values) for t in thresholds), default=0)
+    table = _kernel_sites(fleet, profiles, scenarios, thresholds, n_u)
+    has_fraction, has_calls = scenarios.available_power_fraction is not None, scenarios.dr_call is not None
+    capacity = _coupled_capacity(fleet, scenarios)
+    sums = np.zeros((n_scen, n_sites, n_u, n_p, kern.N_WEIGHTS))
+    runs = np.zeros((n_scen, n_sites, n_u))
+    resale = np.zeros((n_scen, n_sites, n_p, 2))
+    resale_tail, hashprice_sum = np.zeros((n_scen, n_sites)), np.zeros(n_scen)
+    halving = np.zeros(n_scen, dtype=np.int64)
+    coupled = (np.zeros(capacity, np.int64), np.zeros(capacity, np.int64), np.zeros(capacity, np.int64))
+    coupled_cap, coupled_call = np.zeros(capacity), np.zeros(capacity, dtype=bool)
+    empty = np.zeros((1, 1, 1))
+    count = kern.chunk_pass(
+        np.ascontiguousarray(scenarios.hashprice_usd_per_ph_day, dtype=np.float64),
+        np.ascontiguousarray(scenarios.btc_price_usd, dtype=np.float64),
+        np.ascontiguousarray(scenarios.subsidy_btc, dtype=np.float64),
+        np.ascontiguousarray(timeline.step_discount()),
+        np.ascontiguousarray(scenarios.power_price_usd_per_mwh, dtype=np.float64),
+        np.ascontiguousarray(scenarios.available_power_fraction) if has_fraction else empty,
+        np.ascontiguousarray(scenarios.dr_call) if has_calls else empty.astype(bool),
+        has_fraction,
+        has_calls,
+        np.asarray(timeline.bounds, dtype=np.int64),
+        float(timeline.step_hours),
+        max(0, n_steps - _last_year_steps(timeline.step_hours)),
+        *table,
+        sums,
+        runs,
+        resale,
+        resale_tail,
+        hashprice_sum,
+        halving,
+        *coupled,
+        coupled_cap,
+        coupled_call,
+    )
+    scen, step, site = (c[:count] for c in coupled)
+    site_steps = [
+        _SiteSteps(scen[here], step[here], coupled_cap[:count][here], coupled_call[:count][here])
+        for here in (site == n for n in range(n_sites))
+    ]
+    prices = [_SitePrice(site, scenarios) for site in sites]
+    per_threshold = [
+        _kernel_threshold_sums(grid, prices[n], sums[:, n, : len(t.values)], runs[:, n])
+        for n, t in enumerate(thresholds)
+        if len(t.members)
+    ]
+    tail_steps = min(n_steps, _last_year_steps(timeline.step_hours))
+    return _ChunkSums(
+        per_threshold=per_threshold,
+        threshold_of=_threshold_of(thresholds, len(grid.profiles)),
+        site_steps=site_steps,
+        resale={
+            n: (resale[:, n, :, kern.R_RESALE].T, resale[:, n, :, kern.R_RESALE_PV].T, resale_tail[:, n] / tail_steps)
+            for n, s in enumerate(sites)
+            if s.contract.resells
+        },
+        halving_step=halving,
+        mean_hashprice_usd_per_ph_day=hashprice_sum / n_steps,
+    )
+
+
+def _threshold_of(thresholds: list[_Thresholds], n_profiles: int) -> np.ndarray:
+    """[Q] position of each profile's threshold among the thresholds of every site with profiles, site by site."""
+    out, before = np.zeros(n_profiles, dtype=np.int64), 0
+    for t in thresholds:
+        out[t.members] = before + t.of_member
+        before += len(t.values)
+    return out
+
+
+def _kernel_sites(
+    fleet: Fleet, profiles: _ProfileArrays, scenarios: ScenarioSet, thresholds: list[_Thresholds], n_u: int
+):
+    """The per-site arrays the kernel reads, in its argument order (optimizer.economics_kernel._chunk_pass)."""
+    sites = fleet.sites
+    prices = [_SitePrice(s, scenarios) for s in sites]
+    padded = np.full((len(sites), max(n_u, 1)), np.inf)
+    suffix = np.zeros((len(sites), n_u + 1))
+    for n, t in enumerate(thresholds):
+        padded[n, : len(t.values)] = t.values
+        suffix[n, : len(t.values)] = np.cumsum(t.load_kw[::-1])[::-1]  # every profile with theta_u, u >= j, running
+    return (
+        np.array([scenarios.markets.index(s.market) for s in sites], dtype=np.int64),
+        np.array([p.follows_spot for p in prices]),
+        np.array([p.offset for p in prices], dtype=np.float64),
+        np.array([s.contract.resale_fee_usd_per_mwh if s.contract.resells else 0.0 for s in sites]),
+        np.array([bool(s.contract.resells) for s in sites]),
+        np.array([len(t.values) for t in thresholds], dtype=np.int64),
+        padded,
+        suffix,
+        np.array([s.capacity_mw for s in sites], dtype=np.float64),
+        np.array([s.demand_response is not None for s in sites]),
+        profiles.site_ai_kw,
+        profiles.site_ai_step,
+    )
+
+
+def _coupled_capacity(fleet: Fleet, scenarios: ScenarioSet) -> int:
+    """An upper bound on the coupled points of a chunk: every site's steps in an event or a call."""
+    in_event, called = {}, {}
+    for m in range(len(scenarios.markets)):
+        if scenarios.available_power_fraction is not None:
+            in_event[m] = int(np.count_nonzero(scenarios.available_power_fraction[m] < 1.0))
+        if scenarios.dr_call is not None:
+            called[m] = int(np.count_nonzero(scenarios.dr_call[m]))
+    positions = [(scenarios.markets.index(site.market), site.demand_response is not None) for site in fleet.sites]
+    return sum(in_event.get(m, 0) + (called.get(m, 0) if dr else 0) for m, dr in positions)
+
+
+def _kernel_threshold_sums(
+    grid: PlanGrid, price: _SitePrice, weights: np.ndarray, runs: np.ndarray
+) -> dict[str, np.ndarray]:
+    """A site's sums per threshold, in _threshold_sums's layout, from the kernel's weight sums [S, U, P, W] and run
+    counts [S, U]: the cost is the offset times the steps plus, where the price follows spot, the spot sums."""
+    from optimizer import economics_kernel as kern
+
+    cum = weights.transpose(1, 3, 2, 0)  # [U, W, P, S]
+    hours = grid.timeline.step_hours
+    return {
+        "revenue": cum[:, kern.W_HASHPRICE] * hours,
+        "revenue_pv": cum[:, kern.W_HASHPRICE_PV] * hours,
+        "btc": cum[:, kern.W_BTC],
+        "cost": price.offset * cum[:, kern.W_COUNT] + (cum[:, kern.W_SPOT] if price.follows_spot else 0.0),
+        "cost_pv": price.offset * cum[:, kern.W_DISCOUNT] + (cum[:, kern.W_SPOT_PV] if price.follows_spot else 0.0),
+        "energy": cum[:, kern.W_COUNT],
+        "runs": runs[:, : weights.shape[1]].T,
+    }
 
 
 _PROFILE_SUMS = ("revenue", "cost", "revenue_pv", "cost_pv", "energy", "btc")
@@ -571,10 +767,33 @@ def _hashprice_ratio(scenarios: ScenarioSet, bounds: np.ndarray) -> np.ndarray:
     return np.stack([hp[:, a : a + per_day].mean(axis=1) / first for a in starts])
 
 
-def _contract_terms(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet) -> dict[str, np.ndarray]:
-    """Per-site take-or-pay terms [N, P, S]; zero for fixed and index contracts (lease power nets to zero there)."""
+def _last_year_steps(step_hours: float) -> int:
+    """Steps of the last year, whose mean resale prices take-or-pay power past the horizon."""
+    return max(1, int(HOURS_PER_YEAR // step_hours))
+
+
+def _numpy_resale(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet) -> dict:
+    """Per take-or-pay site: resale (spot - fee) summed per period [P, S], discounted, and the last year's mean [S]."""
+    starts, discount = grid.timeline.bounds[:-1], grid.timeline.step_discount()
+    out = {}
+    for n, site in enumerate(fleet.sites):
+        if site.contract.resells:
+            resale = resale_price_usd_per_mwh(site, scenarios)
+            out[n] = (
+                np.add.reduceat(resale, starts, axis=1).T,
+                np.add.reduceat(resale * discount, starts, axis=1).T,
+                resale[:, -_last_year_steps(scenarios.step_hours) :].mean(axis=1),
+            )
+    return out
+
+
+def _contract_terms(fleet: Fleet, grid: PlanGrid, n_scen: int, resale_sums: dict) -> dict[str, np.ndarray]:
+    """Per-site take-or-pay terms [N, P, S]; zero for fixed and index contracts (lease power nets to zero there).
+
+    `resale_sums`: per take-or-pay site, its resale summed per period, discounted, and the last year's mean.
+    """
     timeline = grid.timeline
-    n_sites, n_scen, hours = len(fleet.sites), scenarios.n_scenarios, scenarios.step_hours
+    n_sites, hours = len(fleet.sites), timeline.step_hours
     names = (
         "block_resale_usd",
         "block_payment_usd",
@@ -587,30 +806,22 @@ def _contract_terms(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet) -> dic
     )
     out = {name: np.zeros((n_sites, timeline.n_periods, n_scen)) for name in names}
     out["ai_tail_net_usd_per_mwh"] = np.zeros((n_sites, n_scen))
-    starts, discount = timeline.bounds[:-1], timeline.step_discount()
     steps_per_period = np.diff(timeline.bounds)
-    last_year = max(1, int(HOURS_PER_YEAR // hours))
-    for n, site in enumerate(fleet.sites):
-        if not site.contract.resells:
-            continue
-        resale = resale_price_usd_per_mwh(site, scenarios)
+    discount_per_period = np.add.reduceat(timeline.step_discount(), timeline.bounds[:-1])
+    for n, (resale, resale_pv, tail_mean) in resale_sums.items():
+        site = fleet.sites[n]
         price = site.contract.price_usd_per_mwh
-        out["block_resale_usd"][n] = site.capacity_mw * hours * np.add.reduceat(resale, starts, axis=1).T
-        out["block_resale_pv_usd"][n] = site.capacity_mw * hours * np.add.reduceat(resale * discount, starts, axis=1).T
+        out["block_resale_usd"][n] = site.capacity_mw * hours * resale
+        out["block_resale_pv_usd"][n] = site.capacity_mw * hours * resale_pv
         out["block_payment_usd"][n] = (price * site.capacity_mw * hours * steps_per_period)[:, None]
-        payment_pv = price * site.capacity_mw * hours * np.add.reduceat(discount, starts)
-        out["block_payment_pv_usd"][n] = payment_pv[:, None]
+        out["block_payment_pv_usd"][n] = (price * site.capacity_mw * hours * discount_per_period)[:, None]
         if site.ai is not None:
             meter_mwh_per_step = site.pue_ai * hours  # one leased IT MW at the meter, per step
-            out["ai_resale_pv_usd_per_mw"][n] = (
-                meter_mwh_per_step * np.add.reduceat(resale * discount, starts, axis=1).T
-            )
-            out["ai_passthrough_pv_usd_per_mw"][n] = (price * meter_mwh_per_step * np.add.reduceat(discount, starts))[
-                :, None
-            ]
-            out["ai_resale_usd_per_mw"][n] = meter_mwh_per_step * np.add.reduceat(resale, starts, axis=1).T
+            out["ai_resale_pv_usd_per_mw"][n] = meter_mwh_per_step * resale_pv
+            out["ai_passthrough_pv_usd_per_mw"][n] = (price * meter_mwh_per_step * discount_per_period)[:, None]
+            out["ai_resale_usd_per_mw"][n] = meter_mwh_per_step * resale
             out["ai_passthrough_usd_per_mw"][n] = (price * meter_mwh_per_step * steps_per_period)[:, None]
-            out["ai_tail_net_usd_per_mwh"][n] = price - resale[:, -last_year:].mean(axis=1)
+            out["ai_tail_net_usd_per_mwh"][n] = price - tail_mean
     return out
 
 
@@ -619,8 +830,8 @@ def _coupled_slots(
     grid: PlanGrid,
     scenarios: ScenarioSet,
     site_steps: list[_SiteSteps],
-    prices: list[_SitePrice],
     profiles: _ProfileArrays,
+    kernel: bool,
 ) -> dict[str, np.ndarray]:
     """Padded [K, S] slots and [I, S] items of the coupled steps, in (site, step) order per scenario."""
     n_scen = scenarios.n_scenarios
@@ -644,14 +855,21 @@ def _coupled_slots(
     for n, s in enumerate(fleet.sites):
         here = site == n
         if s.contract.resells and here.any():
-            resale[here] = resale_price_usd_per_mwh(s, scenarios)[scen[here], step[here]]
+            resale[here] = scenarios.power_price(s.market)[scen[here], step[here]] - s.contract.resale_fee_usd_per_mwh
     out["coupled_resale_usd_per_mwh"][slot, scen] = resale
 
-    # items: the site's profiles with a positive margin in the slot's step, in (scenario, slot, profile) order.
-    # Slots of a scenario run site by site, so a site's items follow the items of the sites before it in
-    # that scenario: their position is the earlier sites' item count there plus their rank within the site.
-    hours = scenarios.step_hours
-    hashprice = scenarios.hashprice_usd_per_th_hour
+    out |= (_kernel_items if kernel else _numpy_items)(fleet, scenarios, profiles, scen, site, step, slot)
+    return out
+
+
+_ITEMS = ("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd")
+
+
+def _numpy_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[str, np.ndarray]:
+    """[I, S] items: the site's profiles with a positive margin in the slot's step, in (scenario, slot, profile)
+    order. Slots of a scenario run site by site, so a site's items follow the items of the sites before it in
+    that scenario: their position is the earlier sites' item count there plus their rank within the site."""
+    n_scen, hours = scenarios.n_scenarios, scenarios.step_hours
     parts, before = [], np.zeros(n_scen, dtype=np.int64)
     for n in range(len(fleet.sites)):
         here = np.flatnonzero(site == n)
@@ -659,22 +877,59 @@ def _coupled_slots(
         if not len(here) or not len(members):
             continue
         s_, t_ = scen[here], step[here]
+        hashprice = scenarios.hashprice_usd_per_ph_day[s_, t_] / TH_PER_PH / HOURS_PER_DAY  # per TH-hour
+        price = _SitePrice(fleet.sites[n], scenarios).at(s_, t_)
         # [C, Q_n] positive margins; nonzero walks it point by point, profile by profile: already in order
-        point, member = np.nonzero(prices[n].keys_at(hashprice, s_, t_)[:, None] < profiles.theta[members][None, :])
+        point, member = np.nonzero(price_keys(price, hashprice)[:, None] < profiles.theta[members][None, :])
         q = members[member]
         item_scen = s_[point]
-        revenue = profiles.hashrate_ths[q] * hashprice[item_scen, t_[point]] * (1.0 - fleet.pool_fee_fraction) * hours
-        cost = profiles.meter_kw[q] / KW_PER_MW * hours * prices[n].at(s_, t_)[point]
+        revenue = profiles.hashrate_ths[q] * hashprice[point] * (1.0 - fleet.pool_fee_fraction) * hours
+        cost = profiles.meter_kw[q] / KW_PER_MW * hours * price[point]
         position = before[item_scen] + _positions_within(item_scen, n_scen)
         before += np.bincount(item_scen, minlength=n_scen)
         parts.append((position, item_scen, slot[here][point], q, revenue, cost))
     n_items = int(before.max()) if n_scen else 0
     position, item_scen = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in (0, 1))
-    for i, name in enumerate(("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd"), start=2):
+    out = {}
+    for i, name in enumerate(_ITEMS, start=2):
         out[name] = _padded((n_items, n_scen), name)
         if parts:
             out[name][position, item_scen] = np.concatenate([p[i] for p in parts])
     return out
+
+
+def _kernel_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[str, np.ndarray]:
+    """The same items by the compiled loop (optimizer.economics_kernel.coupled_items): counted, then written."""
+    from optimizer import economics_kernel as kern
+
+    n_scen = scenarios.n_scenarios
+    prices = [_SitePrice(s, scenarios) for s in fleet.sites]
+    members = np.argsort(profiles.site, kind="stable")  # each site's profiles, ascending
+    first = np.searchsorted(profiles.site[members], np.arange(len(fleet.sites) + 1)).astype(np.int64)
+    count = np.zeros(n_scen, dtype=np.int64)
+    args = (
+        scen,
+        step,
+        site,
+        slot.astype(np.int64),
+        np.ascontiguousarray(scenarios.hashprice_usd_per_ph_day, dtype=np.float64),
+        np.ascontiguousarray(scenarios.power_price_usd_per_mwh, dtype=np.float64),
+        np.array([scenarios.markets.index(s.market) for s in fleet.sites], dtype=np.int64),
+        np.array([p.follows_spot for p in prices]),
+        np.array([p.offset for p in prices], dtype=np.float64),
+        first,
+        members.astype(np.int64),
+        profiles.theta,
+        profiles.hashrate_ths,
+        profiles.meter_kw,
+        1.0 - fleet.pool_fee_fraction,
+        float(scenarios.step_hours),
+    )
+    kern.coupled_items(*args, False, count, *(_padded((0, 0), name) for name in _ITEMS))
+    # written scenario by scenario ([S, I], each scenario's items contiguous), handed out as [I, S] views
+    by_scenario = [_padded((n_scen, int(count.max()) if n_scen else 0), name) for name in _ITEMS]
+    kern.coupled_items(*args, True, count, *by_scenario)
+    return {name: values.T for name, values in zip(_ITEMS, by_scenario, strict=True)}
 
 
 # Index fields fit 32 bits (steps, slots, profiles): half the memory of the padded [K, S] / [I, S] tables.

@@ -19,7 +19,7 @@ from optimizer.allocation import lease_terms
 from optimizer.constants import HOURS_PER_DAY, HOURS_PER_YEAR, KW_PER_MW
 from optimizer.fleet import ContractType, Fleet, RiskSettings, Site
 from optimizer.formulation import add_first_stage, add_risk_objective
-from optimizer.lifecycles import purchase_price_usd, rack_resale_usd
+from optimizer.lifecycles import purchase_price_usd, purchase_resale_usd, rack_resale_usd
 from optimizer.scenarios import ScenarioSet
 
 
@@ -114,11 +114,11 @@ def _machine_cash(model, fleet: Fleet, scenarios: ScenarioSet, w: int) -> list:
                 cash -= fleet.moves.cost_usd_per_rack * discount(int(bounds[life.moved_at]))
             if cash:
                 terms.append(cash * model.x[g, ell])
-    for b, option in enumerate(fleet.purchases):
-        price = fleet.machine(option.machine).resale_usd_per_th or 0.0
-        salvage = price * grid.profiles[grid.purchase_profile[b]].hashrate_ths
-        salvage *= _daily_hashprice(scenarios, w, end) / first_day * discount(end)
-        terms.append((salvage - purchase_price_usd(fleet, b)) * model.buy[b])
+    for b, lot in enumerate(grid.purchase_lots):
+        end_ratio = _daily_hashprice(scenarios, w, end) / first_day
+        salvage = purchase_resale_usd(fleet, grid, lot) * end_ratio * discount(end)
+        price = purchase_price_usd(fleet, lot.option) * discount(int(bounds[lot.ordered_at]))
+        terms.append((salvage - price) * model.buy[b])
     return terms
 
 
@@ -170,8 +170,9 @@ def _add_site_limits(model, block, fleet: Fleet, site: Site, scenarios: Scenario
         called = [(w, t) for w in model.S for t in model.T if calls[w, t]]
         block.dr_drop = pyo.Constraint(
             called,
-            rule=lambda b, w, t: mining_kw[w, t]
-            <= model.mining_kw[site.id, int(period[t])] - model.dr_mw[site.id] * KW_PER_MW,
+            rule=lambda b, w, t: (
+                mining_kw[w, t] <= model.mining_kw[site.id, int(period[t])] - model.dr_mw[site.id] * KW_PER_MW
+            ),
         )
     return served
 

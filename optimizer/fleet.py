@@ -365,6 +365,13 @@ class Fleet(StrictModel):
     solver: SolverSettings = SolverSettings()
     scenarios: ScenarioSettings = ScenarioSettings()
     tree: TreeSettings | None = Field(None, description="Absent: a two-stage plan only (no scenario tree).")
+    recourse_months: list[float] = Field(
+        default_factory=list,
+        max_length=12,
+        description="Months after the start at which a rack may change course later: be sold, moved, idled or "
+        "restarted (dated lifecycles, docs/tree.md). The tree analysis sets them to its decision dates; in a "
+        "two-stage plan they are commitments made today.",
+    )
 
     @field_validator("markets", "machines", "sites", "rack_groups", "lease_offers", "purchases")
     @classmethod
@@ -375,6 +382,13 @@ class Fleet(StrictModel):
                 raise ValueError(f"duplicate id {item.id!r}")
             seen.add(item.id)
         return items
+
+    @field_validator("recourse_months")
+    @classmethod
+    def _recourse_increasing(cls, months: list[float]) -> list[float]:
+        if any(m <= 0 for m in months) or any(b <= a for a, b in zip(months, months[1:], strict=False)):
+            raise ValueError(f"increasing months after the start (> 0), got {months}")
+        return months
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Fleet:

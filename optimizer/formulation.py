@@ -3,7 +3,8 @@
 First stage (decided now, one for all scenarios):
 - x[g, l]: integer racks of group g on lifecycle l (optimizer.lifecycles: mine, idle, sell, move,
   or give the slot to AI at a conversion start option and sell, store or move the machines);
-- buy[b]: integer racks of purchase option b;
+- buy[b]: integer racks of purchase lot b (optimizer.lifecycles.PurchaseLot: an option ordered today or
+  at a recourse date);
 - convert[n] and convert_at[n, k]: binary, site n converts, at its k-th start option;
 - accept[o]: binary, offer o is signed; lease_mw[o, n, k]: MW of o served from n's k-th option;
 - dr_mw[n]: committed demand-response MW.
@@ -61,13 +62,14 @@ def add_first_stage(model: pyo.ConcreteModel, fleet: Fleet, grid: PlanGrid | Non
     define_site_capacity(model, fleet)
     define_dr_within_mining(model)
     define_capital_budget(model, fleet)
+    define_purchase_limit(model, fleet)
     model.first_stage_usd = pyo.Expression(expr=_first_stage_pv_expr(model, fleet, grid))
 
 
 def _add_sets(model, fleet: Fleet, grid: PlanGrid) -> None:
     model.G = pyo.RangeSet(0, len(fleet.rack_groups) - 1)
     model.GL = pyo.Set(initialize=[(g, ell) for g in model.G for ell in range(len(grid.lifecycles[g]))], dimen=2)
-    model.B = pyo.Set(initialize=range(len(fleet.purchases)))
+    model.B = pyo.Set(initialize=range(len(grid.purchase_lots)))
     model.P = pyo.Set(initialize=range(grid.n_periods), ordered=True)
     model.AI_SITES = pyo.Set(initialize=[s.id for s in fleet.sites if s.ai is not None], ordered=True)
     model.STARTS = pyo.Set(
@@ -81,11 +83,7 @@ def _add_sets(model, fleet: Fleet, grid: PlanGrid) -> None:
 def _add_variables(model, fleet: Fleet, grid: PlanGrid) -> None:
     groups = fleet.rack_groups
     model.x = pyo.Var(model.GL, domain=pyo.NonNegativeIntegers, bounds=lambda m, g, ell: (0, groups[g].racks))
-    model.buy = pyo.Var(
-        model.B,
-        domain=pyo.NonNegativeIntegers,
-        bounds=lambda m, b: (fleet.purchases[b].min_racks, fleet.purchases[b].max_racks),
-    )
+    model.buy = pyo.Var(model.B, domain=pyo.NonNegativeIntegers, bounds=purchase_bounds(fleet, grid))
     model.convert = pyo.Var(model.AI_SITES, domain=pyo.Binary)
     model.convert_at = pyo.Var(model.STARTS, domain=pyo.Binary)
     # a signed lease (quarterly re-planning) is taken: its acceptance is fixed, not chosen
@@ -99,13 +97,25 @@ def _add_variables(model, fleet: Fleet, grid: PlanGrid) -> None:
     )
 
 
+def purchase_bounds(fleet: Fleet, grid: PlanGrid):
+    """Racks of a lot: today's at least the racks already ordered (min_racks), every lot at most max_racks."""
+
+    def bounds(m, b):
+        lot = grid.purchase_lots[b]
+        option = fleet.purchases[lot.option]
+        return (option.min_racks if lot.ordered_at == 0 else 0, option.max_racks)
+
+    return bounds
+
+
 def _add_expressions(model, fleet: Fleet, grid: PlanGrid) -> None:
     present = model.grid_info.presence
     site_index = {s.id: n for n, s in enumerate(fleet.sites)}
     terms = lease_terms(fleet, grid)
 
     def present_racks(m, q, p):
-        bought = sum(m.buy[b] for b in m.B if grid.purchase_profile[b] == q and p >= grid.delivery[b])
+        lots = grid.purchase_lots
+        bought = sum(m.buy[b] for b in m.B if lots[b].profile == q and p >= lots[b].delivery)
         return sum(m.x[g, ell] for g, ell in present.get((q, p), ())) + bought
 
     model.Q = pyo.RangeSet(0, len(grid.profiles) - 1)
@@ -210,6 +220,16 @@ def define_capital_budget(model, fleet: Fleet) -> None:
     model.capital_budget = pyo.Constraint(expr=spend <= fleet.capital_budget_usd)
 
 
+def define_purchase_limit(model, fleet: Fleet) -> None:
+    """sum over an option's lots of buy[b] <= max_racks: ordering later does not raise what can be bought."""
+    lots = model.grid_info.grid.purchase_lots
+    dated = sorted({lot.option for lot in lots if lot.ordered_at > 0})
+    model.purchase_limit = pyo.Constraint(
+        dated,
+        rule=lambda m, i: sum(m.buy[b] for b in m.B if lots[b].option == i) <= fleet.purchases[i].max_racks,
+    )
+
+
 def capital_spend_expr(m, fleet: Fleet):
     """Nominal capital the plan commits: conversion capex net of tenants' share, plus machines bought."""
     from optimizer.lifecycles import purchase_price_usd
@@ -219,7 +239,8 @@ def capital_spend_expr(m, fleet: Fleet):
     tenant = sum(
         offers[o].tenant_capex_share * fleet.site(s).ai.capex_usd_per_mw * m.lease_mw[o, s, k] for (o, s, k) in m.LEASES
     )
-    bought = sum(purchase_price_usd(fleet, b) * m.buy[b] for b in m.B)
+    lots = m.grid_info.grid.purchase_lots
+    bought = sum(purchase_price_usd(fleet, lots[b].option) * m.buy[b] for b in m.B)
     return conversions - tenant + bought
 
 
@@ -465,7 +486,7 @@ def extract_allocation(model: pyo.ConcreteModel, fleet: Fleet) -> Allocation:
     lease = {key: mw for key, mw in lease.items() if mw > INTEGRALITY_TOL}
     dr = {s: float(pyo.value(model.dr_mw[s])) for s in model.DR_SITES}
     dr = {k: v for k, v in dr.items() if v > INTEGRALITY_TOL}
-    bought = {fleet.purchases[b].id: int(round(pyo.value(model.buy[b]))) for b in model.B}
+    bought = {grid.purchase_lots[b].key: int(round(pyo.value(model.buy[b]))) for b in model.B}
     return Allocation.from_lifecycles(
         fleet,
         grid,
@@ -484,7 +505,7 @@ def fix_allocation(model: pyo.ConcreteModel, fleet: Fleet, allocation: Allocatio
     for g, ell in model.GL:
         model.x[g, ell].fix(counts.get(fleet.rack_groups[g].id, {}).get(grid.lifecycles[g][ell].key, 0))
     for b in model.B:
-        model.buy[b].fix(allocation.purchases.get(fleet.purchases[b].id, 0))
+        model.buy[b].fix(allocation.purchases.get(grid.purchase_lots[b].key, 0))
     for s in model.AI_SITES:
         model.convert[s].fix(int(s in allocation.converted_sites))
     for s, k in model.STARTS:

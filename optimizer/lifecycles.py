@@ -18,6 +18,22 @@ binary per rack. The options:
   start option: the rack mines until then, and its machines are then `sell` (sold at that date's
   resale price), `store` (kept idle; idle cost) or `move:SITE` (as above, from that date).
 
+Dated recourse (`fleet.recourse_months`, the tree analysis's decision dates; docs/tree.md): at each such
+month M a rack that mined until then may change course, and a rack idled may restart:
+
+- `sell@mM`: mines at its site until month M, then sold at that date's resale price;
+- `move@mM:SITE`: mines until M, then moved (cost per rack), mines at SITE once the downtime is over;
+- `idle@mM`: mines until M, then idle to the end;
+- `idle:restart@mK` and `idle@mM:restart@mK` (M < K): idle from the start (or from M), mining again
+  from month K (the fleet model has no restart cost: only the idle cost of the idle days).
+
+Each lifecycle lists its *departures*: the boundaries at which it changes course, each with the
+lifecycle it follows until then (`mine` before the first, `idle@mM` before a restart). The multi-stage
+model (optimizer.multistage) takes each departure at the node of the last decision date at or before
+it; a lifecycle's prefix is always one of the group's lifecycles, so every node's choice refines a
+choice its ancestors made. With R recourse dates and T other sites a group gains at most
+R (2 + T) + R (R + 1) / 2 lifecycles (fewer when its machines cannot be sold or racks cannot move).
+
 Machines still owned at the horizon's end are valued at their resale price then (salvage). Resale
 prices move with hashprice: a machine's second-hand price in a scenario at a date is its price per
 TH/s today times hashprice then over hashprice at the start (both daily means), the way ASIC
@@ -26,11 +42,12 @@ price indices track hashprice.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from optimizer.constants import DAYS_PER_MONTH, KW_PER_MW
+from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY, KW_PER_MW
 from optimizer.fleet import Fleet
 from optimizer.modes import Mode
 from optimizer.timeline import Timeline, build_timeline
@@ -59,6 +76,28 @@ class Lifecycle:
     sold_at: int | None = None  # boundary index at which the machines are sold
     moved_at: int | None = None  # boundary index at which the move cost is paid
     kept: bool = True  # machines owned at the horizon's end
+    # (boundary, key of the lifecycle followed until then) at each change of course; () for `mine`
+    departures: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def prefix(self) -> str:
+        """The lifecycle this one follows until its last departure: the choice its last decision refines."""
+        return self.departures[-1][1] if self.departures else MINE_KEY
+
+
+MINE_KEY = "mine"  # the lifecycle every rack follows until a decision makes it depart
+
+
+@dataclass(frozen=True)
+class PurchaseLot:
+    """Racks of one purchase option ordered at one date: today (key = the option's id) or at a recourse date
+    (key "option@mM"), paid on order at the option's price per TH/s, mining from delivery."""
+
+    key: str
+    option: int  # position in fleet.purchases
+    profile: int
+    ordered_at: int  # boundary index of the order (and payment)
+    delivery: int  # boundary index from which the racks mine
 
 
 @dataclass(frozen=True)
@@ -73,10 +112,16 @@ class PlanGrid:
     conversion_start: dict[str, tuple[int, ...]]  # site id -> boundary index of each start option
     conversion_ready: dict[str, tuple[int, ...]]  # site id -> boundary index at which each option's hall is live
     delivery: tuple[int, ...]  # [B] boundary index at which each purchase starts mining
+    recourse: tuple[tuple[float, int], ...] = ()  # (month, boundary index) of each dated-recourse date
+    purchase_lots: tuple[PurchaseLot, ...] = ()  # [B] what the MIP's buy variables count: today's, then dated
 
     @property
     def n_periods(self) -> int:
         return self.timeline.n_periods
+
+    def boundary_days(self, boundary: int) -> float:
+        """Days after the plan's start at which a period boundary falls (the step it starts at)."""
+        return float(self.timeline.bounds[boundary]) * self.timeline.step_hours / HOURS_PER_DAY
 
     def profile_index(self, key: str) -> int:
         return next(q for q, p in enumerate(self.profiles) if p.key == key)
@@ -99,9 +144,27 @@ def plan_grid(fleet: Fleet, n_steps: int | None = None) -> PlanGrid:
                 for s in start_steps
             )
     delivery = tuple(timeline.period_starting_at(timeline.step_at_days(b.delivery_days)) for b in fleet.purchases)
-    grid = PlanGrid(timeline, profiles, group_profile, purchase_profile, (), starts, ready, delivery)
+    recourse = tuple(
+        (float(m), timeline.period_starting_at(timeline.step_at_months(m)))
+        for m in fleet.recourse_months
+        if timeline.step_at_months(m) < timeline.n_steps
+    )
+    lots = _purchase_lots(fleet, timeline, purchase_profile, delivery, recourse)
+    grid = PlanGrid(timeline, profiles, group_profile, purchase_profile, (), starts, ready, delivery, recourse, lots)
     options = tuple(_group_lifecycles(fleet, grid, g) for g in range(len(fleet.rack_groups)))
-    return PlanGrid(timeline, profiles, group_profile, purchase_profile, options, starts, ready, delivery)
+    return dataclasses.replace(grid, lifecycles=options)
+
+
+def _purchase_lots(fleet: Fleet, timeline: Timeline, profile, delivery, recourse) -> tuple[PurchaseLot, ...]:
+    """Each option's lot ordered today, then one per recourse date whose delivery falls inside the horizon."""
+    lots = [PurchaseLot(b.id, i, profile[i], 0, delivery[i]) for i, b in enumerate(fleet.purchases)]
+    for i, option in enumerate(fleet.purchases):
+        for months, at in recourse:
+            hours = timeline.bounds[at] * timeline.step_hours + option.delivery_days * HOURS_PER_DAY
+            arrives = timeline.period_starting_at(timeline.step_at_hours(hours))
+            if arrives < timeline.n_periods:
+                lots.append(PurchaseLot(f"{option.id}@m{months:g}", i, profile[i], at, arrives))
+    return tuple(lots)
 
 
 def _decision_days(fleet: Fleet, probe: Timeline) -> list[float]:
@@ -111,6 +174,10 @@ def _decision_days(fleet: Fleet, probe: Timeline) -> list[float]:
     downtime = fleet.moves.downtime_days if fleet.moves else None
     if downtime is not None:
         days.append(downtime)
+    for months in fleet.recourse_months:
+        start_days = probe.step_at_months(months) * hours / 24
+        days += [start_days] + ([start_days + downtime] if downtime is not None else [])
+        days += [start_days + b.delivery_days for b in fleet.purchases]
     for site in fleet.sites:
         if site.ai is None:
             continue
@@ -163,25 +230,64 @@ def _group_lifecycles(fleet: Fleet, grid: PlanGrid, g: int) -> tuple[Lifecycle, 
     group = fleet.rack_groups[g]
     own, end = grid.group_profile[g], grid.n_periods
     if group.committed_ai:  # slots of a hall already built or under way: AI from the first start, nothing else
-        return (Lifecycle("ai@0:store", Mode.AI, idle=(0, end), conversion=0, kept=False),)
+        return (Lifecycle("ai@0:store", Mode.AI, idle=(0, end), conversion=0, kept=False, departures=NOW),)
     sellable = fleet.machine(group.machine).resale_usd_per_th is not None
-    options = [Lifecycle("mine", Mode.MINE, mining=((own, 0, end),)), Lifecycle("idle", Mode.IDLE, idle=(0, end))]
+    options = [
+        Lifecycle(MINE_KEY, Mode.MINE, mining=((own, 0, end),)),
+        Lifecycle("idle", Mode.IDLE, idle=(0, end), departures=NOW),
+    ]
     if sellable:
-        options.append(Lifecycle("sell", Mode.SELL, sold_at=0, kept=False))
+        options.append(Lifecycle("sell", Mode.SELL, sold_at=0, kept=False, departures=NOW))
     for target, first in _move_targets(fleet, grid, g, 0):
-        options.append(Lifecycle(f"move:{target}", Mode.MOVE, mining=_mining(grid, g, target, first), moved_at=0))
+        mining = _mining(grid, g, target, first)
+        options.append(Lifecycle(f"move:{target}", Mode.MOVE, mining=mining, moved_at=0, departures=NOW))
     if fleet.can_convert(group):
         for k, start in enumerate(grid.conversion_start[group.site]):
             before = ((own, 0, start),) if start > 0 else ()
-            options.append(Lifecycle(f"ai@{k}:store", Mode.AI, mining=before, idle=(start, end), conversion=k))
+            converts = dict(conversion=k, departures=((start, MINE_KEY),))
+            options.append(Lifecycle(f"ai@{k}:store", Mode.AI, mining=before, idle=(start, end), **converts))
             if sellable:
-                options.append(
-                    Lifecycle(f"ai@{k}:sell", Mode.AI, mining=before, conversion=k, sold_at=start, kept=False)
-                )
+                options.append(Lifecycle(f"ai@{k}:sell", Mode.AI, mining=before, sold_at=start, kept=False, **converts))
             for target, first in _move_targets(fleet, grid, g, start):
                 mining = before + _mining(grid, g, target, first)
-                options.append(Lifecycle(f"ai@{k}:move:{target}", Mode.AI, mining=mining, conversion=k, moved_at=start))
+                options.append(Lifecycle(f"ai@{k}:move:{target}", Mode.AI, mining=mining, moved_at=start, **converts))
+    options += _recourse_lifecycles(fleet, grid, g, sellable)
     return tuple(options)
+
+
+NOW = ((0, MINE_KEY),)  # departs from mining at the plan's start
+
+
+def _recourse_lifecycles(fleet: Fleet, grid: PlanGrid, g: int, sellable: bool) -> list[Lifecycle]:
+    """The dated recourse options of group g (module docstring): sell, move or idle at a recourse date, and
+    restart at a later one after idling from the start or from an earlier recourse date."""
+    own, end = grid.group_profile[g], grid.n_periods
+    out: list[Lifecycle] = []
+    for months, at in grid.recourse:
+        label, before, departs = f"m{months:g}", ((own, 0, at),), ((at, MINE_KEY),)
+        if sellable:
+            out.append(Lifecycle(f"sell@{label}", Mode.SELL, mining=before, sold_at=at, kept=False, departures=departs))
+        for target, first in _move_targets(fleet, grid, g, at):
+            mining = before + _mining(grid, g, target, first)
+            out.append(Lifecycle(f"move@{label}:{target}", Mode.MOVE, mining=mining, moved_at=at, departures=departs))
+        out.append(Lifecycle(f"idle@{label}", Mode.IDLE, mining=before, idle=(at, end), departures=departs))
+    idle_from = [("idle", 0), *((f"idle@m{m:g}", at) for m, at in grid.recourse)]
+    for prefix, first in idle_from:
+        for months, restart in grid.recourse:
+            if restart <= first:
+                continue
+            before = ((own, 0, first),) if first > 0 else ()
+            departs = ((first, MINE_KEY), (restart, prefix))
+            out.append(
+                Lifecycle(
+                    f"{prefix}:restart@m{months:g}",
+                    Mode.MINE,
+                    mining=(*before, (own, restart, end)),
+                    idle=(first, restart),
+                    departures=departs,
+                )
+            )
+    return out
 
 
 def _move_targets(fleet: Fleet, grid: PlanGrid, g: int, at: int) -> list[tuple[str, int]]:
@@ -256,19 +362,25 @@ def lifecycle_values_usd(fleet: Fleet, grid: PlanGrid, economics) -> np.ndarray:
 
 
 def purchase_values_usd(fleet: Fleet, grid: PlanGrid, economics) -> np.ndarray:
-    """[B, S] present value of one purchased rack: mining from delivery, salvage, minus its price."""
+    """[B, S] present value of one rack of each purchase lot: mining from delivery, salvage, minus its price
+    (paid on order)."""
     timeline = grid.timeline
     end_discount = timeline.discount_at_hours(timeline.horizon_hours)
+    boundary_discount = timeline.discount_at_hours(timeline.bounds * timeline.step_hours)
     cumulative = np.cumsum(economics.mine_value_usd, axis=1)
-    out = np.zeros((len(fleet.purchases), economics.n_scenarios))
-    for b, option in enumerate(fleet.purchases):
-        q, first = grid.purchase_profile[b], grid.delivery[b]
-        profile = grid.profiles[q]
+    out = np.zeros((len(grid.purchase_lots), economics.n_scenarios))
+    for i, lot in enumerate(grid.purchase_lots):
+        q, first = lot.profile, lot.delivery
         mined = cumulative[q, -1] - (cumulative[q, first - 1] if first > 0 else 0.0) if first < grid.n_periods else 0.0
-        resale = fleet.machine(option.machine).resale_usd_per_th or 0.0
-        salvage = resale * profile.hashrate_ths * economics.hashprice_ratio[-1] * end_discount
-        out[b] = mined + salvage - purchase_price_usd(fleet, b)
+        salvage = purchase_resale_usd(fleet, grid, lot) * economics.hashprice_ratio[-1] * end_discount
+        out[i] = mined + salvage - purchase_price_usd(fleet, lot.option) * boundary_discount[lot.ordered_at]
     return out
+
+
+def purchase_resale_usd(fleet: Fleet, grid: PlanGrid, lot: PurchaseLot) -> float:
+    """Today's resale price of one rack of the lot's machines (0 when they cannot be sold)."""
+    resale = fleet.machine(fleet.purchases[lot.option].machine).resale_usd_per_th or 0.0
+    return resale * grid.profiles[lot.profile].hashrate_ths
 
 
 def purchase_price_usd(fleet: Fleet, b: int) -> float:

@@ -1,11 +1,12 @@
 """Quarterly re-planning: carry what a plan committed into the next run.
 
-A plan's *state* lists its dated decisions: racks sold, racks moved, machines bought, conversions
+A plan's *state* lists its dated decisions: racks sold, racks moved, machines bought (today, or at a
+recourse date: `fleet.recourse_months`, dated accordingly), conversions
 (start of construction, first rent, capex and its schedule, what became of the racks' machines) and
 the leases signed with them. `hashpivot plan FLEET --as-of DATE --state STATE.json` treats every
 decision dated on or before DATE as done and plans the rest of the horizon from DATE:
 
-- sold racks leave their group; moved racks join a group `<group>@<site>` at their new site;
+- sold racks leave their group; moved racks join a group `<group>_at_<site>` at their new site;
   stored racks a non-convertible group `<group>-stored`; delivered machines a group named after
   their purchase option, undelivered ones a purchase the plan must take (`min_racks`) at no
   further cost (it is paid);
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from optimizer.constants import DAYS_PER_MONTH
 from optimizer.fleet import Fleet, FleetError, parse_fleet
+from optimizer.lifecycles import plan_grid
 from optimizer.plan_result import PlanResult
 
 STATE_FORMAT = "hashpivot-state/1"
@@ -121,28 +123,32 @@ def load_state(path: Path) -> PlanState:
 def state_from_plan(fleet: Fleet, plan: PlanResult) -> PlanState:
     """The plan's own dated decisions (committed halls and signed leases carried in are not repeated)."""
     start = fleet.horizon.start
+    grid = plan_grid(fleet)
     groups = {g.id: g for g in fleet.rack_groups}
+    position = {g.id: n for n, g in enumerate(fleet.rack_groups)}
     sales, moves, fates = [], [], {}
     for g in plan.allocation:
         if groups[g.group].committed_ai:
             continue
+        options = {life.key: life for life in grid.lifecycles[position[g.group]]}
         for key, n in g.lifecycles.items():
-            if key == "sell":
-                sales.append(Sale(group=g.group, racks=n, date=start))
-            elif key.startswith("move:"):
-                moves.append(Move(group=g.group, to_site=key[5:], racks=n, date=start))
-            elif key.startswith("ai@"):
+            life = options[key]
+            if life.conversion is not None:
                 fates.setdefault(g.site, {}).setdefault(g.group, {})[key.split(":", 1)[1]] = n
-    purchases = [
-        Purchase(
-            option=option,
-            racks=n,
-            date=start,
-            delivery_date=start + dt.timedelta(days=fleet.purchase(option).delivery_days),
-        )
-        for option, n in plan.purchases.items()
-        if n and fleet.purchase(option).min_racks == 0
-    ]
+            elif life.sold_at is not None:  # today, or at a recourse date (sell@mM)
+                sales.append(Sale(group=g.group, racks=n, date=_boundary_date(grid, start, life.sold_at)))
+            elif life.moved_at is not None:  # move:SITE or move@mM:SITE
+                date = _boundary_date(grid, start, life.moved_at)
+                moves.append(Move(group=g.group, to_site=key.rsplit(":", 1)[1], racks=n, date=date))
+    lots = {lot.key: lot for lot in grid.purchase_lots}
+    purchases = []
+    for key, n in plan.purchases.items():
+        lot = lots[key]
+        option = fleet.purchases[lot.option]
+        if n and (lot.ordered_at > 0 or option.min_racks == 0):  # racks ordered before the plan are carried in
+            date = _boundary_date(grid, start, lot.ordered_at)
+            delivery = date + dt.timedelta(days=option.delivery_days)
+            purchases.append(Purchase(option=option.id, racks=n, date=date, delivery_date=delivery))
     conversions, leases = [], []
     for c in plan.conversions:
         site = fleet.site(c.site)
@@ -182,6 +188,10 @@ def state_from_plan(fleet: Fleet, plan: PlanResult) -> PlanState:
     )
 
 
+def _boundary_date(grid, start: dt.date, boundary: int) -> dt.date:
+    return start + dt.timedelta(days=round(grid.boundary_days(boundary)))
+
+
 def apply_state(fleet: Fleet, state: PlanState, as_of: dt.date) -> Fleet:
     """The fleet as it stands at `as_of` after the state's decisions done by then."""
     if as_of < fleet.horizon.start:
@@ -189,13 +199,15 @@ def apply_state(fleet: Fleet, state: PlanState, as_of: dt.date) -> Fleet:
     done = state.committed(as_of)
     data = fleet.model_dump(mode="json", exclude_none=True)
     data["horizon"]["start"] = as_of.isoformat()
+    elapsed_months = (as_of - fleet.horizon.start).days / DAYS_PER_MONTH  # recourse dates stay on the calendar
+    data["recourse_months"] = [m - elapsed_months for m in fleet.recourse_months if m - elapsed_months > 0]
     groups = {g["id"]: g for g in data["rack_groups"]}
     for sale in sorted(done.sales, key=lambda d: d.date):
         _take(groups, sale.group, sale.racks, "sales")
     for move in sorted(done.moves, key=lambda d: d.date):
         _add(
             groups,
-            f"{move.group}@{move.to_site}",
+            moved_group_id(move.group, move.to_site),
             _take(groups, move.group, move.racks, "moves"),
             move.racks,
             site=move.to_site,
@@ -226,6 +238,11 @@ def _add(groups: dict[str, dict], group_id: str, like: dict, racks: int, **chang
         groups[group_id] = {**like, "id": group_id, "racks": racks, **changes}
 
 
+def moved_group_id(group_id: str, site_id: str) -> str:
+    """The id of the racks of `group_id` that now stand at `site_id` (within the fleet's id characters)."""
+    return f"{group_id}_at_{site_id}"
+
+
 def _commit_hall(data: dict, groups: dict[str, dict], conversion: Conversion, as_of: dt.date) -> None:
     machines = {m["id"]: m for m in data["machines"]}
     for group_id, fates in conversion.racks.items():
@@ -233,7 +250,7 @@ def _commit_hall(data: dict, groups: dict[str, dict], conversion: Conversion, as
         group = _take(groups, group_id, total, "conversions")
         for fate, n in fates.items():
             if fate.startswith("move:"):
-                _add(groups, f"{group_id}@{fate[5:]}", group, n, site=fate[5:])
+                _add(groups, moved_group_id(group_id, fate[5:]), group, n, site=fate[5:])
             elif fate == "store":
                 _add(groups, f"{group_id}-stored", group, n, convertible=False)
         slot_machine = f"{group['machine']}-slot"

@@ -145,13 +145,12 @@ def evaluate_rolling_trees(
     risk = risk or fleet.risk
     report = progress or (lambda stage, done, total: None)
     tree = solution.tree
-    leaf0 = solution.plan.leaf_plans[0]
-    root = (dict(leaf0.purchases), dict(leaf0.dr_mw))  # purchases and DR MW: decided at the root, for every path
+    dr = dict(solution.plan.leaf_plans[0].dr_mw)  # a root commitment: the same on every path
     fresh = run_tasks(draw_fresh_tree, [(fleet, tree, seed, t) for t in range(trees)])
-    decisions = _roll(fleet, solution, seed, fresh, root, risk, (time_limit_s, mip_rel_gap), run_tasks, report)
+    decisions = _roll(fleet, solution, seed, fresh, dr, risk, (time_limit_s, mip_rel_gap), run_tasks, report)
     calculator = calculator_plan(fleet, solution)
     evaluations = tuple(
-        _score(fleet, solution, calculator, fresh[t].economics, decisions[t], root, risk) for t in range(trees)
+        _score(fleet, solution, calculator, fresh[t].economics, decisions[t], dr, risk) for t in range(trees)
     )
     return RollingStudy(
         evaluations,
@@ -162,10 +161,9 @@ def evaluate_rolling_trees(
     )
 
 
-def _roll(fleet, solution, seed, fresh, root, risk, limits, run_tasks, report) -> list[dict[int, NodeDecision]]:
+def _roll(fleet, solution, seed, fresh, dr, risk, limits, run_tasks, report) -> list[dict[int, NodeDecision]]:
     """Every fresh tree's decisions per node: the in-sample root, then each level re-planned as one batch of tasks."""
     tree = solution.tree
-    bought, dr = root
     decisions: list[dict[int, NodeDecision]] = [{0: solution.plan.root} for _ in fresh]
     jobs_total = (tree.n_nodes - tree.n_leaves - 1) * len(fresh)
     done = 0
@@ -177,21 +175,20 @@ def _roll(fleet, solution, seed, fresh, root, risk, limits, run_tasks, report) -
             history = tree.path(node)
             given = [fresh[t].history[h] for h in history[1:]]
             ancestors = [decisions[t][h] for h in history[:-1]]
-            args.append((fleet, tree, seed, (t, *tree.position[node]), given, ancestors, bought, dr, risk, limits))
+            args.append((fleet, tree, seed, (t, *tree.position[node]), given, ancestors, dr, risk, limits))
         for (t, node), chosen in zip(jobs, run_tasks(replan_node, args), strict=True):
-            decisions[t][node] = NodeDecision(node, depth, chosen.lifecycles, chosen.conversion_start, chosen.lease_mw)
+            decisions[t][node] = NodeDecision(
+                node, depth, chosen.lifecycles, chosen.conversion_start, chosen.lease_mw, chosen.purchases
+            )
         done += len(jobs)
         report("tree oos", done, jobs_total)
     return decisions
 
 
-def _score(fleet, solution, calculator, economics, decisions, root, risk) -> RollingEvaluation:
+def _score(fleet, solution, calculator, economics, decisions, dr, risk) -> RollingEvaluation:
     tree = solution.tree
     grid = economics_grid(fleet, economics)
-    bought, dr = root
-    leaf_plans = [
-        combine_path(fleet, grid, [decisions[n] for n in tree.path(leaf)[:-1]], bought, dr) for leaf in tree.leaves
-    ]
+    leaf_plans = [combine_path(fleet, grid, [decisions[n] for n in tree.path(leaf)[:-1]], dr) for leaf in tree.leaves]
     rolling = np.array(
         [scenario_profits_usd(fleet, economics.columns([w]), p, grid)[0] for w, p in enumerate(leaf_plans)]
     )
@@ -228,7 +225,6 @@ def replan_node(
     key: tuple[int, ...],
     given: list[tuple],
     ancestors: list[NodeDecision],
-    bought: dict[str, int],
     dr: dict[str, float],
     risk: RiskSettings,
     limits: tuple[float, float],
@@ -262,8 +258,6 @@ def replan_node(
     for c, decision in zip(chain[:-1], ancestors, strict=True):
         _fix_node(model, fleet, grid, c, decision)
     if depth > 0:
-        for b in model.B:
-            model.buy[b].fix(bought.get(fleet.purchases[b].id, 0))
         for s in model.dr_mw:
             model.dr_mw[s].fix(dr.get(s, 0.0))
     solve(model, *limits)
@@ -288,3 +282,6 @@ def _fix_node(model, fleet: Fleet, grid, node: int, decision: NodeDecision) -> N
         if n == node:
             on = decision.conversion_start.get(s) == k
             model.lease_mw[n, o, s, k].fix(decision.lease_mw.get((o, s), 0.0) if on else 0.0)
+    for n, b in model.NBUY:
+        if n == node:
+            model.buy[n, b].fix(decision.purchases.get(grid.purchase_lots[b].key, 0))

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 class LifecycleCount(BaseModel):
     group: str
-    lifecycle: str  # optimizer.lifecycles key: sell, idle, move:SITE, ai@K:FATE, mine
+    lifecycle: str  # optimizer.lifecycles key: sell, idle, move:SITE, ai@K:FATE, mine, sell@mM, idle:restart@mM...
     racks: int
 
 
@@ -39,6 +39,7 @@ class TreeNodeResult(BaseModel):
     lifecycles: list[LifecycleCount]  # racks put on each lifecycle at this node
     conversions: dict[str, int]  # site -> start option started at this node
     lease_mw: dict[str, float]  # "offer@site" -> MW leased on a hall started here
+    purchases: dict[str, int] = {}  # purchase lot ("option" today, "option@mM" later) -> racks ordered here
 
 
 class RuleRow(BaseModel):
@@ -137,6 +138,7 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
                 lifecycles=lifecycle_rows(d.lifecycles) if d else [],
                 conversions=d.conversion_start if d else {},
                 lease_mw={f"{o}@{s}": mw for (o, s), mw in d.lease_mw.items()} if d else {},
+                purchases=dict(d.purchases) if d else {},
             )
         )
     rules = [
@@ -260,6 +262,7 @@ def tree_tables(report: TreeReport) -> dict[str, list[dict]]:
             "lifecycles": "; ".join(f"{c.group}:{c.lifecycle}={c.racks}" for c in n.lifecycles),
             "conversions": text(n.conversions),
             "lease_mw": text(n.lease_mw),
+            "purchases": text(n.purchases),
         }
         for n in report.tree
     ]

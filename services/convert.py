@@ -403,7 +403,7 @@ def _lifecycle_problems(fleet: Fleet, message: planner_service_pb2.Allocation) -
         starts = grid.conversion_start.get(site)
         if starts is None or not 0 <= k < len(starts):
             problems.append((f"allocation.conversion_start[{site}]", f"no start option {k} at {site!r}"))
-    known = {b.id for b in fleet.purchases}
+    known = {lot.key for lot in grid.purchase_lots}  # an option's id, or "id@mM" at a recourse date
     for option_id, n in message.purchases.items():
         if option_id not in known or n < 0:
             problems.append((f"allocation.purchases[{option_id}]", f"unknown purchase option or negative ({n})"))

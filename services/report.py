@@ -333,6 +333,7 @@ def write_report(
     `previous`: an earlier plan.json (as a dict) to compare with; `scenarios`: the plan's ScenarioSet for
     the fan chart (drawn again from the fleet's seed when not given)."""
     from services.board import board_context
+    from services.tables import subhourly_share
 
     report: RobustnessReport = run.report
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -384,6 +385,7 @@ def write_report(
         charts={k: _data_uri(p) for k, p in charts.items()},
         chart_files={k: p.name for k, p in charts.items()},
         board=board_context(fleet, plan, previous),
+        subhourly_share=subhourly_share(plan) if plan.subhourly is not None else None,
     )
     path = out_dir / "report.html"
     path.write_text(html)

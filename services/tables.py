@@ -160,6 +160,8 @@ def print_plan(plan: PlanResult, console: Console, fleet=None) -> None:
         f"P50 {_usd(p['p50_usd'])}, P95 {_usd(p['p95_usd'])}, VaR{p['alpha']:.0%} {_usd(p['var_usd'])}, "
         f"CVaR{p['alpha']:.0%} {_usd(p['cvar_usd'])}"
     )
+    if plan.subhourly is not None:
+        console.print(subhourly_line(plan))
     s = plan.solver
     console.print(
         f"solver: {s.status}, gap {gap_text(s.mip_gap, '.2e')}, {s.variables} variables, {s.constraints} constraints, "
@@ -209,6 +211,24 @@ def _print_deals(plan: PlanResult, console: Console) -> None:
         console.print(table)
     for event in plan.timeline:
         console.print(f"{event.date}  {event.event.replace('_', ' ')}: {event.detail}", style="dim")
+
+
+def subhourly_share(plan: PlanResult) -> float:
+    """The value of sub-hourly dispatch as a share of the hourly plan's objective (nan when that is zero)."""
+    sub = plan.subhourly
+    return sub.value_usd / abs(sub.hourly_objective_usd) if sub.hourly_objective_usd else float("nan")
+
+
+def subhourly_line(plan: PlanResult) -> str:
+    """One line: what dispatching at the horizon's sub-hourly step is worth over hourly dispatch (plan.subhourly)."""
+    sub = plan.subhourly
+    allocation = "the same allocation" if sub.same_allocation else "a different allocation"
+    return (
+        f"{sub.step_minutes}-minute dispatch over hourly (the same paths averaged to hours): objective "
+        f"{_usd(sub.objective_usd)} vs {_usd(sub.hourly_objective_usd)}, worth {_usd(sub.value_usd)} "
+        f"({subhourly_share(plan):+.2%}); NPV mean {_usd(sub.mean_profit_usd)} vs {_usd(sub.hourly_mean_profit_usd)} "
+        f"({_usd(sub.mean_profit_value_usd)}); {allocation}"
+    )
 
 
 def gap_text(mip_gap: float | None, spec: str) -> str:
@@ -377,7 +397,8 @@ def print_tree(report, console: Console) -> None:
         if value is not None:
             console.print(f"  out of sample: {difference} {_interval_text(value, 'fresh trees')}")
     table = Table(title="Decisions per node")
-    for column in ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW"):
+    columns = ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW", "buy")
+    for column in columns:
         table.add_column(column)
     for n in report.tree:
         if n.decision_month is None:
@@ -392,6 +413,7 @@ def print_tree(report, console: Console) -> None:
             "; ".join(f"{c.group}: {c.lifecycle}={c.racks}" for c in n.lifecycles),
             ", ".join(f"{s}@{k}" for s, k in n.conversions.items()),
             ", ".join(f"{k}={v:.3f}" for k, v in n.lease_mw.items()),
+            ", ".join(f"{k}={v}" for k, v in n.purchases.items()),
         )
     console.print(table)
     for rule in report.decision_rules:

@@ -34,6 +34,8 @@ def _label(node) -> str:
             parts.append(f"{count.group} {count.lifecycle} {count.racks}")
     for key, mw in node.lease_mw.items():
         parts.append(f"lease {key} {mw:.1f} MW")
+    for lot, racks in node.purchases.items():
+        parts.append(f"buy {lot} {racks}")
     return "\n".join(parts)
 
 

@@ -140,7 +140,7 @@ DEFAULT_UNIT = (1.0, lambda v: f"{v:,.2f} MW", "limit")
 
 
 def _amount(model: pyo.ConcreteModel, family: str, constraint, time_limit_s: float) -> str:
-    """"capital_budget: needs $35.0M, budget $20.0M": the least the rest of the model needs of this constraint.
+    """ "capital_budget: needs $35.0M, budget $20.0M": the least the rest of the model needs of this constraint.
 
     With the constraint switched off, the body is minimised (an upper limit) or maximised (a lower one)
     over every other constraint: that optimum against the limit is by how much it is short.

@@ -127,10 +127,7 @@ def _replication(
     fleet: Fleet, stream: int, count: int, seed: int, batch_size: int, solver: SolverSettings, candidate: Allocation
 ):
     """One SAA replication: draw its scenarios, solve its optimum here, score the candidate on the same sample."""
-    parts = [
-        streamed_economics(fleet, rows, seed, stream, None)[0]
-        for rows in batches(count, batch_size)
-    ]
+    parts = [streamed_economics(fleet, rows, seed, stream, None)[0] for rows in batches(count, batch_size)]
     economics = concat_economics(parts)
     solved = solve_allocation(fleet, economics, fleet.risk, solver)
     bound = solved.outcome.bound_usd

@@ -7,6 +7,9 @@ keyed by (seed, stream, tree and node position), so the result is the same where
 any number of workers. `progress(stage, done, total)` hears "tree" (the plan's tree), "tree reps" (the
 independent trees) and "tree oos" (the re-solves of the rolling policy, per level of nodes); a callback
 that raises stops the analysis there.
+
+Every decision date after the first is a recourse date of the fleet the analysis plans (optimizer.multistage
+.with_recourse_at): its nodes may sell, move, idle or restart racks, besides converting and leasing.
 """
 
 from __future__ import annotations
@@ -46,12 +49,15 @@ def plan_tree(
 
 def _plan_tree(fleet, progress, provided, export_path, out_of_sample, counts, run_tasks) -> TreeReport:
     from optimizer.fleet import TreeSettings
+    from optimizer.multistage import with_recourse_at
     from optimizer.option_value import value_of_waiting
     from optimizer.rolling import evaluate_rolling_trees
 
     settings = fleet.tree
     if provided is not None:
         dates, branching = tree_shape(provided.tree, fleet.horizon.step_hours)
+        if settings is not None and same_dates(settings.decision_months, provided.tree, fleet):
+            dates = list(settings.decision_months)  # the fleet's own months, not ones rounded back from steps
         settings = settings or TreeSettings(
             decision_months=dates,
             branching=branching,
@@ -61,6 +67,7 @@ def _plan_tree(fleet, progress, provided, export_path, out_of_sample, counts, ru
         raise ValueError("the fleet has no `tree` settings")
     else:
         dates, branching = settings.decision_months, settings.per_date()
+    fleet = with_recourse_at(fleet, dates)
     report = progress or (lambda stage, done, total: None)
     result = value_of_waiting(
         fleet,
@@ -91,6 +98,12 @@ def _plan_tree(fleet, progress, provided, export_path, out_of_sample, counts, ru
             progress=report,
         )
     return tree_report(fleet, dates, branching, result, rolling)
+
+
+def same_dates(decision_months, tree, fleet: Fleet) -> bool:
+    from optimizer.tree import decision_steps_of
+
+    return decision_steps_of(decision_months, fleet.horizon.step_hours, fleet.horizon.n_steps) == tree.decision_steps
 
 
 def tree_shape(tree, step_hours: float) -> tuple[list[float], list[int]]:

@@ -40,5 +40,3 @@ def ray_session():
 @pytest.fixture
 def tiny_fleet_data() -> dict:
     return copy.deepcopy(yaml.safe_load((EXAMPLES / "tiny.yaml").read_text()))
-
-

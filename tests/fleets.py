@@ -387,3 +387,32 @@ def random_fleet_data(seed: int, scenarios: int = 3) -> dict:
         ],
         "scenarios": {"count": scenarios, "seed": seed, "batch_size": 2},
     }
+
+
+def selling_fleet_data(months: int = 24) -> dict:
+    """One site of old machines on a fixed $35/MWh with a volatile BTC price: mining pays on the paths where the
+    price rises and not where it falls, and the machines resell at $4/TH (tracking hashprice). Whether to sell
+    at month 6 is worth deciding at month 6. Daily steps, cash discounted at 10% a year."""
+    return {
+        "name": "sell-or-keep",
+        "horizon": {"start": "2026-12-01", "months": months, "step_hours": 24},
+        "finance": {"discount_rate_per_year": 0.10},
+        "markets": [{"id": "m", "mean_price_usd_per_mwh": 35, "vol_per_sqrt_day": 0.3}],
+        "bitcoin": {"price_vol_per_year": 1.2, "jump_intensity_per_year": 0},
+        "machines": [{"id": "old", "hashrate_ths": 104, "efficiency_j_per_th": 29.5, "resale_usd_per_th": 4}],
+        "sites": [
+            {"id": "a", "market": "m", "capacity_mw": 0.1, "contract": {"type": "fixed", "price_usd_per_mwh": 35}}
+        ],
+        "rack_groups": [
+            {
+                "id": "a-old",
+                "site": "a",
+                "machine": "old",
+                "racks": 3,
+                "machines_per_rack": 10,
+                "opex_usd_per_rack_day": 3,
+                "idle_cost_usd_per_rack_day": 1,
+            }
+        ],
+        "scenarios": {"count": 3, "seed": 3},
+    }

@@ -57,3 +57,56 @@ def test_breakeven_by_hand():
     assert breakeven_power_price_usd_per_mwh(35.0, 17.5, pue=1.25, pool_fee_fraction=0.02) == pytest.approx(
         83.333 * 0.98 / 1.25, rel=1e-4
     )
+
+
+def _economics_fields():
+    import dataclasses
+
+    from optimizer.economics import GroupEconomics
+
+    return [f.name for f in dataclasses.fields(GroupEconomics)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kernel_equals_the_numpy_economics_field_by_field(seed):
+    """The compiled one-pass kernel against the numpy path on random fleets (every contract type, events, calls,
+    15-minute to 3-hour steps), with some hashprices at zero and some power prices negative: the same coupled
+    slots and items exactly, every sum to the cent (only the order of float additions differs)."""
+    import dataclasses
+
+    from optimizer.fleet import parse_fleet
+    from tests.fleets import random_fleet_data, scenarios_for
+
+    fleet = parse_fleet(random_fleet_data(seed, scenarios=4))
+    scenarios = scenarios_for(fleet)
+    rng = np.random.default_rng(seed)
+    hashprice = scenarios.hashprice_usd_per_ph_day.copy()
+    hashprice[rng.random(hashprice.shape) < 0.02] = 0.0  # nothing runs there unless power is paid to be taken
+    power = scenarios.power_price_usd_per_mwh.copy()
+    power[rng.random(power.shape) < 0.02] *= -1.0
+    scenarios = dataclasses.replace(scenarios, hashprice_usd_per_ph_day=hashprice, power_price_usd_per_mwh=power)
+    numpy_path = group_economics(fleet, scenarios, kernel=False)
+    kernel = group_economics(fleet, scenarios, kernel=True)
+    for name in _economics_fields():
+        expected, got = getattr(numpy_path, name), getattr(kernel, name)
+        assert got.shape == expected.shape, name
+        if name.startswith(("coupled_", "item_")) or got.dtype.kind in "ib" or name == "run_fraction":
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0.005, err_msg=name)
+    assert (hashprice == 0).any() and (power < 0).any()
+    assert numpy_path.n_coupled > 0 or not fleet.markets[0].curtailment_events
+
+
+def test_the_kernel_is_chosen_by_the_fleet_alone():
+    """Large runs price with the kernel, small ones with numpy; the choice never depends on the batch."""
+    from optimizer.economics import KERNEL_MIN_SITE_CELLS, uses_kernel
+    from optimizer.fleet import load_fleet, with_overrides
+    from tests.fleets import EXAMPLES
+
+    example = load_fleet(EXAMPLES / "fleet.yaml")
+    cells_per_scenario = example.horizon.n_steps * len(example.sites)
+    below = KERNEL_MIN_SITE_CELLS // cells_per_scenario
+    assert not uses_kernel(with_overrides(example, {"scenarios": {"count": below}}))
+    assert uses_kernel(with_overrides(example, {"scenarios": {"count": below + 1}}))
+    assert not uses_kernel(load_fleet(EXAMPLES / "tiny.yaml"))

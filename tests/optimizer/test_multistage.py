@@ -3,6 +3,7 @@ the textbook extensive form (per-leaf copies, explicit equalities, hourly dispat
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -17,6 +18,7 @@ from optimizer.lifecycles import plan_grid
 from optimizer.multistage import (
     build_multistage_model,
     build_nonanticipative_extensive_model,
+    choice_at_depth,
     decision_keys,
     extract_tree_plan,
     leaf_plans_of_extensive,
@@ -59,19 +61,6 @@ def brute_force_policies(fleet, grid, tree, economics, risk) -> float:
     """max over every non-anticipative policy: one root decision, then one decision per depth-1 node among
     the plans that agree with the root on what the root decides; the leaves' profits scored together."""
     index = tree_index(fleet, grid, tree)
-    stages = {grid.lifecycles[0][ell].key: j for (g, ell), j in index.x_stage.items() if g == 0}
-    assert stages == {  # by hand: conversions starting in month 6 wait for the month-6 nodes
-        "mine": 2,
-        "idle": 0,
-        "sell": 0,
-        "move:b": 0,
-        "ai@0:store": 0,
-        "ai@0:sell": 0,
-        "ai@0:move:b": 0,
-        "ai@1:store": 1,
-        "ai@1:sell": 1,
-        "ai@1:move:b": 1,
-    }
     plans = list(every_plan(fleet, grid))
     profits = np.array([scenario_profits_usd(fleet, economics, plan, grid) for plan in plans])  # [plans, leaves]
     by_root: dict[tuple, list[int]] = {}
@@ -87,6 +76,24 @@ def brute_force_policies(fleet, grid, tree, economics, risk) -> float:
                 values[leaves] = profits[plan_index, leaves]
             best = max(best, risk_objective_value(values, risk.objective.value, risk.alpha, risk.weight))
     return best
+
+
+def test_conversions_starting_later_wait_for_their_date(tree_case):
+    fleet, tree, _, _, grid = tree_case
+    index = tree_index(fleet, grid, tree)
+    stages = {grid.lifecycles[0][ell].key: j for (g, ell), j in index.x_stage.items() if g == 0}
+    assert stages == {  # by hand: conversions starting in month 6 wait for the month-6 nodes
+        "mine": 2,
+        "idle": 0,
+        "sell": 0,
+        "move:b": 0,
+        "ai@0:store": 0,
+        "ai@0:sell": 0,
+        "ai@0:move:b": 0,
+        "ai@1:store": 1,
+        "ai@1:sell": 1,
+        "ai@1:move:b": 1,
+    }
 
 
 @pytest.mark.parametrize("risk", RISKS, ids=lambda r: r.objective.value)
@@ -149,3 +156,109 @@ def test_a_leaf_plan_taken_from_another_branch_is_caught(tree_case):
 
 def sell_everything_plan(fleet, grid):
     return Allocation.from_lifecycles(fleet, grid, {g.id: {"sell": g.racks} for g in fleet.rack_groups})
+
+
+# --- dated recourse: sell, move, idle and restart at a later decision date -------------------------------
+
+
+def recourse_fleet_data() -> dict:
+    """waiting_fleet_data with recourse at month 6, the tree's second decision date: besides converting then,
+    the month-6 nodes may sell, move or idle racks that mined so far, and restart racks idled today."""
+    data = waiting_fleet_data()
+    data["recourse_months"] = [6]
+    return data
+
+
+@pytest.fixture(scope="module")
+def recourse_case():
+    fleet = parse_fleet(recourse_fleet_data())
+    tree = build_tree([0, 6], 2, fleet.horizon.step_hours, fleet.horizon.n_steps)
+    paths = generate_tree_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, tree, seed=3)
+    economics = group_economics(fleet, paths.scenarios)
+    return fleet, tree, paths, economics, plan_grid(fleet)
+
+
+def test_recourse_lifecycles_are_decided_at_their_date_and_refine_the_root_choice(recourse_case):
+    fleet, tree, _, _, grid = recourse_case
+    index = tree_index(fleet, grid, tree)
+    stage = {grid.lifecycles[0][ell].key: j for (g, ell), j in index.x_stage.items() if g == 0}
+    recourse = {k: j for k, j in stage.items() if "@m" in k}
+    # by hand: 1 date, 1 other site, sellable: R (2 + T) + R (R + 1) / 2 = 3 + 1 options, all taken at month 6
+    assert recourse == {"sell@m6": 1, "move@m6:b": 1, "idle@m6": 1, "idle:restart@m6": 1}
+    by_key = {life.key: life for life in grid.lifecycles[0]}
+    # today a rack idled until month 6 is one of the racks idled today; at month 6 it is its own choice
+    assert choice_at_depth(tree, grid, by_key["idle:restart@m6"], 0) == "idle"
+    assert choice_at_depth(tree, grid, by_key["idle:restart@m6"], 1) == "idle:restart@m6"
+    assert choice_at_depth(tree, grid, by_key["sell@m6"], 0) == "mine"
+    assert by_key["idle:restart@m6"].prefix == "idle" and by_key["sell@m6"].prefix == "mine"
+    # the restart mines from month 6 exactly where idling stops; selling at month 6 mines until then
+    six = grid.timeline.period_starting_at(grid.timeline.step_at_months(6))
+    end = grid.n_periods
+    assert by_key["idle:restart@m6"].idle == (0, six) and by_key["idle:restart@m6"].mining == ((0, six, end),)
+    assert by_key["sell@m6"].mining == ((0, 0, six),) and by_key["sell@m6"].sold_at == six
+    assert len(grid.lifecycles[0]) == 10 + 4 and len(grid.lifecycles[1]) == 4 + 4
+    # the new machines can be ordered today or at month 6 (delivered 60 days later), one rack in all
+    lots = {lot.key: (lot.ordered_at, lot.delivery) for lot in grid.purchase_lots}
+    arrives = grid.timeline.period_starting_at(grid.timeline.step_at_days(6 * 30.4375 + 60))
+    assert lots == {"new-a": (0, grid.delivery[0]), "new-a@m6": (six, arrives)}
+    assert index.buy_stage == {0: 0, 1: 1}
+
+
+@pytest.mark.parametrize("risk", RISKS, ids=lambda r: r.objective.value)
+def test_recourse_multistage_equals_brute_force_and_the_textbook_extensive_form(recourse_case, risk):
+    fleet, tree, paths, economics, grid = recourse_case
+    model = build_multistage_model(fleet, tree, economics, risk)
+    compact_usd = solve_exact(model).objective_usd
+    assert compact_usd == pytest.approx(brute_force_policies(fleet, grid, tree, economics, risk), rel=1e-8)
+    plan = extract_tree_plan(model, fleet)
+    assert non_anticipativity_violations(fleet, grid, tree, list(plan.leaf_plans)) == []
+    for w, leaf_plan in enumerate(plan.leaf_plans):
+        assert check_feasible(fleet, leaf_plan) == []
+        by_numpy = scenario_profits_usd(fleet, economics.columns([w]), leaf_plan, grid)[0]
+        assert pyo.value(model.profit[w]) == pytest.approx(by_numpy, rel=1e-9)
+    if risk.objective.value == "expected":
+        # the instance is not trivial: month-6 nodes use the new recourse (b-new sold on one path, idled on the other)
+        later = {key for node in plan.nodes if node.depth == 1 for key in node.lifecycles.get("b-new", {})}
+        assert {"sell@m6", "idle@m6"} <= later, plan.nodes
+        textbook = build_nonanticipative_extensive_model(fleet, tree, paths.scenarios, risk)
+        assert solve_exact(textbook).objective_usd == pytest.approx(compact_usd, rel=1e-8)
+        assert non_anticipativity_violations(fleet, grid, tree, leaf_plans_of_extensive(textbook, fleet, tree)) == []
+
+
+def recourse_plan(fleet, grid, a_old: dict[str, int]):
+    return Allocation.from_lifecycles(fleet, grid, {"a-old": a_old, "b-new": {"mine": 1}})
+
+
+def test_a_recourse_decision_that_differs_between_siblings_is_caught(recourse_case):
+    """Leaves 0 and 1 share the month-6 node 1; leaves 2 and 3 share node 2. Selling at month 6 or restarting
+    may differ between the two month-6 nodes, never between siblings; how many racks idle today never differs."""
+    fleet, tree, _, economics, grid = recourse_case
+    mine = recourse_plan(fleet, grid, {"mine": 2})
+    sell_later = recourse_plan(fleet, grid, {"mine": 1, "sell@m6": 1})
+    idle = recourse_plan(fleet, grid, {"idle": 2})
+    restart = recourse_plan(fleet, grid, {"idle": 1, "idle:restart@m6": 1})
+    assert non_anticipativity_violations(fleet, grid, tree, [mine, mine, sell_later, sell_later]) == []
+    assert non_anticipativity_violations(fleet, grid, tree, [mine, sell_later, mine, mine]) == [(1, 1)]
+    assert non_anticipativity_violations(fleet, grid, tree, [idle, idle, restart, restart]) == []
+    assert non_anticipativity_violations(fleet, grid, tree, [idle, idle, restart, idle]) == [(2, 3)]
+    # idling today is a root decision: a leaf that mines where its cousins idle breaks it at the root
+    assert (0, 2) in non_anticipativity_violations(fleet, grid, tree, [idle, idle, mine, mine])
+    # ordering the new rack at month 6 is the month-6 node's decision; today's order is the root's
+    buy_later = dataclasses.replace(mine, purchases={"new-a@m6": 1})
+    buy_now = dataclasses.replace(mine, purchases={"new-a": 1})
+    assert non_anticipativity_violations(fleet, grid, tree, [buy_later, buy_later, mine, mine]) == []
+    assert non_anticipativity_violations(fleet, grid, tree, [buy_later, mine, mine, mine]) == [(1, 1)]
+    assert (0, 2) in non_anticipativity_violations(fleet, grid, tree, [buy_now, buy_now, mine, mine])
+    both = check_feasible(fleet, dataclasses.replace(mine, purchases={"new-a": 1, "new-a@m6": 1}))
+    assert [(v.field, v.needed, v.limit) for v in both] == [("purchases.new-a.max_racks", 2, 1)]  # one in all
+    # the same anticipation on the model's own leaf plans: swap one sibling's month-6 decision
+    model = build_multistage_model(fleet, tree, economics, RiskSettings(objective="expected"))
+    solve_exact(model)
+    plans = list(extract_tree_plan(model, fleet).leaf_plans)
+    counts = plans[1].lifecycle_counts(fleet)["a-old"]
+    if counts.get("mine", 0):  # leaf 1 sells one of the racks its sibling keeps mining
+        counts = {**counts, "mine": counts["mine"] - 1, "sell@m6": counts.get("sell@m6", 0) + 1}
+    else:
+        counts = {"mine": 2}
+    tampered = Allocation.from_lifecycles(fleet, grid, {**plans[1].lifecycle_counts(fleet), "a-old": counts})
+    assert (1, 1) in non_anticipativity_violations(fleet, grid, tree, [plans[0], tampered, plans[2], plans[3]])

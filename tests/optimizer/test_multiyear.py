@@ -59,20 +59,31 @@ def every_plan(fleet: Fleet, grid: PlanGrid):
         [dict(zip(keys, counts, strict=True)) for counts in compositions(group.racks, len(keys))]
         for group, keys in zip(fleet.rack_groups, options, strict=True)
     ]
-    for combo in itertools.product(*per_group, range(fleet.purchases[0].max_racks + 1)):
+    for combo in itertools.product(*per_group, purchase_splits(fleet, grid)):
         *counts, bought = combo
         lifecycles = {g.id: {k: n for k, n in c.items() if n} for g, c in zip(fleet.rack_groups, counts, strict=True)}
         starts = {int(k[3]) for c in lifecycles.values() for k in c if k.startswith("ai@")}
         if len(starts) > 1:
             continue  # a site converts once
         conversion = {"a": starts.pop()} if starts else {}
-        plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, purchases={"new-a": bought})
+        plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, purchases=bought)
         if conversion:
             mw = largest_lease_mw(fleet, grid, plan, conversion["a"])
             lease = {("colo", "a"): mw} if mw > 0 else {}
-            plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, lease, purchases={"new-a": bought})
+            plan = Allocation.from_lifecycles(fleet, grid, lifecycles, conversion, lease, purchases=bought)
         if not check_feasible(fleet, plan):
             yield plan
+
+
+def purchase_splits(fleet: Fleet, grid: PlanGrid) -> list[dict[str, int]]:
+    """Every way to order the one purchase option's racks over its lots (today, and each recourse date)."""
+    option, keys = fleet.purchases[0], [lot.key for lot in grid.purchase_lots]
+    counts = itertools.product(range(option.max_racks + 1), repeat=len(keys))
+    return [
+        {k: n for k, n in zip(keys, c, strict=True) if n}
+        for c in counts
+        if c[0] >= option.min_racks and sum(c) <= option.max_racks
+    ]
 
 
 def brute_force(fleet: Fleet, grid: PlanGrid, economics, risk: RiskSettings) -> tuple[float, Allocation]:
@@ -290,18 +301,20 @@ def example_five_years():
     return with_overrides(load_fleet(EXAMPLES / "fleet.yaml"), {"scenarios": {"count": 3}})
 
 
+@pytest.mark.parametrize("kernel", [False, True], ids=["numpy", "kernel"])
 @pytest.mark.parametrize(
     "make_fleet",
     [example_five_years, *(lambda seed=seed: parse_fleet(random_fleet_data(seed)) for seed in range(6))],
     ids=["example", *(f"random{seed}" for seed in range(6))],
 )
-def test_streamed_economics_equal_a_direct_computation_per_step_to_the_cent(make_fleet):
-    """Every profile sum of the threshold-shared, masks-by-matmul economics against the plain per-step sums:
-    the example fleet (five years hourly, moves, purchases, events, take-or-pay) and random fleets (every
-    contract type, 15-, 30-, 60- and 180-minute steps, events and calls, many groups per threshold)."""
+def test_streamed_economics_equal_a_direct_computation_per_step_to_the_cent(make_fleet, kernel):
+    """Every profile sum of the threshold-shared economics, by numpy (masks by matmul) and by the compiled
+    one-pass kernel, against the plain per-step sums: the example fleet (five years hourly, moves, purchases,
+    events, take-or-pay) and random fleets (every contract type, 15-, 30-, 60- and 180-minute steps, events
+    and calls, many groups per threshold)."""
     fleet = make_fleet()
     scenarios = scenarios_for(fleet)
-    economics, grid = group_economics(fleet, scenarios), plan_grid(fleet)
+    economics, grid = group_economics(fleet, scenarios, kernel=kernel), plan_grid(fleet)
     direct = direct_economics(fleet, scenarios, economics, grid)
     cent = 0.005
     np.testing.assert_allclose(economics.hash_revenue_usd, direct["rev"], rtol=0, atol=cent)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from optimizer.fleet import parse_fleet
+from optimizer.multistage import with_recourse_at
 from optimizer.option_value import ConversionAction, decision_rules, value_of_waiting
-from tests.fleets import pivot_fleet_data
+from optimizer.tree_report import tree_report, tree_tables
+from tests.fleets import pivot_fleet_data, selling_fleet_data
 from tests.optimizer.test_multistage import waiting_fleet_data
 
 
@@ -57,3 +59,31 @@ def test_converting_now_dominates_and_waiting_is_worth_zero():
     now_rule, later_rule = decision_rules(fleet, result.in_sample, [0, 6])
     assert [p.action for p in now_rule.points] == [ConversionAction.CONVERT]
     assert {p.action for p in later_rule.points} == {ConversionAction.CONVERTED}
+
+
+def test_waiting_to_sell_is_worth_money():
+    """Old machines that pay only if BTC rises: the month-6 nodes sell where it fell and keep mining where it rose,
+    while the now-or-never plan must commit today (it sells at month 6 on every path)."""
+    fleet = parse_fleet(selling_fleet_data())
+    dated = with_recourse_at(fleet, [0, 6])
+    inside = value_of_waiting(dated, [0, 6], 4, replications=0, wait_and_see=True).in_sample
+    assert inside.now_or_never_usd + 500 < inside.multistage_usd < inside.wait_and_see_usd
+    later = [node.lifecycles.get("a-old", {}) for node in inside.plan.nodes if node.depth == 1]
+    assert {"sell@m6": 3} in later and {} in later  # sell on some paths, keep mining on the others
+    assert inside.now_plan.lifecycle_counts(dated)["a-old"] == {"sell@m6": 3}
+    # without the dated sale nothing can wait: every decision is today's, and the two plans coincide
+    undated = value_of_waiting(fleet, [0, 6], 4, replications=0, wait_and_see=False).in_sample
+    assert abs(undated.value_of_waiting_usd) < 1e-3
+    assert inside.multistage_usd > undated.multistage_usd + 500
+
+
+def test_the_tree_report_lists_recourse_decisions_per_node():
+    """plan.json's tree nodes and tree_nodes.csv carry the dated sale where it is decided, and nowhere else."""
+    fleet = with_recourse_at(parse_fleet(selling_fleet_data()), [0, 6])
+    result = value_of_waiting(fleet, [0, 6], 4, replications=0, wait_and_see=False)
+    report = tree_report(fleet, [0, 6], [4], result)
+    selling = [n.node for n in report.tree if {c.lifecycle for c in n.lifecycles} == {"sell@m6"}]
+    assert selling and all(report.tree[n].depth == 1 for n in selling)
+    rows = tree_tables(report)["tree_nodes"]
+    assert [r["node"] for r in rows if r["lifecycles"] == "a-old:sell@m6=3"] == selling
+    assert all(r["purchases"] == "" for r in rows)  # the fleet has no purchase option

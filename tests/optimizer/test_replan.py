@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -102,3 +103,41 @@ def test_a_plan_writes_the_state_the_next_quarter_continues():
         signed = next(o for o in again.offers if o.offer == f"{lease.offer}-signed")
         assert signed.mw == pytest.approx(lease.mw)
     assert state_from_plan(after, again).conversions == []
+
+
+def test_dated_recourse_decisions_are_dated_in_the_state_and_carried_once_past():
+    """A two-stage plan with recourse at month 6 (fleet.recourse_months) that sells a rack then and orders the
+    new one then: the state dates both at month 6's step; a quarter later neither is done yet, and the
+    recourse date moves to month 3 of the new horizon; past month 6 both are done."""
+    data = pivot_fleet_data(months=24)
+    data["recourse_months"] = [6]
+    fleet = parse_fleet(data)
+    plan = SimpleNamespace(
+        allocation=[
+            SimpleNamespace(group="a-old", site="a", lifecycles={"mine": 1, "sell@m6": 1}),
+            SimpleNamespace(group="b-new", site="b", lifecycles={"move@m6:a": 1}),
+        ],
+        purchases={"new-a@m6": 1},
+        conversions=[],
+        offers=[],
+    )
+    state = state_from_plan(fleet, plan)
+    month6 = START + dt.timedelta(days=183)  # 6 x 30.4375 days, rounded up to a daily step
+    assert state.sales == [Sale(group="a-old", racks=1, date=month6)]
+    assert [(m.group, m.to_site, m.racks, m.date) for m in state.moves] == [("b-new", "a", 1, month6)]
+    assert [(p.option, p.racks, p.date, p.delivery_date) for p in state.purchases] == [
+        ("new-a", 1, month6, month6 + dt.timedelta(days=60))
+    ]
+    quarter = apply_state(fleet, state, START + dt.timedelta(days=91))
+    assert {g.id: g.racks for g in quarter.rack_groups} == {"a-old": 2, "b-new": 1}
+    assert quarter.recourse_months == pytest.approx([6 - 91 / 30.4375])
+    later = apply_state(fleet, state, month6)
+    # the rack sold at month 6 is gone; the one moved then stands at site a, in a group of its own
+    assert {g.id: (g.site, g.racks) for g in later.rack_groups} == {
+        "a-old": ("a", 1),
+        "b-new": ("b", 0),
+        "b-new_at_a": ("a", 1),
+    }
+    ordered = later.purchase("new-a-ordered")  # ordered and paid at month 6, delivered 60 days later
+    assert (ordered.min_racks, ordered.delivery_days, later.purchase("new-a").max_racks) == (1, 60, 0)
+    assert later.recourse_months == []

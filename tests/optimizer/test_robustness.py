@@ -135,6 +135,7 @@ def test_calculator_rule_by_hand():
     # breakeven = 1e6 * 40 / 24000 / e = 83.33 $/MWh at 20 J/TH, 55.56 at 30 J/TH, 46.30 at 30 J/TH and PUE 1.2.
     assert breakeven_power_price_usd_per_mwh(40.0, 30.0, 1.2) == pytest.approx(1e6 * 40 / 24_000 / 36)
     allocation = calculator_allocation(fleet, 40.0, {"a": 50.0, "b": 50.0})
+
     def counts(group: str) -> list[int]:
         return [allocation.count(group, mode) for mode in (Mode.MINE, Mode.AI, Mode.IDLE)]
 

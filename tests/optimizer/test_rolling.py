@@ -29,7 +29,7 @@ def test_rolling_policy_is_nonanticipative_feasible_and_scored_exactly():
     grid = plan_grid(fleet)
     leaf0 = solution.plan.leaf_plans[0]
     plans = [
-        combine_path(fleet, grid, [evaluation.decisions[n] for n in tree.path(leaf)[:-1]], leaf0.purchases, leaf0.dr_mw)
+        combine_path(fleet, grid, [evaluation.decisions[n] for n in tree.path(leaf)[:-1]], leaf0.dr_mw)
         for leaf in tree.leaves
     ]
     assert non_anticipativity_violations(fleet, grid, tree, plans) == []

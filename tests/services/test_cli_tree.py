@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from optimizer.fleet import parse_fleet
+from optimizer.multistage import with_recourse_at
 from optimizer.option_value import value_of_waiting
 from services.cli import main
 from tests.optimizer.test_multistage import waiting_fleet_data
@@ -22,7 +23,7 @@ def test_plan_on_a_tree_writes_the_tree_value_of_waiting_and_rule(ray_session, t
     assert main([*args, "--decision-dates", "0,6", "--branching", "3", "--tree-replications", "2"]) == 0
     tree = json.loads((out / "plan.json").read_text())["tree"]
     assert (tree["nodes"], tree["scenarios"], tree["branching"]) == (1 + 3 + 9, 9, [3, 3])
-    direct = value_of_waiting(parse_fleet(data), [0, 6], [3, 3], replications=2)
+    direct = value_of_waiting(with_recourse_at(parse_fleet(data), [0, 6]), [0, 6], [3, 3], replications=2)
     assert tree["value_of_waiting_in_sample_usd"] == pytest.approx(direct.in_sample.value_of_waiting_usd, rel=1e-9)
     assert tree["value_of_waiting"]["replications_usd"] == pytest.approx(list(direct.value_of_waiting.values_usd))
     assert tree["multistage_usd"] >= tree["now_or_never_usd"]

@@ -200,3 +200,40 @@ def test_offers_taken_and_declined_say_why(ray_session, tiny_fleet_data):
     rent = 40 * 1000 * 36
     capex = 2_000_000
     assert values["texas-s21"].ai_usd == pytest.approx(rack_mw * (rent - capex), rel=1e-6)
+
+
+def test_subhourly_value_in_the_table_plan_json_and_report(ray_session, tmp_path):
+    """A 15-minute plan shows what its dispatch is worth over hourly: the table line, plan.json and report.html
+    carry the plan's own objective minus the hourly plan's, and its mean NPV minus the hourly plan's."""
+    import io
+
+    from services.tables import plan_json, print_plan
+
+    data = small_fleet_data(days=2, scenarios=4)
+    data["markets"][0]["intra_hour_vol"] = 0.4  # a spot market that swings within the hour
+    data["horizon"] = {"start": data["horizon"]["start"], "days": 2, "step_minutes": 15}
+    fleet = parse_fleet(data)
+    plan, _ = plan_fleet(fleet)
+    sub = plan.subhourly
+    assert sub.step_minutes == 15 and sub.objective_usd == plan.solver.objective_usd
+    assert sub.mean_profit_usd == pytest.approx(plan.profit["mean_usd"])
+    value = plan.solver.objective_usd - sub.hourly_objective_usd
+    assert sub.value_usd == pytest.approx(value) and value > 1.0  # intra-hour swings are worth something
+    written = plan_json(plan, fleet)["subhourly"]
+    assert written["value_usd"] == pytest.approx(value)
+    assert written["mean_profit_value_usd"] == pytest.approx(plan.profit["mean_usd"] - sub.hourly_mean_profit_usd)
+
+    out = io.StringIO()
+    print_plan(plan, Console(file=out, width=400))
+    line = next(x for x in out.getvalue().splitlines() if x.startswith("15-minute dispatch over hourly"))
+    share = value / abs(sub.hourly_objective_usd)
+    assert f"worth ${value:,.0f} ({share:+.2%})" in line
+    assert f"objective ${plan.solver.objective_usd:,.0f} vs ${sub.hourly_objective_usd:,.0f}" in line
+
+    run = assess_plan(fleet, plan, settings=RobustnessSettings(oos_scenarios=8, replications=0, sensitivity=False))
+    write_report(fleet, plan.model_copy(update={"robustness": run.report}), run, tmp_path)
+    html = (tmp_path / "report.html").read_text()
+    table = html[html.index('<table id="subhourly">') :]
+    table = table[: table.index("</table>")]
+    assert f"${round(value):,.0f} ({100 * share:+.2f}%)" in table
+    assert f"${round(plan.profit['mean_usd'] - sub.hourly_mean_profit_usd):,.0f}" in table

@@ -1209,6 +1209,7 @@ class Fleet(_message.Message):
     MOVES_FIELD_NUMBER: _builtins.int
     FINANCE_FIELD_NUMBER: _builtins.int
     TREE_FIELD_NUMBER: _builtins.int
+    RECOURSE_MONTHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the fleet, for reports (default "fleet")."""
     pool_fee_fraction: _builtins.float
@@ -1275,6 +1276,13 @@ class Fleet(_message.Message):
         to wait; unset: a two-stage plan only. Plan.tree carries the result.
         """
 
+    @_builtins.property
+    def recourse_months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Months after the start (increasing, > 0) at which a rack may change course later: be sold,
+        moved, idled or restarted (docs/tree.md). The tree analysis adds its decision dates; in a
+        two-stage plan they are commitments made today.
+        """
+
     def __init__(
         self,
         *,
@@ -1295,10 +1303,11 @@ class Fleet(_message.Message):
         moves: Global___FleetMoves | None = ...,
         finance: Global___Finance | None = ...,
         tree: Global___TreeSettings | None = ...,
+        recourse_months: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "risk", b"risk", "scenarios", b"scenarios", "solver", b"solver", "tree", b"tree"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "lease_offers", b"lease_offers", "machines", b"machines", "markets", b"markets", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "purchases", b"purchases", "rack_groups", b"rack_groups", "risk", b"risk", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver", "tree", b"tree"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd", "_name", b"_name", "_pool_fee_fraction", b"_pool_fee_fraction", "bitcoin", b"bitcoin", "capital_budget_usd", b"capital_budget_usd", "finance", b"finance", "horizon", b"horizon", "lease_offers", b"lease_offers", "machines", b"machines", "markets", b"markets", "moves", b"moves", "name", b"name", "pool_fee_fraction", b"pool_fee_fraction", "purchases", b"purchases", "rack_groups", b"rack_groups", "recourse_months", b"recourse_months", "risk", b"risk", "scenarios", b"scenarios", "sites", b"sites", "solver", b"solver", "tree", b"tree"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__capital_budget_usd: _TypeAlias = _typing.Literal["capital_budget_usd"]  # noqa: Y015
     _WhichOneofArgType__capital_budget_usd: _TypeAlias = _typing.Literal["_capital_budget_usd", b"_capital_budget_usd"]  # noqa: Y015

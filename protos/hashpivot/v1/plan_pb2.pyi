@@ -574,6 +574,26 @@ class TreeNodeResult(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class PurchasesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NODE_FIELD_NUMBER: _builtins.int
     PARENT_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
@@ -584,6 +604,7 @@ class TreeNodeResult(_message.Message):
     LIFECYCLES_FIELD_NUMBER: _builtins.int
     CONVERSIONS_FIELD_NUMBER: _builtins.int
     LEASE_MW_FIELD_NUMBER: _builtins.int
+    PURCHASES_FIELD_NUMBER: _builtins.int
     node: _builtins.int
     """Node number, breadth first."""
     parent: _builtins.int
@@ -610,6 +631,10 @@ class TreeNodeResult(_message.Message):
     def lease_mw(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """MW leased on halls started here, keyed "offer@site"."""
 
+    @_builtins.property
+    def purchases(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Racks ordered here per purchase lot: "option" today, "option@mM" at a later decision date."""
+
     def __init__(
         self,
         *,
@@ -623,10 +648,11 @@ class TreeNodeResult(_message.Message):
         lifecycles: _abc.Iterable[Global___LifecycleCount] | None = ...,
         conversions: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         lease_mw: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        purchases: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_decision_month", b"_decision_month", "decision_month", b"decision_month"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_month", b"_decision_month", "btc_price_usd", b"btc_price_usd", "conversions", b"conversions", "decision_month", b"decision_month", "depth", b"depth", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "lease_mw", b"lease_mw", "lifecycles", b"lifecycles", "node", b"node", "parent", b"parent", "probability", b"probability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_decision_month", b"_decision_month", "btc_price_usd", b"btc_price_usd", "conversions", b"conversions", "decision_month", b"decision_month", "depth", b"depth", "hashprice_usd_per_ph_day", b"hashprice_usd_per_ph_day", "lease_mw", b"lease_mw", "lifecycles", b"lifecycles", "node", b"node", "parent", b"parent", "probability", b"probability", "purchases", b"purchases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__decision_month: _TypeAlias = _typing.Literal["decision_month"]  # noqa: Y015
     _WhichOneofArgType__decision_month: _TypeAlias = _typing.Literal["_decision_month", b"_decision_month"]  # noqa: Y015

@@ -1,0 +1,319 @@
+"""The economics of a chunk of scenarios in one compiled pass over its arrays (numba), for large runs.
+
+optimizer.economics prices a chunk with numpy: per site, one run mask per distinct threshold and a
+matrix product per period, a dozen passes over [S, T] arrays per site. Here each scenario's row is read
+once: its hashprice and BTC price give the weights every site shares (hashprice per TH-hour, the same
+discounted, BTC per TH/s-step); then per site, the step keys (price / hashprice per TH-hour) and, per
+distinct run threshold theta_u and period, the weights summed over the steps with key < theta_u, in one
+branch-free loop that LLVM vectorises (masked sums). No array of size profiles x steps, no [S, T]
+temporaries: per chunk, four rows of T floats of scratch.
+
+The same pass finds the coupled steps (an event's cap or a demand-response call can bind: the load of
+every profile that runs at the key, plus the largest AI load once a hall could be live, exceeds what the
+site may draw), counts them as run steps and leaves them out of the sums; it sums the take-or-pay resale
+(spot - fee) per period and over the last year, the hashprice per scenario, and finds the halving step.
+A second loop writes the candidate racks (items) of the coupled steps.
+
+Compiled once per machine: numba caches the machine code next to this file (`cache=True`), so a later
+process only loads it. Divisions follow numpy's error model (x / 0 is inf or nan, no exception), as the
+numpy path's do. This module imports numba: optimizer.economics imports it only for runs large enough to
+pay for that (KERNEL_MIN_SITE_CELLS); small runs stay on numpy.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from optimizer.constants import HOURS_PER_DAY, KW_PER_MW, TH_PER_PH
+
+# weight sums per (scenario, site, threshold, period): what the steps a profile of the threshold runs in add
+W_HASHPRICE, W_HASHPRICE_PV, W_BTC, W_COUNT, W_DISCOUNT, W_SPOT, W_SPOT_PV = range(7)
+N_WEIGHTS = 7
+# accumulator rows per (scenario, site, period) of take-or-pay resale over every step
+R_RESALE, R_RESALE_PV = range(2)
+
+
+def chunk_pass(*args) -> int:
+    """Run the pass (see _chunk_pass); returns the number of coupled points written."""
+    return _chunk_pass(*args)
+
+
+# the masked sums may be reassociated (vectorised): the order of a float sum, nothing else
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _masked_sums(keys, theta, row_h, row_h_pv, row_btc, discount, spot, out):
+    """out[:] = the weights summed over the steps t with keys[t] < theta (a branch-free reduction).
+
+    The loop runs from a literal 0 over equal-length slices: with a variable start, numba's negative-index
+    wraparound keeps LLVM from vectorising it (~8x slower, measured)."""
+    s_h = s_h_pv = s_btc = s_count = s_d = s_spot = s_spot_pv = 0.0
+    for t in range(keys.shape[0]):
+        r = 1.0 if keys[t] < theta else 0.0
+        d = discount[t]
+        s_h += r * row_h[t]
+        s_h_pv += r * row_h_pv[t]
+        s_btc += r * row_btc[t]
+        s_count += r
+        s_d += r * d
+        s_spot += r * spot[t]
+        s_spot_pv += r * spot[t] * d
+    out[W_HASHPRICE] = s_h
+    out[W_HASHPRICE_PV] = s_h_pv
+    out[W_BTC] = s_btc
+    out[W_COUNT] = s_count
+    out[W_DISCOUNT] = s_d
+    out[W_SPOT] = s_spot
+    out[W_SPOT_PV] = s_spot_pv
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _chunk_pass(
+    hashprice_ph_day,  # [S, T] USD per PH/s per day
+    btc_price,  # [S, T]
+    subsidy,  # [S, T]
+    discount,  # [T]
+    power,  # [M, S, T] spot USD/MWh
+    fraction,  # [M, S, T] share of capacity sites may draw; ignored unless has_fraction
+    calls,  # [M, S, T] bool demand-response calls; ignored unless has_calls
+    has_fraction,
+    has_calls,
+    bounds,  # [P + 1] period bounds in steps
+    step_hours,
+    tail_start,  # first step of the last year (take-or-pay tail)
+    site_market,  # [N] market position
+    site_follows_spot,  # [N] bool: price = spot + offset, else = offset
+    site_offset,  # [N] USD/MWh
+    site_resale_fee,  # [N] USD/MWh
+    site_resells,  # [N] bool: take-or-pay with resale
+    site_n_thresholds,  # [N]
+    site_thresholds,  # [N, U] ascending, padded
+    site_suffix_load_kw,  # [N, U + 1] load of every profile of thresholds >= j running; [.., U_n] = 0
+    site_capacity_mw,  # [N]
+    site_has_dr,  # [N] bool
+    site_ai_kw,  # [N] the largest AI load at the meter
+    site_ai_step,  # [N] the first step a hall could be live
+    sums,  # out [S, N, U, P, N_WEIGHTS] per threshold, zeroed
+    runs,  # out [S, N, U] run steps per threshold (coupled ones too), zeroed
+    resale,  # out [S, N, P, 2], zeroed
+    resale_tail,  # out [S, N], zeroed
+    hashprice_sum,  # out [S], zeroed
+    halving,  # out [S] first step with a lower subsidy than the first's; n_steps if none
+    coupled_scen,  # out [C] int
+    coupled_step,  # out [C] int
+    coupled_site,  # out [C] int
+    coupled_cap_kw,  # out [C]
+    coupled_call,  # out [C] bool
+):
+    n_scen, n_steps = hashprice_ph_day.shape
+    n_sites, n_periods = site_market.shape[0], bounds.shape[0] - 1
+    row_h, row_h_pv, row_btc, keys = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
+    n_coupled = 0
+    for s in range(n_scen):
+        # the shared weights of the scenario's steps, once for every site
+        hp_day, btc = hashprice_ph_day[s], btc_price[s]
+        for t in range(n_steps):
+            h = hp_day[t] / TH_PER_PH / HOURS_PER_DAY  # per TH-hour, as ScenarioSet.hashprice_usd_per_th_hour
+            row_h[t] = h
+            row_h_pv[t] = h * discount[t]
+            row_btc[t] = h * step_hours / btc[t]
+        hashprice_sum[s], n_positive = _sum_and_positives(hp_day)
+        positive = n_positive == n_steps
+        halving[s] = n_steps
+        for t in range(n_steps):
+            if subsidy[s, t] < subsidy[s, 0]:
+                halving[s] = t
+                break
+        for n in range(n_sites):
+            m, n_u, offset, follows = site_market[n], site_n_thresholds[n], site_offset[n], site_follows_spot[n]
+            spot = power[m, s]
+            _keys(spot, offset, follows, row_h, positive, keys)
+            if has_fraction or (has_calls and site_has_dr[n]):
+                n_coupled = _find_coupled(
+                    s,
+                    n,
+                    m,
+                    n_u,
+                    keys,
+                    fraction,
+                    calls,
+                    has_fraction,
+                    has_calls and site_has_dr[n],
+                    site_thresholds,
+                    site_suffix_load_kw,
+                    site_capacity_mw,
+                    site_ai_kw,
+                    site_ai_step,
+                    runs,
+                    coupled_scen,
+                    coupled_step,
+                    coupled_site,
+                    coupled_cap_kw,
+                    coupled_call,
+                    n_coupled,
+                )
+            for p in range(n_periods):
+                for u in range(n_u):
+                    a, b = bounds[p], bounds[p + 1]
+                    _masked_sums(
+                        keys[a:b],
+                        site_thresholds[n, u],
+                        row_h[a:b],
+                        row_h_pv[a:b],
+                        row_btc[a:b],
+                        discount[a:b],
+                        spot[a:b],
+                        sums[s, n, u, p],
+                    )
+                    runs[s, n, u] += sums[s, n, u, p, W_COUNT]
+                if site_resells[n]:
+                    a, b = bounds[p], bounds[p + 1]
+                    resale[s, n, p, R_RESALE], resale[s, n, p, R_RESALE_PV] = _resale_sums(
+                        spot[a:b], discount[a:b], site_resale_fee[n]
+                    )
+            if site_resells[n]:
+                resale_tail[s, n] = _resale_sums(spot[tail_start:], discount[tail_start:], site_resale_fee[n])[0]
+    return n_coupled
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _sum_and_positives(values):
+    """(the sum of the values, how many are > 0): a vectorised reduction."""
+    total, positives = 0.0, 0
+    for t in range(values.shape[0]):
+        total += values[t]
+        positives += values[t] > 0
+    return total, positives
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _resale_sums(spot, discount, fee):
+    """(resale, discounted resale) summed over the steps: spot - fee per MWh sold back (take-or-pay)."""
+    total, total_pv = 0.0, 0.0
+    for t in range(spot.shape[0]):
+        sold = spot[t] - fee
+        total += sold
+        total_pv += sold * discount[t]
+    return total, total_pv
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _keys(spot, offset, follows_spot, row_h, positive, keys):
+    """keys[:] = price / hashprice per TH-hour, as optimizer.economics.price_keys (a zero hashprice runs nothing
+    unless power is paid to be taken); `positive`: every hashprice is > 0, a plain division."""
+    if follows_spot:
+        for t in range(keys.shape[0]):
+            keys[t] = (spot[t] + offset) / row_h[t]
+    else:
+        for t in range(keys.shape[0]):
+            keys[t] = offset / row_h[t]
+    if not positive:
+        for t in range(keys.shape[0]):
+            if not row_h[t] > 0:
+                price = spot[t] + offset if follows_spot else offset
+                keys[t] = -np.inf if price < 0 else np.inf
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _find_coupled(
+    s,
+    n,
+    m,
+    n_u,
+    keys,
+    fraction,
+    calls,
+    has_fraction,
+    has_calls,
+    site_thresholds,
+    site_suffix_load_kw,
+    site_capacity_mw,
+    site_ai_kw,
+    site_ai_step,
+    runs,
+    coupled_scen,
+    coupled_step,
+    coupled_site,
+    coupled_cap_kw,
+    coupled_call,
+    n_coupled,
+):
+    """The site's coupled steps of scenario s: written out, counted as run steps, their keys set to +inf so
+    the sums leave them out. Returns the new count of coupled points."""
+    for t in range(keys.shape[0]):
+        frac = fraction[m, s, t] if has_fraction else 1.0
+        call = has_calls and calls[m, s, t]
+        if not (frac < 1.0 or call):
+            continue
+        j = 0  # the thresholds u >= j run
+        while j < n_u and site_thresholds[n, j] <= keys[t]:
+            j += 1
+        running_kw = site_suffix_load_kw[n, j]
+        cap_kw = frac * site_capacity_mw[n] * KW_PER_MW if frac < 1.0 else np.inf
+        ai_kw = site_ai_kw[n] if t >= site_ai_step[n] else 0.0
+        if running_kw + ai_kw > cap_kw or (call and running_kw > 0):
+            coupled_scen[n_coupled] = s
+            coupled_step[n_coupled] = t
+            coupled_site[n_coupled] = n
+            coupled_cap_kw[n_coupled] = cap_kw
+            coupled_call[n_coupled] = call
+            n_coupled += 1
+            for u in range(j, n_u):
+                runs[s, n, u] += 1
+            keys[t] = np.inf
+    return n_coupled
+
+
+def coupled_items(*args) -> None:
+    """Count or write the candidate racks of the coupled slots (see _coupled_items)."""
+    _coupled_items(*args)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _coupled_items(
+    point_scen,  # [C] coupled points in (scenario, site, step) order
+    point_step,  # [C]
+    point_site,  # [C]
+    point_slot,  # [C] the point's slot in its scenario's column
+    hashprice_ph_day,  # [S, T]
+    power,  # [M, S, T]
+    site_market,  # [N]
+    site_follows_spot,  # [N] bool
+    site_offset,  # [N]
+    site_first_member,  # [N + 1] the site's profiles are members[first[n]:first[n + 1]], ascending
+    members,  # [Q]
+    theta,  # [Q] run threshold per profile
+    hashrate_ths,  # [Q] per rack
+    meter_kw,  # [Q] per rack
+    fee_factor,  # 1 - pool fee
+    step_hours,
+    fill,  # False: count the items per scenario into `count`; True: write them ([S, I] outputs)
+    count,  # [S] int
+    item_slot,  # out [S, I] int32
+    item_group,  # out [S, I] int32
+    item_revenue,  # out [S, I]
+    item_cost,  # out [S, I]
+):
+    """Every profile of the point's site with a positive margin there (key < theta), in (scenario, slot, profile)
+    order: hash revenue and power cost of one rack running through the step, as optimizer.economics computes them."""
+    count[:] = 0
+    for c in range(point_scen.shape[0]):
+        s, t, n = point_scen[c], point_step[c], point_site[c]
+        h = hashprice_ph_day[s, t] / TH_PER_PH / HOURS_PER_DAY
+        price = power[site_market[n], s, t] + site_offset[n] if site_follows_spot[n] else site_offset[n]
+        if h > 0:
+            key = price / h
+        elif price < 0:
+            key = -np.inf
+        else:
+            key = np.inf
+        for i in range(site_first_member[n], site_first_member[n + 1]):
+            q = members[i]
+            if not key < theta[q]:
+                continue
+            if fill:
+                k = count[s]
+                item_slot[s, k] = point_slot[c]
+                item_group[s, k] = q
+                item_revenue[s, k] = hashrate_ths[q] * h * fee_factor * step_hours
+                item_cost[s, k] = meter_kw[q] / KW_PER_MW * step_hours * price
+            count[s] += 1
