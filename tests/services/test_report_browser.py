@@ -103,15 +103,19 @@ def test_tree_section_with_node_decisions_and_rule_chart_is_visible(tree_report_
         assert probe[chart]["natural"] > 400 and probe[chart]["height"] > 300, probe[chart]
     decision_nodes = [n for n in tree["tree"] if n["decision_month"] is not None]
     assert probe["tree-nodes"]["rows"] == 1 + len(decision_nodes) == 1 + 1 + 3  # header, the root, month 6
-    converting = [n for n in decision_nodes if n["conversions"]]
-    assert converting, "the designed tree converts at some node"
-    for n in converting:  # each node's decision is in its row: the site and the start option it converts at
-        site, start = next(iter(n["conversions"].items()))
-        row = next(line for line in probe["tree-nodes"]["text"].splitlines() if line.startswith(f"{n['node']}\t"))
-        assert f"{site}@{start}" in row
+    deciding = [n for n in decision_nodes if n["conversions"] or n["lifecycles"]]
+    assert deciding, "the designed tree decides something at some node"
+    rows = {line.split("\t", 1)[0]: line for line in probe["tree-nodes"]["text"].splitlines()}
+    for n in deciding:  # each node's decisions are in its row: conversions, then racks put on each lifecycle
+        row = rows[str(n["node"])]
+        for site, start in n["conversions"].items():
+            assert f"{site}@{start}" in row
+        for count in n["lifecycles"]:
+            assert f"{count['group']}: {count['lifecycle']}={count['racks']}" in row
     regions = [r for rule in tree["decision_rules"] for r in rule["regions"] if rule["classified_nodes"]]
     assert probe["tree-regions"]["rows"] == 1 + len(regions)
-    assert "convert" in probe["tree-regions"]["text"] and "wait" in probe["tree-regions"]["text"]
+    for region in regions:
+        assert region["text"] in probe["tree-regions"]["text"]
     trees = tree["out_of_sample_trees"]
     assert trees == 2 and f"{trees} fresh trees" in dom
     assert probe["tree-oos"]["rows"] == 1 + 3 + 2  # header, three policies, two differences with intervals
