@@ -324,7 +324,10 @@ class TreeSettings(StrictModel):
         description="Children per node after each decision date (one value: the same at every date).",
     )
     replications: int = Field(5, ge=0, le=1_000, description="Independent trees for the value-of-waiting interval.")
-    out_of_sample: bool = Field(True, description="Score the policy by re-solving at each node of a fresh tree.")
+    out_of_sample: bool = Field(True, description="Score the policy by re-solving at each node of fresh trees.")
+    out_of_sample_trees: int = Field(
+        3, ge=1, le=100, description="Fresh trees the policy is scored on; two or more give an interval."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TreeSettings:

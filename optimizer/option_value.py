@@ -20,19 +20,26 @@ When converting now dominates, every VW_r is 0 up to the solver's gap, and so is
 Decision rule: at each decision date, each node of that depth observed a BTC price and a trailing
 30-day mean hashprice (optimizer.tree_scenarios) and either started a site's conversion, kept
 waiting, or had already converted (or can no longer: no later start option). Per (date, site) the
-table lists the nodes; when the converting nodes all saw a lower hashprice than the waiting ones the
-rule reads "convert if hashprice <= h*" with h* the midpoint between the two groups (the same for BTC
-price), else the regions overlap and the table is the rule.
+table lists the nodes, and the converting and waiting nodes are partitioned into at most four
+axis-aligned regions of the (hashprice, BTC price) plane labelled convert or wait
+(optimizer.decision_regions), with the share of nodes the regions reproduce.
+
+Work: each independent tree is one task of `run_tasks(fn, arg_lists)` (default: here, one after the
+other; solvers.tree_tasks runs them on Ray). A tree's draws depend only on (seed, stream, node
+position), so the result is the same however the tasks are split.
 """
 
 from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from optimizer.decision_regions import RegionRule, fit_regions
 from optimizer.economics import GroupEconomics, economics_grid, group_economics
 from optimizer.fleet import Fleet, RiskSettings
 from optimizer.formulation import build_compact_model, extract_allocation
@@ -40,6 +47,14 @@ from optimizer.multistage import TreePlan, build_multistage_model, extract_tree_
 from optimizer.scenarios import OPTIMIZATION_STREAM, SAA_FIRST_STREAM
 from optimizer.tree import ScenarioTree, build_tree, build_tree_from_branching
 from optimizer.tree_scenarios import TreeScenarios, generate_tree_scenarios
+
+TaskMap = Callable[[Callable, Sequence[tuple]], list]  # run fn(*args) for each args tuple; results in order
+WAIT_AND_SEE_LEAVES = 10  # single-leaf solves per task: each is short, a task amortises its overhead
+
+
+def run_here(fn: Callable, arg_lists: Sequence[tuple]) -> list[Any]:
+    """The default TaskMap: every task in this process, in order."""
+    return [fn(*args) for args in arg_lists]
 
 
 class ConversionAction(enum.Enum):
@@ -97,9 +112,10 @@ def solve_tree(
     mip_rel_gap: float = 0.0,
     wait_and_see: bool = True,
     paths: TreeScenarios | None = None,
+    run_tasks: TaskMap = run_here,
 ) -> TreeSolution:
     """Draw the tree's paths (or take `paths`: a user's tree), then solve the multi-stage, now-or-never and
-    (optionally) wait-and-see plans."""
+    (optionally) wait-and-see plans; the wait-and-see leaves in batches of WAIT_AND_SEE_LEAVES per task."""
     from solvers.highs import solve
 
     risk = risk or fleet.risk
@@ -127,13 +143,25 @@ def solve_tree(
     ws = None
     if wait_and_see:
         start = time.perf_counter()
-        values = [
-            solve(build_compact_model(fleet, economics.columns([w]), risk), time_limit_s, mip_rel_gap).objective_usd
-            for w in range(tree.n_leaves)
+        limits, n = (time_limit_s, mip_rel_gap), tree.n_leaves
+        batches = [
+            (fleet, economics.columns(range(first, min(first + WAIT_AND_SEE_LEAVES, n))), risk, limits)
+            for first in range(0, n, WAIT_AND_SEE_LEAVES)
         ]
+        values = [v for batch in run_tasks(leaf_optima, batches) for v in batch]
         ws = float(tree.leaf_probability() @ np.array(values))
         timings["wait_and_see"] = time.perf_counter() - start
     return TreeSolution(tree, paths, economics, plan, now_plan, multi_usd, now_usd, ws, multi_size, now_size, timings)
+
+
+def leaf_optima(fleet: Fleet, economics: GroupEconomics, risk: RiskSettings, limits: tuple[float, float]) -> list:
+    """Each leaf's own optimum, knowing its whole future (the wait-and-see bound's terms)."""
+    from solvers.highs import solve
+
+    return [
+        solve(build_compact_model(fleet, economics.columns([w]), risk), *limits).objective_usd
+        for w in range(economics.n_scenarios)
+    ]
 
 
 @dataclass(frozen=True)
@@ -145,13 +173,43 @@ class Interval:
     values_usd: tuple[float, ...]
 
 
+def interval_of(values: Sequence[float], confidence_level: float) -> Interval:
+    """The two-sided Student-t interval on the mean of i.i.d. values (optimizer.robustness.t_interval, as the SAA
+    gap); fewer than two values: no bounds."""
+    from optimizer.robustness import t_interval
+
+    ci = t_interval(np.asarray(values, dtype=float), confidence_level)
+    return Interval(ci.estimate_usd, ci.lower_usd, ci.upper_usd, confidence_level, tuple(float(v) for v in values))
+
+
+@dataclass(frozen=True)
+class ReplicationValue:
+    """What an independent tree contributes to the interval (its paths stay in the task that drew them)."""
+
+    stream: int
+    multistage_usd: float
+    now_or_never_usd: float
+    timings_s: dict[str, float]
+
+    @property
+    def value_of_waiting_usd(self) -> float:
+        return self.multistage_usd - self.now_or_never_usd
+
+
+def solve_replication(fleet: Fleet, tree: ScenarioTree, seed: int, stream: int, options: dict) -> ReplicationValue:
+    """One independent tree: draw it from (seed, stream), solve its multi-stage and now-or-never plans."""
+    solution = solve_tree(fleet, tree, seed, stream, wait_and_see=False, **options)
+    return ReplicationValue(stream, solution.multistage_usd, solution.now_or_never_usd, solution.timings_s)
+
+
 @dataclass(frozen=True)
 class WaitingValue:
     """The in-sample tree's three plans, and the value of waiting with its interval over independent trees."""
 
     in_sample: TreeSolution
     value_of_waiting: Interval
-    replications: tuple[TreeSolution, ...]
+    replications: tuple[ReplicationValue, ...]
+    replications_wall_s: float = 0.0  # the independent trees' wall time (their tasks may run in parallel)
 
 
 def value_of_waiting(
@@ -168,14 +226,15 @@ def value_of_waiting(
     wait_and_see: bool = True,
     progress=None,
     provided: TreeScenarios | None = None,
+    run_tasks: TaskMap = run_here,
 ) -> WaitingValue:
     """Solve the plan's tree (stream 0) and `replications` independent trees (streams 2, 3, ...).
 
-    `progress(stage, done, total)` hears "tree" once the plan's tree is solved and "tree reps" per replication.
+    `progress(stage, done, total)` hears "tree" once the plan's tree is solved and "tree reps" once the
+    independent trees (tasks of `run_tasks`) are.
     `provided`: the plan's tree from a file (optimizer.tree_io); the independent trees are drawn with its shape
     when it is uniform, else with `decision_months` and `branching`.
     """
-    from optimizer.robustness import t_interval
 
     seed = fleet.scenarios.seed if seed is None else seed
     if provided is None:
@@ -188,18 +247,24 @@ def value_of_waiting(
     report("tree", 0, 1)
     in_tree = tree if provided is None else provided.tree
     in_sample = solve_tree(
-        fleet, in_tree, seed, OPTIMIZATION_STREAM, wait_and_see=wait_and_see, paths=provided, **options
+        fleet,
+        in_tree,
+        seed,
+        OPTIMIZATION_STREAM,
+        wait_and_see=wait_and_see,
+        paths=provided,
+        run_tasks=run_tasks,
+        **options,
     )
     report("tree", 1, 1)
-    reps = []
-    for r in range(replications):
-        reps.append(solve_tree(fleet, tree, seed, SAA_FIRST_STREAM + r, wait_and_see=False, **options))
-        report("tree reps", r + 1, replications)
-    reps = tuple(reps)
-    values = np.array([r.value_of_waiting_usd for r in reps]) if reps else np.array([in_sample.value_of_waiting_usd])
-    ci = t_interval(values, confidence_level)
-    interval = Interval(ci.estimate_usd, ci.lower_usd, ci.upper_usd, confidence_level, tuple(float(v) for v in values))
-    return WaitingValue(in_sample, interval, reps)
+    report("tree reps", 0, replications)
+    start = time.perf_counter()
+    reps = tuple(
+        run_tasks(solve_replication, [(fleet, tree, seed, SAA_FIRST_STREAM + r, options) for r in range(replications)])
+    )
+    report("tree reps", replications, replications)
+    values = [r.value_of_waiting_usd for r in reps] if reps else [in_sample.value_of_waiting_usd]
+    return WaitingValue(in_sample, interval_of(values, confidence_level), reps, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)
@@ -212,34 +277,27 @@ class RulePoint:
 
 @dataclass(frozen=True)
 class DecisionRule:
-    """At one decision date, for one AI site: what each node saw and did, and the thresholds if they separate."""
+    """At one decision date, for one AI site: what each node saw and did, and the regions that separate them."""
 
     decision_month: float
     site: str
     points: tuple[RulePoint, ...]
-    convert_below_hashprice: float | None  # convert if hashprice <= this (None: not separable or not needed)
-    convert_below_btc_price: float | None
-    convert_above_hashprice: float | None  # convert if hashprice >= this (the rarer, opposite direction)
-    convert_above_btc_price: float | None
+    regions: RegionRule  # fitted on the converting and waiting nodes (the others had no choice)
 
     def text(self) -> str:
         converts = [p for p in self.points if p.action is ConversionAction.CONVERT]
         waits = [p for p in self.points if p.action is ConversionAction.WAIT]
+        where = f"month {self.decision_month:g}, site {self.site}"
+        if not converts and not waits:
+            done = sum(p.action is ConversionAction.CONVERTED for p in self.points)
+            return f"{where}: no choice left ({done} converted earlier, {len(self.points) - done} closed)"
         if not converts:
-            return f"month {self.decision_month:g}, site {self.site}: never converts here ({len(waits)} nodes wait)"
+            return f"{where}: never converts here ({len(waits)} nodes wait)"
         if not waits:
-            return f"month {self.decision_month:g}, site {self.site}: converts on every open path"
-        parts = []
-        if self.convert_below_hashprice is not None:
-            parts.append(f"hashprice <= {self.convert_below_hashprice:.2f} $/PH/day")
-        if self.convert_above_hashprice is not None:
-            parts.append(f"hashprice >= {self.convert_above_hashprice:.2f} $/PH/day")
-        if self.convert_below_btc_price is not None:
-            parts.append(f"BTC <= {self.convert_below_btc_price:,.0f} $")
-        if self.convert_above_btc_price is not None:
-            parts.append(f"BTC >= {self.convert_above_btc_price:,.0f} $")
-        rule = " or ".join(parts) if parts else "no single threshold separates: see the table"
-        return f"month {self.decision_month:g}, site {self.site}: convert if {rule}"
+            return f"{where}: converts on every open path"
+        fit = self.regions
+        reproduced = f"reproduces {fit.nodes - fit.misclassified} of {fit.nodes} nodes"
+        return f"{where}: convert if {fit.text()} ({reproduced})"
 
 
 def decision_rules(fleet: Fleet, solution: TreeSolution, decision_months: list[float]) -> list[DecisionRule]:
@@ -269,16 +327,7 @@ def decision_rules(fleet: Fleet, solution: TreeSolution, decision_months: list[f
 
 
 def _rule(month: float, site: str, points: list[RulePoint]) -> DecisionRule:
-    conv = [p for p in points if p.action is ConversionAction.CONVERT]
-    wait = [p for p in points if p.action is ConversionAction.WAIT]
-
-    def split(values_c, values_w):
-        if not values_c or not values_w:
-            return None, None
-        below = (max(values_c) + min(values_w)) / 2 if max(values_c) < min(values_w) else None
-        above = (min(values_c) + max(values_w)) / 2 if min(values_c) > max(values_w) else None
-        return below, above
-
-    hp_below, hp_above = split([p.hashprice_usd_per_ph_day for p in conv], [p.hashprice_usd_per_ph_day for p in wait])
-    btc_below, btc_above = split([p.btc_price_usd for p in conv], [p.btc_price_usd for p in wait])
-    return DecisionRule(month, site, tuple(points), hp_below, btc_below, hp_above, btc_above)
+    chose = [p for p in points if p.action in (ConversionAction.CONVERT, ConversionAction.WAIT)]
+    states = [(p.hashprice_usd_per_ph_day, p.btc_price_usd) for p in chose]
+    regions = fit_regions(states, [p.action is ConversionAction.CONVERT for p in chose])
+    return DecisionRule(month, site, tuple(points), regions)

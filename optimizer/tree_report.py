@@ -49,14 +49,26 @@ class RuleRow(BaseModel):
     action: str  # optimizer.option_value.ConversionAction value
 
 
+class RuleRegion(BaseModel):
+    """hashprice in (hashprice_above, hashprice_at_most], BTC in (btc_above, btc_at_most]; None: unbounded."""
+
+    hashprice_above_usd_per_ph_day: float | None
+    hashprice_at_most_usd_per_ph_day: float | None
+    btc_above_usd: float | None
+    btc_at_most_usd: float | None
+    action: str  # "convert" or "wait"
+    converting_nodes: int
+    waiting_nodes: int
+    text: str
+
+
 class DecisionRuleResult(BaseModel):
     decision_month: float
     site: str
     rule: str
-    convert_below_hashprice_usd_per_ph_day: float | None
-    convert_above_hashprice_usd_per_ph_day: float | None
-    convert_below_btc_price_usd: float | None
-    convert_above_btc_price_usd: float | None
+    regions: list[RuleRegion]  # optimizer.decision_regions: a partition of the plane, convert or wait
+    classified_nodes: int  # nodes that converted or waited (the others had no choice)
+    in_sample_accuracy: float  # share of those nodes whose action the regions reproduce
     points: list[RuleRow]
 
 
@@ -70,8 +82,9 @@ class ValueInterval(BaseModel):
 
 class PolicyResult(BaseModel):
     policy: str
-    objective_usd: float
+    objective_usd: float  # mean over the fresh trees
     mean_usd: float
+    objective: ValueInterval  # over the fresh trees
 
 
 class TreeReport(BaseModel):
@@ -90,8 +103,11 @@ class TreeReport(BaseModel):
     now_or_never_conversions: dict[str, int]
     tree: list[TreeNodeResult]
     decision_rules: list[DecisionRuleResult]
-    out_of_sample: list[PolicyResult] = []  # the rolling policy, now-or-never and the calculator on a fresh tree
-    out_of_sample_value_of_waiting_usd: float | None = None
+    out_of_sample: list[PolicyResult] = []  # the rolling policy, now-or-never and the calculator on fresh trees
+    out_of_sample_trees: int = 0
+    out_of_sample_value_of_waiting_usd: float | None = None  # rolling - now-or-never, mean over the fresh trees
+    out_of_sample_value_of_waiting: ValueInterval | None = None
+    out_of_sample_gain_over_calculator: ValueInterval | None = None  # rolling - calculator
     model_sizes: list[ModelSizeRow]  # the multi-stage and now-or-never models on the in-sample tree
     timings_s: dict[str, float]
 
@@ -130,10 +146,9 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
             decision_month=r.decision_month,
             site=r.site,
             rule=r.text(),
-            convert_below_hashprice_usd_per_ph_day=r.convert_below_hashprice,
-            convert_above_hashprice_usd_per_ph_day=r.convert_above_hashprice,
-            convert_below_btc_price_usd=r.convert_below_btc_price,
-            convert_above_btc_price_usd=r.convert_above_btc_price,
+            regions=[_region(region) for region in r.regions.regions],
+            classified_nodes=r.regions.nodes,
+            in_sample_accuracy=r.regions.accuracy,
             points=[
                 RuleRow(
                     node=p.node,
@@ -146,10 +161,10 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
         )
         for r in decision_rules(fleet, solution, decision_months)
     ]
-    interval = result.value_of_waiting
     now_plan = solution.now_plan
     timings = dict(solution.timings_s)
-    timings["replications"] = sum(sum(r.timings_s.values()) for r in result.replications)
+    timings["replications"] = sum(sum(r.timings_s.values()) for r in result.replications)  # task time, summed
+    timings["replications_wall"] = result.replications_wall_s
     if rolling is not None:
         timings["rolling_out_of_sample"] = rolling.wall_s
     return TreeReport(
@@ -162,23 +177,13 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
         now_or_never_usd=solution.now_or_never_usd,
         wait_and_see_usd=solution.wait_and_see_usd,
         value_of_waiting_in_sample_usd=solution.value_of_waiting_usd,
-        value_of_waiting=ValueInterval(
-            estimate_usd=interval.estimate_usd,
-            lower_usd=interval.lower_usd,
-            upper_usd=interval.upper_usd,
-            confidence_level=interval.confidence_level,
-            replications_usd=list(interval.values_usd),
-        ),
+        value_of_waiting=value_interval(result.value_of_waiting),
         now=nodes[0],
         now_or_never_lifecycles=lifecycle_rows(now_plan.lifecycle_counts(fleet)),
         now_or_never_conversions=dict(now_plan.conversion_start),
         tree=nodes,
         decision_rules=rules,
-        out_of_sample=[
-            PolicyResult(policy=p.policy, objective_usd=p.objective_usd, mean_usd=p.mean_usd)
-            for p in (rolling.scores if rolling is not None else ())
-        ],
-        out_of_sample_value_of_waiting_usd=rolling.value_of_waiting_usd if rolling is not None else None,
+        **_out_of_sample(rolling),
         model_sizes=[
             ModelSizeRow(model="multistage", **dataclasses.asdict(solution.multistage_size)),
             ModelSizeRow(model="now_or_never", **dataclasses.asdict(solution.now_or_never_size)),
@@ -187,8 +192,57 @@ def tree_report(fleet, decision_months: list[float], branching: list[int], resul
     )
 
 
+def value_interval(interval) -> ValueInterval:
+    """From optimizer.option_value.Interval (no bounds: fewer than two trees)."""
+    return ValueInterval(
+        estimate_usd=interval.estimate_usd,
+        lower_usd=interval.lower_usd,
+        upper_usd=interval.upper_usd,
+        confidence_level=interval.confidence_level,
+        replications_usd=list(interval.values_usd),
+    )
+
+
+def _region(region) -> RuleRegion:
+    return RuleRegion(
+        hashprice_above_usd_per_ph_day=region.hashprice_above,
+        hashprice_at_most_usd_per_ph_day=region.hashprice_at_most,
+        btc_above_usd=region.btc_above,
+        btc_at_most_usd=region.btc_at_most,
+        action="convert" if region.convert else "wait",
+        converting_nodes=region.converting_nodes,
+        waiting_nodes=region.waiting_nodes,
+        text=region.text(),
+    )
+
+
+def _out_of_sample(study) -> dict:
+    """TreeReport's out-of-sample fields from optimizer.rolling.RollingStudy (empty when not scored)."""
+    if study is None:
+        return {}
+    policies = []
+    for policy, interval in study.objectives.items():
+        means = [e.score(policy).mean_usd for e in study.evaluations]
+        policies.append(
+            PolicyResult(
+                policy=policy,
+                objective_usd=interval.estimate_usd,
+                mean_usd=sum(means) / len(means),
+                objective=value_interval(interval),
+            )
+        )
+    return {
+        "out_of_sample": policies,
+        "out_of_sample_trees": len(study.evaluations),
+        "out_of_sample_value_of_waiting_usd": study.value_of_waiting.estimate_usd,
+        "out_of_sample_value_of_waiting": value_interval(study.value_of_waiting),
+        "out_of_sample_gain_over_calculator": value_interval(study.gain_over_calculator),
+    }
+
+
 def tree_tables(report: TreeReport) -> dict[str, list[dict]]:
-    """tree_nodes.csv (a row per node: what it saw and decided) and decision_rule.csv (a row per node per rule)."""
+    """tree_nodes.csv (a row per node: what it saw and decided), decision_rule.csv (a row per node per rule) and
+    decision_regions.csv (a row per region of each rule: its bounds, blank when unbounded, and its action)."""
 
     def text(mapping: dict) -> str:
         return "; ".join(
@@ -221,8 +275,19 @@ def tree_tables(report: TreeReport) -> dict[str, list[dict]]:
             "btc_price_usd": p.btc_price_usd,
             "action": p.action,
             "rule": r.rule,
+            "rule_accuracy": r.in_sample_accuracy,
         }
         for r in report.decision_rules
         for p in r.points
     ]
-    return {"tree_nodes": nodes, "decision_rule": rules}
+    regions = [
+        {
+            "decision_month": r.decision_month,
+            "site": r.site,
+            **{k: "" if v is None else v for k, v in g.model_dump().items()},
+            "rule_accuracy": r.in_sample_accuracy,
+        }
+        for r in report.decision_rules
+        for g in r.regions
+    ]
+    return {"tree_nodes": nodes, "decision_rule": rules, "decision_regions": regions}

@@ -75,9 +75,15 @@ class PathState:
     markets: tuple[MarketState, ...]
 
 
-def node_rng(seed: int, stream: int, position: Sequence[int]) -> np.random.Generator:
-    """The only source of randomness of the tree node at `position` (child indices from the root)."""
+def node_rng(seed: int, stream: int, position: Sequence[int], prefix: Sequence[int] = ()) -> np.random.Generator:
+    """The only source of randomness of the tree node at `position` (child indices from the root).
+
+    A `prefix` names the tree itself (a fresh tree's index, a look-ahead tree's evaluation node); its length
+    is part of the key, so (prefix, position) pairs of different lengths never share a key.
+    """
     key = (int(stream), len(position), *(int(c) for c in position))
+    if prefix:
+        key = (int(stream), len(prefix), *(int(c) for c in prefix), len(position), *(int(c) for c in position))
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
@@ -122,8 +128,8 @@ def generate_tree_scenarios(
     """Draw every node's segment from its parent's end state; the leaves' paths are their concatenations.
 
     `given` maps nodes to a (segment, end state) already known - a realised history, when a rolling
-    policy re-plans at a later node (optimizer.rolling); `key_prefix` is prepended to each drawn
-    node's position in its seed key (the look-ahead trees of different history nodes stay independent).
+    policy re-plans at a later node (optimizer.rolling); `key_prefix` names the tree in each drawn node's
+    seed key (`node_rng`), so fresh trees and the look-ahead trees of different nodes stay independent.
     """
     if tree.n_steps != horizon.n_steps:
         raise ValueError(f"the tree spans {tree.n_steps} steps, the horizon {horizon.n_steps}")
@@ -147,7 +153,7 @@ def generate_tree_scenarios(
             segments[node], states[node] = given[node]
             continue
         segments[node], states[node] = draw_segment(
-            node_rng(seed, stream, (*key_prefix, *tree.position[node])),
+            node_rng(seed, stream, tree.position[node], key_prefix),
             bitcoin,
             markets,
             base_prices,

@@ -81,6 +81,11 @@ def _plan_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="independent trees for the value-of-waiting interval (default 5; 0: in-sample only)",
     )
+    p.add_argument(
+        "--tree-oos-trees",
+        type=int,
+        help="fresh trees the rolling policy is scored on, for the out-of-sample interval (default 3)",
+    )
     p.set_defaults(func=cmd_plan)
 
 
@@ -126,7 +131,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def _tree_patch(args: argparse.Namespace) -> dict:
-    """--decision-dates, --branching, --tree-replications as a patch of the fleet's `tree` section."""
+    """--decision-dates, --branching, --tree-replications, --tree-oos-trees as a patch of the fleet's `tree`."""
     tree: dict = {}
     if getattr(args, "decision_dates", None):
         tree["decision_months"] = args.decision_dates
@@ -134,6 +139,8 @@ def _tree_patch(args: argparse.Namespace) -> dict:
         tree["branching"] = args.branching
     if getattr(args, "tree_replications", None) is not None:
         tree["replications"] = args.tree_replications
+    if getattr(args, "tree_oos_trees", None) is not None:
+        tree["out_of_sample_trees"] = args.tree_oos_trees
     return tree
 
 
@@ -252,6 +259,8 @@ def _plan(args: argparse.Namespace, fleet, provided, local: bool, previous: dict
                 export_path=args.export_tree,
                 out_of_sample=False if args.no_robustness else None,
                 replications=args.tree_replications,
+                out_of_sample_trees=args.tree_oos_trees,
+                workers=args.workers,
             )
             plan = plan.model_copy(update={"tree": report})
     if args.export_scenarios:

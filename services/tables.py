@@ -360,6 +360,20 @@ def write_plan_outputs(plan: PlanResult, out_dir: Path, fleet=None) -> list[Path
     return [*paths, write_workbook(out_dir / "plan.xlsx", tables, plan)]
 
 
+def _dollars(value: float) -> str:
+    """Whole dollars; a difference of two equal optima (-1e-9) prints 0, not -0."""
+    return f"{round(value):,}"
+
+
+def _interval_text(value, what: str) -> str:
+    """estimate [lower, upper] at 95% over N <what> (the estimate alone from fewer than two)."""
+    n = len(value.replications_usd)
+    if value.lower_usd is None:
+        return f"{_dollars(value.estimate_usd)} (fewer than two {what}: no interval)"
+    bounds = f"[{_dollars(value.lower_usd)}, {_dollars(value.upper_usd)}]"
+    return f"{_dollars(value.estimate_usd)} {bounds} at {value.confidence_level:.0%} over {n} {what}"
+
+
 def print_tree(report, console: Console) -> None:
     """The multi-stage plan: what to do now, the value of waiting, each node's decisions and the rule."""
     vw = report.value_of_waiting
@@ -372,16 +386,16 @@ def print_tree(report, console: Console) -> None:
         f"  multi-stage {report.multistage_usd:,.0f}  now-or-never {report.now_or_never_usd:,.0f}"
         + (f"  wait-and-see {report.wait_and_see_usd:,.0f}" if report.wait_and_see_usd is not None else "")
     )
-    if vw.lower_usd is None:
-        interval = "no interval (fewer than two independent trees: --tree-replications)"
-    else:
-        interval = (
-            f"{vw.estimate_usd:,.0f} [{vw.lower_usd:,.0f}, {vw.upper_usd:,.0f}] at {vw.confidence_level:.0%} "
-            f"over {len(vw.replications_usd)} independent trees"
-        )
-    console.print(f"  value of waiting {report.value_of_waiting_in_sample_usd:,.0f} in sample; {interval}")
+    interval = _interval_text(vw, "independent trees")
+    console.print(f"  value of waiting {_dollars(report.value_of_waiting_in_sample_usd)} in sample; {interval}")
     for score in report.out_of_sample:
-        console.print(f"  out of sample (fresh tree): {score.policy} {score.objective_usd:,.0f}")
+        console.print(f"  out of sample: {score.policy} {_interval_text(score.objective, 'fresh trees')}")
+    for difference, value in (
+        ("rolling - now-or-never", report.out_of_sample_value_of_waiting),
+        ("rolling - calculator", report.out_of_sample_gain_over_calculator),
+    ):
+        if value is not None:
+            console.print(f"  out of sample: {difference} {_interval_text(value, 'fresh trees')}")
     table = Table(title="Decisions per node")
     columns = ("node", "parent", "month", "prob", "BTC $", "hashprice", "lifecycles", "conversions", "lease MW", "buy")
     for column in columns:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from optimizer.tree_report import TreeReport
 
@@ -72,7 +73,8 @@ def tree_chart(path: Path, report: TreeReport) -> None:
 
 
 def decision_rule_chart(path: Path, report: TreeReport, site: str) -> None:
-    """One panel per decision date: hashprice (x) against BTC price (y) at each node, marked by its action."""
+    """One panel per decision date: hashprice (x) against BTC price (y) at each node, marked by its action, with
+    the rule's convert regions shaded and every region's edge drawn."""
     rules = [r for r in report.decision_rules if r.site == site]
     fig = _figure((4.2 * len(rules) + 0.5, 4.0))
     axes = fig.subplots(1, len(rules), squeeze=False)[0]
@@ -86,21 +88,44 @@ def decision_rule_chart(path: Path, report: TreeReport, site: str) -> None:
                     color=color,
                     marker=marker,
                     label=action,
+                    zorder=3,
                 )
-        for value in (rule.convert_below_hashprice_usd_per_ph_day, rule.convert_above_hashprice_usd_per_ph_day):
-            if value is not None:
-                ax.axvline(value, color="#d62728", linestyle="--", linewidth=1)
-        for value in (rule.convert_below_btc_price_usd, rule.convert_above_btc_price_usd):
-            if value is not None:
-                ax.axhline(value / 1e3, color="#d62728", linestyle=":", linewidth=1)
-        ax.set_title(f"month {rule.decision_month:g}", fontsize=9)
+        _draw_regions(ax, rule)
+        ax.set_title(f"month {rule.decision_month:g}: rule reproduces {rule.in_sample_accuracy:.0%}", fontsize=9)
         ax.set_xlabel("hashprice, $/PH/day (30-day mean)")
         ax.set_ylabel("BTC price, $k")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Decision rule, site {site}: convert or wait at each date", fontsize=10)
+    fig.suptitle(f"Decision rule, site {site}: convert (shaded) or wait at each date", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def _draw_regions(ax, rule) -> None:
+    """Shade the convert regions and draw each region's finite edges, clipped to the panel (unbounded sides
+    reach its edge)."""
+    if len(rule.regions) < 2:
+        return  # one region: every node does the same, nothing to draw
+    ax.margins(0.15)
+    ax.autoscale_view()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    line = dict(color="#d62728", linestyle="--", linewidth=1, zorder=2)
+    for region in rule.regions:
+        left, right = region.hashprice_above_usd_per_ph_day, region.hashprice_at_most_usd_per_ph_day
+        low, high = (None if v is None else v / 1e3 for v in (region.btc_above_usd, region.btc_at_most_usd))
+        xa, xb = x0 if left is None else left, x1 if right is None else right
+        ya, yb = y0 if low is None else low, y1 if high is None else high
+        if region.action == "convert":
+            color = ACTION_STYLE["convert"][0]
+            ax.add_patch(Rectangle((xa, ya), xb - xa, yb - ya, color=color, alpha=0.15, zorder=1))
+        for x in (left, right):
+            if x is not None:
+                ax.plot([x, x], [ya, yb], **line)
+        for y in (low, high):
+            if y is not None:
+                ax.plot([xa, xb], [y, y], **line)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
 
 
 def tree_charts(out_dir: Path, report: TreeReport) -> dict[str, Path]:

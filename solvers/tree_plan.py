@@ -1,10 +1,12 @@
 """The scenario-tree analysis of a fleet with `tree` settings: multi-stage plan, value of waiting with its
 interval, decision rule and (optionally) the rolling out-of-sample score; shared by the CLI and the service.
 
-It runs in the caller's process: the trees are small next to the plan's scenario set (the MIP is the
-cost), every draw is keyed by (seed, stream, node position), so the result is the same wherever it runs.
-`progress(stage, done, total)` hears "tree" (the plan's tree), "tree reps" (each independent tree) and
-"tree oos" (each re-solve of the rolling policy); a callback that raises stops the analysis there.
+The plan's tree is solved here; the independent trees and the rolling policy's fresh trees and
+re-solves are tasks on Ray (solvers.tree_tasks) when Ray is up or configured, else here. Every draw is
+keyed by (seed, stream, tree and node position), so the result is the same wherever it runs and for
+any number of workers. `progress(stage, done, total)` hears "tree" (the plan's tree), "tree reps" (the
+independent trees) and "tree oos" (the re-solves of the rolling policy, per level of nodes); a callback
+that raises stops the analysis there.
 
 Every decision date after the first is a recourse date of the fleet the analysis plans (optimizer.multistage
 .with_recourse_at): its nodes may sell, move, idle or restart racks, besides converting and leasing.
@@ -30,12 +32,26 @@ def plan_tree(
     export_path=None,
     out_of_sample: bool | None = None,
     replications: int | None = None,
+    out_of_sample_trees: int | None = None,
+    workers: int | None = None,
+    local: bool | None = None,
 ) -> TreeReport:
-    """`provided`: the plan's tree from a file (optimizer.tree_io); `export_path`: write the plan's tree there."""
+    """`provided`: the plan's tree from a file (optimizer.tree_io); `export_path`: write the plan's tree there.
+    `workers`: tree tasks at once on Ray; `local`: True runs them here, None decides (solvers.tree_tasks)."""
+    from solvers.ray_pool import in_process
+    from solvers.tree_tasks import tree_task_map
+
+    run_tasks, local = tree_task_map(workers, local)
+    with in_process(local):
+        counts = {"replications": replications, "out_of_sample_trees": out_of_sample_trees}
+        return _plan_tree(fleet, progress, provided, export_path, out_of_sample, counts, run_tasks)
+
+
+def _plan_tree(fleet, progress, provided, export_path, out_of_sample, counts, run_tasks) -> TreeReport:
     from optimizer.fleet import TreeSettings
     from optimizer.multistage import with_recourse_at
     from optimizer.option_value import value_of_waiting
-    from optimizer.rolling import evaluate_rolling
+    from optimizer.rolling import evaluate_rolling_trees
 
     settings = fleet.tree
     if provided is not None:
@@ -45,7 +61,7 @@ def plan_tree(
         settings = settings or TreeSettings(
             decision_months=dates,
             branching=branching,
-            **({} if replications is None else {"replications": replications}),
+            **{key: n for key, n in counts.items() if n is not None},
         )
     elif settings is None:
         raise ValueError("the fleet has no `tree` settings")
@@ -62,6 +78,7 @@ def plan_tree(
         mip_rel_gap=min(fleet.solver.mip_rel_gap, TREE_MIP_REL_GAP),
         progress=report,
         provided=provided,
+        run_tasks=run_tasks,
     )
     if export_path is not None:
         from optimizer.tree_io import save_tree_scenarios
@@ -70,15 +87,16 @@ def plan_tree(
         save_tree_scenarios(export_path, result.in_sample.paths)
     rolling = None
     if settings.out_of_sample if out_of_sample is None else out_of_sample:
-        report("tree oos", 0, 1)
-        rolling = evaluate_rolling(
+        rolling = evaluate_rolling_trees(
             fleet,
             result.in_sample,
             fleet.scenarios.seed,
+            settings.out_of_sample_trees,
             time_limit_s=fleet.solver.time_limit_s or 120.0,
             mip_rel_gap=min(fleet.solver.mip_rel_gap, TREE_MIP_REL_GAP),
+            run_tasks=run_tasks,
+            progress=report,
         )
-        report("tree oos", 1, 1)
     return tree_report(fleet, dates, branching, result, rolling)
 
 

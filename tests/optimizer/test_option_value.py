@@ -39,18 +39,12 @@ def test_the_decision_rule_reproduces_every_node_decision():
     assert [p.action for p in now_rule.points] == [ConversionAction.WAIT]
     actions = {p.action for p in later_rule.points}
     assert actions == {ConversionAction.CONVERT, ConversionAction.WAIT}  # the paths disagree: that is the option
-    thresholds = [
-        (later_rule.convert_below_hashprice, lambda p, h: p.hashprice_usd_per_ph_day <= h),
-        (later_rule.convert_above_hashprice, lambda p, h: p.hashprice_usd_per_ph_day >= h),
-        (later_rule.convert_below_btc_price, lambda p, h: p.btc_price_usd <= h),
-        (later_rule.convert_above_btc_price, lambda p, h: p.btc_price_usd >= h),
-    ]
-    separating = [(h, test) for h, test in thresholds if h is not None]
-    assert separating, later_rule.points
-    for h, test in separating:  # each reported threshold reproduces every node's decision
-        for p in later_rule.points:
-            assert test(p, h) == (p.action is ConversionAction.CONVERT)
-    assert "convert if" in later_rule.text()
+    fit = later_rule.regions
+    assert fit.nodes == 3 and fit.accuracy == 1.0
+    for p in later_rule.points:  # the regions reproduce every node's decision
+        assert fit.converts(p.hashprice_usd_per_ph_day, p.btc_price_usd) == (p.action is ConversionAction.CONVERT)
+    assert len(fit.regions) == 2  # one threshold separates three nodes: no bigger rule than that
+    assert "convert if" in later_rule.text() and "reproduces 3 of 3 nodes" in later_rule.text()
 
 
 def test_converting_now_dominates_and_waiting_is_worth_zero():

@@ -65,3 +65,45 @@ def test_a_lookahead_tree_shares_the_history_it_is_given():
     for row in range(3):
         np.testing.assert_array_equal(ahead.scenarios.btc_price_usd[row, :183], history)
     assert len({ahead.scenarios.btc_price_usd[row, 200] for row in range(3)}) == 3
+
+
+def test_fresh_trees_give_an_interval_on_each_policy_and_the_paired_differences():
+    from scipy import stats
+
+    from optimizer.rolling import POLICIES, evaluate_rolling_trees
+
+    data = waiting_fleet_data(55.0)
+    data["scenarios"] = {"seed": 3, "count": 3}
+    fleet = parse_fleet(data)
+    solution = value_of_waiting(fleet, [0, 6], 3, replications=0, wait_and_see=False).in_sample
+    study = evaluate_rolling_trees(fleet, solution, 3, 3)
+    assert len(study.evaluations) == 3 and study.solves == 9  # three month-6 nodes per fresh tree
+    first = evaluate_rolling(fleet, solution, seed=3)  # fresh tree 0 alone: the same tree and decisions
+    np.testing.assert_array_equal(
+        first.score("calculator").profits_usd, study.evaluations[0].score("calculator").profits_usd
+    )
+    assert first.decisions == study.evaluations[0].decisions
+    profits = [e.score("now-or-never").profits_usd for e in study.evaluations]
+    assert not np.allclose(profits[0], profits[1])  # independent fresh trees
+    differences = np.array([e.value_of_waiting_usd for e in study.evaluations])
+    half = stats.t.ppf(0.975, 2) * differences.std(ddof=1) / np.sqrt(3)
+    vw = study.value_of_waiting
+    assert vw.values_usd == pytest.approx(tuple(differences))
+    assert (vw.lower_usd, vw.upper_usd) == pytest.approx((differences.mean() - half, differences.mean() + half))
+    gains = [e.score(POLICIES[0]).objective_usd - e.score("calculator").objective_usd for e in study.evaluations]
+    assert study.gain_over_calculator.estimate_usd == pytest.approx(np.mean(gains))
+    for policy in POLICIES:
+        values = [e.score(policy).objective_usd for e in study.evaluations]
+        assert study.objectives[policy].estimate_usd == pytest.approx(np.mean(values))
+
+
+def test_lookahead_keys_of_different_nodes_never_coincide():
+    """Under the old key (prefix and position run together) the depth-1 node (1,)'s look-ahead node (0, 0, 0, 1)
+    and the depth-2 node (1, 0)'s look-ahead node (0, 0, 1) both drew from (1000, 5, 1, 0, 0, 0, 1)."""
+    from optimizer.tree_scenarios import node_rng
+
+    a = node_rng(5, 1_000, (0, 0, 0, 1), (1,)).random(4)
+    b = node_rng(5, 1_000, (0, 0, 1), (1, 0)).random(4)
+    assert not np.allclose(a, b)
+    unprefixed = np.random.default_rng(np.random.SeedSequence(5, spawn_key=(0, 2, 1, 2))).random(4)
+    np.testing.assert_array_equal(node_rng(5, 0, (1, 2)).random(4), unprefixed)  # in-sample trees: keys unchanged

@@ -1334,10 +1334,13 @@ class TreeSettings(_message.Message):
     BRANCHING_FIELD_NUMBER: _builtins.int
     REPLICATIONS_FIELD_NUMBER: _builtins.int
     OUT_OF_SAMPLE_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_TREES_FIELD_NUMBER: _builtins.int
     replications: _builtins.int
     """Independent trees for the value-of-waiting interval (default 5)."""
     out_of_sample: _builtins.bool
-    """Score the policy by re-solving at each node of a fresh tree (default true)."""
+    """Score the policy by re-solving at each node of fresh trees (default true)."""
+    out_of_sample_trees: _builtins.int
+    """Fresh trees for the out-of-sample score and its interval (default 3)."""
     @_builtins.property
     def decision_months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Months after the start decisions are taken at, increasing from 0."""
@@ -1353,17 +1356,22 @@ class TreeSettings(_message.Message):
         branching: _abc.Iterable[_builtins.int] | None = ...,
         replications: _builtins.int | None = ...,
         out_of_sample: _builtins.bool | None = ...,
+        out_of_sample_trees: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample", "_replications", b"_replications", "out_of_sample", b"out_of_sample", "replications", b"replications"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample", "_out_of_sample_trees", b"_out_of_sample_trees", "_replications", b"_replications", "out_of_sample", b"out_of_sample", "out_of_sample_trees", b"out_of_sample_trees", "replications", b"replications"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample", "_replications", b"_replications", "branching", b"branching", "decision_months", b"decision_months", "out_of_sample", b"out_of_sample", "replications", b"replications"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample", "_out_of_sample_trees", b"_out_of_sample_trees", "_replications", b"_replications", "branching", b"branching", "decision_months", b"decision_months", "out_of_sample", b"out_of_sample", "out_of_sample_trees", b"out_of_sample_trees", "replications", b"replications"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__out_of_sample: _TypeAlias = _typing.Literal["out_of_sample"]  # noqa: Y015
     _WhichOneofArgType__out_of_sample: _TypeAlias = _typing.Literal["_out_of_sample", b"_out_of_sample"]  # noqa: Y015
+    _WhichOneofReturnType__out_of_sample_trees: _TypeAlias = _typing.Literal["out_of_sample_trees"]  # noqa: Y015
+    _WhichOneofArgType__out_of_sample_trees: _TypeAlias = _typing.Literal["_out_of_sample_trees", b"_out_of_sample_trees"]  # noqa: Y015
     _WhichOneofReturnType__replications: _TypeAlias = _typing.Literal["replications"]  # noqa: Y015
     _WhichOneofArgType__replications: _TypeAlias = _typing.Literal["_replications", b"_replications"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__out_of_sample) -> _WhichOneofReturnType__out_of_sample | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__out_of_sample_trees) -> _WhichOneofReturnType__out_of_sample_trees | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__replications) -> _WhichOneofReturnType__replications | None: ...
 

@@ -382,10 +382,13 @@ class TreeReport(_message.Message):
     DECISION_RULES_FIELD_NUMBER: _builtins.int
     OUT_OF_SAMPLE_FIELD_NUMBER: _builtins.int
     OUT_OF_SAMPLE_VALUE_OF_WAITING_USD_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_TREES_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_VALUE_OF_WAITING_FIELD_NUMBER: _builtins.int
+    OUT_OF_SAMPLE_GAIN_OVER_CALCULATOR_FIELD_NUMBER: _builtins.int
     MODEL_SIZES_FIELD_NUMBER: _builtins.int
     TIMINGS_S_FIELD_NUMBER: _builtins.int
     seed: _builtins.int
-    """Seed of the trees (streams: 0 the plan's tree, 2+r independent trees, 1 out of sample)."""
+    """Seed of the trees (streams: 0 the plan's tree, 2+r independent trees, 1 the fresh trees out of sample)."""
     nodes: _builtins.int
     """Nodes of the tree."""
     scenarios: _builtins.int
@@ -399,7 +402,9 @@ class TreeReport(_message.Message):
     value_of_waiting_in_sample_usd: _builtins.float
     """multistage_usd - now_or_never_usd on this tree."""
     out_of_sample_value_of_waiting_usd: _builtins.float
-    """Rolling minus now-or-never on the fresh tree; unset when not scored."""
+    """Rolling minus now-or-never, mean over the fresh trees; unset when not scored."""
+    out_of_sample_trees: _builtins.int
+    """Fresh trees the policies were scored on (0: not scored)."""
     @_builtins.property
     def decision_months(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Months after the start decisions are taken at."""
@@ -430,11 +435,19 @@ class TreeReport(_message.Message):
 
     @_builtins.property
     def decision_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___DecisionRuleResult]:
-        """Per decision date and AI site: what each node saw and did, and thresholds when they separate."""
+        """Per decision date and AI site: what each node saw and did, and the regions that separate them."""
 
     @_builtins.property
     def out_of_sample(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyResult]:
-        """The rolling policy, now-or-never and the calculator rule scored on a fresh tree."""
+        """The rolling policy, now-or-never and the calculator rule scored on fresh trees (means over the trees)."""
+
+    @_builtins.property
+    def out_of_sample_value_of_waiting(self) -> Global___ValueInterval:
+        """Rolling minus now-or-never per fresh tree, with its Student-t interval; unset when not scored."""
+
+    @_builtins.property
+    def out_of_sample_gain_over_calculator(self) -> Global___ValueInterval:
+        """Rolling minus the calculator rule per fresh tree, with its Student-t interval; unset when not scored."""
 
     @_builtins.property
     def model_sizes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelSizeRow]:
@@ -464,12 +477,15 @@ class TreeReport(_message.Message):
         decision_rules: _abc.Iterable[Global___DecisionRuleResult] | None = ...,
         out_of_sample: _abc.Iterable[Global___PolicyResult] | None = ...,
         out_of_sample_value_of_waiting_usd: _builtins.float | None = ...,
+        out_of_sample_trees: _builtins.int = ...,
+        out_of_sample_value_of_waiting: Global___ValueInterval | None = ...,
+        out_of_sample_gain_over_calculator: Global___ValueInterval | None = ...,
         model_sizes: _abc.Iterable[Global___ModelSizeRow] | None = ...,
         timings_s: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd", "_wait_and_see_usd", b"_wait_and_see_usd", "now", b"now", "out_of_sample_value_of_waiting_usd", b"out_of_sample_value_of_waiting_usd", "value_of_waiting", b"value_of_waiting", "wait_and_see_usd", b"wait_and_see_usd"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd", "_wait_and_see_usd", b"_wait_and_see_usd", "now", b"now", "out_of_sample_gain_over_calculator", b"out_of_sample_gain_over_calculator", "out_of_sample_value_of_waiting", b"out_of_sample_value_of_waiting", "out_of_sample_value_of_waiting_usd", b"out_of_sample_value_of_waiting_usd", "value_of_waiting", b"value_of_waiting", "wait_and_see_usd", b"wait_and_see_usd"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd", "_wait_and_see_usd", b"_wait_and_see_usd", "branching", b"branching", "decision_months", b"decision_months", "decision_rules", b"decision_rules", "model_sizes", b"model_sizes", "multistage_usd", b"multistage_usd", "nodes", b"nodes", "now", b"now", "now_or_never_conversions", b"now_or_never_conversions", "now_or_never_lifecycles", b"now_or_never_lifecycles", "now_or_never_usd", b"now_or_never_usd", "out_of_sample", b"out_of_sample", "out_of_sample_value_of_waiting_usd", b"out_of_sample_value_of_waiting_usd", "scenarios", b"scenarios", "seed", b"seed", "timings_s", b"timings_s", "tree", b"tree", "value_of_waiting", b"value_of_waiting", "value_of_waiting_in_sample_usd", b"value_of_waiting_in_sample_usd", "wait_and_see_usd", b"wait_and_see_usd"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd", "_wait_and_see_usd", b"_wait_and_see_usd", "branching", b"branching", "decision_months", b"decision_months", "decision_rules", b"decision_rules", "model_sizes", b"model_sizes", "multistage_usd", b"multistage_usd", "nodes", b"nodes", "now", b"now", "now_or_never_conversions", b"now_or_never_conversions", "now_or_never_lifecycles", b"now_or_never_lifecycles", "now_or_never_usd", b"now_or_never_usd", "out_of_sample", b"out_of_sample", "out_of_sample_gain_over_calculator", b"out_of_sample_gain_over_calculator", "out_of_sample_trees", b"out_of_sample_trees", "out_of_sample_value_of_waiting", b"out_of_sample_value_of_waiting", "out_of_sample_value_of_waiting_usd", b"out_of_sample_value_of_waiting_usd", "scenarios", b"scenarios", "seed", b"seed", "timings_s", b"timings_s", "tree", b"tree", "value_of_waiting", b"value_of_waiting", "value_of_waiting_in_sample_usd", b"value_of_waiting_in_sample_usd", "wait_and_see_usd", b"wait_and_see_usd"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__out_of_sample_value_of_waiting_usd: _TypeAlias = _typing.Literal["out_of_sample_value_of_waiting_usd"]  # noqa: Y015
     _WhichOneofArgType__out_of_sample_value_of_waiting_usd: _TypeAlias = _typing.Literal["_out_of_sample_value_of_waiting_usd", b"_out_of_sample_value_of_waiting_usd"]  # noqa: Y015
@@ -687,28 +703,27 @@ class DecisionRuleResult(_message.Message):
     DECISION_MONTH_FIELD_NUMBER: _builtins.int
     SITE_FIELD_NUMBER: _builtins.int
     RULE_FIELD_NUMBER: _builtins.int
-    CONVERT_BELOW_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
-    CONVERT_ABOVE_HASHPRICE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
-    CONVERT_BELOW_BTC_PRICE_USD_FIELD_NUMBER: _builtins.int
-    CONVERT_ABOVE_BTC_PRICE_USD_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
+    REGIONS_FIELD_NUMBER: _builtins.int
+    CLASSIFIED_NODES_FIELD_NUMBER: _builtins.int
+    IN_SAMPLE_ACCURACY_FIELD_NUMBER: _builtins.int
     decision_month: _builtins.float
     """Month of the decision date."""
     site: _builtins.str
     """Site id."""
     rule: _builtins.str
     """The rule in words."""
-    convert_below_hashprice_usd_per_ph_day: _builtins.float
-    """Convert if the hashprice is at most this (unset: not separable this way)."""
-    convert_above_hashprice_usd_per_ph_day: _builtins.float
-    """Convert if the hashprice is at least this."""
-    convert_below_btc_price_usd: _builtins.float
-    """Convert if the BTC price is at most this."""
-    convert_above_btc_price_usd: _builtins.float
-    """Convert if the BTC price is at least this."""
+    classified_nodes: _builtins.int
+    """Nodes that converted or waited (the others had no choice)."""
+    in_sample_accuracy: _builtins.float
+    """Share of those nodes whose action the regions reproduce (1: every one)."""
     @_builtins.property
     def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleRow]:
         """Each node of that date."""
+
+    @_builtins.property
+    def regions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleRegion]:
+        """At most four axis-aligned regions of (hashprice, BTC price) covering the plane, each convert or wait."""
 
     def __init__(
         self,
@@ -716,34 +731,85 @@ class DecisionRuleResult(_message.Message):
         decision_month: _builtins.float = ...,
         site: _builtins.str = ...,
         rule: _builtins.str = ...,
-        convert_below_hashprice_usd_per_ph_day: _builtins.float | None = ...,
-        convert_above_hashprice_usd_per_ph_day: _builtins.float | None = ...,
-        convert_below_btc_price_usd: _builtins.float | None = ...,
-        convert_above_btc_price_usd: _builtins.float | None = ...,
         points: _abc.Iterable[Global___RuleRow] | None = ...,
+        regions: _abc.Iterable[Global___RuleRegion] | None = ...,
+        classified_nodes: _builtins.int = ...,
+        in_sample_accuracy: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_convert_above_btc_price_usd", b"_convert_above_btc_price_usd", "_convert_above_hashprice_usd_per_ph_day", b"_convert_above_hashprice_usd_per_ph_day", "_convert_below_btc_price_usd", b"_convert_below_btc_price_usd", "_convert_below_hashprice_usd_per_ph_day", b"_convert_below_hashprice_usd_per_ph_day", "convert_above_btc_price_usd", b"convert_above_btc_price_usd", "convert_above_hashprice_usd_per_ph_day", b"convert_above_hashprice_usd_per_ph_day", "convert_below_btc_price_usd", b"convert_below_btc_price_usd", "convert_below_hashprice_usd_per_ph_day", b"convert_below_hashprice_usd_per_ph_day"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_convert_above_btc_price_usd", b"_convert_above_btc_price_usd", "_convert_above_hashprice_usd_per_ph_day", b"_convert_above_hashprice_usd_per_ph_day", "_convert_below_btc_price_usd", b"_convert_below_btc_price_usd", "_convert_below_hashprice_usd_per_ph_day", b"_convert_below_hashprice_usd_per_ph_day", "convert_above_btc_price_usd", b"convert_above_btc_price_usd", "convert_above_hashprice_usd_per_ph_day", b"convert_above_hashprice_usd_per_ph_day", "convert_below_btc_price_usd", b"convert_below_btc_price_usd", "convert_below_hashprice_usd_per_ph_day", b"convert_below_hashprice_usd_per_ph_day", "decision_month", b"decision_month", "points", b"points", "rule", b"rule", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classified_nodes", b"classified_nodes", "decision_month", b"decision_month", "in_sample_accuracy", b"in_sample_accuracy", "points", b"points", "regions", b"regions", "rule", b"rule", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType__convert_above_btc_price_usd: _TypeAlias = _typing.Literal["convert_above_btc_price_usd"]  # noqa: Y015
-    _WhichOneofArgType__convert_above_btc_price_usd: _TypeAlias = _typing.Literal["_convert_above_btc_price_usd", b"_convert_above_btc_price_usd"]  # noqa: Y015
-    _WhichOneofReturnType__convert_above_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["convert_above_hashprice_usd_per_ph_day"]  # noqa: Y015
-    _WhichOneofArgType__convert_above_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["_convert_above_hashprice_usd_per_ph_day", b"_convert_above_hashprice_usd_per_ph_day"]  # noqa: Y015
-    _WhichOneofReturnType__convert_below_btc_price_usd: _TypeAlias = _typing.Literal["convert_below_btc_price_usd"]  # noqa: Y015
-    _WhichOneofArgType__convert_below_btc_price_usd: _TypeAlias = _typing.Literal["_convert_below_btc_price_usd", b"_convert_below_btc_price_usd"]  # noqa: Y015
-    _WhichOneofReturnType__convert_below_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["convert_below_hashprice_usd_per_ph_day"]  # noqa: Y015
-    _WhichOneofArgType__convert_below_hashprice_usd_per_ph_day: _TypeAlias = _typing.Literal["_convert_below_hashprice_usd_per_ph_day", b"_convert_below_hashprice_usd_per_ph_day"]  # noqa: Y015
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_above_btc_price_usd) -> _WhichOneofReturnType__convert_above_btc_price_usd | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_above_hashprice_usd_per_ph_day) -> _WhichOneofReturnType__convert_above_hashprice_usd_per_ph_day | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_below_btc_price_usd) -> _WhichOneofReturnType__convert_below_btc_price_usd | None: ...
-    @_typing.overload
-    def WhichOneof(self, oneof_group: _WhichOneofArgType__convert_below_hashprice_usd_per_ph_day) -> _WhichOneofReturnType__convert_below_hashprice_usd_per_ph_day | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecisionRuleResult: _TypeAlias = DecisionRuleResult  # noqa: Y015
+
+@_typing.final
+class RuleRegion(_message.Message):
+    """A region of a decision rule: hashprice in (above, at_most] and BTC price in (above, at_most]; an unset
+    bound is unbounded.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HASHPRICE_ABOVE_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    HASHPRICE_AT_MOST_USD_PER_PH_DAY_FIELD_NUMBER: _builtins.int
+    BTC_ABOVE_USD_FIELD_NUMBER: _builtins.int
+    BTC_AT_MOST_USD_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CONVERTING_NODES_FIELD_NUMBER: _builtins.int
+    WAITING_NODES_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    hashprice_above_usd_per_ph_day: _builtins.float
+    """Lower hashprice bound (exclusive), USD per PH/s per day."""
+    hashprice_at_most_usd_per_ph_day: _builtins.float
+    """Upper hashprice bound (inclusive), USD per PH/s per day."""
+    btc_above_usd: _builtins.float
+    """Lower BTC price bound (exclusive), USD."""
+    btc_at_most_usd: _builtins.float
+    """Upper BTC price bound (inclusive), USD."""
+    action: _builtins.str
+    """"convert" or "wait": what most of its nodes did."""
+    converting_nodes: _builtins.int
+    """Nodes in the region that converted."""
+    waiting_nodes: _builtins.int
+    """Nodes in the region that waited."""
+    text: _builtins.str
+    """The region in words."""
+    def __init__(
+        self,
+        *,
+        hashprice_above_usd_per_ph_day: _builtins.float | None = ...,
+        hashprice_at_most_usd_per_ph_day: _builtins.float | None = ...,
+        btc_above_usd: _builtins.float | None = ...,
+        btc_at_most_usd: _builtins.float | None = ...,
+        action: _builtins.str = ...,
+        converting_nodes: _builtins.int = ...,
+        waiting_nodes: _builtins.int = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_btc_above_usd", b"_btc_above_usd", "_btc_at_most_usd", b"_btc_at_most_usd", "_hashprice_above_usd_per_ph_day", b"_hashprice_above_usd_per_ph_day", "_hashprice_at_most_usd_per_ph_day", b"_hashprice_at_most_usd_per_ph_day", "btc_above_usd", b"btc_above_usd", "btc_at_most_usd", b"btc_at_most_usd", "hashprice_above_usd_per_ph_day", b"hashprice_above_usd_per_ph_day", "hashprice_at_most_usd_per_ph_day", b"hashprice_at_most_usd_per_ph_day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_btc_above_usd", b"_btc_above_usd", "_btc_at_most_usd", b"_btc_at_most_usd", "_hashprice_above_usd_per_ph_day", b"_hashprice_above_usd_per_ph_day", "_hashprice_at_most_usd_per_ph_day", b"_hashprice_at_most_usd_per_ph_day", "action", b"action", "btc_above_usd", b"btc_above_usd", "btc_at_most_usd", b"btc_at_most_usd", "converting_nodes", b"converting_nodes", "hashprice_above_usd_per_ph_day", b"hashprice_above_usd_per_ph_day", "hashprice_at_most_usd_per_ph_day", b"hashprice_at_most_usd_per_ph_day", "text", b"text", "waiting_nodes", b"waiting_nodes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__btc_above_usd: _TypeAlias = _typing.Literal["btc_above_usd"]  # noqa: Y015
+    _WhichOneofArgType__btc_above_usd: _TypeAlias = _typing.Literal["_btc_above_usd", b"_btc_above_usd"]  # noqa: Y015
+    _WhichOneofReturnType__btc_at_most_usd: _TypeAlias = _typing.Literal["btc_at_most_usd"]  # noqa: Y015
+    _WhichOneofArgType__btc_at_most_usd: _TypeAlias = _typing.Literal["_btc_at_most_usd", b"_btc_at_most_usd"]  # noqa: Y015
+    _WhichOneofReturnType__hashprice_above_usd_per_ph_day: _TypeAlias = _typing.Literal["hashprice_above_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofArgType__hashprice_above_usd_per_ph_day: _TypeAlias = _typing.Literal["_hashprice_above_usd_per_ph_day", b"_hashprice_above_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofReturnType__hashprice_at_most_usd_per_ph_day: _TypeAlias = _typing.Literal["hashprice_at_most_usd_per_ph_day"]  # noqa: Y015
+    _WhichOneofArgType__hashprice_at_most_usd_per_ph_day: _TypeAlias = _typing.Literal["_hashprice_at_most_usd_per_ph_day", b"_hashprice_at_most_usd_per_ph_day"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__btc_above_usd) -> _WhichOneofReturnType__btc_above_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__btc_at_most_usd) -> _WhichOneofReturnType__btc_at_most_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hashprice_above_usd_per_ph_day) -> _WhichOneofReturnType__hashprice_above_usd_per_ph_day | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__hashprice_at_most_usd_per_ph_day) -> _WhichOneofReturnType__hashprice_at_most_usd_per_ph_day | None: ...
+
+Global___RuleRegion: _TypeAlias = RuleRegion  # noqa: Y015
 
 @_typing.final
 class ValueInterval(_message.Message):
@@ -794,29 +860,35 @@ Global___ValueInterval: _TypeAlias = ValueInterval  # noqa: Y015
 
 @_typing.final
 class PolicyResult(_message.Message):
-    """A policy's score on the out-of-sample tree."""
+    """A policy's score on the out-of-sample trees."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
     OBJECTIVE_USD_FIELD_NUMBER: _builtins.int
     MEAN_USD_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_FIELD_NUMBER: _builtins.int
     policy: _builtins.str
     """"multi-stage (rolling)", "now-or-never" or "calculator"."""
     objective_usd: _builtins.float
-    """The fleet's risk objective over the fresh tree's leaves."""
+    """The fleet's risk objective over a fresh tree's leaves, mean over the fresh trees."""
     mean_usd: _builtins.float
-    """Probability-weighted mean profit."""
+    """Probability-weighted mean profit, mean over the fresh trees."""
+    @_builtins.property
+    def objective(self) -> Global___ValueInterval:
+        """The objective per fresh tree, with its Student-t interval."""
+
     def __init__(
         self,
         *,
         policy: _builtins.str = ...,
         objective_usd: _builtins.float = ...,
         mean_usd: _builtins.float = ...,
+        objective: Global___ValueInterval | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["objective", b"objective"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_usd", b"mean_usd", "objective_usd", b"objective_usd", "policy", b"policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mean_usd", b"mean_usd", "objective", b"objective", "objective_usd", b"objective_usd", "policy", b"policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
