@@ -117,3 +117,24 @@ def test_segments_continue_the_parents_exact_state():
     np.testing.assert_allclose(
         ts.scenarios.power_price_usd_per_mwh[:, 3], full.power_price_usd_per_mwh[:, 0], rtol=1e-12
     )
+
+
+def test_a_sub_hourly_tree_draws_intra_hour_noise_that_averages_one_over_every_hour():
+    """At 15 minutes a tree's power prices carry the intra-hour factor of optimizer.scenarios: with no spikes,
+    the price at v = 0.1 over the price at v = 0 (same seed: the factor is drawn last) is the factor, which
+    varies within the hour and averages one over every hour, the hour cut by the one-month date included."""
+    data = pivot_fleet_data(months=3)
+    data["horizon"] = {"start": data["horizon"]["start"], "days": 40, "step_minutes": 15}
+    data["markets"] = [dict(m, spike_prob_per_hour=0.0) for m in data["markets"]]
+    prices = []
+    for vol in (0.0, 0.1):  # small enough that the factor never reaches its floor of zero
+        data["markets"] = [dict(m, intra_hour_vol=vol) for m in data["markets"]]
+        fleet = parse_fleet(data)
+        tree = build_tree([0, 1], 2, fleet.horizon.step_hours, fleet.horizon.n_steps)
+        assert tree.decision_steps[1] % 4 == 2  # 730.5 hours: the date cuts an hour in two
+        drawn = generate_tree_scenarios(fleet.bitcoin, fleet.markets, fleet.horizon, tree, 5)
+        prices.append(drawn.scenarios.power_price_usd_per_mwh)
+    factor = prices[1] / prices[0]  # [market, leaf, step]
+    hourly = factor.reshape(*factor.shape[:2], -1, 4).mean(axis=3)
+    np.testing.assert_allclose(hourly, 1.0, rtol=1e-12)
+    assert factor.std() > 0.08
