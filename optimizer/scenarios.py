@@ -621,16 +621,31 @@ def _power_price_path(
     return np.clip(base + spikes, market.floor_usd_per_mwh, market.cap_usd_per_mwh)
 
 
-def _intra_hour_factor(rng: np.random.Generator, market: PowerMarket, calendar: _Calendar) -> np.ndarray:
+def _intra_hour_factor(
+    rng: np.random.Generator, market: PowerMarket, calendar: _Calendar, first: int = 0
+) -> np.ndarray:
     """[T] 1 + v e_t, e_t standard normals demeaned within each hour and rescaled to unit variance.
 
     The factor averages exactly one over every hour, so its variance vanishes at hourly granularity; it is
-    floored at zero (at the default v = 0.15 a floor needs a 6.7-sigma draw).
+    floored at zero (at the default v = 0.15 a floor needs a 6.7-sigma draw). A path segment starting at
+    step `first` (optimizer.tree_scenarios) may begin or end inside an hour: each part of an hour is
+    demeaned within itself, so the factor still averages one over the hour; a part of one step gets none.
     """
     k = calendar.steps_per_hour
-    z = rng.standard_normal(calendar.n_steps).reshape(-1, k)
-    e = (z - z.mean(axis=1, keepdims=True)) * np.sqrt(k / (k - 1))
-    return np.maximum(0.0, 1.0 + market.intra_hour_vol * e.reshape(-1))
+    z = rng.standard_normal(calendar.n_steps)
+    head = min(-first % k, z.size)
+    whole = (z.size - head) // k * k
+    parts = (z[:head].reshape(1, -1), z[head : head + whole].reshape(-1, k), z[head + whole :].reshape(1, -1))
+    e = np.concatenate([_demeaned_unit(part).reshape(-1) for part in parts])
+    return np.maximum(0.0, 1.0 + market.intra_hour_vol * e)
+
+
+def _demeaned_unit(z: np.ndarray) -> np.ndarray:
+    """Each row (the steps of one hour) less its mean, rescaled to unit variance; zero for rows of one step."""
+    k = z.shape[1]
+    if k < 2:
+        return np.zeros_like(z)
+    return (z - z.mean(axis=1, keepdims=True)) * np.sqrt(k / (k - 1))
 
 
 def _daily_factor(market: PowerMarket, calendar: _Calendar) -> np.ndarray:

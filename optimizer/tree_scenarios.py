@@ -47,6 +47,7 @@ from optimizer.scenarios import (
     ScenarioSet,
     _base_price_usd_per_mwh,
     _Calendar,
+    _intra_hour_factor,
     _linear_recursion,
     _NetworkState,
     _pinned_path,
@@ -319,9 +320,7 @@ def _fees_segment(rng, bitcoin: BitcoinMarket, cal: _Calendar, deviation: float 
     return bitcoin.fees_btc_per_block * np.exp(path - log_std**2 / 2), float(path[-1])
 
 
-def _power_segment(
-    rng, market: PowerMarket, base: np.ndarray, cal: _Calendar, first: int, before: MarketState | None
-):
+def _power_segment(rng, market: PowerMarket, base: np.ndarray, cal: _Calendar, first: int, before: MarketState | None):
     n = cal.n_steps
     dt_days = cal.step_hours / HOURS_PER_DAY
     decay = np.exp(-market.reversion_per_day * dt_days)
@@ -344,25 +343,9 @@ def _power_segment(
     spikes = level * tau / step_hours * (1 - spike_decay)
     smooth = base * np.exp(ou - stationary_var / 2)
     if cal.steps_per_hour > 1:  # drawn last, only below an hour (as in scenarios.py): hourly trees keep their draws
-        smooth = smooth * _intra_hour_segment(rng, market, cal, first)
+        smooth = smooth * _intra_hour_factor(rng, market, cal, first)
     price = np.clip(smooth + spikes, market.floor_usd_per_mwh, market.cap_usd_per_mwh)
     return price, float(ou[-1]), float(level[-1])
-
-
-def _intra_hour_segment(rng, market: PowerMarket, cal: _Calendar, first: int) -> np.ndarray:
-    """[n] optimizer.scenarios' intra-hour factor 1 + v e_t on a segment starting at step `first`.
-
-    e_t are standard normals demeaned within each hour and rescaled to unit variance. A decision date can
-    cut an hour (one month is 730.5 hours): each part is demeaned within its own segment, so the factor
-    still averages one over every hour of a path; a part of one step gets no noise.
-    """
-    hour = (first + np.arange(cal.n_steps)) // cal.steps_per_hour
-    hour -= hour[0]
-    z = rng.standard_normal(cal.n_steps)
-    count = np.bincount(hour)[hour]
-    mean = (np.bincount(hour, weights=z) / np.bincount(hour))[hour]
-    e = np.where(count > 1, (z - mean) * np.sqrt(count / np.maximum(count - 1, 1)), 0.0)
-    return np.maximum(0.0, 1.0 + market.intra_hour_vol * e)
 
 
 def _events_segment(rng, market: PowerMarket, price: np.ndarray, cal: _Calendar, before: MarketState | None):
