@@ -18,11 +18,8 @@ replications, 100 wait-and-see scenarios, sensitivity).
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -31,24 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import start_server  # noqa: E402
+
 from optimizer.fleet import Fleet, FleetError, load_fleet  # noqa: E402
 from services.client import PlannerClient, fleet_message  # noqa: E402
 from services.servicer import SERVER_TIME_METADATA  # noqa: E402
-
-
-def start_server(db: Path) -> tuple[subprocess.Popen, str]:
-    hashpivot = str(Path(sys.executable).parent / "hashpivot")
-    process = subprocess.Popen(
-        [hashpivot, "serve", "--insecure", "--host", "127.0.0.1", "--port", "0", "--db", str(db)],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for line in process.stderr:
-        found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-        if found:
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-            return process, f"127.0.0.1:{found.group(1)}"
-    raise RuntimeError("the server did not start")
 
 
 def percentiles_us(samples_s: list[float]) -> str:
@@ -142,7 +126,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        process, target = start_server(Path(tmp) / "bench.sqlite")
+        process, target = start_server(["--insecure", "--host", "127.0.0.1", "--db", str(Path(tmp) / "bench.sqlite")])
         print(f"server up on {target} in {time.perf_counter() - start:.1f} s (embedded Ray start included)")
         try:
             with PlannerClient(target, timeout_s=600) as client:

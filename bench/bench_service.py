@@ -25,7 +25,6 @@ import argparse
 import math
 import multiprocessing as mp
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -50,23 +49,12 @@ IDLE_TITLES = ("ray::IDLE", "ray::ProgressRelay", "ray::DashboardAgent", "ray::R
 
 
 def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+    from common import start_server as start  # here, not at the top: the spawned client processes skip its imports
+
     from services.auth import Role, token_line
 
-    hashpivot = str(Path(sys.executable).parent / "hashpivot")
     env = {**os.environ, "HASHPIVOT_TOKENS": token_line(TOKEN, "bench", Role.ADMIN)}
-    process = subprocess.Popen(
-        [hashpivot, "serve", "--port", "0", "--db", str(db), "--max-jobs", "1"],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    for line in process.stderr:
-        found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
-        if found:
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-            return process, f"127.0.0.1:{found.group(1)}"
-    raise RuntimeError("the server did not start")
+    return start(["--db", str(db), "--max-jobs", "1"], env=env, start_new_session=True)
 
 
 def server_pid(supervisor: int) -> int:

@@ -1,8 +1,12 @@
-"""What the benchmark scripts share: the repo on sys.path, a timer, one compact plan measured end to end."""
+"""What the benchmark scripts share: the repo on sys.path, a timer, one compact plan measured end to end, a
+server started in a child process."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +25,18 @@ def timed(fn):
     start = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - start
+
+
+def start_server(args: list[str], **popen) -> tuple[subprocess.Popen, str]:
+    """`hashpivot serve --port 0 ARGS` in a child process, and its loopback address once it serves."""
+    hashpivot = str(Path(sys.executable).parent / "hashpivot")
+    process = subprocess.Popen([hashpivot, "serve", "--port", "0", *args], stderr=subprocess.PIPE, text=True, **popen)
+    for line in process.stderr:
+        found = re.search(r"serving on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+            return process, f"127.0.0.1:{found.group(1)}"
+    raise RuntimeError("the server did not start")
 
 
 def solve_compact(fleet: Fleet, n_scenarios: int) -> dict:
