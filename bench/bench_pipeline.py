@@ -26,11 +26,10 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import psutil
-from common import ROOT, timed
+from common import ROOT, run_sampled, timed
 
 PYTHON = sys.executable
 HASHPIVOT = str(ROOT / ".venv" / "bin" / "hashpivot")
@@ -209,41 +208,32 @@ def kernel_fixed_cost() -> None:
 
 def tree_peaks(cmd: list[str], env: dict) -> tuple[float, float, float, int, str]:
     """Run `cmd`; (wall s, peak tree GiB, peak MiB of any one Ray worker process, max procs, worker's name)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    root = psutil.Process(proc.pid)
     peak, most, worker_peak, worker_name = 0, 0, 0, "-"
-    stop = threading.Event()
 
-    def sample() -> None:
+    def sample(pid: int) -> None:
         nonlocal peak, most, worker_peak, worker_name
-        while not stop.is_set():
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        total = 0
+        for p in procs:
             try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                break
-            total = 0
-            for p in procs:
-                try:
-                    rss = p.memory_info().rss
-                    name = " ".join(p.cmdline()[:1])
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-                total += rss
-                if name.startswith("ray::_economics_batch"):  # a worker's title while it runs the task
-                    if rss > worker_peak:
-                        worker_peak, worker_name = rss, name
-            peak, most = max(peak, total), max(most, len(procs))
-            stop.wait(0.05)
+                rss = p.memory_info().rss
+                name = " ".join(p.cmdline()[:1])
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += rss
+            if name.startswith("ray::_economics_batch"):  # a worker's title while it runs the task
+                if rss > worker_peak:
+                    worker_peak, worker_name = rss, name
+        peak, most = max(peak, total), max(most, len(procs))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
+    code, _, err, wall_s = run_sampled(cmd, sample, 0.05, cwd=ROOT, env=env)
+    if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err[-2000:]}")
-    return time.perf_counter() - start, peak / 2**30, worker_peak / 2**20, most, worker_name
+    return wall_s, peak / 2**30, worker_peak / 2**20, most, worker_name
 
 
 def economics_memory(groups: int, count: int, step_minutes: int) -> None:
@@ -356,9 +346,11 @@ def handoff(counts: list[int], old_interface: bool) -> None:
 # 4. peak memory of the process tree
 
 
-def tree_rss(root: psutil.Process) -> tuple[int, int]:
+def tree_rss(pid: int) -> tuple[int, int]:
+    """RSS summed over process `pid` and its descendants, and how many they are."""
     total, count = 0, 0
     try:
+        root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return 0, 0
@@ -374,27 +366,16 @@ def tree_rss(root: psutil.Process) -> tuple[int, int]:
 def peak_tree(cmd: list[str], env: dict, capture: bool = False):
     """Run `cmd`; sample the RSS summed over it and all its descendants every 50 ms; (wall s, peak GiB, max procs),
     and its standard output when `capture`."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    root = psutil.Process(proc.pid)
     peak, most = 0, 0
-    stop = threading.Event()
 
-    def sample() -> None:
+    def sample(pid: int) -> None:
         nonlocal peak, most
-        while not stop.is_set():
-            rss, count = tree_rss(root)
-            peak, most = max(peak, rss), max(most, count)
-            stop.wait(0.05)
+        rss, count = tree_rss(pid)
+        peak, most = max(peak, rss), max(most, count)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    out, err = proc.communicate()
-    stop.set()
-    sampler.join()
-    if proc.returncode != 0:
+    code, out, err, elapsed = run_sampled(cmd, sample, 0.05, cwd=ROOT, env=env)
+    if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {err[-2000:]}")
-    elapsed = time.perf_counter() - start
     return (elapsed, peak / 2**30, most, out) if capture else (elapsed, peak / 2**30, most)
 
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -156,40 +154,26 @@ def child_speedup(scenarios: int) -> dict:
 
 
 def run_child(args: list[str]) -> tuple[dict | None, float, float]:
-    """Run a child, sample its process tree's RSS; (its JSON, peak GiB, wall s)."""
+    """Run a child, sample its process tree's PSS; (its JSON, peak GiB, wall s)."""
     import psutil
+    from common import run_sampled
 
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, __file__, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
-    )
     peak = [0]
-    done = threading.Event()
 
-    def sample() -> None:
+    def sample(pid: int) -> None:
+        total = 0
         try:
-            root = psutil.Process(proc.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not done.is_set():
-            total = 0
-            try:
-                for p in [root, *root.children(recursive=True)]:
-                    total += _pss_bytes(p)
-            except psutil.Error:
-                pass
-            peak[0] = max(peak[0], total)
-            done.wait(0.2)
+            root = psutil.Process(pid)
+            for p in [root, *root.children(recursive=True)]:
+                total += _pss_bytes(p)
+        except psutil.Error:
+            pass
+        peak[0] = max(peak[0], total)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, err = proc.communicate()
-    done.set()
-    thread.join()
-    wall = time.perf_counter() - start
+    code, out, err, wall = run_sampled([sys.executable, __file__, *args], sample, 0.2, cwd=ROOT)
     lines = [line for line in out.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        print(f"  child {args} failed ({proc.returncode}): {err.strip().splitlines()[-3:]}", file=sys.stderr)
+    if code != 0 or not lines:
+        print(f"  child {args} failed ({code}): {err.strip().splitlines()[-3:]}", file=sys.stderr)
         return None, peak[0] / 2**30, wall
     return json.loads(lines[-1]), peak[0] / 2**30, wall
 

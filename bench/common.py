@@ -39,6 +39,26 @@ def start_server(args: list[str], **popen) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("the server did not start")
 
 
+def run_sampled(cmd: list[str], sample, interval_s: float, **popen) -> tuple[int, str, str, float]:
+    """Run `cmd` to its end while a thread calls `sample(pid)` every `interval_s` (e.g. to read the memory of
+    its process tree); (return code, stdout, stderr, wall s)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            sample(proc.pid)
+            stop.wait(interval_s)
+
+    sampler = threading.Thread(target=loop, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    return proc.returncode, out, err, time.perf_counter() - start
+
+
 def solve_compact(fleet: Fleet, n_scenarios: int) -> dict:
     """Draw, price, build and solve in one process (no Ray), timing each stage."""
     scenarios, gen_s = timed(
