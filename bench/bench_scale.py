@@ -10,10 +10,13 @@ Cases, hourly steps over one quarter (the horizon of the issue's table), mean-CV
   D  1,000 groups x 10,000 scenarios, decomposition only
   S  speedup of 2 workers over 1 on the decomposition's scenario work (B's fleet, 2,000 scenarios)
 
-Each (case, method) runs end to end (scenarios and economics on an embedded Ray, build, solve) in a
-fresh child process; the parent samples the memory of the child's whole process tree (driver, raylet,
-Ray workers; psutil PSS, so the shared object store counts once; every 0.2 s) and reports its peak.
-`auto` shows what the rule would pick.
+Each (case, method) runs end to end (scenarios and economics on an embedded Ray, build, solve, the plan's
+report) in a fresh child process; the parent samples the memory of the child's whole process tree (driver,
+raylet, Ray workers; psutil PSS, so the shared object store counts once; every 0.2 s) and reports its peak,
+and the driver's own. The decomposition keeps the economics in the object store batch by batch and
+assembles the report from per-batch sums (optimizer/report_sums.py); the monolithic MIP gathers every
+scenario into the driver. `auto` shows what the rule would pick. Every method is asked the same relative
+gap (`--gap`, default BENCH_GAP; the example fleet itself asks 1e-4).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MONOLITHIC_LIMIT_S = 300.0  # --time-limit: a monolithic solve past it reports its gap
+BENCH_GAP = 1e-6  # --gap: solver.mip_rel_gap asked of both methods (the issue's figures were taken at it)
 
 
 def synthetic_fleet(groups: int, events: bool, scale_events: float = 1.0):
@@ -78,11 +83,11 @@ CASES = {
 QUICK = {"A": 400, "B": 200, "C": 50, "D": 2000}
 
 
-def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
+def child(case: str, method: str, scenarios: int, time_limit_s: float, gap: float = BENCH_GAP) -> dict:
     """One end-to-end plan in this process (embedded Ray, 2 CPUs); prints a JSON line."""
     from optimizer.fleet import with_overrides
     from solvers.decomposition import choose_method, scenario_nonzeros
-    from solvers.planner import ScenarioSpec, compute_economics, economics_batches, solve_allocation
+    from solvers.planner import ScenarioSpec, assemble_plan, compute_economics, economics_batches, solve_allocation
     from solvers.ray_pool import ensure_ray, in_process
 
     spec = CASES[case]
@@ -91,7 +96,7 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
         fleet,
         {
             "scenarios": {"count": scenarios, "batch_size": 100},
-            "solver": {"method": method, "time_limit_s": time_limit_s, "mip_rel_gap": 1e-6},
+            "solver": {"method": method, "time_limit_s": time_limit_s, "mip_rel_gap": gap},
         },
     )
     ensure_ray(num_cpus=2)
@@ -105,6 +110,8 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
     auto = choose_method(fleet, economics).value
     with in_process(False):
         solved = solve_allocation(fleet, economics, fleet.risk, fleet.solver)
+        report_start = time.perf_counter()
+        assemble_plan(fleet, economics, solved, spec, "generated")
     total_s = time.perf_counter() - start
     return {
         "case": case,
@@ -117,6 +124,7 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
         "economics_s": economics_s,
         "build_s": solved.build_s,
         "solve_s": solved.outcome.wall_s,
+        "report_s": total_s - (report_start - start),
         "total_s": total_s,
         "status": solved.outcome.status,
         "objective": solved.outcome.objective_usd,
@@ -128,7 +136,7 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
 
 
 def child_speedup(scenarios: int) -> dict:
-    """Decomposition scenario work (preparation, evaluations, cut sums) with 1 and then 2 workers."""
+    """Decomposition scenario work (preparation, evaluations, cut sums) with 1 and 2 workers, best of two each."""
     from optimizer.fleet import with_overrides
     from solvers.decomposition import solve_decomposition
     from solvers.planner import ScenarioSpec, compute_economics
@@ -143,10 +151,13 @@ def child_speedup(scenarios: int) -> dict:
     economics, _ = compute_economics(fleet, ScenarioSpec(count=scenarios, seed=fleet.scenarios.seed), 100)
     out = {"case": "S", "scenarios": scenarios}
     results = {}
-    for workers in (1, 2):
+    # alternated and repeated, each count's best kept: the first run of a count also pays for starting and
+    # importing into Ray workers it has not used yet, which is start-up, not scenario work
+    for workers in (1, 2, 1, 2):
         result = solve_decomposition(fleet, economics, fleet.risk, fleet.solver, 600, workers=workers)
         results[workers] = result
-        out[f"scenario_s_{workers}"] = result.report.scenario_s
+        key = f"scenario_s_{workers}"
+        out[key] = min(out.get(key, math.inf), result.report.scenario_s)
         out[f"iterations_{workers}"] = result.report.iterations
     out["same_plan"] = bool((results[1].y == results[2].y).all())
     out["speedup"] = out["scenario_s_1"] / out["scenario_s_2"]
@@ -154,18 +165,20 @@ def child_speedup(scenarios: int) -> dict:
 
 
 def run_child(args: list[str]) -> tuple[dict | None, float, float]:
-    """Run a child, sample its process tree's PSS; (its JSON, peak GiB, wall s)."""
+    """Run a child, sample its process tree's PSS; (its JSON with the driver's peak GiB, the tree's peak GiB,
+    wall s)."""
     import psutil
     from common import run_sampled
 
-    peak = [0]
+    peak, driver = [0], [0]
 
     def sample(pid: int) -> None:
         total = 0
         try:
             root = psutil.Process(pid)
-            for p in [root, *root.children(recursive=True)]:
-                total += _pss_bytes(p)
+            own = _pss_bytes(root)
+            driver[0] = max(driver[0], own)
+            total = own + sum(_pss_bytes(p) for p in root.children(recursive=True))
         except psutil.Error:
             pass
         peak[0] = max(peak[0], total)
@@ -175,7 +188,7 @@ def run_child(args: list[str]) -> tuple[dict | None, float, float]:
     if code != 0 or not lines:
         print(f"  child {args} failed ({code}): {err.strip().splitlines()[-3:]}", file=sys.stderr)
         return None, peak[0] / 2**30, wall
-    return json.loads(lines[-1]), peak[0] / 2**30, wall
+    return {**json.loads(lines[-1]), "driver_gib": driver[0] / 2**30}, peak[0] / 2**30, wall
 
 
 def _pss_bytes(process) -> int:
@@ -197,6 +210,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller scenario counts")
     parser.add_argument("--cases", default="ACBDS")
     parser.add_argument("--time-limit", type=float, default=MONOLITHIC_LIMIT_S, help="solver time limit, s")
+    parser.add_argument("--gap", type=float, default=BENCH_GAP, help="solver.mip_rel_gap of every method")
     parser.add_argument("--monolithic", default="ABC", help="cases that also run the monolithic MIP")
     parser.add_argument("--child", nargs=3, metavar=("CASE", "METHOD", "SCENARIOS"), help=argparse.SUPPRESS)
     parser.add_argument("--child-speedup", type=int, help=argparse.SUPPRESS)
@@ -205,7 +219,8 @@ def main() -> None:
     if not (args.child or args.child_speedup):
         print(f"machine: {os_cpus()} cores, {total_gib():.0f} GiB; load average at start {' '.join(load)}")
     if args.child:
-        print(json.dumps(child(args.child[0], args.child[1], int(args.child[2]), args.time_limit)), flush=True)
+        case, method, count = args.child
+        print(json.dumps(child(case, method, int(count), args.time_limit, args.gap)), flush=True)
         return
     if args.child_speedup:
         print(json.dumps(child_speedup(args.child_speedup)), flush=True)
@@ -213,8 +228,10 @@ def main() -> None:
 
     header = (
         f"{'case':<28} {'scen':>6} {'method':<13} {'auto':<13} {'econ s':>7} {'build s':>8} {'solve s':>8} "
-        f"{'total s':>8} {'peak GiB':>8} {'status':<10} {'gap':>8} {'objective USD':>16} {'vars':>8}"
+        f"{'report s':>8} {'total s':>8} {'peak GiB':>8} {'driver':>6} {'status':<10} {'gap':>8} "
+        f"{'objective USD':>16} {'vars':>8}"
     )
+    print(f"every method asked a relative gap of {args.gap:g} (solver.mip_rel_gap)")
     print(header)
     print("-" * len(header), flush=True)
     totals: dict[tuple[str, str], float] = {}
@@ -225,13 +242,15 @@ def main() -> None:
         count = QUICK[case] if args.quick else spec["scenarios"]
         methods = ["monolithic", "decomposition"] if case in args.monolithic and case != "D" else ["decomposition"]
         for method in methods:
-            row, peak, _ = run_child(["--child", case, method, str(count), "--time-limit", str(args.time_limit)])
+            limits = ["--time-limit", str(args.time_limit), "--gap", str(args.gap)]
+            row, peak, _ = run_child(["--child", case, method, str(count), *limits])
             if row is None:
                 print(f"{spec['label']:<28} {count:>6} {method:<13} failed (see stderr); peak {peak:.2f} GiB")
                 continue
             print(
                 f"{spec['label']:<28} {count:>6} {method:<13} {row['auto']:<13} {row['economics_s']:>7.1f} "
-                f"{row['build_s']:>8.1f} {row['solve_s']:>8.1f} {row['total_s']:>8.1f} {peak:>8.2f} "
+                f"{row['build_s']:>8.1f} {row['solve_s']:>8.1f} {row['report_s']:>8.1f} {row['total_s']:>8.1f} "
+                f"{peak:>8.2f} {row['driver_gib']:>6.2f} "
                 f"{row['status']:<10} {row['gap']:>8.1e} {row['objective']:>16,.0f} {row['variables']:>8}",
                 flush=True,
             )

@@ -23,13 +23,14 @@ import datetime as dt
 import numpy as np
 from pydantic import BaseModel
 
-from optimizer.allocation import Allocation, SiteProfits, converted_mw, lease_terms, site_profits
+from optimizer.allocation import Allocation, SiteProfits, converted_mw, lease_terms
 from optimizer.cashflows import capex_discount_factor, conversion_cash_usd, irr, payback_months
 from optimizer.constants import DAYS_PER_MONTH, HOURS_PER_DAY
-from optimizer.economics import GroupEconomics, nominal_view
+from optimizer.economics import GroupEconomics
 from optimizer.fleet import Fleet
 from optimizer.lifecycles import PlanGrid, purchase_price_usd, purchase_resale_usd, rack_resale_usd
 from optimizer.modes import Mode
+from optimizer.report_sums import ScenarioSums, report_means
 
 
 class ConversionResult(BaseModel):
@@ -79,8 +80,10 @@ class TimelineEvent(BaseModel):
 
 
 def conversion_results(
-    fleet: Fleet, grid: PlanGrid, economics: GroupEconomics, allocation: Allocation
+    fleet: Fleet, grid: PlanGrid, economics: GroupEconomics | ScenarioSums, allocation: Allocation
 ) -> list[ConversionResult]:
+    """`economics`: the run's economics, or their sums taken batch by batch (optimizer.report_sums)."""
+    mine_value = report_means(fleet, economics, allocation, grid).mine_value_usd
     terms = lease_terms(fleet, grid)
     offers = {o.id: o for o in fleet.lease_offers}
     out = []
@@ -109,7 +112,7 @@ def conversion_results(
                 rent_pv_usd=rent_pv,
                 terminal_value_usd=terminal,
                 project_npv_usd=rent_pv + terminal - capex_pv,
-                mining_forgone_pv_usd=_mining_forgone(fleet, grid, economics, site.id, k, allocation),
+                mining_forgone_pv_usd=_mining_forgone(fleet, grid, mine_value, site.id, k, allocation),
                 irr=irr(cash),
                 payback_months=payback_months(cash),
             )
@@ -117,13 +120,14 @@ def conversion_results(
     return out
 
 
-def _mining_forgone(fleet, grid: PlanGrid, economics, site_id: str, k: int, allocation: Allocation) -> float:
+def _mining_forgone(fleet, grid: PlanGrid, mine_value: np.ndarray, site_id: str, k: int, allocation: Allocation):
+    """Expected PV the site's converted racks would have mined from construction on; mine_value [Q, P] expected."""
     start = grid.conversion_start[site_id][k]
     total = 0.0
     for g, group in enumerate(fleet.rack_groups):
         if group.site == site_id:
             q = grid.group_profile[g]
-            value = economics.mine_value_usd[q, start:].sum(axis=0).mean()
+            value = mine_value[q, start:].sum()
             total += value * allocation.count(group.id, Mode.AI)
     return float(total)
 
@@ -133,12 +137,13 @@ def _date(fleet: Fleet, days: float) -> str:
 
 
 def year_figures(
-    fleet: Fleet, grid: PlanGrid, economics: GroupEconomics, allocation: Allocation
+    fleet: Fleet, grid: PlanGrid, economics: GroupEconomics | ScenarioSums, allocation: Allocation
 ) -> tuple[list[YearFigures], list[SiteYear]]:
-    view, nominal_grid = nominal_view(economics, grid)
-    profits = site_profits(fleet, view, allocation, nominal_grid)
+    """`economics`: the run's economics, or their sums taken batch by batch (optimizer.report_sums)."""
+    means = report_means(fleet, economics, allocation, grid)
+    profits = means.nominal
     year_of = grid.timeline.period_year()
-    depreciation = _depreciation_per_year(fleet, grid, economics, allocation)
+    depreciation = _depreciation_per_year(fleet, grid, means.end_hashprice_ratio, allocation)
     years, site_years = [], []
     for year in range(int(year_of.max()) + 1 if len(year_of) else 0):
         periods = year_of == year
@@ -192,10 +197,10 @@ def _ebitda(part: dict[str, np.ndarray], profits: SiteProfits) -> np.ndarray:
     )
 
 
-def _depreciation_per_year(fleet: Fleet, grid: PlanGrid, economics: GroupEconomics, allocation: Allocation) -> float:
-    """Expected loss of resale value of the machines that mine, per year of the horizon (nominal)."""
+def _depreciation_per_year(fleet: Fleet, grid: PlanGrid, end_ratio: float, allocation: Allocation) -> float:
+    """Expected loss of resale value of the machines that mine, per year of the horizon (nominal); end_ratio:
+    the expected hashprice at the horizon's end over the first day's."""
     years = grid.timeline.horizon_hours / HOURS_PER_DAY / (DAYS_PER_MONTH * 12)
-    end_ratio = float(economics.hashprice_ratio[-1].mean())
     counts = allocation.lifecycle_counts(fleet)
     lost = 0.0
     for g, group in enumerate(fleet.rack_groups):
@@ -231,8 +236,10 @@ def _rack_events(fleet: Fleet, grid: PlanGrid, allocation: Allocation) -> list[T
 
 
 def timeline_events(
-    fleet: Fleet, grid: PlanGrid, economics: GroupEconomics, allocation: Allocation
+    fleet: Fleet, grid: PlanGrid, economics: GroupEconomics | ScenarioSums, allocation: Allocation
 ) -> list[TimelineEvent]:
+    """`economics`: the run's economics, or their sums taken batch by batch (optimizer.report_sums)."""
+    means = report_means(fleet, economics, allocation, grid)
     events: list[TimelineEvent] = []
     terms = lease_terms(fleet, grid)
     events += _rack_events(fleet, grid, allocation)
@@ -241,7 +248,7 @@ def timeline_events(
         if n:
             date = _date(fleet, grid.boundary_days(lot.delivery))
             events.append(TimelineEvent(date=date, event="delivery", detail=f"{n} racks of {lot.key}"))
-    for conversion in conversion_results(fleet, grid, economics, allocation):
+    for conversion in conversion_results(fleet, grid, means, allocation):
         events.append(TimelineEvent(date=conversion.start_date, event="construction_start", detail=conversion.site))
         events.append(
             TimelineEvent(date=conversion.ready_date, event="hall_ready", detail=f"{conversion.site}: first rent")
@@ -251,10 +258,10 @@ def timeline_events(
         months = term.ready_months + fleet.lease_offer(offer_id).term_months
         detail = f"{offer_id} at {site_id}, {mw:.1f} MW"
         events.append(TimelineEvent(date=_date(fleet, months * DAYS_PER_MONTH), event="lease_end", detail=detail))
-    halving = economics.halving_step[economics.halving_step < grid.timeline.n_steps]
+    halving = means.halving_step[means.halving_step < grid.timeline.n_steps]
     if len(halving):
         days = float(np.median(halving)) * grid.timeline.step_hours / HOURS_PER_DAY
-        share = len(halving) / economics.n_scenarios
+        share = len(halving) / means.n_scenarios
         events.append(
             TimelineEvent(date=_date(fleet, days), event="halving", detail=f"median date, in {share:.0%} of scenarios")
         )

@@ -18,14 +18,14 @@ from optimizer.allocation import (
     planned_mining_kw,
     present_racks,
     rack_ranges,
-    site_profits,
 )
 from optimizer.constants import KW_PER_MW
 from optimizer.deal_report import ConversionResult, SiteYear, TimelineEvent, YearFigures
-from optimizer.economics import NO_SITE, GroupEconomics, breakeven_power_price_usd_per_mwh, economics_grid
+from optimizer.economics import GroupEconomics, breakeven_power_price_usd_per_mwh, economics_grid
 from optimizer.fleet import Fleet
-from optimizer.lifecycles import PlanGrid, lifecycle_values_usd, plan_grid
+from optimizer.lifecycles import PlanGrid, plan_grid
 from optimizer.rack_ranges import RackRange, expand
+from optimizer.report_sums import ScenarioSums, report_means
 from optimizer.robustness import RobustnessReport
 from optimizer.tree_report import TreeReport
 
@@ -205,19 +205,21 @@ class PlanResult(BaseModel):
 
 
 def group_allocations(
-    fleet: Fleet, economics: GroupEconomics, allocation: Allocation, grid: PlanGrid | None = None
+    fleet: Fleet, economics: GroupEconomics | ScenarioSums, allocation: Allocation, grid: PlanGrid | None = None
 ) -> list[GroupAllocation]:
+    """`economics`: the run's economics, or their sums taken batch by batch (optimizer.report_sums)."""
     grid = grid or economics_grid(fleet, economics)
-    hashprice = float(economics.mean_hashprice_usd_per_ph_day.mean())
-    dispatched = site_profits(fleet, economics, allocation, grid).group_mine_value_usd
-    price_rule = price_rule_value_usd(economics)
-    option_values = lifecycle_values_usd(fleet, grid, economics).mean(axis=2)
+    means = report_means(fleet, economics, allocation, grid)
+    hashprice = means.hashprice_usd_per_ph_day
+    dispatched = means.pv.group_mine_value_usd
+    price_rule = means.price_rule_value_usd
+    option_values = means.option_values_usd
     counts = allocation.lifecycle_counts(fleet)
     out = []
     for g, group in enumerate(fleet.rack_groups):
         q = grid.group_profile[g]
         mining = sum(n for key, n in counts.get(group.id, {}).items() if key == "mine")
-        value = dispatched[g].mean() / mining if mining else price_rule[q].mean()
+        value = dispatched[g].mean() / mining if mining else price_rule[q]
         ranges = rack_ranges(group, allocation)
         efficiency = fleet.machine(group.machine).efficiency_j_per_th
         pue = fleet.site(group.site).pue_mining
@@ -233,7 +235,7 @@ def group_allocations(
                     life.key: float(option_values[g, ell]) for ell, life in enumerate(grid.lifecycles[g])
                 },
                 expected_mine_value_usd_per_rack=float(value),
-                run_fraction=float(economics.run_fraction[q].mean()),
+                run_fraction=float(means.run_fraction[q]),
                 breakeven_power_price_usd_per_mwh=breakeven_power_price_usd_per_mwh(
                     hashprice, efficiency, pue, fleet.pool_fee_fraction
                 ),
@@ -281,21 +283,12 @@ def _date_at(fleet: Fleet, grid: PlanGrid, boundary: int) -> str:
     return (fleet.horizon.start + dt.timedelta(hours=hours)).isoformat()
 
 
-def price_rule_value_usd(economics: GroupEconomics) -> np.ndarray:
-    """[Q, S] PV of one rack of each profile mining all horizon by the price rule alone (no cap or call)."""
-    value = economics.mine_value_usd.sum(axis=1)
-    item_p, item_s = np.nonzero(economics.item_slot != NO_SITE)
-    margin = economics.item_hash_revenue_usd[item_p, item_s] - economics.item_power_cost_usd[item_p, item_s]
-    discount = economics.coupled_discount[economics.item_slot[item_p, item_s], item_s]
-    np.add.at(value, (economics.item_group[item_p, item_s], item_s), margin * discount)
-    return value
-
-
 def site_breakdowns(
-    fleet: Fleet, economics: GroupEconomics, allocation: Allocation, grid: PlanGrid | None = None
+    fleet: Fleet, economics: GroupEconomics | ScenarioSums, allocation: Allocation, grid: PlanGrid | None = None
 ) -> list[SiteBreakdown]:
+    """`economics`: the run's economics, or their sums taken batch by batch (optimizer.report_sums)."""
     grid = grid or economics_grid(fleet, economics)
-    profits = site_profits(fleet, economics, allocation, grid)
+    profits = report_means(fleet, economics, allocation, grid).pv
     planned_kw = planned_mining_kw(fleet, grid, present_racks(fleet, grid, allocation))
     period_hours = np.diff(grid.timeline.bounds) * grid.timeline.step_hours
 

@@ -46,6 +46,13 @@ def _summary_task(fleet: Fleet, economics: GroupEconomics) -> BatchSummary:
     return summarize(fleet, economics)
 
 
+@lazy_remote(num_cpus=1)
+def _report_sums_task(fleet: Fleet, economics: GroupEconomics, allocation):
+    from optimizer.report_sums import scenario_sums
+
+    return scenario_sums(fleet, economics, allocation)
+
+
 @dataclass(frozen=True)
 class EconomicsBatches:
     """Per-batch economics by reference (Ray) or value (in-process), with their summaries, in scenario order."""
@@ -89,6 +96,14 @@ class EconomicsBatches:
 
     def starts(self) -> list[int]:
         return np.concatenate(([0], np.cumsum([s.n_scenarios for s in self.summaries])))[:-1].astype(int).tolist()
+
+    def report_sums(self, fleet: Fleet, allocation, workers: int | None = None):
+        """The plan report's sums over every scenario (optimizer.report_sums): one task per batch sums its
+        own scenarios where they live, the driver adds the sums in batch order."""
+        from optimizer.report_sums import sum_batches
+
+        fleet_ref, allocation_ref = put(fleet), put(allocation)
+        return sum_batches(fan_out(_report_sums_task, [(fleet_ref, ref, allocation_ref) for ref in self.refs], workers))
 
     def gather(self) -> GroupEconomics:
         """Every scenario in this process: only for callers that need them all at once."""

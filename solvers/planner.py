@@ -29,6 +29,7 @@ from optimizer.plan_result import (
     group_breakevens,
     site_breakdowns,
 )
+from optimizer.report_sums import scenario_sums
 from optimizer.risk import profit_stats
 from optimizer.scenarios import ScenarioSet, concat_scenarios, generate_scenarios, hourly_means, select_rows
 from optimizer.ties import break_ties
@@ -324,7 +325,12 @@ def _plan_fleet(fleet, provided, count, workers, keep_scenarios, progress, solve
     timings: dict[str, float] = {}
     start = time.perf_counter()
     spec = ScenarioSpec(count=count, seed=fleet.scenarios.seed, provided=provided)
-    economics, scenarios = compute_economics(fleet, spec, fleet.scenarios.batch_size, workers, keep_scenarios, progress)
+    if not keep_scenarios and decomposes(fleet, count):  # the batches stay where they were computed
+        economics, scenarios = economics_batches(fleet, spec, fleet.scenarios.batch_size, workers, progress), None
+    else:
+        economics, scenarios = compute_economics(
+            fleet, spec, fleet.scenarios.batch_size, workers, keep_scenarios, progress
+        )
     timings["scenarios_s"] = time.perf_counter() - start
 
     progress("solve", 0, 1)
@@ -341,6 +347,16 @@ def _plan_fleet(fleet, provided, count, workers, keep_scenarios, progress, solve
         timings["hourly_twin_s"] = time.perf_counter() - hourly_start
     timings["total_s"] = time.perf_counter() - start
     return result.model_copy(update={"timings_s": timings}), scenarios
+
+
+def decomposes(fleet: Fleet, count: int) -> bool:
+    """Whether the solve will decompose, known before the economics: `decomposition`, or `auto` at
+    AUTO_MIN_SCENARIOS scenarios or more. (`auto` may also decompose a smaller run on its nonzeros, which
+    are counted from the economics: that run gathers them, as the monolithic MIP does.)"""
+    from solvers.decomposition import AUTO_MIN_SCENARIOS, SolveMethod
+
+    method = fleet.solver.method
+    return method is SolveMethod.DECOMPOSITION or (method is SolveMethod.AUTO and count >= AUTO_MIN_SCENARIOS)
 
 
 def hourly_fleet(fleet: Fleet) -> Fleet:
@@ -394,14 +410,20 @@ def _solve_on_ray(fleet: Fleet, economics: GroupEconomics) -> SolvedPlan:
 
 
 def assemble_plan(
-    fleet: Fleet, economics: GroupEconomics, solved: SolvedPlan, spec: ScenarioSpec, source: str
+    fleet: Fleet, economics: GroupEconomics | EconomicsBatches, solved: SolvedPlan, spec: ScenarioSpec, source: str
 ) -> PlanResult:
+    """The plan's report. Batches left in the object store (`economics_batches`) are summed where they live
+    and only their sums come here (optimizer/report_sums.py): the driver never holds every scenario."""
     allocation, grid = solved.allocation, economics_grid(fleet, economics)
-    profits = scenario_profits_usd(fleet, economics, allocation, grid)
-    stats = profit_stats(profits, fleet.risk.alpha)
+    if isinstance(economics, EconomicsBatches):
+        sums = economics.report_sums(fleet, allocation)
+    else:
+        sums = scenario_sums(fleet, economics, allocation, grid)
+    means = sums.means()
+    stats = profit_stats(sums.profit_usd, fleet.risk.alpha)
     ai_sites, offers = ai_results(fleet, allocation, grid)
-    hashprice = float(economics.mean_hashprice_usd_per_ph_day.mean())
-    years, site_years = year_figures(fleet, grid, economics, allocation)
+    hashprice = means.hashprice_usd_per_ph_day
+    years, site_years = year_figures(fleet, grid, means, allocation)
     rate = fleet.finance.discount_rate_per_year
     return PlanResult(
         fleet=fleet.name,
@@ -410,11 +432,11 @@ def assemble_plan(
         weight=fleet.risk.weight,
         horizon_days=fleet.horizon.days,
         expected_hashprice_usd_per_ph_day=hashprice,
-        allocation=group_allocations(fleet, economics, allocation, grid),
+        allocation=group_allocations(fleet, means, allocation, grid),
         ai_sites=ai_sites,
         offers=offers,
         profit=stats.as_dict(),
-        sites=site_breakdowns(fleet, economics, allocation, grid),
+        sites=site_breakdowns(fleet, means, allocation, grid),
         breakeven=group_breakevens(fleet, hashprice),
         solver=SolverReport(
             status=solved.outcome.status,
@@ -443,10 +465,10 @@ def assemble_plan(
         if rate
         else "nominal (no discounting)",
         purchases=dict(allocation.purchases),
-        conversions=conversion_results(fleet, grid, economics, allocation),
+        conversions=conversion_results(fleet, grid, means, allocation),
         years=years,
         site_years=site_years,
-        timeline=timeline_events(fleet, grid, economics, allocation),
+        timeline=timeline_events(fleet, grid, means, allocation),
     )
 
 
