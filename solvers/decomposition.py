@@ -7,7 +7,9 @@ dispatch column per candidate rack and slot. Its size grows with the scenarios. 
 - The master holds the first stage (`add_first_stage`, plus the scenario-independent AI shedding
   levels of `_add_shed_levels`: binaries `ai_over_cap` and `shed_kw`, shared by every scenario),
   an epigraph variable `eta` for the risk term and one `theta[w]` per scenario that has coupled
-  steps; nothing else grows with the scenarios but the cuts.
+  steps; nothing else grows with the scenarios but the cuts. It also counts the converted racks per
+  (site, start, rack kW) in redundant integers (`add_converted_rack_counts`) and runs without presolve,
+  which would remove them: branching on a count closes the gap that near-identical groups leave open.
 - Scenario profit is Z_w(y) = a_w . y + b_w + Q_w(y): a_w, b_w the linear part of `profit_def`
   (rack, purchase, lease and shedding values; first-stage PV; contract constant) and Q_w the
   coupled-step dispatch, the value of an LP in the run variables given y. Per slot that LP is a
