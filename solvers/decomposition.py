@@ -7,7 +7,9 @@ dispatch column per candidate rack and slot. Its size grows with the scenarios. 
 - The master holds the first stage (`add_first_stage`, plus the scenario-independent AI shedding
   levels of `_add_shed_levels`: binaries `ai_over_cap` and `shed_kw`, shared by every scenario),
   an epigraph variable `eta` for the risk term and one `theta[w]` per scenario that has coupled
-  steps; nothing else grows with the scenarios but the cuts.
+  steps; nothing else grows with the scenarios but the cuts. It also counts the converted racks per
+  (site, start, rack kW) in redundant integers (`add_converted_rack_counts`) and runs without presolve,
+  which would remove them: branching on a count closes the gap that near-identical groups leave open.
 - Scenario profit is Z_w(y) = a_w . y + b_w + Q_w(y): a_w, b_w the linear part of `profit_def`
   (rack, purchase, lease and shedding values; first-stage PV; contract constant) and Q_w the
   coupled-step dispatch, the value of an LP in the run variables given y. Per slot that LP is a
@@ -68,6 +70,11 @@ MASTER_GAP_SHRINK = 0.1  # the next master's gap: this share of the certified ga
 # intermediate gap there is usually followed by one more full solve at the tolerance (HiGHS keeps no
 # tree between solves), which on the 300-group events case cost ~100 s for nothing.
 TIGHTEN_WITHIN = 100.0
+# HiGHS's presolve substitutes the converted-rack counts (`add_converted_rack_counts`) out again (an integer
+# column in one equality row), and with them the branching that closes the master's gap: on the 300-group
+# events case (50 scenarios) the last master proved 1e-6 in 56 nodes without presolve, and stalled at 3.6e-6
+# for 60 s with it (and without the counts, either way). The master is small, so presolve saves little.
+MASTER_PRESOLVE = "off"
 
 # `auto`: decomposition when the compact model's scenario part is large: 500 scenarios or more, or
 # more than AUTO_THRESHOLD_NONZEROS nonzeros in its scenario rows (S x (rack lifecycles + purchases +
@@ -215,8 +222,38 @@ def build_master_model(fleet: Fleet, grid, levels: list):
     model = pyo.ConcreteModel(name="hashpivot_master")
     add_first_stage(model, fleet, grid)
     _add_shed_levels(model, fleet, levels, {s.id: max_ai_load_kw(fleet, s) for s in fleet.sites})
+    add_converted_rack_counts(model, fleet, grid)
     model.objective = pyo.Objective(expr=model.first_stage_usd, sense=pyo.maximize)
     return model
+
+
+def converted_rack_classes(fleet: Fleet, grid) -> dict[tuple[str, int, float], list[tuple[int, int]]]:
+    """(site, start option, rack kW) -> the (g, l) whose racks convert there at that start: the racks of
+    one class weigh the same in the site's converted MW (`ai_mw`)."""
+    classes: dict[tuple[str, int, float], list[tuple[int, int]]] = {}
+    for g, options in enumerate(grid.lifecycles):
+        group = fleet.rack_groups[g]
+        for ell, option in enumerate(options):
+            if option.conversion is not None:
+                key = (group.site, int(option.conversion), float(fleet.rack_power_kw(group)))
+                classes.setdefault(key, []).append((g, ell))
+    return {key: members for key, members in classes.items() if len(members) > 1}
+
+
+def add_converted_rack_counts(model, fleet: Fleet, grid) -> None:
+    """Integer converted_racks[c] = sum of x over class c (`converted_rack_classes`): redundant (x is integer),
+    but a branch on it moves every near-identical group at once. Without it the master's bound stalls: the LP
+    converts exactly a lease's MW, a fractional rack, and branching on one group's x only moves that fraction
+    to the next group at an unchanged bound (300 groups, events + DR: 3.6e-6 open after 885 s)."""
+    import pyomo.environ as pyo
+
+    classes = converted_rack_classes(fleet, grid)
+    model.RACK_CLASSES = pyo.Set(initialize=range(len(classes)))
+    members = list(classes.values())
+    model.converted_racks = pyo.Var(model.RACK_CLASSES, domain=pyo.NonNegativeIntegers)
+    model.converted_racks_def = pyo.Constraint(
+        model.RACK_CLASSES, rule=lambda m, c: m.converted_racks[c] == sum(m.x[g, ell] for g, ell in members[c])
+    )
 
 
 def master_layout(model, fleet: Fleet, grid, matrix) -> tuple[Layout, list]:
@@ -740,6 +777,7 @@ def solve_decomposition(
     # master: y, then eta (risk), then theta per coupled scenario
     highs = _load(matrix, max(deadline - time.perf_counter(), 1e-3), tol, solver.threads, None)
     highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("presolve", MASTER_PRESOLVE)
     inf = highspy.kHighsInf
     for var in columns[matrix.n_cols :]:  # columns the compiler dropped (in no row)
         lb, ub = (var.value, var.value) if var.fixed else var.bounds

@@ -18,6 +18,7 @@ from solvers.decomposition import (
     EARLY_MASTER_GAP,
     build_master_model,
     choose_method,
+    converted_rack_classes,
     coupled_levels,
     dispatch_values,
     master_layout,
@@ -226,3 +227,47 @@ def test_master_gap_loose_first_then_the_tolerance():
     assert next_master_gap(4e-4, 8e-3, tol) == pytest.approx(4e-4)  # the open gap grew: keep the tighter
     assert next_master_gap(4e-4, 9e-5, tol) == tol  # within 100 tolerances: straight to it
     assert next_master_gap(1e-3, 0.0, 1e-4) == 1e-4
+
+
+def _split_groups(data: dict, ways: int) -> dict:
+    """Each rack group split into `ways` groups of slightly different opex, as bench/bench_scale.py does:
+    near-identical groups whose converted racks weigh the same in a site's AI MW."""
+    out = []
+    for group in data["rack_groups"]:
+        racks = [group["racks"] // ways + (1 if j < group["racks"] % ways else 0) for j in range(ways)]
+        for j, count in enumerate(racks):
+            if count:
+                opex = group.get("opex_usd_per_rack_day", 0.0) * (0.9 + 0.2 * j / max(1, ways - 1))
+                out.append({**group, "id": f"{group['id']}-{j}", "racks": count, "opex_usd_per_rack_day": opex})
+    return {**data, "rack_groups": out}
+
+
+def test_converted_rack_counts_are_the_sums_of_their_classes_and_keep_the_optimum():
+    """Each count sums racks converting at one (site, start) with one rack kW; the master with them (and
+    without presolve) still finds the monolithic MIP's optimum on near-identical groups with events and DR."""
+    fleet = parse_fleet(_split_groups(events_fleet_data(days=3, scenarios=8), 3))
+    fleet = with_overrides(fleet, {"risk": {"objective": "cvar", "alpha": 0.8, "weight": 0.5}})
+    economics = _economics(fleet, 10)
+    grid = economics_grid(fleet, economics)
+    classes = converted_rack_classes(fleet, grid)
+    assert classes  # the split groups share a class
+    for (site, start, kw), members in classes.items():
+        for g, ell in members:
+            group = fleet.rack_groups[g]
+            assert (group.site, grid.lifecycles[g][ell].conversion, fleet.rack_power_kw(group)) == (site, start, kw)
+    converting = {
+        (g, ell)
+        for g, options in enumerate(grid.lifecycles)
+        for ell, o in enumerate(options)
+        if o.conversion is not None
+    }
+    in_classes = [m for members in classes.values() for m in members]
+    assert len(in_classes) == len(set(in_classes)) and set(in_classes) <= converting
+    _, dec = _assert_same_optimum(fleet, economics)
+    with in_process():
+        solver = fleet.solver.model_copy(update={"method": SolveMethod.DECOMPOSITION, "mip_rel_gap": REL_TOL})
+        result = solve_decomposition(fleet, economics, fleet.risk, solver, 120)
+    model = result.model
+    for c, members in enumerate(classes.values()):
+        assert model.converted_racks[c].value == pytest.approx(sum(model.x[g, ell].value for g, ell in members))
+    assert result.outcome.objective_usd == pytest.approx(dec.outcome.objective_usd, rel=REL_TOL)
