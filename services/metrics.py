@@ -46,14 +46,23 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every call; the code is the one the handler ended with."""
+    """Counts and times every call; the code is the one the handler ended with.
+
+    The measured handler is made once per handler it wraps (AuthInterceptor hands out one per method
+    and caller) with its method's metric children looked up once, not per call."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method.rsplit("/", 1)[-1]
-        return wrap_handler(handler, lambda behavior: _measured(behavior, method))
+        known = self._handlers.get(id(handler))
+        if known is None:  # keyed by identity, the handler kept alive in the value so its id stays its own
+            method = details.method.rsplit("/", 1)[-1]
+            known = self._handlers[id(handler)] = (handler, wrap_handler(handler, lambda b: _measured(b, method)))
+        return known[1]
 
 
 def _code_name(context) -> str:
@@ -64,6 +73,20 @@ def _code_name(context) -> str:
 
 
 def _measured(behavior: Callable, method: str) -> Callable:
+    seconds = RPC_SECONDS.labels(method)
+    totals: dict[str, Counter] = {}
+
+    def observe(context, start: float) -> None:
+        seconds.observe(time.perf_counter() - start)
+        try:
+            code = _code_name(context)
+        except Exception:  # noqa: BLE001 - a metric must never fail a call
+            code = "UNKNOWN"
+        total = totals.get(code)
+        if total is None:
+            total = totals[code] = RPC_TOTAL.labels(method, code)
+        total.inc()
+
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request, context):
@@ -72,7 +95,7 @@ def _measured(behavior: Callable, method: str) -> Callable:
                 async for response in behavior(request, context):
                     yield response
             finally:
-                _observe(method, context, start)
+                observe(context, start)
 
         return stream
 
@@ -81,15 +104,6 @@ def _measured(behavior: Callable, method: str) -> Callable:
         try:
             return await behavior(request, context)
         finally:
-            _observe(method, context, start)
+            observe(context, start)
 
     return unary
-
-
-def _observe(method: str, context, start: float) -> None:
-    RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
-    try:
-        code = _code_name(context)
-    except Exception:  # noqa: BLE001 - a metric must never fail a call
-        code = "UNKNOWN"
-    RPC_TOTAL.labels(method, code).inc()
