@@ -37,6 +37,9 @@ JOB_SECONDS = Histogram(
 SOLVE_SECONDS = Histogram("hashpivot_solve_seconds", "MIP solve wall time, seconds", buckets=(0.1, 1, 5, 30, 120, 600))
 STORE_WRITE_ERRORS = Counter("hashpivot_store_write_errors_total", "failed database writes")
 STORE_WRITABLE = Gauge("hashpivot_store_writable", "1 while the job store accepts writes")
+# Registered services hand out one handler per method, AuthInterceptor one per method and caller: far
+# fewer than this. A handler made per call by some future service is then measured uncached, not leaked.
+MAX_CACHED_HANDLERS = 10_000
 ADMISSION_REFUSALS = Counter("hashpivot_admission_refusals_total", "requests refused by admission", ["limit"])
 
 
@@ -61,7 +64,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         known = self._handlers.get(id(handler))
         if known is None:  # keyed by identity, the handler kept alive in the value so its id stays its own
             method = details.method.rsplit("/", 1)[-1]
-            known = self._handlers[id(handler)] = (handler, wrap_handler(handler, lambda b: _measured(b, method)))
+            known = (handler, wrap_handler(handler, lambda b: _measured(b, method)))
+            if len(self._handlers) < MAX_CACHED_HANDLERS:
+                self._handlers[id(handler)] = known
         return known[1]
 
 
