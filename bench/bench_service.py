@@ -8,7 +8,9 @@ database; bearer-token auth on, as in production), plans examples/tiny.yaml, the
    not all behind one GIL), each with its own channel and token, sending back-to-back calls for
    `--seconds`: calls/s and client-side p50/p99/max, on an idle server, against a bare grpc.aio
    server that returns a fixed reply (what gRPC, the Python clients and the machine allow at that
-   moment: the ratio is hashpivot's share of it), and while a plan job of examples/fleet.yaml runs;
+   moment: the ratio is hashpivot's share of it), and while a plan job of examples/fleet.yaml runs,
+   against hashpivot and then, the job still running, against the bare server (what the job's load
+   on the machine alone does to the clients);
 2. stop latency: seconds from a CancelPlanJob of a running fleet.yaml job, from the deadline of an
    Optimize of it, and from its caller dropping such an Optimize, until the work is gone: no Ray
    worker of the tree runs a task (economics, HiGHS) and the server process is idle again;
@@ -369,6 +371,12 @@ def main() -> None:
                 still = client.get(job.job_id)[0].state == RUNNING
                 report(f"{args.clients} clients, fleet.yaml job running{'' if still else ' (job ended early)'}",
                        rate, latencies)  # fmt: skip
+                if still:  # the same clients against the bare server while the job still takes the machine
+                    bare_rate, latencies = bare_grpc_load(args.clients, args.processes, args.seconds)
+                    still = client.get(job.job_id)[0].state == RUNNING
+                    report(f"{args.clients} clients, bare grpc.aio server, same job running"
+                           f"{'' if still else ' (job ended early)'}", bare_rate, latencies)  # fmt: skip
+                    print(f"  hashpivot's rate under the job / the bare server's: {rate / bare_rate:.2f}", flush=True)
                 if still:
                     client.cancel(job.job_id)
                 print(f"stop latency (target 2 s); machine: {machine()}", flush=True)

@@ -179,24 +179,34 @@ def _method_name(full_method: str) -> str:
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED without a valid token, PERMISSION_DENIED outside the role; otherwise the handler
-    runs with `current_caller()` set. Checked per call, before the request is even deserialized."""
+    runs with `current_caller()` set. Checked per call, before the request is even deserialized.
+
+    The handler it returns is made once per (method, caller) and reused: building one per call cost
+    every Dispatch an extra handler and closures, a measurable share of a ~0.5 ms call under load."""
 
     def __init__(self, authenticator: Authenticator):
         self._auth = authenticator
+        self._handlers: dict[tuple[str, Caller | None], grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
         caller = self._auth.caller(details.invocation_metadata)
-        if caller is None:
-            return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
-        if details.method.startswith(SERVICE_PREFIX) and not caller.may_call(_method_name(details.method)):
-            message = f"role {caller.role.value} may not call {_method_name(details.method)}"
-            return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, message)
-        method = _method_name(details.method)
-        request_id = _request_id(details.invocation_metadata)
-        return wrap_handler(handler, lambda behavior: _with_caller(behavior, caller, method, request_id))
+        key = (details.method, caller)
+        checked = self._handlers.get(key)
+        if checked is None:  # bounded: methods x the callers of the tokens file (and None)
+            checked = self._handlers[key] = _checked_handler(handler, details.method, caller)
+        return checked
+
+
+def _checked_handler(handler: grpc.RpcMethodHandler, full_method: str, caller: Caller | None) -> grpc.RpcMethodHandler:
+    method = _method_name(full_method)
+    if caller is None:
+        return _refusal(handler, grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+    if full_method.startswith(SERVICE_PREFIX) and not caller.may_call(method):
+        return _refusal(handler, grpc.StatusCode.PERMISSION_DENIED, f"role {caller.role.value} may not call {method}")
+    return wrap_handler(handler, lambda behavior: _with_caller(behavior, caller, method))
 
 
 # Ids for calls that bring none: a random prefix per server process and a counter, unique in its
@@ -211,22 +221,22 @@ def _request_id(metadata) -> str:
     return given[:64] if isinstance(given, str) and given else f"{_REQUEST_PREFIX}-{next(_REQUEST_COUNTER):x}"
 
 
-def _with_caller(behavior: Callable, caller: Caller, method: str, request_id: str) -> Callable:
-    def enter() -> None:
+def _with_caller(behavior: Callable, caller: Caller, method: str) -> Callable:
+    def enter(context) -> None:
         _CALLER.set(caller)
-        logs.bind(rpc=method, caller=caller.name, request_id=request_id)
+        logs.bind(rpc=method, caller=caller.name, request_id=_request_id(context.invocation_metadata()))
 
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request, context):
-            enter()
+            enter(context)
             async for response in behavior(request, context):
                 yield response
 
         return stream
 
     async def unary(request, context):
-        enter()
+        enter(context)
         return await behavior(request, context)
 
     return unary

@@ -37,6 +37,9 @@ JOB_SECONDS = Histogram(
 SOLVE_SECONDS = Histogram("hashpivot_solve_seconds", "MIP solve wall time, seconds", buckets=(0.1, 1, 5, 30, 120, 600))
 STORE_WRITE_ERRORS = Counter("hashpivot_store_write_errors_total", "failed database writes")
 STORE_WRITABLE = Gauge("hashpivot_store_writable", "1 while the job store accepts writes")
+# Registered services hand out one handler per method, AuthInterceptor one per method and caller: far
+# fewer than this. A handler made per call by some future service is then measured uncached, not leaked.
+MAX_CACHED_HANDLERS = 10_000
 ADMISSION_REFUSALS = Counter("hashpivot_admission_refusals_total", "requests refused by admission", ["limit"])
 
 
@@ -46,14 +49,25 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every call; the code is the one the handler ended with."""
+    """Counts and times every call; the code is the one the handler ended with.
+
+    The measured handler is made once per handler it wraps (AuthInterceptor hands out one per method
+    and caller) with its method's metric children looked up once, not per call."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None:
             return handler
-        method = details.method.rsplit("/", 1)[-1]
-        return wrap_handler(handler, lambda behavior: _measured(behavior, method))
+        known = self._handlers.get(id(handler))
+        if known is None:  # keyed by identity, the handler kept alive in the value so its id stays its own
+            method = details.method.rsplit("/", 1)[-1]
+            known = (handler, wrap_handler(handler, lambda b: _measured(b, method)))
+            if len(self._handlers) < MAX_CACHED_HANDLERS:
+                self._handlers[id(handler)] = known
+        return known[1]
 
 
 def _code_name(context) -> str:
@@ -64,6 +78,20 @@ def _code_name(context) -> str:
 
 
 def _measured(behavior: Callable, method: str) -> Callable:
+    seconds = RPC_SECONDS.labels(method)
+    totals: dict[str, Counter] = {}
+
+    def observe(context, start: float) -> None:
+        seconds.observe(time.perf_counter() - start)
+        try:
+            code = _code_name(context)
+        except Exception:  # noqa: BLE001 - a metric must never fail a call
+            code = "UNKNOWN"
+        total = totals.get(code)
+        if total is None:
+            total = totals[code] = RPC_TOTAL.labels(method, code)
+        total.inc()
+
     if inspect.isasyncgenfunction(behavior):
 
         async def stream(request, context):
@@ -72,7 +100,7 @@ def _measured(behavior: Callable, method: str) -> Callable:
                 async for response in behavior(request, context):
                     yield response
             finally:
-                _observe(method, context, start)
+                observe(context, start)
 
         return stream
 
@@ -81,15 +109,6 @@ def _measured(behavior: Callable, method: str) -> Callable:
         try:
             return await behavior(request, context)
         finally:
-            _observe(method, context, start)
+            observe(context, start)
 
     return unary
-
-
-def _observe(method: str, context, start: float) -> None:
-    RPC_SECONDS.labels(method).observe(time.perf_counter() - start)
-    try:
-        code = _code_name(context)
-    except Exception:  # noqa: BLE001 - a metric must never fail a call
-        code = "UNKNOWN"
-    RPC_TOTAL.labels(method, code).inc()

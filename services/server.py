@@ -15,12 +15,15 @@
 - Ray: joins the cluster at --ray-address / $RAY_ADDRESS, else starts an embedded local Ray bound
   to loopback, its workers at a lower CPU priority than the server (solvers/ray_pool.py), so that
   a running plan does not starve Dispatch calls; an already initialised Ray (tests, notebooks) is reused.
+- GC: once started, the heap is frozen out of Python's collector (freeze_heap), so a full collection
+  no longer stalls every call in flight for ~0.1 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -62,6 +65,10 @@ RAY_PROBE_TIMEOUT_S = 10.0
 RAY_PROBE_FAILURES = 3  # consecutive failed probes before Ray counts as lost (a busy machine is slow, not dead)
 RAY_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: the supervisor (services/supervisor.py) starts a new server and Ray
 RUN_THREADS = 32  # runs wait on Ray in threads: enough that Optimize calls do not queue behind jobs
+# Python's young generation is collected every GC_GEN0_THRESHOLD net allocations (CPython's default is
+# 700: a collection every ~10 Dispatch calls under load). Each costs tens of microseconds at this
+# size, so a larger one only spends the same work in fewer, still short, pauses.
+GC_GEN0_THRESHOLD = 7_000
 
 
 def default_port() -> int:
@@ -141,6 +148,20 @@ def _is_loopback(host: str) -> bool:
     return False
 
 
+def freeze_heap() -> None:
+    """Move every object alive after start-up out of the collector's sight.
+
+    Why: the server process holds ~170k long-lived objects (Ray, Pyomo, pydantic, grpc modules and
+    their caches). A full collection scans them all, 110-130 ms on 2 cores, and every call in flight
+    waits for it: it was the max (136 ms) and much of the p99 of 30 Dispatch clients. Frozen objects are
+    never scanned again, so a full collection only looks at what was made since; the frozen ones are
+    never freed either, which costs nothing since they live as long as the process.
+    """
+    gc.collect()  # garbage of the start-up is freed, not frozen for good
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 class PlannerServer:
     """The server and everything it owns: store, job runner, progress relay, health."""
 
@@ -197,6 +218,7 @@ class PlannerServer:
         await self.runner.start()
         await self._set_health(True)
         self._maintenance = asyncio.create_task(self._maintain())
+        freeze_heap()
         log.info(
             "serving on %s:%d (%s, database %s)",
             config.host,

@@ -104,7 +104,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from services.supervisor import supervise
 
         return supervise(sys.argv[1:])
-    ensure_ray(args.ray_address)  # from the main thread, where Ray installs its own signal handling
+    # From the main thread, where Ray installs its own signal handling; an embedded Ray at a lower CPU priority
+    # than the server (solvers/ray_pool.py): PlannerServer.start finds it started and cannot lower it then.
+    ensure_ray(args.ray_address, yield_to_serving=True)
     asyncio.run(serve(config))
     return 0
 

@@ -151,9 +151,44 @@ SERVING_WORKER_NICENESS = 10
 def lower_worker_priority() -> None:
     """Ray's worker_process_setup_hook for a serving process's embedded Ray: every thread of the worker
     (Linux niceness is per thread; threads started later inherit it) at SERVING_WORKER_NICENESS."""
-    for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [str(os.getpid())]:
+    _lower_threads("self")
+
+
+def _lower_threads(pid: int | str) -> None:
+    tasks = f"/proc/{pid}/task"
+    for tid in os.listdir(tasks) if os.path.isdir(tasks) else [str(os.getpid() if pid == "self" else pid)]:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, int(tid), SERVING_WORKER_NICENESS)
+
+
+def lower_embedded_ray_priority() -> None:
+    """Every thread of the processes the embedded Ray consists of (GCS, raylet, agents, workers started so
+    far: this process's descendants) at SERVING_WORKER_NICENESS.
+
+    Why, besides worker_process_setup_hook: that hook runs only once a worker has imported Ray and our
+    modules (1-2 s of CPU per worker start, at the server's priority), and the raylet and GCS work
+    hardest while a plan's tasks are scheduled. A worker the raylet forks afterwards inherits its
+    niceness from the raylet's thread, so it is low from its first instruction.
+    """
+    for pid in _descendants(os.getpid()):
+        _lower_threads(pid)
+
+
+def _descendants(root: int) -> list[int]:
+    """Processes under `root`, from the parent pid field of /proc/PID/stat (empty off Linux)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if entry.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+    found, frontier = [], list(children.get(root, ()))
+    while frontier:
+        pid = frontier.pop()
+        found.append(pid)
+        frontier += children.get(pid, ())
+    return found
 
 
 def _init(address: str | None, num_cpus: int | None, yield_to_serving: bool = False) -> None:
@@ -176,6 +211,8 @@ def _init(address: str | None, num_cpus: int | None, yield_to_serving: bool = Fa
         _node_ip_address=LOOPBACK,  # ray.init's documented node-IP option: GCS, raylet, workers bind here
         runtime_env={"worker_process_setup_hook": f"{__name__}.lower_worker_priority"} if yield_to_serving else None,
     )
+    if yield_to_serving:
+        lower_embedded_ray_priority()
 
 
 def _is_loopback_address(address: str) -> bool:

@@ -236,3 +236,47 @@ def test_embedded_ray_and_the_default_server_listen_on_loopback_only(server):
     hosts = {address.rsplit(":", 1)[0] for address in addresses}
     assert hosts <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, hosts
     assert ServerConfig().host == "127.0.0.1"
+
+
+def test_the_interceptor_reuses_one_handler_per_method_and_caller_yet_identifies_each_call():
+    """Handlers are cached per (method, caller): each call still runs as its own caller, with its own request id."""
+    import asyncio
+
+    from services import logs
+    from services.auth import Authenticator, AuthInterceptor, current_caller
+
+    callers = parse_token_lines([token_line("ta", "alice", Role.PLANNER), token_line("tb", "bob", Role.READER)], "t")
+    interceptor = AuthInterceptor(Authenticator(callers))
+
+    async def behavior(request, context):
+        return current_caller().name, logs.fields()["request_id"]
+
+    inner = grpc.unary_unary_rpc_method_handler(behavior)
+
+    class Details:
+        def __init__(self, token: str):
+            self.method = "/hashpivot.v1.PlannerService/GetPlan"
+            self.invocation_metadata = (("authorization", f"Bearer {token}"),)
+
+    class Context:
+        def __init__(self, request_id: str | None = None):
+            self.metadata = (("x-request-id", request_id),) if request_id else ()
+
+        def invocation_metadata(self):
+            return self.metadata
+
+    async def call(token: str, request_id: str | None = None):
+        async def continuation(_details):
+            return inner
+
+        handler = await interceptor.intercept_service(continuation, Details(token))
+        # each call in its own context, as grpc.aio runs each in its own task
+        return handler, await asyncio.create_task(handler.unary_unary(None, Context(request_id)))
+
+    async def calls():
+        return [await call("ta"), await call("ta"), await call("tb"), await call("ta", "req-42")]
+
+    (h1, (who1, id1)), (h2, (who2, id2)), (h3, (who3, _)), (_, (who4, id4)) = asyncio.run(calls())
+    assert h1 is h2 and h3 is not h1
+    assert (who1, who2, who3, who4) == ("alice", "alice", "bob", "alice")
+    assert id1 != id2 and id4 == "req-42"

@@ -721,3 +721,13 @@ def test_dispatch_condition_errors(stub, power_plan):
         error = call_error(stub.Dispatch, request, timeout=10)
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in rich_details(error)["fields"]] == [field]
+
+
+def test_a_started_server_has_frozen_its_heap_out_of_the_gc(server):
+    """A full collection then scans only what was made since start-up, not Ray's and Pyomo's objects."""
+    import gc
+
+    from services.server import GC_GEN0_THRESHOLD
+
+    assert gc.get_freeze_count() > 10_000  # the modules and objects of Ray, Pyomo, grpc at least
+    assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
