@@ -18,7 +18,6 @@ import re
 import zipfile
 from enum import Enum
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from optimizer.plan_result import PlanResult
 
@@ -52,6 +51,11 @@ _STYLES = (
 )
 
 
+def _escape(text: str) -> str:
+    """Text as XML character data or attribute value (xml.sax.saxutils.escape imports urllib: 10 ms)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
 def _value(value):
     """The cell's value: a number or bool as such, anything else (and a non-finite float) as text."""
     if isinstance(value, Enum):
@@ -82,7 +86,7 @@ def _cell(ref: str, value, style: int = _PLAIN) -> str:
         return f'<c r="{ref}"><v>{int(value)}</v></c>'
     if isinstance(value, numbers.Real):
         return f'<c r="{ref}" s="{_AMOUNT}"><v>{float(value)!r}</v></c>'
-    text = escape(_ILLEGAL_XML.sub("", str(value)))
+    text = _escape(_ILLEGAL_XML.sub("", str(value)))
     space = ' xml:space="preserve"' if text != text.strip() else ""
     styled = f' s="{style}"' if style != _PLAIN else ""
     return f'<c r="{ref}" t="inlineStr"{styled}><is><t{space}>{text}</t></is></c>'
@@ -127,7 +131,7 @@ def _package_parts(titles: list[str]) -> dict[str, str]:
         for k in range(1, n + 1)
     )
     sheets = "".join(
-        f'<sheet name="{escape(title, {chr(34): "&quot;"})}" sheetId="{k}" r:id="rId{k}"/>'
+        f'<sheet name="{_escape(title)}" sheetId="{k}" r:id="rId{k}"/>'
         for k, title in enumerate(titles, start=1)
     )
     return {
