@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -128,7 +129,7 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float) -> dict:
 
 
 def child_speedup(scenarios: int) -> dict:
-    """Decomposition scenario work (preparation, evaluations, cut sums) with 1 and then 2 workers."""
+    """Decomposition scenario work (preparation, evaluations, cut sums) with 1 and 2 workers, best of two each."""
     from optimizer.fleet import with_overrides
     from solvers.decomposition import solve_decomposition
     from solvers.planner import ScenarioSpec, compute_economics
@@ -143,10 +144,13 @@ def child_speedup(scenarios: int) -> dict:
     economics, _ = compute_economics(fleet, ScenarioSpec(count=scenarios, seed=fleet.scenarios.seed), 100)
     out = {"case": "S", "scenarios": scenarios}
     results = {}
-    for workers in (1, 2):
+    # alternated and repeated, each count's best kept: the first run of a count also pays for starting and
+    # importing into Ray workers it has not used yet, which is start-up, not scenario work
+    for workers in (1, 2, 1, 2):
         result = solve_decomposition(fleet, economics, fleet.risk, fleet.solver, 600, workers=workers)
         results[workers] = result
-        out[f"scenario_s_{workers}"] = result.report.scenario_s
+        key = f"scenario_s_{workers}"
+        out[key] = min(out.get(key, math.inf), result.report.scenario_s)
         out[f"iterations_{workers}"] = result.report.iterations
     out["same_plan"] = bool((results[1].y == results[2].y).all())
     out["speedup"] = out["scenario_s_1"] / out["scenario_s_2"]
