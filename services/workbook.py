@@ -5,9 +5,9 @@ a sum over the CSV. A first "summary" sheet holds the profit figures and the sol
 sheet has a bold header row, columns sized to their text and the header row and first column frozen.
 
 Written directly as SpreadsheetML (ECMA-376: a zip of a few XML parts, strings inline in the cells)
-rather than through openpyxl: importing openpyxl (its charts, drawings and mimetypes tables) took
-about 0.1 s of a ~1 s `hashpivot plan` of a tiny fleet, and writing the workbook through it another
-0.05 s, for nine small tables (bench/bench_pipeline.py, start-up). openpyxl and Excel read the file.
+rather than through openpyxl: importing openpyxl (its charts, drawings and mimetypes tables) and
+writing nine small tables through it took ~0.12 s of a ~1 s `hashpivot plan` of a tiny fleet
+(docs/pipeline.md, start-up). openpyxl and Excel read the file.
 """
 
 from __future__ import annotations
