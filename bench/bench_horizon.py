@@ -3,8 +3,9 @@ its one-quarter plan, side by side in one run.
 
 For each case, in a fresh process on an embedded Ray (2 workers): scenario economics (draw and price,
 streamed in chunks, on Ray), model build, solve, the solver's status and gap, the model's size, and
-the peak memory of the whole process tree (driver, Ray's processes and workers: RSS summed, sampled
-every 50 ms). The last lines give the ratios five years / one quarter.
+the peak memory of the whole process tree (driver, Ray's processes and workers: PSS summed, so the
+shared object store counts once, sampled every 50 ms; bench_pipeline.peak_tree, bench/common.py).
+The last lines give the ratios five years / one quarter.
 
     .venv/bin/python bench/bench_horizon.py [--scenarios 200 1000] [--time-limit 900]
 """

@@ -11,9 +11,9 @@ Prints, side by side in one run, each figure with the machine's load when it was
 3. build + load against the HiGHS run on examples/fleet.yaml at 200 and 1,000 scenarios: Pyomo
    build, matrix compile (standard form) and passModel, against HiGHS's own run time; next to it,
    what loading the same model through Pyomo's HiGHS interface (set_instance) took, the path replaced;
-4. peak memory of the whole process tree (driver + Ray's processes and workers: psutil, RSS summed
-   over the tree, sampled every 50 ms) planning examples/fleet.yaml at 1,000 scenarios, in-process
-   and on an embedded Ray.
+4. peak memory of the whole process tree (driver + Ray's processes and workers: psutil PSS summed
+   over the tree, so the shared object store counts once, sampled every 50 ms; bench/common.py) planning
+   examples/fleet.yaml at 1,000 scenarios, in-process and on an embedded Ray.
 
     .venv/bin/python bench/bench_pipeline.py [--quick] [--repeats 5] [--scenarios 200 1000]
 """
@@ -28,8 +28,9 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
-from common import ROOT, run_sampled, timed
+from common import ROOT, run_sampled, timed, tree_memory
 
 PYTHON = sys.executable
 HASHPIVOT = str(ROOT / ".venv" / "bin" / "hashpivot")
@@ -67,7 +68,10 @@ def startup(repeats: int, out_dir: str, with_ray: bool) -> None:
     print(f"\n[1] start-up ({repeats} interleaved runs each; {load()})")
     bare_cmd = [PYTHON, "-c", "import numpy, pyomo.environ"]
     plan_cmd = [HASHPIVOT, "plan", TINY, "--no-robustness", "--out", out_dir]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # PYTHONDONTWRITEBYTECODE (set in some shells) would make every run of this editable checkout compile the
+    # project's ~40 modules from source again (~0.15 s); an installed package has its bytecode, as the bare
+    # imports' site-packages have theirs. The warm-up runs write it.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONDONTWRITEBYTECODE")}
     wall(bare_cmd, env), wall(plan_cmd, env)  # warm the file cache and the bytecode
     bare, plan = [], []
     for _ in range(repeats):
@@ -133,9 +137,28 @@ def synthetic_fleet(
     return parse_fleet(data)
 
 
+def scenario_arrays(chunk) -> list:
+    """Every array of a chunk the economics reads: hashprice, BTC price, subsidy, and per market spot, the
+    share of capacity sites may draw (events) and demand-response calls."""
+    arrays = [chunk.hashprice_usd_per_ph_day, chunk.btc_price_usd, chunk.subsidy_btc, chunk.power_price_usd_per_mwh]
+    return arrays + [a for a in (chunk.available_power_fraction, chunk.dr_call) if a is not None]
+
+
 def one_pass_s(chunks) -> float:
-    """One numpy pass over the same scenario arrays: (price x hashprice).sum() per market, plus every other
-    array the economics reads (BTC price, subsidy, events, calls) summed once: the bandwidth limit."""
+    """One numpy pass over the same scenario arrays, each element read once: every float array summed (a
+    vectorised reduction, no temporary), every bool array counted. The bandwidth limit: no economics can
+    price a chunk without reading these bytes at least once."""
+    start = time.process_time()
+    total = 0.0
+    for chunk in chunks:
+        for values in scenario_arrays(chunk):
+            total += float(np.count_nonzero(values) if values.dtype == bool else np.add.reduce(values, axis=None))
+    return time.process_time() - start
+
+
+def product_pass_s(chunks) -> float:
+    """The denominator of earlier figures, for comparison: (spot x hashprice).sum() per market, which writes
+    and reads a temporary [S, T] product, plus the other arrays summed (bool arrays as integers)."""
     start = time.process_time()
     total = 0.0
     for sc in chunks:
@@ -164,23 +187,25 @@ def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int,
     ]
     cells = sum(c.n_scenarios * c.n_steps for c in chunks)
     group_economics(fleet, chunks[0], grid, kernel=True)  # numba's import and first dispatch: timed apart
-    econ, limit = {True: [], False: []}, []
+    econ, limit, product = {True: [], False: []}, [], []
     for _ in range(repeats):
         limit.append(one_pass_s(chunks))
+        product.append(product_pass_s(chunks))
         for kernel in (True, False):
             start = time.process_time()
             for c in chunks:
                 group_economics(fleet, c, grid, kernel=kernel)
             econ[kernel].append(time.process_time() - start)
         limit.append(one_pass_s(chunks))
-    k, n, lim = min(econ[True]), min(econ[False]), min(limit)
+    k, n, lim, prod = min(econ[True]), min(econ[False]), min(limit), min(product)
     verdict = "OK" if k <= 3 * lim else "ABOVE TARGET"
     kind = "events+calls" if events else "separable"
     print(
         f"  {groups:5d} groups x {count:5d} scen, {step_minutes:2d} min, {fleet.horizon.n_steps:5d} steps, "
         f"{kind:12s}: kernel {k:6.3f}s | numpy {n:6.3f}s | one pass {lim:6.3f}s | kernel/one pass {k / lim:5.2f}x "
         f"(target <= 3x: {verdict}), numpy/one pass {n / lim:5.2f}x | kernel {cells / k / 1e6:5.1f} M "
-        f"scenario-steps/s ({load()})"
+        f"scenario-steps/s | earlier denominator (spot x hashprice product) {prod:6.3f}s: kernel {k / prod:5.2f}x "
+        f"({load()})"
     )
 
 
@@ -207,28 +232,17 @@ def kernel_fixed_cost() -> None:
 
 
 def tree_peaks(cmd: list[str], env: dict) -> tuple[float, float, float, int, str]:
-    """Run `cmd`; (wall s, peak tree GiB, peak MiB of any one Ray worker process, max procs, worker's name)."""
+    """Run `cmd`; (wall s, peak tree PSS GiB, peak RSS MiB of any one Ray worker process while it runs
+    the economics task, max procs, worker's name)."""
     peak, most, worker_peak, worker_name = 0, 0, 0, "-"
 
     def sample(pid: int) -> None:
         nonlocal peak, most, worker_peak, worker_name
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return
-        total = 0
-        for p in procs:
-            try:
-                rss = p.memory_info().rss
-                name = " ".join(p.cmdline()[:1])
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            total += rss
-            if name.startswith("ray::_economics_batch"):  # a worker's title while it runs the task
-                if rss > worker_peak:
-                    worker_peak, worker_name = rss, name
-        peak, most = max(peak, total), max(most, len(procs))
+        rows = tree_memory(pid)
+        for name, _, rss in rows:
+            if name.startswith("ray::_economics_batch") and rss > worker_peak:  # a worker's title in the task
+                worker_peak, worker_name = rss, name
+        peak, most = max(peak, sum(pss for _, pss, _ in rows)), max(most, len(rows))
 
     code, _, err, wall_s = run_sampled(cmd, sample, 0.05, cwd=ROOT, env=env)
     if code != 0:
@@ -285,7 +299,8 @@ def economics_section(quick: bool) -> None:
             economics_vs_limit(groups, count, minutes, repeats=2 if quick else 3, events=events)
     kernel_fixed_cost()
     print("    peak memory: scenarios + economics on an embedded Ray (num_cpus = cores), gathered in the driver;")
-    print("    tree = RSS summed over the driver and every descendant; task = the largest Ray worker process")
+    print("    tree = PSS summed over the driver and every descendant (shared pages once); task = the RSS of the")
+    print("    largest Ray worker process while it runs the economics task")
     for groups, count, minutes in cases:
         economics_memory(groups, count, minutes)
     print("    value of 15-minute dispatch over hourly dispatch, same paths averaged to hours (in-process):")
@@ -346,32 +361,15 @@ def handoff(counts: list[int], old_interface: bool) -> None:
 # 4. peak memory of the process tree
 
 
-def tree_rss(pid: int) -> tuple[int, int]:
-    """RSS summed over process `pid` and its descendants, and how many they are."""
-    total, count = 0, 0
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0, 0
-    for proc in procs:
-        try:
-            total += proc.memory_info().rss
-            count += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total, count
-
-
 def peak_tree(cmd: list[str], env: dict, capture: bool = False):
-    """Run `cmd`; sample the RSS summed over it and all its descendants every 50 ms; (wall s, peak GiB, max procs),
-    and its standard output when `capture`."""
+    """Run `cmd`; sample the PSS summed over it and all its descendants every 50 ms (common.tree_memory);
+    (wall s, peak GiB, max procs), and its standard output when `capture`."""
     peak, most = 0, 0
 
     def sample(pid: int) -> None:
         nonlocal peak, most
-        rss, count = tree_rss(pid)
-        peak, most = max(peak, rss), max(most, count)
+        rows = tree_memory(pid)
+        peak, most = max(peak, sum(pss for _, pss, _ in rows)), max(most, len(rows))
 
     code, out, err, elapsed = run_sampled(cmd, sample, 0.05, cwd=ROOT, env=env)
     if code != 0:
@@ -381,8 +379,8 @@ def peak_tree(cmd: list[str], env: dict, capture: bool = False):
 
 def memory(count: int) -> None:
     print(f"\n[4] peak memory of the process tree: examples/fleet.yaml at {count:,} scenarios, plan only")
-    print("    (RSS summed over the driver and every descendant: Ray's GCS, raylet, agents and workers;")
-    print("     pages shared between processes, e.g. the object store, count once per process)")
+    print("    (PSS summed over the driver and every descendant: Ray's GCS, raylet, agents and workers;")
+    print("     pages shared between processes, e.g. the object store, count once over the tree)")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     for label, local in (("in-process", True), ("embedded Ray", False)):
         code = (
@@ -391,7 +389,7 @@ def memory(count: int) -> None:
             f"p, _ = plan_fleet(f, local={local}); print(p.solver.status, p.timings_s['total_s'])"
         )
         wall_s, peak_gib, procs = peak_tree([PYTHON, "-c", code], env)
-        print(f"  {label:14s} wall {wall_s:6.1f}s  peak tree RSS {peak_gib:5.2f} GiB, <= {procs} processes ({load()})")
+        print(f"  {label:14s} wall {wall_s:6.1f}s  peak tree PSS {peak_gib:5.2f} GiB, <= {procs} processes ({load()})")
 
 
 def main() -> None:

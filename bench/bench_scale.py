@@ -12,8 +12,9 @@ Cases, hourly steps over one quarter (the horizon of the issue's table), mean-CV
 
 Each (case, method) runs end to end (scenarios and economics on an embedded Ray, build, solve, the plan's
 report) in a fresh child process; the parent samples the memory of the child's whole process tree (driver,
-raylet, Ray workers; psutil PSS, so the shared object store counts once; every 0.2 s) and reports its peak,
-and the driver's own. The decomposition keeps the economics in the object store batch by batch and
+raylet, Ray workers; PSS by bench/common.tree_memory, so the shared object store counts once; every
+0.2 s) and reports its peak, and the driver's own.
+The decomposition keeps the economics in the object store batch by batch and
 assembles the report from per-batch sums (optimizer/report_sums.py); the monolithic MIP gathers every
 scenario into the driver. `auto` shows what the rule would pick. Every method is asked the same relative
 gap (`--gap`, default BENCH_GAP; the example fleet itself asks 1e-4).
@@ -165,23 +166,17 @@ def child_speedup(scenarios: int) -> dict:
 
 
 def run_child(args: list[str]) -> tuple[dict | None, float, float]:
-    """Run a child, sample its process tree's PSS; (its JSON with the driver's peak GiB, the tree's peak GiB,
-    wall s)."""
-    import psutil
-    from common import run_sampled
+    """Run a child, sample its process tree's PSS (common.tree_memory); (its JSON with the driver's peak GiB,
+    the tree's peak GiB, wall s)."""
+    from common import run_sampled, tree_memory
 
     peak, driver = [0], [0]
 
     def sample(pid: int) -> None:
-        total = 0
-        try:
-            root = psutil.Process(pid)
-            own = _pss_bytes(root)
-            driver[0] = max(driver[0], own)
-            total = own + sum(_pss_bytes(p) for p in root.children(recursive=True))
-        except psutil.Error:
-            pass
-        peak[0] = max(peak[0], total)
+        rows = tree_memory(pid)  # the child itself first
+        if rows:
+            driver[0] = max(driver[0], rows[0][1])
+        peak[0] = max(peak[0], sum(pss for _, pss, _ in rows))
 
     code, out, err, wall = run_sampled([sys.executable, __file__, *args], sample, 0.2, cwd=ROOT)
     lines = [line for line in out.splitlines() if line.startswith("{")]
@@ -189,20 +184,6 @@ def run_child(args: list[str]) -> tuple[dict | None, float, float]:
         print(f"  child {args} failed ({code}): {err.strip().splitlines()[-3:]}", file=sys.stderr)
         return None, peak[0] / 2**30, wall
     return {**json.loads(lines[-1]), "driver_gib": driver[0] / 2**30}, peak[0] / 2**30, wall
-
-
-def _pss_bytes(process) -> int:
-    """Proportional set size: shared pages (the Ray object store, mapped by every worker that reads a batch
-    without copying it) count once over the tree, not once per process as summed RSS would (which reported
-    25 GiB on this 24 GiB machine for 10,000 scenarios). RSS where PSS cannot be read."""
-    import psutil
-
-    try:
-        return process.memory_full_info().pss
-    except (psutil.AccessDenied, AttributeError):
-        return process.memory_info().rss
-    except psutil.Error:
-        return 0
 
 
 def main() -> None:

@@ -37,9 +37,9 @@ whatever the number of groups, steps (15-minute or hourly, a quarter or five yea
 On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled slots and items
 ([I, S_batch], I = the most coupled steps x candidate profiles in one scenario), and the worker's
 interpreter with numpy, pydantic and Ray (~150-200 MiB), plus ~160 MiB for numba and LLVM where the
-kernel runs. Measured by bench/bench_pipeline.py (peak RSS of the worker process): 233 MiB for 1,000 groups
-x 1,000 scenarios hourly (batches of 50), 217 MiB for 300 groups x 200 scenarios at 15 minutes (both on
-the numpy path); the bound to hold is 512 MiB.
+kernel runs. Measured by bench/bench_pipeline.py (peak RSS of the worker process, 1 December 2026, load
+~4.7): 239 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 50), 225 MiB for 300 groups x 200
+scenarios at 15 minutes (both on the numpy path); the bound to hold is 512 MiB.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):
 a curtailment event that caps the site's power, and a demand-response call that makes its mining
@@ -298,6 +298,9 @@ class _ProfileArrays:
     max_load_kw: np.ndarray  # [Q] every rack of the profile running
     site_ai_kw: np.ndarray  # [N] the largest AI load each site could carry (max_ai_load_kw)
     site_ai_step: np.ndarray  # int [N] the first step a hall could be live there (earliest_ai_step)
+    # the timeline's, once per grid rather than per chunk (np.power over every step: ~3 ms for five hourly years)
+    step_discount: np.ndarray  # [T] timeline.step_discount()
+    period_discounted_days: np.ndarray  # [P] timeline.period_discounted_days()
 
     @staticmethod
     def of(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
@@ -323,6 +326,8 @@ class _ProfileArrays:
             max_load_kw=np.array([p.max_racks for p in profiles], dtype=float) * meter_kw,
             site_ai_kw=np.array([max_ai_load_kw(fleet, s) for s in fleet.sites], dtype=float),
             site_ai_step=np.array([earliest_ai_step(grid, s) for s in fleet.sites], dtype=np.int64),
+            step_discount=grid.timeline.step_discount(),
+            period_discounted_days=grid.timeline.period_discounted_days(),
         )
 
 
@@ -452,6 +457,9 @@ class _ChunkSums:
     resale: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]  # take-or-pay site -> [P, S] sum, PV, tail mean [S]
     halving_step: np.ndarray  # [S]
     mean_hashprice_usd_per_ph_day: np.ndarray  # [S]
+    # the kernel's: weight sums [S, N, U, P, W], runs [S, N, U], each profile's threshold position in its site's
+    # [Q], site price offset [N] and whether it follows spot [N] (per_threshold is empty then)
+    kernel_sums: tuple | None = None
 
 
 def group_economics(
@@ -471,25 +479,77 @@ def group_economics(
     profiles = _ProfileArrays.of(fleet, grid)
     kernel = uses_kernel(fleet) if kernel is None else kernel
     chunk = (_kernel_pass if kernel else _numpy_pass)(fleet, grid, scenarios, profiles)
-    sums, runs = _profile_sums(fleet, grid, profiles, chunk, scenarios.n_scenarios)
-    opex_pv = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * timeline.period_discounted_days()
+    opex_pv = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * profiles.period_discounted_days
+    fields = (_kernel_profile_fields if kernel else _numpy_profile_fields)(fleet, grid, profiles, chunk, opex_pv)
     return GroupEconomics(
         indices=np.asarray(scenarios.indices),
         steps=np.full(scenarios.n_scenarios, scenarios.n_steps),
-        mine_value_usd=sums["revenue_pv"] - sums["cost_pv"] - opex_pv[:, :, None],
-        hash_revenue_usd=sums["revenue"],
-        power_cost_usd=sums["cost"],
-        hash_revenue_pv_usd=sums["revenue_pv"],
-        power_cost_pv_usd=sums["cost_pv"],
-        energy_mwh=sums["energy"],
-        btc_mined=sums["btc"],
-        run_fraction=runs / timeline.n_steps,
+        **fields,
         mean_hashprice_usd_per_ph_day=chunk.mean_hashprice_usd_per_ph_day,
         halving_step=chunk.halving_step,
         hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
-        **_contract_terms(fleet, grid, scenarios.n_scenarios, chunk.resale),
+        **_contract_terms(fleet, grid, scenarios.n_scenarios, chunk.resale, profiles.step_discount),
         **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles, kernel),
     )
+
+
+def _numpy_profile_fields(
+    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums, opex_pv: np.ndarray
+) -> dict[str, np.ndarray]:
+    """GroupEconomics' [Q, P, S] fields and run_fraction [Q, S] from the numpy pass's threshold sums."""
+    sums, runs = _profile_sums(fleet, grid, profiles, chunk, len(chunk.halving_step))
+    return {
+        "mine_value_usd": sums["revenue_pv"] - sums["cost_pv"] - opex_pv[:, :, None],
+        "hash_revenue_usd": sums["revenue"],
+        "power_cost_usd": sums["cost"],
+        "hash_revenue_pv_usd": sums["revenue_pv"],
+        "power_cost_pv_usd": sums["cost_pv"],
+        "energy_mwh": sums["energy"],
+        "btc_mined": sums["btc"],
+        "run_fraction": runs / grid.timeline.n_steps,
+    }
+
+
+def _kernel_profile_fields(
+    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums, opex_pv: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The same fields written by the compiled loop (optimizer.economics_kernel.profile_outputs) from the kernel's
+    weight sums [S, N, U, P, W]: each value written once, no per-field gather and scaling passes."""
+    from optimizer import economics_kernel as kern
+
+    sums, runs, threshold_in_site, site_offset, site_follows_spot = chunk.kernel_sums
+    timeline = grid.timeline
+    n_q, n_p, n_scen = len(grid.profiles), timeline.n_periods, sums.shape[0]
+    out = {name: np.empty((n_q, n_p, n_scen)) for name in _KERNEL_FIELDS}
+    out["run_fraction"] = np.empty((n_q, n_scen))
+    kern.profile_outputs(
+        sums,
+        runs,
+        profiles.site,
+        threshold_in_site,
+        profiles.hashrate_ths * (1 - fleet.pool_fee_fraction),  # per TH-hour of hashprice, as _profile_sums
+        profiles.meter_kw / KW_PER_MW * timeline.step_hours,  # MWh one rack draws in a step
+        np.ascontiguousarray(opex_pv, dtype=np.float64),
+        site_offset,
+        site_follows_spot,
+        float(timeline.step_hours),
+        timeline.n_steps,
+        *(out[name] for name in _KERNEL_FIELDS),
+        out["run_fraction"],
+    )
+    return out
+
+
+# the [Q, P, S] fields in economics_kernel._profile_outputs's argument order
+_KERNEL_FIELDS = (
+    "mine_value_usd",
+    "hash_revenue_usd",
+    "power_cost_usd",
+    "hash_revenue_pv_usd",
+    "power_cost_pv_usd",
+    "energy_mwh",
+    "btc_mined",
+)
 
 
 def _profile_sums(
@@ -569,7 +629,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         np.ascontiguousarray(scenarios.hashprice_usd_per_ph_day, dtype=np.float64),
         np.ascontiguousarray(scenarios.btc_price_usd, dtype=np.float64),
         np.ascontiguousarray(scenarios.subsidy_btc, dtype=np.float64),
-        np.ascontiguousarray(timeline.step_discount()),
+        np.ascontiguousarray(profiles.step_discount),
         np.ascontiguousarray(scenarios.power_price_usd_per_mwh, dtype=np.float64),
         np.ascontiguousarray(scenarios.available_power_fraction) if has_fraction else empty,
         np.ascontiguousarray(scenarios.dr_call) if has_calls else empty.astype(bool),
@@ -594,15 +654,12 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         _SiteSteps(scen[here], step[here], coupled_cap[:count][here], coupled_call[:count][here])
         for here in (site == n for n in range(n_sites))
     ]
-    prices = [_SitePrice(site, scenarios) for site in sites]
-    per_threshold = [
-        _kernel_threshold_sums(grid, prices[n], sums[:, n, : len(t.values)], runs[:, n])
-        for n, t in enumerate(thresholds)
-        if len(t.members)
-    ]
+    threshold_in_site = np.zeros(len(grid.profiles), dtype=np.int64)
+    for t in thresholds:
+        threshold_in_site[t.members] = t.of_member
     tail_steps = min(n_steps, _last_year_steps(timeline.step_hours))
     return _ChunkSums(
-        per_threshold=per_threshold,
+        per_threshold=[],
         threshold_of=_threshold_of(thresholds, len(grid.profiles)),
         site_steps=site_steps,
         resale={
@@ -612,6 +669,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         },
         halving_step=halving,
         mean_hashprice_usd_per_ph_day=hashprice_sum / n_steps,
+        kernel_sums=(sums, runs, threshold_in_site, table[2], table[1]),
     )
 
 
@@ -661,26 +719,6 @@ def _coupled_capacity(fleet: Fleet, scenarios: ScenarioSet) -> int:
             called[m] = int(np.count_nonzero(scenarios.dr_call[m]))
     positions = [(scenarios.markets.index(site.market), site.demand_response is not None) for site in fleet.sites]
     return sum(in_event.get(m, 0) + (called.get(m, 0) if dr else 0) for m, dr in positions)
-
-
-def _kernel_threshold_sums(
-    grid: PlanGrid, price: _SitePrice, weights: np.ndarray, runs: np.ndarray
-) -> dict[str, np.ndarray]:
-    """A site's sums per threshold, in _threshold_sums's layout, from the kernel's weight sums [S, U, P, W] and run
-    counts [S, U]: the cost is the offset times the steps plus, where the price follows spot, the spot sums."""
-    from optimizer import economics_kernel as kern
-
-    cum = weights.transpose(1, 3, 2, 0)  # [U, W, P, S]
-    hours = grid.timeline.step_hours
-    return {
-        "revenue": cum[:, kern.W_HASHPRICE] * hours,
-        "revenue_pv": cum[:, kern.W_HASHPRICE_PV] * hours,
-        "btc": cum[:, kern.W_BTC],
-        "cost": price.offset * cum[:, kern.W_COUNT] + (cum[:, kern.W_SPOT] if price.follows_spot else 0.0),
-        "cost_pv": price.offset * cum[:, kern.W_DISCOUNT] + (cum[:, kern.W_SPOT_PV] if price.follows_spot else 0.0),
-        "energy": cum[:, kern.W_COUNT],
-        "runs": runs[:, : weights.shape[1]].T,
-    }
 
 
 _PROFILE_SUMS = ("revenue", "cost", "revenue_pv", "cost_pv", "energy", "btc")
@@ -787,10 +825,13 @@ def _numpy_resale(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet) -> dict:
     return out
 
 
-def _contract_terms(fleet: Fleet, grid: PlanGrid, n_scen: int, resale_sums: dict) -> dict[str, np.ndarray]:
+def _contract_terms(
+    fleet: Fleet, grid: PlanGrid, n_scen: int, resale_sums: dict, step_discount: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per-site take-or-pay terms [N, P, S]; zero for fixed and index contracts (lease power nets to zero there).
 
-    `resale_sums`: per take-or-pay site, its resale summed per period, discounted, and the last year's mean.
+    `resale_sums`: per take-or-pay site, its resale summed per period, discounted, and the last year's mean;
+    `step_discount`: the timeline's.
     """
     timeline = grid.timeline
     n_sites, hours = len(fleet.sites), timeline.step_hours
@@ -807,7 +848,7 @@ def _contract_terms(fleet: Fleet, grid: PlanGrid, n_scen: int, resale_sums: dict
     out = {name: np.zeros((n_sites, timeline.n_periods, n_scen)) for name in names}
     out["ai_tail_net_usd_per_mwh"] = np.zeros((n_sites, n_scen))
     steps_per_period = np.diff(timeline.bounds)
-    discount_per_period = np.add.reduceat(timeline.step_discount(), timeline.bounds[:-1])
+    discount_per_period = np.add.reduceat(step_discount, timeline.bounds[:-1])
     for n, (resale, resale_pv, tail_mean) in resale_sums.items():
         site = fleet.sites[n]
         price = site.contract.price_usd_per_mwh
@@ -845,7 +886,7 @@ def _coupled_slots(
     out = {name: _padded((n_slots, n_scen), name) for name in _PADDING if name.startswith("coupled_")}
     out["coupled_site"][slot, scen] = site
     out["coupled_step"][slot, scen] = step
-    out["coupled_discount"][slot, scen] = grid.timeline.step_discount()[step] if len(step) else 1.0
+    out["coupled_discount"][slot, scen] = profiles.step_discount[step] if len(step) else 1.0
     out["coupled_btc_price_usd"][slot, scen] = scenarios.btc_price_usd[scen, step]
     cap = np.concatenate([st.cap_kw for st in site_steps]) if site_steps else np.zeros(0)
     call = np.concatenate([st.dr_call for st in site_steps]) if site_steps else np.zeros(0, bool)
@@ -925,10 +966,12 @@ def _kernel_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[st
         1.0 - fleet.pool_fee_fraction,
         float(scenarios.step_hours),
     )
-    kern.coupled_items(*args, False, count, *(_padded((0, 0), name) for name in _ITEMS))
-    # written scenario by scenario ([S, I], each scenario's items contiguous), handed out as [I, S] views
-    by_scenario = [_padded((n_scen, int(count.max()) if n_scen else 0), name) for name in _ITEMS]
-    kern.coupled_items(*args, True, count, *by_scenario)
+    kern.coupled_items(*args, False, count, NO_SITE, *(_padded((0, 0), name) for name in _ITEMS))
+    # written scenario by scenario ([S, I], each scenario's items contiguous, then its padding), handed out as
+    # [I, S] views
+    shape = (n_scen, int(count.max()) if n_scen else 0)
+    by_scenario = [np.empty(shape, dtype=np.int32 if name in _INDEX_FIELDS else np.float64) for name in _ITEMS]
+    kern.coupled_items(*args, True, count, NO_SITE, *by_scenario)
     return {name: values.T for name, values in zip(_ITEMS, by_scenario, strict=True)}
 
 
