@@ -86,7 +86,7 @@ QUICK = {"A": 400, "B": 200, "C": 50, "D": 2000}
 
 def child(case: str, method: str, scenarios: int, time_limit_s: float, gap: float = BENCH_GAP) -> dict:
     """One end-to-end plan in this process (embedded Ray, 2 CPUs); prints a JSON line."""
-    from optimizer.fleet import with_overrides
+    from optimizer.fleet import SolveMethod, with_overrides
     from solvers.decomposition import choose_method, scenario_nonzeros
     from solvers.planner import ScenarioSpec, assemble_plan, compute_economics, economics_batches, solve_allocation
     from solvers.ray_pool import ensure_ray, in_process
@@ -108,7 +108,7 @@ def child(case: str, method: str, scenarios: int, time_limit_s: float, gap: floa
     else:  # the batches stay in the object store: the driver never holds every scenario
         economics = economics_batches(fleet, spec, 100)
     economics_s = time.perf_counter() - start
-    auto = choose_method(fleet, economics).value
+    auto = choose_method(fleet, economics, SolveMethod.AUTO).value  # what auto would pick, not the method run
     with in_process(False):
         solved = solve_allocation(fleet, economics, fleet.risk, fleet.solver)
         report_start = time.perf_counter()
