@@ -88,16 +88,8 @@ def _map_profits(a: SiteProfits, b: SiteProfits | None, op) -> SiteProfits:
 
 def _summed(profits: SiteProfits, by_period: bool) -> SiteProfits:
     """Every component summed over the scenario axis (kept, of length 1); by_period only if asked."""
-    values = {}
-    for name in (f.name for f in dataclasses.fields(profits)):
-        mine = getattr(profits, name)
-        if name == "resells":
-            values[name] = mine
-        elif name == "by_period":
-            values[name] = {k: v.sum(axis=-1, keepdims=True) for k, v in mine.items()} if by_period else {}
-        else:
-            values[name] = mine.sum(axis=-1, keepdims=True)
-    return SiteProfits(**values)
+    summed = _map_profits(profits, None, lambda value, _: value.sum(axis=-1, keepdims=True))
+    return summed if by_period else dataclasses.replace(summed, by_period={})
 
 
 def price_rule_value_usd(economics: GroupEconomics) -> np.ndarray:
