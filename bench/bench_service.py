@@ -27,12 +27,15 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,6 +50,9 @@ QUIET_CORES = 0.3  # the server's own upkeep (health, Ray probes) stays well bel
 # the client processes' start-up and the measured window.
 BUSY_JOB_ROBUSTNESS = {"oos_scenarios": 100, "replications": 1, "wait_and_see_scenarios": 20, "sensitivity": False}
 # Ray workers with these titles run no task of ours: idle workers, the progress actor, Ray's agents.
+# Every client is told to start this long after the last one connected: time for each to wake from the
+# start signal before its first call is due (an open-loop client late at the start would count it).
+START_LEAD_S = 0.3
 IDLE_TITLES = ("ray::IDLE", "ray::ProgressRelay", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
@@ -70,35 +76,61 @@ def server_pid(supervisor: int) -> int:
     raise RuntimeError("the supervisor has no server process")
 
 
-def _client_thread(target: str, plan_id: str, ready, go, seconds: float, out: list[float], seed: int) -> None:
-    import grpc
-
+def _requests(plan_id: str, seed: int) -> list:
     from protos.hashpivot.v1 import planner_service_pb2 as pb
-    from protos.hashpivot.v1 import planner_service_pb2_grpc
 
     prices = [30.0 + (seed * 7 + k) % 90 for k in range(64)]
+    return [
+        pb.DispatchRequest(plan_id=plan_id, power_price_usd_per_mwh_by_site={"texas": p}, hashprice_usd_per_ph_day=35)
+        for p in prices
+    ]
+
+
+def _client_thread(target: str, plan_id: str, ready, go, load: Load, out: list[float], seed: int) -> None:
+    """One client: connected before the clock starts, then closed loop (the next call when the last
+    returns) or open loop (calls on its own fixed schedule, each timed from its scheduled send)."""
+    import grpc
+
+    from protos.hashpivot.v1 import planner_service_pb2_grpc
+
+    requests = _requests(plan_id, seed)
     with grpc.insecure_channel(target) as channel:
         stub = planner_service_pb2_grpc.PlannerServiceStub(channel)
-        requests = [
-            pb.DispatchRequest(
-                plan_id=plan_id, power_price_usd_per_mwh_by_site={"texas": p}, hashprice_usd_per_ph_day=35
-            )
-            for p in prices
-        ]
         stub.Dispatch(requests[0], metadata=METADATA, timeout=30)  # connect before the clock starts
         ready.put(seed)
         go.wait()
-        stop_at, k = time.perf_counter() + seconds, 0
-        while (begin := time.perf_counter()) < stop_at:
-            stub.Dispatch(requests[k % len(requests)], metadata=METADATA, timeout=10)
-            out.append(time.perf_counter() - begin)
-            k += 1
+        if load.rate_per_client is None:
+            _closed_loop(stub, requests, load.start.value + load.seconds, out)
+        else:
+            _open_loop(stub, requests, load, seed, out)
 
 
-def _client_process(target: str, plan_id: str, threads: int, ready, go, seconds: float, first: int, results_queue):
+def _closed_loop(stub, requests: list, stop_at: float, out: list[float]) -> None:
+    k = 0
+    while (begin := time.monotonic()) < stop_at:
+        stub.Dispatch(requests[k % len(requests)], metadata=METADATA, timeout=10)
+        out.append(time.monotonic() - begin)
+        k += 1
+
+
+def _open_loop(stub, requests: list, load: Load, seed: int, out: list[float]) -> None:
+    """Call k is due at start + phase + k / rate; a call sent late (the previous one stalled) is timed
+    from when it was due, so a stall counts against every call it delays (no coordinated omission)."""
+    interval_s = 1.0 / load.rate_per_client
+    first = load.start.value + interval_s * random.Random(seed).random()  # clients spread over one interval
+    for k in range(int(load.seconds * load.rate_per_client)):
+        due = first + k * interval_s
+        if (wait_s := due - time.monotonic()) > 0:
+            time.sleep(wait_s)
+        stub.Dispatch(requests[k % len(requests)], metadata=METADATA, timeout=10)
+        out.append(time.monotonic() - due)
+    out.append(-time.monotonic())  # the end of this client's last call, negated: marks the end of its run
+
+
+def _client_process(target: str, plan_id: str, threads: int, ready, go, load: Load, first: int, results_queue):
     results: list[list[float]] = [[] for _ in range(threads)]
     workers = [
-        threading.Thread(target=_client_thread, args=(target, plan_id, ready, go, seconds, results[i], first + i))
+        threading.Thread(target=_client_thread, args=(target, plan_id, ready, go, load, results[i], first + i))
         for i in range(threads)
     ]
     for w in workers:
@@ -108,13 +140,32 @@ def _client_process(target: str, plan_id: str, threads: int, ready, go, seconds:
     results_queue.put([x for r in results for x in r])
 
 
-def dispatch_load(target: str, plan_id: str, clients: int, processes: int, seconds: float) -> tuple[float, list[float]]:
-    """Every client connected first (client processes start slowly on a loaded machine), then all go at once."""
+@dataclass
+class Load:
+    """How the clients call: closed loop (rate_per_client None: back to back) or open loop at a fixed rate."""
+
+    seconds: float
+    rate_per_client: float | None = None
+    start: Any = None  # a shared double: time.monotonic() (system-wide on Linux) when every client starts
+
+
+@dataclass
+class Measured:
+    rate: float  # calls completed per second
+    latencies_s: list[float]
+
+
+def dispatch_load(
+    target: str, plan_id: str, clients: int, processes: int, seconds: float, total_rate: float | None = None
+) -> Measured:
+    """Every client connected first (client processes start slowly on a loaded machine), then all go at
+    once: back to back (`total_rate` None) or together at `total_rate` calls/s, each on its own schedule."""
     ctx = mp.get_context("spawn")
     ready, go, results_queue = ctx.Queue(), ctx.Event(), ctx.Queue()
+    load = Load(seconds, None if total_rate is None else total_rate / clients, ctx.Value("d", 0.0))
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     procs = [
-        ctx.Process(target=_client_process, args=(target, plan_id, n, ready, go, seconds, sum(per[:i]), results_queue))
+        ctx.Process(target=_client_process, args=(target, plan_id, n, ready, go, load, sum(per[:i]), results_queue))
         for i, n in enumerate(per)
         if n
     ]
@@ -122,11 +173,15 @@ def dispatch_load(target: str, plan_id: str, clients: int, processes: int, secon
         p.start()
     for _ in range(clients):
         ready.get(timeout=120)
+    load.start.value = time.monotonic() + START_LEAD_S
     go.set()
-    latencies = [x for _ in procs for x in results_queue.get()]
+    values = [x for _ in procs for x in results_queue.get()]
     for p in procs:
         p.join()
-    return len(latencies) / seconds, latencies
+    latencies = [x for x in values if x >= 0]
+    ends = [-x for x in values if x < 0]
+    span_s = max(ends) - load.start.value if ends else seconds  # open loop: until the last call returned
+    return Measured(len(latencies) / span_s, latencies)
 
 
 def _bare_server(port_queue) -> None:

@@ -133,6 +133,12 @@ class RunControl:
         if self._on_progress is not None:
             self._on_progress(self.snapshot)
 
+    def publish(self, snapshot: ProgressSnapshot) -> None:
+        """Take a snapshot made elsewhere (the run's own control, in its Ray task) as this run's progress."""
+        self.snapshot = snapshot
+        if self._on_progress is not None:
+            self._on_progress(snapshot)
+
     def pipeline_progress(self, stage: str, done: int, total: int) -> None:
         """The `progress` callback of solvers.planner: stop here if asked to, else report (a heartbeat
         with unchanged figures reports nothing)."""
@@ -157,6 +163,7 @@ class ProgressRelay:
     def __init__(self) -> None:
         self._latest: dict[str, tuple[float, float, float, float]] = {}
         self._stages: dict[str, tuple[str, int, int]] = {}
+        self._snapshots: dict[str, list[ProgressSnapshot]] = {}
 
     def report(self, key: str, incumbent: float, bound: float, gap: float, running_s: float) -> None:
         self._latest[key] = (incumbent, bound, gap, running_s)
@@ -169,6 +176,13 @@ class ProgressRelay:
 
     def take_stage(self, key: str) -> tuple[str, int, int] | None:
         return self._stages.pop(key, None)
+
+    def report_snapshot(self, key: str, snapshot: ProgressSnapshot) -> None:
+        self._snapshots.setdefault(key, []).append(snapshot)
+
+    def take_snapshots(self, key: str) -> list[ProgressSnapshot]:
+        """Every snapshot since the last take, oldest first: a watcher sees each stage's last figures."""
+        return self._snapshots.pop(key, [])
 
 
 class MipReporter:
@@ -222,6 +236,62 @@ def run_plan(
         plan = plan.model_copy(update={"tree": plan_tree(fleet, progress=control.pipeline_progress)})
     control.update(stage="done", stage_done=1, stage_total=1)
     return plan
+
+
+@ray.remote(num_cpus=0, max_retries=0)  # it waits on the tasks it submits; a lost worker is the caller's to re-run
+def plan_remote(
+    fleet: Fleet,
+    commitments: Commitments | None,
+    relay,
+    key: str,
+    robustness: RobustnessSettings | None = None,
+    provided: ScenarioSet | None = None,
+) -> PlanResult:
+    """run_plan as one Ray task, its progress sent to the relay under `key`."""
+
+    def report(snapshot: ProgressSnapshot) -> None:
+        relay.report_snapshot.remote(key, snapshot)
+
+    return run_plan(fleet, commitments, RunControl(on_progress=report), relay, robustness, provided)
+
+
+def run_plan_detached(
+    fleet: Fleet,
+    commitments: Commitments | None,
+    control: RunControl,
+    relay,
+    robustness: RobustnessSettings | None = None,
+    provided: ScenarioSet | None = None,
+) -> PlanResult:
+    """run_plan in a Ray task of its own (plan_remote), followed and stopped from here.
+
+    Why: a plan job's driver work (gathering the economics, shipping them to the solve, assembling the
+    plan's reports, waiting on its tasks) otherwise runs in the process that answers gRPC calls, where
+    it takes the GIL and the CPU from them (docs/service.md, "Dispatch under load"). Here the caller's
+    thread only waits and relays progress; a stop cancels the task and every task under it
+    (`ray.cancel(recursive=True)`), as the robustness pass already does. No deadline: the task's start
+    (a worker, maybe a new one) is not counted in any time budget, so Optimize keeps run_plan.
+    """
+    control.check()
+    key = uuid.uuid4().hex
+    ref = plan_remote.remote(fleet, commitments, relay, key, robustness, provided)
+    while True:
+        ready, _ = ray.wait([ref], timeout=POLL_S)
+        _relay_snapshots(relay, key, control)
+        if ready:
+            return unwrap_ray(lambda: ray.get(ref))
+        if control.stop_reason is not None:
+            ray.cancel(ref, force=True, recursive=True)  # the driver task, its economics, HiGHS and robustness tasks
+            raise RunStopped(control.stop_reason)
+
+
+def _relay_snapshots(relay, key: str, control: RunControl) -> None:
+    try:
+        snapshots = ray.get(relay.take_snapshots.remote(key), timeout=POLL_S)
+    except (ray.exceptions.RayError, TimeoutError):  # progress is best effort; the plan is not
+        return
+    for snapshot in snapshots:
+        control.publish(snapshot)
 
 
 class SolveOverhead:
