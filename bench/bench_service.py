@@ -1,16 +1,23 @@
 """The service's measured figures in one run: Dispatch under load, stop latency, peak memory.
 
-    .venv/bin/python bench/bench_service.py [--clients 30] [--processes 6] [--seconds 10] [--no-max-request]
+    .venv/bin/python bench/bench_service.py [--clients 30] [--processes 6] [--seconds 10] [--rate 2000]
+        [--dispatch-only] [--no-max-request]
 
 Starts `hashpivot serve` as its own process tree (supervisor, server, embedded Ray; temporary
 database; bearer-token auth on, as in production), plans examples/tiny.yaml, then prints:
 1. Dispatch: `--clients` clients (threads spread over `--processes` processes, so the clients are
-   not all behind one GIL), each with its own channel and token, sending back-to-back calls for
-   `--seconds`: calls/s and client-side p50/p99/max, on an idle server, against a bare grpc.aio
-   server that returns a fixed reply (what gRPC, the Python clients and the machine allow at that
-   moment: the ratio is hashpivot's share of it), and while a plan job of examples/fleet.yaml runs,
-   against hashpivot and then, the job still running, against the bare server (what the job's load
-   on the machine alone does to the clients);
+   not all behind one GIL), each with its own channel and token, connected before the clock starts,
+   for `--seconds` per row, in two modes:
+   - closed loop: each client sends its next call when the last returns. The rate is the saturation
+     throughput; its latency is mostly queueing (Little's law: p50 ~ clients / rate).
+   - open loop: the clients together send `--rate` calls/s, each on its own fixed schedule, and each
+     call is timed from when it was due, not when it was sent, so a stall counts against every call
+     it delays (no coordinated omission, as wrk2 and ghz --rps measure). This is the row the latency
+     targets are read from: a given load, and how long callers wait under it.
+   Both on the idle server, on a bare grpc.aio server that returns a fixed reply (what gRPC, the
+   Python clients and the machine allow at that moment), while a plan job of examples/fleet.yaml
+   runs, and on the bare server while such a job runs (what the job's load on the machine alone does
+   to the clients). Every row carries the load average at its end;
 2. stop latency: seconds from a CancelPlanJob of a running fleet.yaml job, from the deadline of an
    Optimize of it, and from its caller dropping such an Optimize, until the work is gone: no Ray
    worker of the tree runs a task (economics, HiGHS) and the server process is idle again;
@@ -209,28 +216,50 @@ def _bare_server(port_queue) -> None:
     asyncio.run(serve())
 
 
-def bare_grpc_load(clients: int, processes: int, seconds: float) -> tuple[float, list[float]]:
-    """The same load against the bare server: what gRPC, the clients and the machine allow at this moment."""
-    ctx = mp.get_context("spawn")
-    port_queue = ctx.Queue()
-    bare = ctx.Process(target=_bare_server, args=(port_queue,), daemon=True)
-    bare.start()
-    try:
-        return dispatch_load(f"127.0.0.1:{port_queue.get(timeout=120)}", "bare", clients, processes, seconds)
-    finally:
-        bare.terminate()
-        bare.join()
+@dataclass
+class Rows:
+    """The Dispatch load one server state gets: closed loop and open loop, the same clients."""
+
+    clients: int
+    processes: int
+    seconds: float
+    rate: float  # the open loop's total calls/s
+
+    def measure(self, label: str, target: str, plan_id: str) -> float:
+        """Print both rows; -> the closed loop's rate (saturation throughput)."""
+        closed = dispatch_load(target, plan_id, self.clients, self.processes, self.seconds)
+        report(f"{label}, closed loop ({self.clients} clients back to back)", closed)
+        opened = dispatch_load(target, plan_id, self.clients, self.processes, self.seconds, self.rate)
+        report(f"{label}, open loop ({self.clients} clients, {self.rate:,.0f} calls/s in all)", opened)
+        return closed.rate
+
+    def measure_bare(self, label: str) -> float:
+        """The same rows against the bare server: what gRPC, the clients and the machine allow now."""
+        ctx = mp.get_context("spawn")
+        port_queue = ctx.Queue()
+        bare = ctx.Process(target=_bare_server, args=(port_queue,), daemon=True)
+        bare.start()
+        try:
+            return self.measure(label, f"127.0.0.1:{port_queue.get(timeout=120)}", "bare")
+        finally:
+            bare.terminate()
+            bare.join()
 
 
-def report(label: str, rate: float, latencies: list[float]) -> None:
+def report(label: str, measured: Measured) -> None:
     import numpy as np
 
-    ms = np.asarray(latencies) * 1e3
+    ms = np.asarray(measured.latencies_s) * 1e3
     print(
-        f"Dispatch, {label}: {rate:,.0f} calls/s; client-side p50 {np.percentile(ms, 50):.1f} ms, "
-        f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms ({len(ms):,} calls)",
+        f"Dispatch, {label}: {measured.rate:,.0f} calls/s; client-side p50 {np.percentile(ms, 50):.1f} ms, "
+        f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms ({len(ms):,} calls); load {load_average()}",
         flush=True,
     )
+
+
+def load_average() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def _tree_pids(pid: int) -> list[int]:
@@ -393,9 +422,31 @@ def largest_admitted(fleet, limits):
 def machine() -> str:
     with open("/proc/meminfo") as f:
         mem_gib = int(f.readline().split()[1]) / 2**20
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
-    return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, load average {load}"
+    return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, load average {load_average()}"
+
+
+def dispatch_rows(rows: Rows, client, target: str, plan_id: str) -> None:
+    """hashpivot idle, the bare server, hashpivot while a fleet.yaml job runs, the bare server under that job."""
+    rate = rows.measure("idle server", target, plan_id)
+    bare_rate = rows.measure_bare("bare grpc.aio server (fixed reply)")
+    print(f"  hashpivot's idle closed-loop rate / the bare server's: {rate / bare_rate:.2f}", flush=True)
+    job = busy_job(client)
+    rate = rows.measure("fleet.yaml job running", target, plan_id)
+    ended = client.get(job.job_id)[0].state != RUNNING
+    if ended:  # the rows outlasted it (a slow machine): the bare server gets a job of its own
+        print("  (the job ended before the rows did)", flush=True)
+        job = busy_job(client)
+    bare_rate = rows.measure_bare("bare grpc.aio server, a fleet.yaml job running")  # the job's load alone
+    print(f"  hashpivot's closed-loop rate under the job / the bare server's: {rate / bare_rate:.2f}", flush=True)
+    if client.get(job.job_id)[0].state == RUNNING:
+        client.cancel(job.job_id)
+
+
+def busy_job(client):
+    """A fleet.yaml job, once its Ray tasks run."""
+    job = client.submit(ROOT / "examples" / "fleet.yaml", robustness=BUSY_JOB_ROBUSTNESS)
+    started(client, job.job_id)
+    return job
 
 
 def main() -> None:
@@ -403,11 +454,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=30)
     parser.add_argument("--processes", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=2000.0, help="the open loop's total calls/s")
+    parser.add_argument("--dispatch-only", action="store_true", help="only the Dispatch rows")
     parser.add_argument("--no-max-request", action="store_true", help="skip the largest admitted request (minutes)")
     args = parser.parse_args()
 
     from services.client import PlannerClient
 
+    rows = Rows(args.clients, args.processes, args.seconds, args.rate)
     with tempfile.TemporaryDirectory() as tmp:
         process, target = start_server(Path(tmp) / "bench.sqlite")
         server = server_pid(process.pid)
@@ -415,25 +469,9 @@ def main() -> None:
             with PlannerClient(target, timeout_s=600, token=TOKEN) as client:
                 plan_id = client.optimize(ROOT / "examples" / "tiny.yaml").plan_id
                 print(f"machine: {machine()}", flush=True)
-                rate, latencies = dispatch_load(target, plan_id, args.clients, args.processes, args.seconds)
-                report(f"{args.clients} clients, idle server", rate, latencies)
-                bare_rate, latencies = bare_grpc_load(args.clients, args.processes, args.seconds)
-                report(f"{args.clients} clients, bare grpc.aio server (fixed reply)", bare_rate, latencies)
-                print(f"  hashpivot's idle rate / the bare server's: {rate / bare_rate:.2f}", flush=True)
-                job = client.submit(ROOT / "examples" / "fleet.yaml", robustness=BUSY_JOB_ROBUSTNESS)
-                started(client, job.job_id)
-                rate, latencies = dispatch_load(target, plan_id, args.clients, args.processes, args.seconds)
-                still = client.get(job.job_id)[0].state == RUNNING
-                report(f"{args.clients} clients, fleet.yaml job running{'' if still else ' (job ended early)'}",
-                       rate, latencies)  # fmt: skip
-                if still:  # the same clients against the bare server while the job still takes the machine
-                    bare_rate, latencies = bare_grpc_load(args.clients, args.processes, args.seconds)
-                    still = client.get(job.job_id)[0].state == RUNNING
-                    report(f"{args.clients} clients, bare grpc.aio server, same job running"
-                           f"{'' if still else ' (job ended early)'}", bare_rate, latencies)  # fmt: skip
-                    print(f"  hashpivot's rate under the job / the bare server's: {rate / bare_rate:.2f}", flush=True)
-                if still:
-                    client.cancel(job.job_id)
+                dispatch_rows(rows, client, target, plan_id)
+                if args.dispatch_only:
+                    return
                 print(f"stop latency (target 2 s); machine: {machine()}", flush=True)
                 stop_latencies(client, process.pid, server)
                 if not args.no_max_request:

@@ -78,7 +78,7 @@ class JobRunner:
 
     store: JobStore
     max_concurrent_jobs: int = 1
-    relay: Any = None  # solvers.runs.ProgressRelay handle: a job's progress comes back through it (required to run jobs)
+    relay: Any = None  # solvers.runs.ProgressRelay handle: a job's progress comes back through it (jobs need it)
     on_plan: Any = None  # callable(plan_id, fleet, plan)
     limits: Limits = field(default_factory=Limits)
     max_crashes: int = 3  # server deaths a job may run through before it ends FAILED (a poison job)

@@ -21,6 +21,7 @@ server needs around it:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import statistics
 import threading
@@ -63,6 +64,8 @@ MAX_OVERHEAD_SHARE = 0.4
 POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP progress
 
 ROBUSTNESS_STAGE = "robustness"  # reported when the assessment starts, before its own stages
+DONE_STAGE = "done"
+RELAY_DRAIN_S = 5.0  # at a run's end, how long its last progress may take to come through the relay
 STOP_CANCELLED = "cancelled"  # a user cancelled: the job ends CANCELLED
 STOP_SHUTDOWN = "shutdown"  # the server is stopping: the job goes back to the queue
 
@@ -196,8 +199,15 @@ class MipReporter:
         self.relay.report.remote(self.key, p.incumbent_usd, p.bound_usd, p.mip_gap, p.running_s)
 
 
+RELAY_START_TIMEOUT_S = 60.0  # an actor's worker starts in seconds, more on a loaded machine
+
+
 def new_relay():
-    return ProgressRelay.remote()
+    """A relay, once it answers: a job started right away would otherwise report into an actor that is
+    still starting, and its early stages would reach the server only at the end."""
+    relay = ProgressRelay.remote()
+    ray.get(relay.take_snapshots.remote(""), timeout=RELAY_START_TIMEOUT_S)
+    return relay
 
 
 @ray.remote(num_cpus=0)
@@ -234,7 +244,7 @@ def run_plan(
         from solvers.tree_plan import plan_tree
 
         plan = plan.model_copy(update={"tree": plan_tree(fleet, progress=control.pipeline_progress)})
-    control.update(stage="done", stage_done=1, stage_total=1)
+    control.update(stage=DONE_STAGE, stage_done=1, stage_total=1)
     return plan
 
 
@@ -275,23 +285,50 @@ def run_plan_detached(
     control.check()
     key = uuid.uuid4().hex
     ref = plan_remote.remote(fleet, commitments, relay, key, robustness, provided)
+    follower = _SnapshotFollower(relay, key, control)
     while True:
         ready, _ = ray.wait([ref], timeout=POLL_S)
-        _relay_snapshots(relay, key, control)
+        follower.poll()
         if ready:
-            return unwrap_ray(lambda: ray.get(ref))
+            plan = unwrap_ray(lambda: ray.get(ref))
+            follower.drain()
+            return plan
         if control.stop_reason is not None:
             ray.cancel(ref, force=True, recursive=True)  # the driver task, its economics, HiGHS and robustness tasks
+            relay.take_snapshots.remote(key)  # what it reported last is not kept in the relay for good
             raise RunStopped(control.stop_reason)
 
 
-def _relay_snapshots(relay, key: str, control: RunControl) -> None:
-    try:
-        snapshots = ray.get(relay.take_snapshots.remote(key), timeout=POLL_S)
-    except (ray.exceptions.RayError, TimeoutError):  # progress is best effort; the plan is not
-        return
-    for snapshot in snapshots:
-        control.publish(snapshot)
+class _SnapshotFollower:
+    """Brings a detached run's snapshots from the relay into `control`, in order and none lost: one take
+    is in flight at a time and is read when it is done (a take that timed out would still have taken
+    its snapshots from the relay, and they would be gone)."""
+
+    def __init__(self, relay, key: str, control: RunControl):
+        self.relay, self.key, self.control = relay, key, control
+        self._pending = None
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        if self._pending is None:
+            self._pending = self.relay.take_snapshots.remote(self.key)
+        ready, _ = ray.wait([self._pending], timeout=timeout_s)
+        if not ready:
+            return
+        ref, self._pending = self._pending, None
+        try:
+            snapshots = ray.get(ref)
+        except ray.exceptions.RayError:  # progress is best effort; the plan is not
+            return
+        for snapshot in snapshots:
+            self.control.publish(snapshot)
+
+    def drain(self) -> None:
+        """After the run: its last snapshots (they were sent before it returned), then its end."""
+        with contextlib.suppress(ray.exceptions.RayError):
+            self.poll(RELAY_DRAIN_S)
+            self.poll(RELAY_DRAIN_S)
+        if self.control.snapshot.stage != DONE_STAGE:
+            self.control.update(stage=DONE_STAGE, stage_done=1, stage_total=1)
 
 
 class SolveOverhead:
