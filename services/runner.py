@@ -1,9 +1,8 @@
 """The runner that works the plan-job queue on the server's event loop (the store is services/store.py).
 
-It claims queued jobs up to `max_concurrent_jobs`, runs each as a Ray task followed from a worker
-thread (solvers/runs.py, `run_plan_detached`: the run's driver work stays out of the process that
-answers calls), relays progress to watchers, and stops runs on cancel or shutdown. All database
-access happens on the event-loop thread.
+It claims queued jobs up to `max_concurrent_jobs`, runs each in a worker thread (solvers/runs.py),
+relays progress to watchers, and stops runs on cancel or shutdown. All database access happens on
+the event-loop thread.
 
 Ownership: every query takes the caller's `owner` filter (None: an admin); a job of another owner
 is NOT_FOUND. A write that fails when a job ends does not leave the job RUNNING: its outcome waits
@@ -45,7 +44,7 @@ from solvers.runs import (
     ProgressSnapshot,
     RunControl,
     RunStopped,
-    run_plan_detached,
+    run_plan,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class JobRunner:
 
     store: JobStore
     max_concurrent_jobs: int = 1
-    relay: Any = None  # solvers.runs.ProgressRelay handle: a job's progress comes back through it (jobs need it)
+    relay: Any = None  # solvers.runs.ProgressRelay handle, for MIP progress
     on_plan: Any = None  # callable(plan_id, fleet, plan)
     limits: Limits = field(default_factory=Limits)
     max_crashes: int = 3  # server deaths a job may run through before it ends FAILED (a poison job)
@@ -268,7 +267,7 @@ class JobRunner:
                 # another tenant's set): a set deleted meanwhile fails the job NOT_FOUND
                 provided = scenario_sets.load(self.store, job.scenario_set_id, None, fleet, "scenario_set_id")
             plan = await asyncio.to_thread(
-                run_plan_detached, fleet, job.commitments, control, self.relay, job.robustness, provided
+                run_plan, fleet, job.commitments, control, self.relay, job.robustness, provided
             )
             outcome = _Outcome(JobState.SUCCEEDED, control.snapshot, plan=(new_id("plan"), fleet, plan))
             metrics.SOLVE_SECONDS.observe(plan.solver.wall_s)

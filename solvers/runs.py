@@ -21,7 +21,6 @@ server needs around it:
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import statistics
 import threading
@@ -64,8 +63,6 @@ MAX_OVERHEAD_SHARE = 0.4
 POLL_S = 0.2  # how often a running solve is checked for a stop and for MIP progress
 
 ROBUSTNESS_STAGE = "robustness"  # reported when the assessment starts, before its own stages
-DONE_STAGE = "done"
-RELAY_DRAIN_S = 5.0  # at a run's end, how long its last progress may take to come through the relay
 STOP_CANCELLED = "cancelled"  # a user cancelled: the job ends CANCELLED
 STOP_SHUTDOWN = "shutdown"  # the server is stopping: the job goes back to the queue
 
@@ -136,12 +133,6 @@ class RunControl:
         if self._on_progress is not None:
             self._on_progress(self.snapshot)
 
-    def publish(self, snapshot: ProgressSnapshot) -> None:
-        """Take a snapshot made elsewhere (the run's own control, in its Ray task) as this run's progress."""
-        self.snapshot = snapshot
-        if self._on_progress is not None:
-            self._on_progress(snapshot)
-
     def pipeline_progress(self, stage: str, done: int, total: int) -> None:
         """The `progress` callback of solvers.planner: stop here if asked to, else report (a heartbeat
         with unchanged figures reports nothing)."""
@@ -166,7 +157,6 @@ class ProgressRelay:
     def __init__(self) -> None:
         self._latest: dict[str, tuple[float, float, float, float]] = {}
         self._stages: dict[str, tuple[str, int, int]] = {}
-        self._snapshots: dict[str, list[ProgressSnapshot]] = {}
 
     def report(self, key: str, incumbent: float, bound: float, gap: float, running_s: float) -> None:
         self._latest[key] = (incumbent, bound, gap, running_s)
@@ -180,13 +170,6 @@ class ProgressRelay:
     def take_stage(self, key: str) -> tuple[str, int, int] | None:
         return self._stages.pop(key, None)
 
-    def report_snapshot(self, key: str, snapshot: ProgressSnapshot) -> None:
-        self._snapshots.setdefault(key, []).append(snapshot)
-
-    def take_snapshots(self, key: str) -> list[ProgressSnapshot]:
-        """Every snapshot since the last take, oldest first: a watcher sees each stage's last figures."""
-        return self._snapshots.pop(key, [])
-
 
 class MipReporter:
     """The `on_mip_progress` callback shipped to the solve task: forwards to the relay, fire and forget."""
@@ -199,15 +182,8 @@ class MipReporter:
         self.relay.report.remote(self.key, p.incumbent_usd, p.bound_usd, p.mip_gap, p.running_s)
 
 
-RELAY_START_TIMEOUT_S = 60.0  # an actor's worker starts in seconds, more on a loaded machine
-
-
 def new_relay():
-    """A relay, once it answers: a job started right away would otherwise report into an actor that is
-    still starting, and its early stages would reach the server only at the end."""
-    relay = ProgressRelay.remote()
-    ray.get(relay.take_snapshots.remote(""), timeout=RELAY_START_TIMEOUT_S)
-    return relay
+    return ProgressRelay.remote()
 
 
 @ray.remote(num_cpus=0)
@@ -244,91 +220,8 @@ def run_plan(
         from solvers.tree_plan import plan_tree
 
         plan = plan.model_copy(update={"tree": plan_tree(fleet, progress=control.pipeline_progress)})
-    control.update(stage=DONE_STAGE, stage_done=1, stage_total=1)
+    control.update(stage="done", stage_done=1, stage_total=1)
     return plan
-
-
-@ray.remote(num_cpus=0, max_retries=0)  # it waits on the tasks it submits; a lost worker is the caller's to re-run
-def plan_remote(
-    fleet: Fleet,
-    commitments: Commitments | None,
-    relay,
-    key: str,
-    robustness: RobustnessSettings | None = None,
-    provided: ScenarioSet | None = None,
-) -> PlanResult:
-    """run_plan as one Ray task, its progress sent to the relay under `key`."""
-
-    def report(snapshot: ProgressSnapshot) -> None:
-        relay.report_snapshot.remote(key, snapshot)
-
-    return run_plan(fleet, commitments, RunControl(on_progress=report), relay, robustness, provided)
-
-
-def run_plan_detached(
-    fleet: Fleet,
-    commitments: Commitments | None,
-    control: RunControl,
-    relay,
-    robustness: RobustnessSettings | None = None,
-    provided: ScenarioSet | None = None,
-) -> PlanResult:
-    """run_plan in a Ray task of its own (plan_remote), followed and stopped from here.
-
-    Why: a plan job's driver work (gathering the economics, shipping them to the solve, assembling the
-    plan's reports, waiting on its tasks) otherwise runs in the process that answers gRPC calls, where
-    it takes the GIL and the CPU from them (docs/service.md, "Dispatch under load"). Here the caller's
-    thread only waits and relays progress; a stop cancels the task and every task under it
-    (`ray.cancel(recursive=True)`), as the robustness pass already does. No deadline: the task's start
-    (a worker, maybe a new one) is not counted in any time budget, so Optimize keeps run_plan.
-    """
-    control.check()
-    key = uuid.uuid4().hex
-    ref = plan_remote.remote(fleet, commitments, relay, key, robustness, provided)
-    follower = _SnapshotFollower(relay, key, control)
-    while True:
-        ready, _ = ray.wait([ref], timeout=POLL_S)
-        follower.poll()
-        if ready:
-            plan = unwrap_ray(lambda: ray.get(ref))
-            follower.drain()
-            return plan
-        if control.stop_reason is not None:
-            ray.cancel(ref, force=True, recursive=True)  # the driver task, its economics, HiGHS and robustness tasks
-            relay.take_snapshots.remote(key)  # what it reported last is not kept in the relay for good
-            raise RunStopped(control.stop_reason)
-
-
-class _SnapshotFollower:
-    """Brings a detached run's snapshots from the relay into `control`, in order and none lost: one take
-    is in flight at a time and is read when it is done (a take that timed out would still have taken
-    its snapshots from the relay, and they would be gone)."""
-
-    def __init__(self, relay, key: str, control: RunControl):
-        self.relay, self.key, self.control = relay, key, control
-        self._pending = None
-
-    def poll(self, timeout_s: float = 0.0) -> None:
-        if self._pending is None:
-            self._pending = self.relay.take_snapshots.remote(self.key)
-        ready, _ = ray.wait([self._pending], timeout=timeout_s)
-        if not ready:
-            return
-        ref, self._pending = self._pending, None
-        try:
-            snapshots = ray.get(ref)
-        except ray.exceptions.RayError:  # progress is best effort; the plan is not
-            return
-        for snapshot in snapshots:
-            self.control.publish(snapshot)
-
-    def drain(self) -> None:
-        """After the run: its last snapshots (they were sent before it returned), then its end."""
-        with contextlib.suppress(ray.exceptions.RayError):
-            self.poll(RELAY_DRAIN_S)
-            self.poll(RELAY_DRAIN_S)
-        if self.control.snapshot.stage != DONE_STAGE:
-            self.control.update(stage=DONE_STAGE, stage_done=1, stage_total=1)
 
 
 class SolveOverhead:

@@ -108,9 +108,7 @@ def test_a_store_that_stops_writing_turns_health_not_serving_and_loses_no_result
     with ServerThread(tmp_path / "db.sqlite") as server, server.channel() as channel:
         stub = server.stub(channel)
         store = server.server.store
-        # A solve of 6 s: the job's stages reach the server through the progress relay, a low-priority Ray
-        # actor, seconds late on a loaded machine; the solve must still be under way when its stage shows.
-        job = stub.SubmitPlanJob(pb.SubmitPlanJobRequest(fleet=fleet_message(hard_fleet_data(time_limit_s=6))))
+        job = stub.SubmitPlanJob(pb.SubmitPlanJobRequest(fleet=fleet_message(hard_fleet_data(time_limit_s=2))))
         wait_for(lambda: stub.GetPlanJob(pb.GetPlanJobRequest(job_id=job.job.job_id)).job.progress.stage == "solve")
 
         async def break_store():
