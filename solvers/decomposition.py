@@ -30,11 +30,13 @@ dispatch column per candidate rack and slot. Its size grows with the scenarios. 
   objective found is the lower bound. The loop stops when their relative gap is within the
   tolerance, or at the deadline with the best plan and its certified gap.
 
-Scenario work runs in Ray tasks, one per batch of `scenarios.batch_size` scenarios: the
-economics go to the object store once (`ray.put`), each batch's prepared data (per-scenario
-coefficients, coupled slots) stays in the object store as the return value of its preparation
-task, and later tasks take it by reference. Results are combined in batch order, so the plan is
-the same for any number of workers or nodes.
+Scenario work runs in Ray tasks over batches of `scenarios.batch_size` scenarios, one task per
+task slot (a group of consecutive batches of one node), so a round costs a few task round trips, not
+one per batch: the economics go to the object store once (`ray.put`), each batch's prepared data
+(per-scenario coefficients, coupled slots) stays in the object store as one value yielded by its
+group's preparation task (a streaming generator, so the batches are stored one by one), and later
+tasks take it by reference. Results are combined in batch order, so the plan is the same for any
+number of workers or nodes.
 """
 
 from __future__ import annotations
