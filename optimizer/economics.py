@@ -460,6 +460,7 @@ class _ChunkSums:
     # the kernel's: weight sums [S, N, U, P, W], runs [S, N, U], each profile's threshold position in its site's
     # [Q], site price offset [N] and whether it follows spot [N] (per_threshold is empty then)
     kernel_sums: tuple | None = None
+    item_count: np.ndarray | None = None  # the kernel's: [S] candidate racks of each scenario's coupled steps
 
 
 def group_economics(
@@ -489,7 +490,7 @@ def group_economics(
         halving_step=chunk.halving_step,
         hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
         **_contract_terms(fleet, grid, scenarios.n_scenarios, chunk.resale, profiles.step_discount),
-        **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles, kernel),
+        **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles, chunk.item_count),
     )
 
 
@@ -616,16 +617,13 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
     n_u = max((len(t.values) for t in thresholds), default=0)
     table = _kernel_sites(fleet, profiles, scenarios, thresholds, n_u)
     has_fraction, has_calls = scenarios.available_power_fraction is not None, scenarios.dr_call is not None
-    capacity = _coupled_capacity(fleet, scenarios)
     sums = np.zeros((n_scen, n_sites, n_u, n_p, kern.N_WEIGHTS))
     runs = np.zeros((n_scen, n_sites, n_u))
     resale = np.zeros((n_scen, n_sites, n_p, 2))
     resale_tail, hashprice_sum = np.zeros((n_scen, n_sites)), np.zeros(n_scen)
-    halving = np.zeros(n_scen, dtype=np.int64)
-    coupled = (np.zeros(capacity, np.int64), np.zeros(capacity, np.int64), np.zeros(capacity, np.int64))
-    coupled_cap, coupled_call = np.zeros(capacity), np.zeros(capacity, dtype=bool)
+    halving, item_count = np.empty(n_scen, dtype=np.int64), np.zeros(n_scen, dtype=np.int64)
     empty = np.zeros((1, 1, 1))
-    count = kern.chunk_pass(
+    scen, step, site, coupled_cap, coupled_call = kern.chunk_pass(
         np.ascontiguousarray(scenarios.hashprice_usd_per_ph_day, dtype=np.float64),
         np.ascontiguousarray(scenarios.btc_price_usd, dtype=np.float64),
         np.ascontiguousarray(scenarios.subsidy_btc, dtype=np.float64),
@@ -645,13 +643,10 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         resale_tail,
         hashprice_sum,
         halving,
-        *coupled,
-        coupled_cap,
-        coupled_call,
+        item_count,
     )
-    scen, step, site = (c[:count] for c in coupled)
     site_steps = [
-        _SiteSteps(scen[here], step[here], coupled_cap[:count][here], coupled_call[:count][here])
+        _SiteSteps(scen[here], step[here], coupled_cap[here], coupled_call[here])
         for here in (site == n for n in range(n_sites))
     ]
     threshold_in_site = np.zeros(len(grid.profiles), dtype=np.int64)
@@ -670,6 +665,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         halving_step=halving,
         mean_hashprice_usd_per_ph_day=hashprice_sum / n_steps,
         kernel_sums=(sums, runs, threshold_in_site, table[2], table[1]),
+        item_count=item_count,
     )
 
 
@@ -690,9 +686,12 @@ def _kernel_sites(
     prices = [_SitePrice(s, scenarios) for s in sites]
     padded = np.full((len(sites), max(n_u, 1)), np.inf)
     suffix = np.zeros((len(sites), n_u + 1))
+    suffix_members = np.zeros((len(sites), n_u + 1), dtype=np.int64)
     for n, t in enumerate(thresholds):
         padded[n, : len(t.values)] = t.values
         suffix[n, : len(t.values)] = np.cumsum(t.load_kw[::-1])[::-1]  # every profile with theta_u, u >= j, running
+        members = np.bincount(t.of_member, minlength=len(t.values))
+        suffix_members[n, : len(t.values)] = np.cumsum(members[::-1])[::-1]  # the profiles with theta_u, u >= j
     return (
         np.array([scenarios.markets.index(s.market) for s in sites], dtype=np.int64),
         np.array([p.follows_spot for p in prices]),
@@ -702,23 +701,12 @@ def _kernel_sites(
         np.array([len(t.values) for t in thresholds], dtype=np.int64),
         padded,
         suffix,
+        suffix_members,
         np.array([s.capacity_mw for s in sites], dtype=np.float64),
         np.array([s.demand_response is not None for s in sites]),
         profiles.site_ai_kw,
         profiles.site_ai_step,
     )
-
-
-def _coupled_capacity(fleet: Fleet, scenarios: ScenarioSet) -> int:
-    """An upper bound on the coupled points of a chunk: every site's steps in an event or a call."""
-    in_event, called = {}, {}
-    for m in range(len(scenarios.markets)):
-        if scenarios.available_power_fraction is not None:
-            in_event[m] = int(np.count_nonzero(scenarios.available_power_fraction[m] < 1.0))
-        if scenarios.dr_call is not None:
-            called[m] = int(np.count_nonzero(scenarios.dr_call[m]))
-    positions = [(scenarios.markets.index(site.market), site.demand_response is not None) for site in fleet.sites]
-    return sum(in_event.get(m, 0) + (called.get(m, 0) if dr else 0) for m, dr in positions)
 
 
 _PROFILE_SUMS = ("revenue", "cost", "revenue_pv", "cost_pv", "energy", "btc")
@@ -872,9 +860,11 @@ def _coupled_slots(
     scenarios: ScenarioSet,
     site_steps: list[_SiteSteps],
     profiles: _ProfileArrays,
-    kernel: bool,
+    item_count: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Padded [K, S] slots and [I, S] items of the coupled steps, in (site, step) order per scenario."""
+    """Padded [K, S] slots and [I, S] items of the coupled steps, in (site, step) order per scenario.
+
+    `item_count`: the kernel's items per scenario (its compiled loop writes them); None on the numpy path."""
     n_scen = scenarios.n_scenarios
     parts = [(st.scen, np.full(len(st.scen), n), st.step) for n, st in enumerate(site_steps)]
     scen, site, step = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in range(3))
@@ -899,7 +889,10 @@ def _coupled_slots(
             resale[here] = scenarios.power_price(s.market)[scen[here], step[here]] - s.contract.resale_fee_usd_per_mwh
     out["coupled_resale_usd_per_mwh"][slot, scen] = resale
 
-    out |= (_kernel_items if kernel else _numpy_items)(fleet, scenarios, profiles, scen, site, step, slot)
+    if item_count is None:
+        out |= _numpy_items(fleet, scenarios, profiles, scen, site, step, slot)
+    else:
+        out |= _kernel_items(fleet, scenarios, profiles, scen, site, step, slot, item_count)
     return out
 
 
@@ -939,15 +932,14 @@ def _numpy_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[str
     return out
 
 
-def _kernel_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[str, np.ndarray]:
-    """The same items by the compiled loop (optimizer.economics_kernel.coupled_items): counted, then written."""
+def _kernel_items(fleet, scenarios, profiles, scen, site, step, slot, count) -> dict[str, np.ndarray]:
+    """The same items by the compiled loop (optimizer.economics_kernel.coupled_items), `count` per scenario."""
     from optimizer import economics_kernel as kern
 
     n_scen = scenarios.n_scenarios
     prices = [_SitePrice(s, scenarios) for s in fleet.sites]
     members = np.argsort(profiles.site, kind="stable")  # each site's profiles, ascending
     first = np.searchsorted(profiles.site[members], np.arange(len(fleet.sites) + 1)).astype(np.int64)
-    count = np.zeros(n_scen, dtype=np.int64)
     args = (
         scen,
         step,
@@ -966,12 +958,11 @@ def _kernel_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[st
         1.0 - fleet.pool_fee_fraction,
         float(scenarios.step_hours),
     )
-    kern.coupled_items(*args, False, count, NO_SITE, *(_padded((0, 0), name) for name in _ITEMS))
     # written scenario by scenario ([S, I], each scenario's items contiguous, then its padding), handed out as
     # [I, S] views
     shape = (n_scen, int(count.max()) if n_scen else 0)
     by_scenario = [np.empty(shape, dtype=np.int32 if name in _INDEX_FIELDS else np.float64) for name in _ITEMS]
-    kern.coupled_items(*args, True, count, NO_SITE, *by_scenario)
+    kern.coupled_items(*args, count, NO_SITE, *by_scenario)
     return {name: values.T for name, values in zip(_ITEMS, by_scenario, strict=True)}
 
 

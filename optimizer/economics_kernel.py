@@ -42,8 +42,8 @@ N_WEIGHTS = 7
 R_RESALE, R_RESALE_PV = range(2)
 
 
-def chunk_pass(*args) -> int:
-    """Run the pass (see _chunk_pass); returns the number of coupled points written."""
+def chunk_pass(*args) -> tuple[np.ndarray, ...]:
+    """Run the pass (see _chunk_pass); returns the coupled points (scenario, step, site, cap kW, call)."""
     return _chunk_pass(*args)
 
 
@@ -74,6 +74,25 @@ def _masked_sums(keys, theta, row_h, row_h_pv, row_btc, discount, spot, out):
     out[W_SPOT_PV] = s_spot_pv
 
 
+# the same for a site whose price does not follow spot: its cost is the offset times the count, the spot sums unused
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _masked_sums_fixed(keys, theta, row_h, row_h_pv, row_btc, discount, out):
+    """As _masked_sums without the two spot weights (left at zero): five multiply-adds per step, not seven."""
+    s_h = s_h_pv = s_btc = s_count = s_d = 0.0
+    for t in range(keys.shape[0]):
+        r = 1.0 if keys[t] < theta else 0.0
+        s_h += r * row_h[t]
+        s_h_pv += r * row_h_pv[t]
+        s_btc += r * row_btc[t]
+        s_count += r
+        s_d += r * discount[t]
+    out[W_HASHPRICE] = s_h
+    out[W_HASHPRICE_PV] = s_h_pv
+    out[W_BTC] = s_btc
+    out[W_COUNT] = s_count
+    out[W_DISCOUNT] = s_d
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _chunk_pass(
     hashprice_ph_day,  # [S, T] USD per PH/s per day
@@ -96,6 +115,7 @@ def _chunk_pass(
     site_n_thresholds,  # [N]
     site_thresholds,  # [N, U] ascending, padded
     site_suffix_load_kw,  # [N, U + 1] load of every profile of thresholds >= j running; [.., U_n] = 0
+    site_suffix_members,  # [N, U + 1] int: the site's profiles of thresholds >= j (candidates of a coupled step)
     site_capacity_mw,  # [N]
     site_has_dr,  # [N] bool
     site_ai_kw,  # [N] the largest AI load at the meter
@@ -106,15 +126,14 @@ def _chunk_pass(
     resale_tail,  # out [S, N], zeroed
     hashprice_sum,  # out [S], zeroed
     halving,  # out [S] first step with a lower subsidy than the first's; n_steps if none
-    coupled_scen,  # out [C] int
-    coupled_step,  # out [C] int
-    coupled_site,  # out [C] int
-    coupled_cap_kw,  # out [C]
-    coupled_call,  # out [C] bool
+    item_count,  # out [S] int: candidate racks of the scenario's coupled steps, zeroed
 ):
+    """Returns the coupled points (scenario, step, site, cap kW, call), in (scenario, site, step) order."""
     n_scen, n_steps = hashprice_ph_day.shape
     n_sites, n_periods = site_market.shape[0], bounds.shape[0] - 1
     row_h, row_h_pv, row_btc, keys = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
+    points = (np.empty(n_steps, np.int64), np.empty(n_steps, np.int64), np.empty(n_steps, np.int64),
+              np.empty(n_steps), np.empty(n_steps, np.bool_))
     n_coupled = 0
     for s in range(n_scen):
         # the shared weights of the scenario's steps, once for every site
@@ -126,61 +145,58 @@ def _chunk_pass(
             row_btc[t] = h * step_hours / btc[t]
         hashprice_sum[s], n_positive = _sum_and_positives(hp_day)
         positive = n_positive == n_steps
-        halving[s] = n_steps
-        for t in range(n_steps):
-            if subsidy[s, t] < subsidy[s, 0]:
-                halving[s] = t
-                break
+        halving[s] = _first_lower(subsidy[s])
         for n in range(n_sites):
-            m, n_u, offset, follows = site_market[n], site_n_thresholds[n], site_offset[n], site_follows_spot[n]
+            m, n_u, follows = site_market[n], site_n_thresholds[n], site_follows_spot[n]
             spot = power[m, s]
-            _keys(spot, offset, follows, row_h, positive, keys)
-            if has_fraction or (has_calls and site_has_dr[n]):
-                n_coupled = _find_coupled(
+            _keys(spot, site_offset[n], follows, row_h, positive, keys)
+            site_calls = has_calls and site_has_dr[n]
+            if has_fraction or site_calls:
+                points, n_coupled = _find_coupled(
                     s,
                     n,
-                    m,
-                    n_u,
-                    keys,
-                    fraction,
-                    calls,
+                    fraction[m, s] if has_fraction else fraction[0, 0],
+                    calls[m, s] if site_calls else calls[0, 0],
                     has_fraction,
-                    has_calls and site_has_dr[n],
-                    site_thresholds,
-                    site_suffix_load_kw,
-                    site_capacity_mw,
-                    site_ai_kw,
-                    site_ai_step,
-                    runs,
-                    coupled_scen,
-                    coupled_step,
-                    coupled_site,
-                    coupled_cap_kw,
-                    coupled_call,
+                    site_calls,
+                    keys,
+                    n_u,
+                    site_thresholds[n],
+                    site_suffix_load_kw[n],
+                    site_suffix_members[n],
+                    site_capacity_mw[n],
+                    site_ai_kw[n],
+                    site_ai_step[n],
+                    runs[s, n],
+                    item_count,
+                    points,
                     n_coupled,
                 )
             for p in range(n_periods):
+                a, b = bounds[p], bounds[p + 1]
                 for u in range(n_u):
-                    a, b = bounds[p], bounds[p + 1]
-                    _masked_sums(
-                        keys[a:b],
-                        site_thresholds[n, u],
-                        row_h[a:b],
-                        row_h_pv[a:b],
-                        row_btc[a:b],
-                        discount[a:b],
-                        spot[a:b],
-                        sums[s, n, u, p],
-                    )
-                    runs[s, n, u] += sums[s, n, u, p, W_COUNT]
+                    out, theta = sums[s, n, u, p], site_thresholds[n, u]
+                    if follows:
+                        _masked_sums(keys[a:b], theta, row_h[a:b], row_h_pv[a:b], row_btc[a:b], discount[a:b], spot[a:b], out)
+                    else:
+                        _masked_sums_fixed(keys[a:b], theta, row_h[a:b], row_h_pv[a:b], row_btc[a:b], discount[a:b], out)
+                    runs[s, n, u] += out[W_COUNT]
                 if site_resells[n]:
-                    a, b = bounds[p], bounds[p + 1]
                     resale[s, n, p, R_RESALE], resale[s, n, p, R_RESALE_PV] = _resale_sums(
                         spot[a:b], discount[a:b], site_resale_fee[n]
                     )
             if site_resells[n]:
                 resale_tail[s, n] = _resale_sums(spot[tail_start:], discount[tail_start:], site_resale_fee[n])[0]
-    return n_coupled
+    return points[0][:n_coupled], points[1][:n_coupled], points[2][:n_coupled], points[3][:n_coupled], points[4][:n_coupled]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _first_lower(subsidy):
+    """The first step with a lower subsidy than the first's (the halving); the step count if none."""
+    for t in range(subsidy.shape[0]):
+        if subsidy[t] < subsidy[0]:
+            return t
+    return subsidy.shape[0]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
@@ -221,58 +237,99 @@ def _keys(spot, offset, follows_spot, row_h, positive, keys):
                 keys[t] = -np.inf if price < 0 else np.inf
 
 
+@numba.njit(cache=True, nogil=True)
+def _reserved(points, n, more):
+    """The coupled points' arrays (scenario, step, site, cap kW, call), doubled if `more` would not fit after n:
+    their count is known only after the pass (counting the event and call steps beforehand was a numpy pass over
+    every fraction and call array, ~4 ms of the first bench row)."""
+    if n + more <= points[0].shape[0]:
+        return points
+    size = max(2 * points[0].shape[0], n + more)
+    return (_grown(points[0], n, size), _grown(points[1], n, size), _grown(points[2], n, size),
+            _grown(points[3], n, size), _grown(points[4], n, size))
+
+
+@numba.njit(cache=True, nogil=True)
+def _grown(values, n, size):
+    out = np.empty(size, values.dtype)
+    out[:n] = values[:n]
+    return out
+
+
+# steps scanned at once for an event or a call: a branch-free count per block, the point checks only in blocks
+# with one (events and calls cover a few percent of the steps, in runs)
+_SCAN_BLOCK = 64
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _find_coupled(
     s,
     n,
-    m,
-    n_u,
-    keys,
-    fraction,
-    calls,
+    fraction,  # [T] of the site's market in scenario s
+    calls,  # [T] bool
     has_fraction,
     has_calls,
-    site_thresholds,
-    site_suffix_load_kw,
-    site_capacity_mw,
-    site_ai_kw,
-    site_ai_step,
-    runs,
-    coupled_scen,
-    coupled_step,
-    coupled_site,
-    coupled_cap_kw,
-    coupled_call,
+    keys,  # [T], the site's
+    n_u,
+    thresholds,  # [U]
+    suffix_load_kw,  # [U + 1]
+    suffix_members,  # [U + 1]
+    capacity_mw,
+    ai_kw,
+    ai_step,
+    runs,  # [U] of (s, n)
+    item_count,  # [S]
+    points,  # (scenario, step, site, cap kW, call) arrays, the first n_coupled written
     n_coupled,
 ):
-    """The site's coupled steps of scenario s: written out, counted as run steps, their keys set to +inf so
-    the sums leave them out. Returns the new count of coupled points."""
-    for t in range(keys.shape[0]):
-        frac = fraction[m, s, t] if has_fraction else 1.0
-        call = has_calls and calls[m, s, t]
-        if not (frac < 1.0 or call):
+    """The site's coupled steps of scenario s: appended to `points` (returned with the new count), counted as run steps and their candidate racks
+    in item_count[s], their keys set to +inf so the sums leave them out."""
+    n_steps = keys.shape[0]
+    if _flagged(fraction, calls, has_fraction, has_calls) == 0:
+        return points, n_coupled
+    for a in range(0, n_steps, _SCAN_BLOCK):
+        b = min(a + _SCAN_BLOCK, n_steps)
+        if _flagged(fraction[a:b], calls[a:b] if has_calls else calls, has_fraction, has_calls) == 0:
             continue
-        j = 0  # the thresholds u >= j run
-        while j < n_u and site_thresholds[n, j] <= keys[t]:
-            j += 1
-        running_kw = site_suffix_load_kw[n, j]
-        cap_kw = frac * site_capacity_mw[n] * KW_PER_MW if frac < 1.0 else np.inf
-        ai_kw = site_ai_kw[n] if t >= site_ai_step[n] else 0.0
-        if running_kw + ai_kw > cap_kw or (call and running_kw > 0):
-            coupled_scen[n_coupled] = s
-            coupled_step[n_coupled] = t
-            coupled_site[n_coupled] = n
-            coupled_cap_kw[n_coupled] = cap_kw
-            coupled_call[n_coupled] = call
-            n_coupled += 1
-            for u in range(j, n_u):
-                runs[s, n, u] += 1
-            keys[t] = np.inf
-    return n_coupled
+        points = _reserved(points, n_coupled, b - a)
+        for t in range(a, b):
+            frac = fraction[t] if has_fraction else 1.0
+            call = has_calls and calls[t]
+            if not (frac < 1.0 or call):
+                continue
+            j = 0  # the thresholds u >= j run
+            while j < n_u and thresholds[j] <= keys[t]:
+                j += 1
+            running_kw = suffix_load_kw[j]
+            cap_kw = frac * capacity_mw * KW_PER_MW if frac < 1.0 else np.inf
+            live_ai_kw = ai_kw if t >= ai_step else 0.0
+            if running_kw + live_ai_kw > cap_kw or (call and running_kw > 0):
+                points[0][n_coupled], points[1][n_coupled], points[2][n_coupled] = s, t, n
+                points[3][n_coupled], points[4][n_coupled] = cap_kw, call
+                n_coupled += 1
+                item_count[s] += suffix_members[j]
+                for u in range(j, n_u):
+                    runs[u] += 1
+                keys[t] = np.inf
+    return points, n_coupled
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _flagged(fraction, calls, has_fraction, has_calls):
+    """How many steps are in an event or a call (a branch-free count; the loops start at a literal 0 over the
+    slices, see _masked_sums)."""
+    count = 0
+    if has_fraction:
+        for t in range(fraction.shape[0]):
+            count += fraction[t] < 1.0
+    if has_calls:
+        for t in range(calls.shape[0]):
+            count += calls[t]
+    return count
 
 
 def coupled_items(*args) -> None:
-    """Count or write the candidate racks of the coupled slots (see _coupled_items)."""
+    """Write the candidate racks of the coupled slots (see _coupled_items)."""
     _coupled_items(*args)
 
 
@@ -294,8 +351,7 @@ def _coupled_items(
     meter_kw,  # [Q] per rack
     fee_factor,  # 1 - pool fee
     step_hours,
-    fill,  # False: count the items per scenario into `count`; True: write them ([S, I] outputs)
-    count,  # [S] int
+    count,  # [S] int: the items of each scenario (_chunk_pass's item_count)
     no_slot,  # the padding of item_slot past a scenario's items (the other fields are padded with 0)
     item_slot,  # out [S, I] int32, uninitialised
     item_group,  # out [S, I] int32, uninitialised
@@ -304,8 +360,9 @@ def _coupled_items(
 ):
     """Every profile of the point's site with a positive margin there (key < theta), in (scenario, slot, profile)
     order: hash revenue and power cost of one rack running through the step, as optimizer.economics computes them;
-    when filling, each scenario's row padded past its items (one write per cell: the outputs need no fill before)."""
-    count[:] = 0
+    each scenario's row padded past its items (one write per cell: the outputs need no fill before). The count
+    per scenario comes from the pass that found the points, so the points are walked once."""
+    filled = np.zeros(count.shape[0], np.int64)
     for c in range(point_scen.shape[0]):
         s, t, n = point_scen[c], point_step[c], point_site[c]
         h = hashprice_ph_day[s, t] / TH_PER_PH / HOURS_PER_DAY
@@ -316,23 +373,24 @@ def _coupled_items(
             key = -np.inf
         else:
             key = np.inf
+        k = filled[s]
         for i in range(site_first_member[n], site_first_member[n + 1]):
             q = members[i]
             if not key < theta[q]:
                 continue
-            if fill:
-                k = count[s]
-                item_slot[s, k] = point_slot[c]
-                item_group[s, k] = q
-                item_revenue[s, k] = hashrate_ths[q] * h * fee_factor * step_hours
-                item_cost[s, k] = meter_kw[q] / KW_PER_MW * step_hours * price
-            count[s] += 1
-    if fill:
-        for s in range(count.shape[0]):
-            item_slot[s, count[s] :] = no_slot
-            item_group[s, count[s] :] = 0
-            item_revenue[s, count[s] :] = 0.0
-            item_cost[s, count[s] :] = 0.0
+            item_slot[s, k] = point_slot[c]
+            item_group[s, k] = q
+            item_revenue[s, k] = hashrate_ths[q] * h * fee_factor * step_hours
+            item_cost[s, k] = meter_kw[q] / KW_PER_MW * step_hours * price
+            k += 1
+        filled[s] = k
+    for s in range(count.shape[0]):
+        if filled[s] != count[s]:
+            raise ValueError("coupled items: the pass's count per scenario and the items written differ")
+        item_slot[s, count[s] :] = no_slot
+        item_group[s, count[s] :] = 0
+        item_revenue[s, count[s] :] = 0.0
+        item_cost[s, count[s] :] = 0.0
 
 
 def profile_outputs(*args) -> None:
