@@ -60,6 +60,7 @@ the site forgoes); both are kept here per site, period and scenario.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import weakref
 from collections.abc import Sequence
@@ -301,6 +302,21 @@ class _ProfileArrays:
     # the timeline's, once per grid rather than per chunk (np.power over every step: ~3 ms for five hourly years)
     step_discount: np.ndarray  # [T] timeline.step_discount()
     period_discounted_days: np.ndarray  # [P] timeline.period_discounted_days()
+    opex_pv: np.ndarray  # [Q, P] discounted opex per rack
+
+    # the kernel's per-site thresholds and each profile's place among them: per grid, not per chunk (np.unique per
+    # site and a walk over the profiles, ~0.5 ms a chunk at 1,000 groups)
+    @functools.cached_property
+    def site_thresholds(self) -> list[_Thresholds]:
+        return [_Thresholds.of(self, n) for n in range(len(self.site_ai_kw))]
+
+    @functools.cached_property
+    def threshold_in_site(self) -> np.ndarray:
+        """[Q] the position of each profile's threshold among its site's."""
+        out = np.zeros(len(self.site), dtype=np.int64)
+        for t in self.site_thresholds:
+            out[t.members] = t.of_member
+        return out
 
     @staticmethod
     def of(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
@@ -328,6 +344,8 @@ class _ProfileArrays:
             site_ai_step=np.array([earliest_ai_step(grid, s) for s in fleet.sites], dtype=np.int64),
             step_discount=grid.timeline.step_discount(),
             period_discounted_days=grid.timeline.period_discounted_days(),
+            opex_pv=np.array([p.opex_usd_per_rack_day for p in profiles])[:, None]
+            * grid.timeline.period_discounted_days(),
         )
 
 
@@ -457,8 +475,8 @@ class _ChunkSums:
     resale: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]  # take-or-pay site -> [P, S] sum, PV, tail mean [S]
     halving_step: np.ndarray  # [S]
     mean_hashprice_usd_per_ph_day: np.ndarray  # [S]
-    # the kernel's: weight sums [S, N, U, P, W], runs [S, N, U], each profile's threshold position in its site's
-    # [Q], site price offset [N] and whether it follows spot [N] (per_threshold is empty then)
+    # the kernel's: weight sums [S, N, U, P, W], runs [S, N, U], site price offset [N] and whether it follows spot
+    # [N] (per_threshold is empty then)
     kernel_sums: tuple | None = None
     item_count: np.ndarray | None = None  # the kernel's: [S] candidate racks of each scenario's coupled steps
 
@@ -480,8 +498,7 @@ def group_economics(
     profiles = _ProfileArrays.of(fleet, grid)
     kernel = uses_kernel(fleet) if kernel is None else kernel
     chunk = (_kernel_pass if kernel else _numpy_pass)(fleet, grid, scenarios, profiles)
-    opex_pv = np.array([p.opex_usd_per_rack_day for p in grid.profiles])[:, None] * profiles.period_discounted_days
-    fields = (_kernel_profile_fields if kernel else _numpy_profile_fields)(fleet, grid, profiles, chunk, opex_pv)
+    fields = (_kernel_profile_fields if kernel else _numpy_profile_fields)(fleet, grid, profiles, chunk)
     return GroupEconomics(
         indices=np.asarray(scenarios.indices),
         steps=np.full(scenarios.n_scenarios, scenarios.n_steps),
@@ -495,12 +512,12 @@ def group_economics(
 
 
 def _numpy_profile_fields(
-    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums, opex_pv: np.ndarray
+    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums
 ) -> dict[str, np.ndarray]:
     """GroupEconomics' [Q, P, S] fields and run_fraction [Q, S] from the numpy pass's threshold sums."""
     sums, runs = _profile_sums(fleet, grid, profiles, chunk, len(chunk.halving_step))
     return {
-        "mine_value_usd": sums["revenue_pv"] - sums["cost_pv"] - opex_pv[:, :, None],
+        "mine_value_usd": sums["revenue_pv"] - sums["cost_pv"] - profiles.opex_pv[:, :, None],
         "hash_revenue_usd": sums["revenue"],
         "power_cost_usd": sums["cost"],
         "hash_revenue_pv_usd": sums["revenue_pv"],
@@ -512,13 +529,13 @@ def _numpy_profile_fields(
 
 
 def _kernel_profile_fields(
-    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums, opex_pv: np.ndarray
+    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums
 ) -> dict[str, np.ndarray]:
     """The same fields written by the compiled loop (optimizer.economics_kernel.profile_outputs) from the kernel's
     weight sums [S, N, U, P, W]: each value written once, no per-field gather and scaling passes."""
     from optimizer import economics_kernel as kern
 
-    sums, runs, threshold_in_site, site_offset, site_follows_spot = chunk.kernel_sums
+    sums, runs, site_offset, site_follows_spot = chunk.kernel_sums
     timeline = grid.timeline
     n_q, n_p, n_scen = len(grid.profiles), timeline.n_periods, sums.shape[0]
     out = {name: np.empty((n_q, n_p, n_scen)) for name in _KERNEL_FIELDS}
@@ -527,10 +544,10 @@ def _kernel_profile_fields(
         sums,
         runs,
         profiles.site,
-        threshold_in_site,
+        profiles.threshold_in_site,
         profiles.hashrate_ths * (1 - fleet.pool_fee_fraction),  # per TH-hour of hashprice, as _profile_sums
         profiles.meter_kw / KW_PER_MW * timeline.step_hours,  # MWh one rack draws in a step
-        np.ascontiguousarray(opex_pv, dtype=np.float64),
+        profiles.opex_pv,
         site_offset,
         site_follows_spot,
         float(timeline.step_hours),
@@ -613,7 +630,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
 
     timeline, sites = grid.timeline, fleet.sites
     n_scen, n_steps, n_sites, n_p = scenarios.n_scenarios, scenarios.n_steps, len(sites), timeline.n_periods
-    thresholds = [_Thresholds.of(profiles, n) for n in range(n_sites)]
+    thresholds = profiles.site_thresholds
     n_u = max((len(t.values) for t in thresholds), default=0)
     table = _kernel_sites(fleet, profiles, scenarios, thresholds, n_u)
     has_fraction, has_calls = scenarios.available_power_fraction is not None, scenarios.dr_call is not None
@@ -649,9 +666,6 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         _SiteSteps(scen[here], step[here], coupled_cap[here], coupled_call[here])
         for here in (site == n for n in range(n_sites))
     ]
-    threshold_in_site = np.zeros(len(grid.profiles), dtype=np.int64)
-    for t in thresholds:
-        threshold_in_site[t.members] = t.of_member
     tail_steps = min(n_steps, _last_year_steps(timeline.step_hours))
     return _ChunkSums(
         per_threshold=[],
@@ -664,7 +678,7 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         },
         halving_step=halving,
         mean_hashprice_usd_per_ph_day=hashprice_sum / n_steps,
-        kernel_sums=(sums, runs, threshold_in_site, table[2], table[1]),
+        kernel_sums=(sums, runs, table[2], table[1]),
         item_count=item_count,
     )
 
