@@ -457,10 +457,10 @@ def _coupled_items(
     step_hours,
     count,  # [S] int: the items of each scenario (_chunk_pass's item_count)
     no_slot,  # the padding of item_slot past a scenario's items (the other fields are padded with 0)
-    item_slot,  # out [S, I] int32, uninitialised
-    item_group,  # out [S, I] int32, uninitialised
-    item_revenue,  # out [S, I], uninitialised
-    item_cost,  # out [S, I], uninitialised
+    item_slot,  # out [S, I + 1] int32, uninitialised: one spare column (the caller hands out [:, :I])
+    item_group,  # out [S, I + 1] int32, uninitialised
+    item_revenue,  # out [S, I + 1], uninitialised
+    item_cost,  # out [S, I + 1], uninitialised
 ):
     """Every profile of the point's site with a positive margin there (key < theta), in (scenario, slot, profile)
     order: hash revenue and power cost of one rack running through the step, as optimizer.economics computes them;
@@ -479,14 +479,14 @@ def _coupled_items(
             key = np.inf
         k = filled[s]
         for i in range(site_first_member[n], site_first_member[n + 1]):
+            # branch-free: every candidate is written at k, which moves on only if it runs (a branch on key < theta
+            # mispredicts about as often as not); the spare column takes the last write of a full row
             q = members[i]
-            if not key < theta[q]:
-                continue
             item_slot[s, k] = point_slot[c]
             item_group[s, k] = q
             item_revenue[s, k] = hashrate_ths[q] * h * fee_factor * step_hours
             item_cost[s, k] = meter_kw[q] / KW_PER_MW * step_hours * price
-            k += 1
+            k += key < theta[q]
         filled[s] = k
     for s in range(count.shape[0]):
         if filled[s] != count[s]:
@@ -528,23 +528,49 @@ def _profile_outputs(
     write per value, with the operations of the numpy path's _threshold_sums and _profile_sums in their order
     (the cost is the offset times the steps plus, where the price follows spot, the spot sums), instead of
     transposes, a concatenation, a gather and a scaling pass per field."""
-    n_scen, n_q, n_p = sums.shape[0], profile_site.shape[0], sums.shape[3]
+    rows = _threshold_rows(sums, runs, site_offset, site_follows_spot, step_hours, n_steps)
+    n_q, n_p = profile_site.shape[0], sums.shape[3]
     for q in range(n_q):
         n, u = profile_site[q], profile_threshold[q]
-        offset, follows = site_offset[n], site_follows_spot[n]
+        rs, ms = rev_scale[q], mwh_scale[q]
         for p in range(n_p):
-            for s in range(n_scen):
-                w = sums[s, n, u, p]
-                c = offset * w[W_COUNT] + (w[W_SPOT] if follows else 0.0)
-                c_pv = offset * w[W_DISCOUNT] + (w[W_SPOT_PV] if follows else 0.0)
-                r_pv = w[W_HASHPRICE_PV] * step_hours * rev_scale[q]
-                cost_pv_q = c_pv * mwh_scale[q]
-                revenue[q, p, s] = w[W_HASHPRICE] * step_hours * rev_scale[q]
+            row, opex = rows[n, u, p], opex_pv[q, p]
+            for s in range(row.shape[1]):  # contiguous rows in, contiguous rows out: a vectorised loop
+                r_pv = row[_ROW_REVENUE_PV, s] * rs
+                cost_pv_q = row[_ROW_COST_PV, s] * ms
+                revenue[q, p, s] = row[_ROW_REVENUE, s] * rs
                 revenue_pv[q, p, s] = r_pv
-                btc[q, p, s] = w[W_BTC] * rev_scale[q]
-                cost[q, p, s] = c * mwh_scale[q]
+                btc[q, p, s] = row[_ROW_BTC, s] * rs
+                cost[q, p, s] = row[_ROW_COST, s] * ms
                 cost_pv[q, p, s] = cost_pv_q
-                energy[q, p, s] = w[W_COUNT] * mwh_scale[q]
-                mine_value[q, p, s] = r_pv - cost_pv_q - opex_pv[q, p]
-        for s in range(n_scen):
-            run_fraction[q, s] = runs[s, n, u] / n_steps
+                energy[q, p, s] = row[_ROW_COUNT, s] * ms
+                mine_value[q, p, s] = r_pv - cost_pv_q - opex
+        run_fraction[q, :] = rows[n, u, 0, _ROW_RUN_FRACTION]
+
+
+# rows per (site, threshold, period) of _threshold_rows, scenarios last: what every profile of the threshold scales
+_ROW_REVENUE, _ROW_REVENUE_PV, _ROW_BTC, _ROW_COST, _ROW_COST_PV, _ROW_COUNT, _ROW_RUN_FRACTION = range(7)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _threshold_rows(sums, runs, site_offset, site_follows_spot, step_hours, n_steps):
+    """[N, U, P, 7, S]: per threshold and period, its sums before a profile's per-rack scale, scenarios contiguous
+    (the sums are [S, ...]: read in place, a profile's loop over scenarios would stride). The operations are the
+    numpy path's, in its order: hashprice sums times the step hours, the cost the offset times the steps plus,
+    where the price follows spot, the spot sums."""
+    n_scen, n_sites, n_u, n_p = sums.shape[0], sums.shape[1], sums.shape[2], sums.shape[3]
+    rows = np.empty((n_sites, n_u, n_p, 7, n_scen))
+    for n in range(n_sites):
+        offset, follows = site_offset[n], site_follows_spot[n]
+        for u in range(n_u):
+            for p in range(n_p):
+                for s in range(n_scen):
+                    w = sums[s, n, u, p]
+                    rows[n, u, p, _ROW_REVENUE, s] = w[W_HASHPRICE] * step_hours
+                    rows[n, u, p, _ROW_REVENUE_PV, s] = w[W_HASHPRICE_PV] * step_hours
+                    rows[n, u, p, _ROW_BTC, s] = w[W_BTC]
+                    rows[n, u, p, _ROW_COST, s] = offset * w[W_COUNT] + (w[W_SPOT] if follows else 0.0)
+                    rows[n, u, p, _ROW_COST_PV, s] = offset * w[W_DISCOUNT] + (w[W_SPOT_PV] if follows else 0.0)
+                    rows[n, u, p, _ROW_COUNT, s] = w[W_COUNT]
+                    rows[n, u, p, _ROW_RUN_FRACTION, s] = runs[s, n, u] / n_steps
+    return rows
