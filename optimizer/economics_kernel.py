@@ -10,17 +10,33 @@ temporaries: per chunk, four rows of T floats of scratch.
 
 The same pass finds the coupled steps (an event's cap or a demand-response call can bind: the load of
 every profile that runs at the key, plus the largest AI load once a hall could be live, exceeds what the
-site may draw), counts them as run steps and leaves them out of the sums; it sums the take-or-pay resale
-(spot - fee) per period and over the last year, the hashprice per scenario, and finds the halving step.
-A second loop writes the candidate racks (items) of the coupled steps, each scenario's row padded in the
-same pass; a third writes every profile's [Q, P, S] fields straight from its threshold's sums (one write
-per value: the outputs are the bulk of what a chunk writes).
+site may draw), counts them as run steps and their candidate racks per scenario, and leaves them out of the
+sums; it sums the take-or-pay resale (spot - fee) per period and over the last year, the hashprice per
+scenario, and finds the halving step. Events and calls are rare: a branch-free count per row and per block
+of 64 steps skips the rows and blocks without one, and the points go to arrays that double when full (their
+number is known only after the pass). A second loop writes the candidate racks (items) of the coupled steps
+in one walk (the pass counted them), each scenario's row padded; a third writes every profile's [Q, P, S]
+fields from per-threshold rows with the scenarios contiguous (one write per value).
 
-Where the time goes (bench/bench_pipeline.py section 2, 1,000 groups x 1,000 scenarios hourly with events):
-the masked sums are arithmetic-bound, ~0.5 ns per step and threshold (seven multiply-adds each), so a site's
-U thresholds cost U passes; with 4 sites x 4 thresholds that alone is about twice one read of the chunk's
-arrays. Tiling the steps so a tile's rows stay in L1 across the thresholds was measured slower (256- and
-1,024-step tiles), as L2 was not the bound.
+Where the time goes (1 December 2026, this 2-core machine at load ~3.5-5, warmed numba, CPU time of the
+chunks of bench/bench_pipeline.py section 2, 1,000 groups x 1,000 scenarios hourly with events: nine chunks
+of 114 x 2,184 steps, four sites on four markets, four thresholds each, 760 coupled points and 161,855 items a
+chunk; one read of the arrays 8-10 ms):
+- the pass, ~27 ms: masked sums ~10.5 ms (thresholds in pairs, ~0.30 ns per step and threshold, down from
+  ~0.44 one at a time; five weights at the two sites off spot instead of seven); the event and call scan ~7 ms,
+  nearly all of it reading the four markets' fraction and call arrays, which the read reads too; the keys
+  (one division per site and step) ~4.5 ms; the shared weights, hashprice sum and halving ~5 ms (three
+  divisions per step, kept as divisions so every key is bit for bit the numpy path's and the same steps run);
+- the items ~11-16 ms: the [S, I] tables are 114 x 4,375 per chunk, two thirds padding, 12 MB written per chunk
+  (zero-filling them alone takes ~5 ms of the nine chunks); the profile outputs ~5-6 ms (7 x 1,000 x 114 per
+  chunk, 6.4 MB); the Python around the compiled calls ~3-5 ms.
+So the arithmetic of the sums and divisions alone is ~2.5x the read, and the outputs, which the read does not
+write, ~2x again: 3x is out of reach for this layout of the outputs (measured ~7x after, ~12x before, same
+bench and load; figures in docs/pipeline.md). Written into fresh pages (a process that keeps every chunk's
+outputs), the outputs cost far more: ~2.5 us per 4 KiB page fault on this VM, ~100 ms for the nine chunks'
+165 MB. Tried and not kept: per-step scatter into per-bucket accumulators instead of masked sums (2.5x slower
+in numba: not vectorised), four thresholds per loop (spills registers, no faster than pairs), tiling the steps
+so a tile stays in L1 across thresholds (slower: L2 was not the bound).
 
 Compiled once per machine: numba caches the machine code next to this file (`cache=True`), so a later
 process only loads it. Divisions follow numpy's error model (x / 0 is inf or nan, no exception), as the
