@@ -4,7 +4,8 @@ Prints, side by side in one run, each figure with the machine's load when it was
 1. start-up: `hashpivot plan examples/tiny.yaml --no-robustness` against `python -c "import numpy,
    pyomo.environ"` (interleaved runs, median and best; target: within 2x), and the same tiny plan
    forced onto an embedded Ray for reference;
-2. economics against one numpy pass over the same scenario arrays (ratio; target within 3x), peak memory
+2. economics against one numpy pass over the same scenario arrays (ratio; target within 3x), the kernel per
+   chunk and as a Ray task runs it (batches of the fleet's batch_size, outputs kept and joined), peak memory
    of one Ray task (target < 512 MiB) and of the process tree (1,000 groups x 1,000 scenarios hourly,
    target < 3 GiB; 300 groups x 200 scenarios at 15 minutes), and the value of 15-minute dispatch over
    hourly dispatch on the same paths averaged to hours (synthetic fleets on examples/fleet.yaml's markets);
