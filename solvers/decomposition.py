@@ -30,11 +30,13 @@ dispatch column per candidate rack and slot. Its size grows with the scenarios. 
   objective found is the lower bound. The loop stops when their relative gap is within the
   tolerance, or at the deadline with the best plan and its certified gap.
 
-Scenario work runs in Ray tasks, one per batch of `scenarios.batch_size` scenarios: the
-economics go to the object store once (`ray.put`), each batch's prepared data (per-scenario
-coefficients, coupled slots) stays in the object store as the return value of its preparation
-task, and later tasks take it by reference. Results are combined in batch order, so the plan is
-the same for any number of workers or nodes.
+Scenario work runs in Ray tasks over batches of `scenarios.batch_size` scenarios, one task per
+task slot (a group of consecutive batches of one node), so a round costs a few task round trips, not
+one per batch: the economics go to the object store once (`ray.put`), each batch's prepared data
+(per-scenario coefficients, coupled slots) stays in the object store as one value yielded by its
+group's preparation task (a streaming generator, so the batches are stored one by one), and later
+tasks take it by reference. Results are combined in batch order, so the plan is the same for any
+number of workers or nodes.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import numpy as np
 
 from optimizer.economics import NO_SITE, GroupEconomics, economics_grid, max_ai_load_kw
 from optimizer.fleet import Fleet, Objective, RiskSettings, SolveMethod, SolverSettings
+from optimizer.lifecycles import PlanGrid
 from solvers.economics_batches import EconomicsBatches, n_items
 from solvers.highs import InfeasiblePlanError, MipProgress, NoSolutionInTimeError, SolveOutcome, relative_gap
 from solvers.ray_pool import lazy_remote, running_in_process, spread_over_nodes
@@ -341,13 +344,16 @@ class Batch:
     coupled: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # [Sb] has coupled racks
 
 
-def prepare_batch(fleet: Fleet, economics: GroupEconomics, positions: np.ndarray, layout: Layout) -> Batch:
-    """Per-scenario coefficients of `profit_def` for some scenario columns (mirrors build_compact_model)."""
+def prepare_batch(
+    fleet: Fleet, economics: GroupEconomics, positions: np.ndarray, layout: Layout, grid: PlanGrid | None = None
+) -> Batch:
+    """Per-scenario coefficients of `profit_def` for some scenario columns (mirrors build_compact_model).
+    `grid`: the economics' plan grid, when the caller has it (it is the same for every batch of a run)."""
     from optimizer.formulation import lease_power_pv_usd_per_mw
     from optimizer.lifecycles import lifecycle_values_usd, purchase_values_usd
 
     econ = economics.columns(positions)
-    grid = economics_grid(fleet, econ)
+    grid = grid or economics_grid(fleet, econ)
     n_scen = econ.n_scenarios
     a = np.repeat(layout.c0[None, :], n_scen, axis=0)
     rack_value = lifecycle_values_usd(fleet, grid, econ)
@@ -552,11 +558,20 @@ def _node_id() -> str:
 
 
 @lazy_remote(num_cpus=1)
-def _prepare_task(fleet: Fleet, economics: GroupEconomics, start: int, layout: Layout) -> Batch:
-    """A batch prepared from its own economics (scenarios start, start + 1, ... of the run)."""
-    batch = prepare_batch(fleet, economics, np.arange(economics.n_scenarios), layout)
-    batch.positions = batch.positions + start
-    return batch
+def _prepare_group(fleet: Fleet, layout: Layout, economics_refs: list, starts: list[int]):
+    """The batches of a group prepared one after the other, each yielded as soon as it is done (a
+    streaming generator task: each goes to the object store on its own). One task per group, not per
+    batch: no round trip between batches, and the plan grid, the same for every batch of a run, is built
+    once. The economics arrive as references inside a list, so they are fetched one batch at a time."""
+    from solvers.ray_pool import get
+
+    grid = None
+    for ref, start in zip(economics_refs, starts, strict=True):
+        economics = get(ref)
+        grid = grid or economics_grid(fleet, economics)
+        batch = prepare_batch(fleet, economics, np.arange(economics.n_scenarios), layout, grid)
+        batch.positions = batch.positions + start  # scenarios start, start + 1, ... of the run
+        yield batch
 
 
 def evaluate_batch(batch: Batch, theta: np.ndarray | None, layout: Layout, y: np.ndarray) -> Evaluation:
@@ -601,7 +616,7 @@ class _Pool:
         self.local = running_in_process()
         self.workers = workers
         self.nodes: set[str] = set()
-        self.placements: list | None = None  # per batch, once `submit` has placed the batches
+        self.placements: list | None = None  # per batch, once `prepare` has placed the batches
         self.batches: list = []  # the prepared batches: refs (Ray) or values (in-process)
 
     def put(self, value):
@@ -611,25 +626,27 @@ class _Pool:
 
         return ray.put(value)
 
-    def submit(self, task, arg_lists: list[tuple]) -> None:
-        """Run one task per batch and keep its result (the prepared batch) where it is: refs (Ray) or
-        values (in-process), in order; at most `workers` tasks in flight; returns when all have finished.
-        Task i goes to the node of batch i."""
+    def prepare(self, fleet, layout, economics_refs: list, starts: list[int]) -> None:
+        """Prepare every batch (`_prepare_group`, one task per group of batches: `groups`) and keep each
+        where it is: refs (Ray) or values (in-process), in batch order. Group g runs on its batches' node."""
         if self.local:
-            self.batches = [task.fn(*args) for args in arg_lists]
+            self.batches = list(_prepare_group.fn(fleet, layout, economics_refs, starts))
             return
+        self.placements = spread_over_nodes(len(economics_refs))
         import ray
 
-        self.placements = spread_over_nodes(len(arg_lists))
-        refs, pending = [], []
-        for args, placement in zip(arg_lists, self.placements, strict=True):
-            if self.workers and len(pending) >= self.workers:
-                _, pending = ray.wait(pending, num_returns=len(pending) - self.workers + 1)
-            ref = task.options(scheduling_strategy=placement).remote(*args)
-            refs.append(ref)
-            pending.append(ref)
-        if pending:
-            ray.wait(pending, num_returns=len(pending), fetch_local=False)
+        groups = self.groups()
+        generators = [
+            _prepare_group.options(scheduling_strategy=placement).remote(
+                fleet, layout, [economics_refs[i] for i in idx], [starts[i] for i in idx]
+            )
+            for placement, idx in groups
+        ]
+        refs: list = [None] * len(economics_refs)
+        for (_, idx), generator in zip(groups, generators, strict=True):
+            for i, ref in zip(idx, generator, strict=True):  # a node's batches need not be contiguous
+                refs[i] = ref
+        ray.wait(refs, num_returns=len(refs), fetch_local=False)
         self.batches = refs
 
     def run(self, fn: Callable, per_batch: list[tuple], shared: tuple = ()) -> list:
@@ -761,9 +778,7 @@ def solve_decomposition(
     parts = [range(a, a + s.n_scenarios) for a, s in zip(economics.starts(), economics.summaries, strict=True)]
     layout_ref, fleet_ref = pool.put(layout), pool.put(fleet)
     scen_start = time.perf_counter()
-    pool.submit(
-        _prepare_task, [(fleet_ref, ref, r.start, layout_ref) for ref, r in zip(economics.refs, parts, strict=True)]
-    )
+    pool.prepare(fleet_ref, layout_ref, list(economics.refs), [r.start for r in parts])
     mean = pool.run(aggregate_batch, [(p[r.start : r.stop],) for r in parts])
     expected_coef = np.sum([m[0] for m in mean], axis=0)
     expected_const = float(sum(m[1] for m in mean))
