@@ -4,7 +4,8 @@ Prints, side by side in one run, each figure with the machine's load when it was
 1. start-up: `hashpivot plan examples/tiny.yaml --no-robustness` against `python -c "import numpy,
    pyomo.environ"` (interleaved runs, median and best; target: within 2x), and the same tiny plan
    forced onto an embedded Ray for reference;
-2. economics against one numpy pass over the same scenario arrays (ratio; target within 3x), peak memory
+2. economics against one numpy pass over the same scenario arrays (ratio; target within 3x), the kernel per
+   chunk and as a Ray task runs it (batches of the fleet's batch_size, outputs kept and joined), peak memory
    of one Ray task (target < 512 MiB) and of the process tree (1,000 groups x 1,000 scenarios hourly,
    target < 3 GiB; 300 groups x 200 scenarios at 15 minutes), and the value of 15-minute dispatch over
    hourly dispatch on the same paths averaged to hours (synthetic fleets on examples/fleet.yaml's markets);
@@ -173,6 +174,40 @@ def product_pass_s(chunks) -> float:
     return time.process_time() - start
 
 
+def task_economics_s(fleet, grid, chunks, batch_size: int) -> float:
+    """The kernel as a Ray task runs it (solvers.planner.streamed_economics, scenarios already drawn): per batch of
+    `batch_size` scenarios, its chunks priced and kept, then joined (concat_economics); the batch's result dropped
+    before the next, as a worker hands it to the object store. Chunks of the same scenario arrays as `chunks`."""
+    from optimizer.economics import concat_economics, group_economics
+    from optimizer.scenarios import select_rows
+    from solvers.planner import STREAM_CELLS
+
+    per_chunk = max(1, STREAM_CELLS // fleet.horizon.n_steps)
+    rows = [(chunk, r) for chunk in chunks for r in range(chunk.n_scenarios)]
+    batches = [rows[a : a + batch_size] for a in range(0, len(rows), batch_size)]
+    task_chunks = []
+    for batch in batches:  # the batch's chunks, cut from the same arrays before the clock starts
+        parts = [batch[a : a + per_chunk] for a in range(0, len(batch), per_chunk)]
+        task_chunks.append([_rows_of(part, select_rows) for part in parts])
+    start = time.process_time()
+    for batch in task_chunks:
+        result = concat_economics([group_economics(fleet, c, grid, kernel=True) for c in batch])
+        del result
+    return time.process_time() - start
+
+
+def _rows_of(part, select_rows):
+    """One contiguous ScenarioSet (as a task draws it) of the (chunk, row) pairs of `part`, consecutive rows of one
+    chunk or of two consecutive ones."""
+    from optimizer.scenarios import concat_scenarios
+
+    pieces = []
+    for chunk in {id(c): c for c, _ in part}.values():
+        positions = [r for c, r in part if c is chunk]
+        pieces.append(select_rows(chunk, range(positions[0], positions[-1] + 1)))
+    return concat_scenarios(pieces)
+
+
 def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int, events: bool = True) -> None:
     from optimizer.economics import group_economics
     from optimizer.lifecycles import plan_grid
@@ -187,7 +222,7 @@ def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int,
     ]
     cells = sum(c.n_scenarios * c.n_steps for c in chunks)
     group_economics(fleet, chunks[0], grid, kernel=True)  # numba's import and first dispatch: timed apart
-    econ, limit, product = {True: [], False: []}, [], []
+    econ, limit, product, task = {True: [], False: []}, [], [], []
     for _ in range(repeats):
         limit.append(one_pass_s(chunks))
         product.append(product_pass_s(chunks))
@@ -196,16 +231,18 @@ def economics_vs_limit(groups: int, count: int, step_minutes: int, repeats: int,
             for c in chunks:
                 group_economics(fleet, c, grid, kernel=kernel)
             econ[kernel].append(time.process_time() - start)
+        task.append(task_economics_s(fleet, grid, chunks, fleet.scenarios.batch_size))
         limit.append(one_pass_s(chunks))
-    k, n, lim, prod = min(econ[True]), min(econ[False]), min(limit), min(product)
+    k, n, lim, prod, tk = min(econ[True]), min(econ[False]), min(limit), min(product), min(task)
     verdict = "OK" if k <= 3 * lim else "ABOVE TARGET"
     kind = "events+calls" if events else "separable"
     print(
         f"  {groups:5d} groups x {count:5d} scen, {step_minutes:2d} min, {fleet.horizon.n_steps:5d} steps, "
         f"{kind:12s}: kernel {k:6.3f}s | numpy {n:6.3f}s | one pass {lim:6.3f}s | kernel/one pass {k / lim:5.2f}x "
         f"(target <= 3x: {verdict}), numpy/one pass {n / lim:5.2f}x | kernel {cells / k / 1e6:5.1f} M "
-        f"scenario-steps/s | earlier denominator (spot x hashprice product) {prod:6.3f}s: kernel {k / prod:5.2f}x "
-        f"({load()})"
+        f"scenario-steps/s | as Ray tasks (batches of {fleet.scenarios.batch_size}, outputs kept and joined) "
+        f"{tk:6.3f}s = {tk / lim:5.2f}x | earlier denominator (spot x hashprice product) {prod:6.3f}s: kernel "
+        f"{k / prod:5.2f}x ({load()})"
     )
 
 

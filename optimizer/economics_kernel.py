@@ -10,17 +10,33 @@ temporaries: per chunk, four rows of T floats of scratch.
 
 The same pass finds the coupled steps (an event's cap or a demand-response call can bind: the load of
 every profile that runs at the key, plus the largest AI load once a hall could be live, exceeds what the
-site may draw), counts them as run steps and leaves them out of the sums; it sums the take-or-pay resale
-(spot - fee) per period and over the last year, the hashprice per scenario, and finds the halving step.
-A second loop writes the candidate racks (items) of the coupled steps, each scenario's row padded in the
-same pass; a third writes every profile's [Q, P, S] fields straight from its threshold's sums (one write
-per value: the outputs are the bulk of what a chunk writes).
+site may draw), counts them as run steps and their candidate racks per scenario, and leaves them out of the
+sums; it sums the take-or-pay resale (spot - fee) per period and over the last year, the hashprice per
+scenario, and finds the halving step. Events and calls are rare: a branch-free count per row and per block
+of 64 steps skips the rows and blocks without one, and the points go to arrays that double when full (their
+number is known only after the pass). A second loop writes the candidate racks (items) of the coupled steps
+in one walk (the pass counted them), each scenario's row padded; a third writes every profile's [Q, P, S]
+fields from per-threshold rows with the scenarios contiguous (one write per value).
 
-Where the time goes (bench/bench_pipeline.py section 2, 1,000 groups x 1,000 scenarios hourly with events):
-the masked sums are arithmetic-bound, ~0.5 ns per step and threshold (seven multiply-adds each), so a site's
-U thresholds cost U passes; with 4 sites x 4 thresholds that alone is about twice one read of the chunk's
-arrays. Tiling the steps so a tile's rows stay in L1 across the thresholds was measured slower (256- and
-1,024-step tiles), as L2 was not the bound.
+Where the time goes (1 December 2026, this 2-core machine at load ~3.5-5, warmed numba, CPU time of the
+chunks of bench/bench_pipeline.py section 2, 1,000 groups x 1,000 scenarios hourly with events: nine chunks
+of 114 x 2,184 steps, four sites on four markets, four thresholds each, 760 coupled points and 161,855 items a
+chunk; one read of the arrays 8-10 ms):
+- the pass, ~27 ms: masked sums ~10.5 ms (thresholds in pairs, ~0.30 ns per step and threshold, down from
+  ~0.44 one at a time; five weights at the two sites off spot instead of seven); the event and call scan ~7 ms,
+  nearly all of it reading the four markets' fraction and call arrays, which the read reads too; the keys
+  (one division per site and step) ~4.5 ms; the shared weights, hashprice sum and halving ~5 ms (three
+  divisions per step, kept as divisions so every key is bit for bit the numpy path's and the same steps run);
+- the items ~11-16 ms: the [S, I] tables are 114 x 4,375 per chunk, two thirds padding, 12 MB written per chunk
+  (zero-filling them alone takes ~5 ms of the nine chunks); the profile outputs ~5-6 ms (7 x 1,000 x 114 per
+  chunk, 6.4 MB); the Python around the compiled calls ~3-5 ms.
+So the arithmetic of the sums and divisions alone is ~2.5x the read, and the outputs, which the read does not
+write, ~2x again: 3x is out of reach for this layout of the outputs (measured ~7x after, ~12x before, same
+bench and load; figures in docs/pipeline.md). Written into fresh pages (a process that keeps every chunk's
+outputs), the outputs cost far more: ~2.5 us per 4 KiB page fault on this VM, ~100 ms for the nine chunks'
+165 MB. Tried and not kept: per-step scatter into per-bucket accumulators instead of masked sums (2.5x slower
+in numba: not vectorised), four thresholds per loop (spills registers, no faster than pairs), tiling the steps
+so a tile stays in L1 across thresholds (slower: L2 was not the bound).
 
 Compiled once per machine: numba caches the machine code next to this file (`cache=True`), so a later
 process only loads it. Divisions follow numpy's error model (x / 0 is inf or nan, no exception), as the
@@ -42,8 +58,8 @@ N_WEIGHTS = 7
 R_RESALE, R_RESALE_PV = range(2)
 
 
-def chunk_pass(*args) -> int:
-    """Run the pass (see _chunk_pass); returns the number of coupled points written."""
+def chunk_pass(*args) -> tuple[np.ndarray, ...]:
+    """Run the pass (see _chunk_pass); returns the coupled points (scenario, step, site, cap kW, call)."""
     return _chunk_pass(*args)
 
 
@@ -74,6 +90,84 @@ def _masked_sums(keys, theta, row_h, row_h_pv, row_btc, discount, spot, out):
     out[W_SPOT_PV] = s_spot_pv
 
 
+# the same for a site whose price does not follow spot: its cost is the offset times the count, the spot sums unused
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _masked_sums_fixed(keys, theta, row_h, row_h_pv, row_btc, discount, out):
+    """As _masked_sums without the two spot weights (left at zero): five multiply-adds per step, not seven."""
+    s_h = s_h_pv = s_btc = s_count = s_d = 0.0
+    for t in range(keys.shape[0]):
+        r = 1.0 if keys[t] < theta else 0.0
+        s_h += r * row_h[t]
+        s_h_pv += r * row_h_pv[t]
+        s_btc += r * row_btc[t]
+        s_count += r
+        s_d += r * discount[t]
+    out[W_HASHPRICE] = s_h
+    out[W_HASHPRICE_PV] = s_h_pv
+    out[W_BTC] = s_btc
+    out[W_COUNT] = s_count
+    out[W_DISCOUNT] = s_d
+
+
+# two thresholds per loop: their masks share the step's loads, ~0.30 ns per step and threshold instead of ~0.44
+# (measured; four at once spill registers and are no faster)
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _masked_sums_pair(keys, theta0, theta1, row_h, row_h_pv, row_btc, discount, spot, out0, out1):
+    """_masked_sums for two thresholds at once (out0 for theta0, out1 for theta1)."""
+    a_h = a_h_pv = a_btc = a_count = a_d = a_spot = a_spot_pv = 0.0
+    b_h = b_h_pv = b_btc = b_count = b_d = b_spot = b_spot_pv = 0.0
+    for t in range(keys.shape[0]):
+        k, d, h, h_pv, btc, sp = keys[t], discount[t], row_h[t], row_h_pv[t], row_btc[t], spot[t]
+        sp_pv = sp * d
+        r = 1.0 if k < theta0 else 0.0
+        a_h += r * h
+        a_h_pv += r * h_pv
+        a_btc += r * btc
+        a_count += r
+        a_d += r * d
+        a_spot += r * sp
+        a_spot_pv += r * sp_pv
+        r = 1.0 if k < theta1 else 0.0
+        b_h += r * h
+        b_h_pv += r * h_pv
+        b_btc += r * btc
+        b_count += r
+        b_d += r * d
+        b_spot += r * sp
+        b_spot_pv += r * sp_pv
+    _store(out0, a_h, a_h_pv, a_btc, a_count, a_d)
+    _store(out1, b_h, b_h_pv, b_btc, b_count, b_d)
+    out0[W_SPOT], out0[W_SPOT_PV], out1[W_SPOT], out1[W_SPOT_PV] = a_spot, a_spot_pv, b_spot, b_spot_pv
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def _masked_sums_pair_fixed(keys, theta0, theta1, row_h, row_h_pv, row_btc, discount, out0, out1):
+    """_masked_sums_fixed for two thresholds at once."""
+    a_h = a_h_pv = a_btc = a_count = a_d = 0.0
+    b_h = b_h_pv = b_btc = b_count = b_d = 0.0
+    for t in range(keys.shape[0]):
+        k, d, h, h_pv, btc = keys[t], discount[t], row_h[t], row_h_pv[t], row_btc[t]
+        r = 1.0 if k < theta0 else 0.0
+        a_h += r * h
+        a_h_pv += r * h_pv
+        a_btc += r * btc
+        a_count += r
+        a_d += r * d
+        r = 1.0 if k < theta1 else 0.0
+        b_h += r * h
+        b_h_pv += r * h_pv
+        b_btc += r * btc
+        b_count += r
+        b_d += r * d
+    _store(out0, a_h, a_h_pv, a_btc, a_count, a_d)
+    _store(out1, b_h, b_h_pv, b_btc, b_count, b_d)
+
+
+@numba.njit(cache=True, nogil=True)
+def _store(out, s_h, s_h_pv, s_btc, s_count, s_d):
+    out[W_HASHPRICE], out[W_HASHPRICE_PV], out[W_BTC], out[W_COUNT], out[W_DISCOUNT] = s_h, s_h_pv, s_btc, s_count, s_d
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _chunk_pass(
     hashprice_ph_day,  # [S, T] USD per PH/s per day
@@ -96,6 +190,7 @@ def _chunk_pass(
     site_n_thresholds,  # [N]
     site_thresholds,  # [N, U] ascending, padded
     site_suffix_load_kw,  # [N, U + 1] load of every profile of thresholds >= j running; [.., U_n] = 0
+    site_suffix_members,  # [N, U + 1] int: the site's profiles of thresholds >= j (candidates of a coupled step)
     site_capacity_mw,  # [N]
     site_has_dr,  # [N] bool
     site_ai_kw,  # [N] the largest AI load at the meter
@@ -106,15 +201,19 @@ def _chunk_pass(
     resale_tail,  # out [S, N], zeroed
     hashprice_sum,  # out [S], zeroed
     halving,  # out [S] first step with a lower subsidy than the first's; n_steps if none
-    coupled_scen,  # out [C] int
-    coupled_step,  # out [C] int
-    coupled_site,  # out [C] int
-    coupled_cap_kw,  # out [C]
-    coupled_call,  # out [C] bool
+    item_count,  # out [S] int: candidate racks of the scenario's coupled steps, zeroed
 ):
+    """Returns the coupled points (scenario, step, site, cap kW, call), in (scenario, site, step) order."""
     n_scen, n_steps = hashprice_ph_day.shape
     n_sites, n_periods = site_market.shape[0], bounds.shape[0] - 1
     row_h, row_h_pv, row_btc, keys = np.empty(n_steps), np.empty(n_steps), np.empty(n_steps), np.empty(n_steps)
+    points = (
+        np.empty(n_steps, np.int64),
+        np.empty(n_steps, np.int64),
+        np.empty(n_steps, np.int64),
+        np.empty(n_steps),
+        np.empty(n_steps, np.bool_),
+    )
     n_coupled = 0
     for s in range(n_scen):
         # the shared weights of the scenario's steps, once for every site
@@ -126,61 +225,87 @@ def _chunk_pass(
             row_btc[t] = h * step_hours / btc[t]
         hashprice_sum[s], n_positive = _sum_and_positives(hp_day)
         positive = n_positive == n_steps
-        halving[s] = n_steps
-        for t in range(n_steps):
-            if subsidy[s, t] < subsidy[s, 0]:
-                halving[s] = t
-                break
+        halving[s] = _first_lower(subsidy[s])
         for n in range(n_sites):
-            m, n_u, offset, follows = site_market[n], site_n_thresholds[n], site_offset[n], site_follows_spot[n]
+            m, n_u, follows = site_market[n], site_n_thresholds[n], site_follows_spot[n]
             spot = power[m, s]
-            _keys(spot, offset, follows, row_h, positive, keys)
-            if has_fraction or (has_calls and site_has_dr[n]):
-                n_coupled = _find_coupled(
+            _keys(spot, site_offset[n], follows, row_h, positive, keys)
+            site_calls = has_calls and site_has_dr[n]
+            if has_fraction or site_calls:
+                points, n_coupled = _find_coupled(
                     s,
                     n,
-                    m,
-                    n_u,
-                    keys,
-                    fraction,
-                    calls,
+                    fraction[m, s] if has_fraction else fraction[0, 0],
+                    calls[m, s] if site_calls else calls[0, 0],
                     has_fraction,
-                    has_calls and site_has_dr[n],
-                    site_thresholds,
-                    site_suffix_load_kw,
-                    site_capacity_mw,
-                    site_ai_kw,
-                    site_ai_step,
-                    runs,
-                    coupled_scen,
-                    coupled_step,
-                    coupled_site,
-                    coupled_cap_kw,
-                    coupled_call,
+                    site_calls,
+                    keys,
+                    n_u,
+                    site_thresholds[n],
+                    site_suffix_load_kw[n],
+                    site_suffix_members[n],
+                    site_capacity_mw[n],
+                    site_ai_kw[n],
+                    site_ai_step[n],
+                    runs[s, n],
+                    item_count,
+                    points,
                     n_coupled,
                 )
             for p in range(n_periods):
-                for u in range(n_u):
-                    a, b = bounds[p], bounds[p + 1]
-                    _masked_sums(
-                        keys[a:b],
-                        site_thresholds[n, u],
-                        row_h[a:b],
-                        row_h_pv[a:b],
-                        row_btc[a:b],
-                        discount[a:b],
-                        spot[a:b],
-                        sums[s, n, u, p],
-                    )
-                    runs[s, n, u] += sums[s, n, u, p, W_COUNT]
+                a, b = bounds[p], bounds[p + 1]
+                _site_sums(
+                    keys[a:b],
+                    site_thresholds[n],
+                    n_u,
+                    follows,
+                    row_h[a:b],
+                    row_h_pv[a:b],
+                    row_btc[a:b],
+                    discount[a:b],
+                    spot[a:b],
+                    sums[s, n, :, p],
+                    runs[s, n],
+                )
                 if site_resells[n]:
-                    a, b = bounds[p], bounds[p + 1]
                     resale[s, n, p, R_RESALE], resale[s, n, p, R_RESALE_PV] = _resale_sums(
                         spot[a:b], discount[a:b], site_resale_fee[n]
                     )
             if site_resells[n]:
                 resale_tail[s, n] = _resale_sums(spot[tail_start:], discount[tail_start:], site_resale_fee[n])[0]
-    return n_coupled
+    return _trimmed(points, n_coupled)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _site_sums(keys, thresholds, n_u, follows, row_h, row_h_pv, row_btc, discount, spot, out, runs):
+    """A site's weight sums per threshold over a period's steps (out [U, N_WEIGHTS]), thresholds in pairs, the spot
+    weights only where the price follows spot; their run steps added to runs [U]."""
+    for u in range(0, n_u - 1, 2):
+        if follows:
+            _masked_sums_pair(
+                keys, thresholds[u], thresholds[u + 1], row_h, row_h_pv, row_btc, discount, spot, out[u], out[u + 1]
+            )
+        else:
+            _masked_sums_pair_fixed(
+                keys, thresholds[u], thresholds[u + 1], row_h, row_h_pv, row_btc, discount, out[u], out[u + 1]
+            )
+    if n_u % 2:
+        u = n_u - 1
+        if follows:
+            _masked_sums(keys, thresholds[u], row_h, row_h_pv, row_btc, discount, spot, out[u])
+        else:
+            _masked_sums_fixed(keys, thresholds[u], row_h, row_h_pv, row_btc, discount, out[u])
+    for u in range(n_u):
+        runs[u] += out[u, W_COUNT]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _first_lower(subsidy):
+    """The first step with a lower subsidy than the first's (the halving); the step count if none."""
+    for t in range(subsidy.shape[0]):
+        if subsidy[t] < subsidy[0]:
+            return t
+    return subsidy.shape[0]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
@@ -221,58 +346,110 @@ def _keys(spot, offset, follows_spot, row_h, positive, keys):
                 keys[t] = -np.inf if price < 0 else np.inf
 
 
+@numba.njit(cache=True, nogil=True)
+def _reserved(points, n, more):
+    """The coupled points' arrays (scenario, step, site, cap kW, call), doubled if `more` would not fit after n:
+    their count is known only after the pass (counting the event and call steps beforehand was a numpy pass over
+    every fraction and call array, ~4 ms of the first bench row)."""
+    if n + more <= points[0].shape[0]:
+        return points
+    size = max(2 * points[0].shape[0], n + more)
+    return (
+        _grown(points[0], n, size),
+        _grown(points[1], n, size),
+        _grown(points[2], n, size),
+        _grown(points[3], n, size),
+        _grown(points[4], n, size),
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _trimmed(points, n):
+    """The first n coupled points."""
+    return points[0][:n], points[1][:n], points[2][:n], points[3][:n], points[4][:n]
+
+
+@numba.njit(cache=True, nogil=True)
+def _grown(values, n, size):
+    out = np.empty(size, values.dtype)
+    out[:n] = values[:n]
+    return out
+
+
+# steps scanned at once for an event or a call: a branch-free count per block, the point checks only in blocks
+# with one (events and calls cover a few percent of the steps, in runs)
+_SCAN_BLOCK = 64
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _find_coupled(
     s,
     n,
-    m,
-    n_u,
-    keys,
-    fraction,
-    calls,
+    fraction,  # [T] of the site's market in scenario s
+    calls,  # [T] bool
     has_fraction,
     has_calls,
-    site_thresholds,
-    site_suffix_load_kw,
-    site_capacity_mw,
-    site_ai_kw,
-    site_ai_step,
-    runs,
-    coupled_scen,
-    coupled_step,
-    coupled_site,
-    coupled_cap_kw,
-    coupled_call,
+    keys,  # [T], the site's
+    n_u,
+    thresholds,  # [U]
+    suffix_load_kw,  # [U + 1]
+    suffix_members,  # [U + 1]
+    capacity_mw,
+    ai_kw,
+    ai_step,
+    runs,  # [U] of (s, n)
+    item_count,  # [S]
+    points,  # (scenario, step, site, cap kW, call) arrays, the first n_coupled written
     n_coupled,
 ):
-    """The site's coupled steps of scenario s: written out, counted as run steps, their keys set to +inf so
-    the sums leave them out. Returns the new count of coupled points."""
-    for t in range(keys.shape[0]):
-        frac = fraction[m, s, t] if has_fraction else 1.0
-        call = has_calls and calls[m, s, t]
-        if not (frac < 1.0 or call):
+    """The site's coupled steps of scenario s: appended to `points` (returned with the new count), counted as run
+    steps and their candidate racks in item_count[s], their keys set to +inf so the sums leave them out."""
+    n_steps = keys.shape[0]
+    if _flagged(fraction, calls, has_fraction, has_calls) == 0:
+        return points, n_coupled
+    for a in range(0, n_steps, _SCAN_BLOCK):
+        b = min(a + _SCAN_BLOCK, n_steps)
+        if _flagged(fraction[a:b], calls[a:b] if has_calls else calls, has_fraction, has_calls) == 0:
             continue
-        j = 0  # the thresholds u >= j run
-        while j < n_u and site_thresholds[n, j] <= keys[t]:
-            j += 1
-        running_kw = site_suffix_load_kw[n, j]
-        cap_kw = frac * site_capacity_mw[n] * KW_PER_MW if frac < 1.0 else np.inf
-        ai_kw = site_ai_kw[n] if t >= site_ai_step[n] else 0.0
-        if running_kw + ai_kw > cap_kw or (call and running_kw > 0):
-            coupled_scen[n_coupled] = s
-            coupled_step[n_coupled] = t
-            coupled_site[n_coupled] = n
-            coupled_cap_kw[n_coupled] = cap_kw
-            coupled_call[n_coupled] = call
-            n_coupled += 1
-            for u in range(j, n_u):
-                runs[s, n, u] += 1
-            keys[t] = np.inf
-    return n_coupled
+        points = _reserved(points, n_coupled, b - a)
+        for t in range(a, b):
+            frac = fraction[t] if has_fraction else 1.0
+            call = has_calls and calls[t]
+            if not (frac < 1.0 or call):
+                continue
+            j = 0  # the thresholds u >= j run
+            while j < n_u and thresholds[j] <= keys[t]:
+                j += 1
+            running_kw = suffix_load_kw[j]
+            cap_kw = frac * capacity_mw * KW_PER_MW if frac < 1.0 else np.inf
+            live_ai_kw = ai_kw if t >= ai_step else 0.0
+            if running_kw + live_ai_kw > cap_kw or (call and running_kw > 0):
+                points[0][n_coupled], points[1][n_coupled], points[2][n_coupled] = s, t, n
+                points[3][n_coupled], points[4][n_coupled] = cap_kw, call
+                n_coupled += 1
+                item_count[s] += suffix_members[j]
+                for u in range(j, n_u):
+                    runs[u] += 1
+                keys[t] = np.inf
+    return points, n_coupled
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _flagged(fraction, calls, has_fraction, has_calls):
+    """How many steps are in an event or a call (a branch-free count; the loops start at a literal 0 over the
+    slices, see _masked_sums)."""
+    count = 0
+    if has_fraction:
+        for t in range(fraction.shape[0]):
+            count += fraction[t] < 1.0
+    if has_calls:
+        for t in range(calls.shape[0]):
+            count += calls[t]
+    return count
 
 
 def coupled_items(*args) -> None:
-    """Count or write the candidate racks of the coupled slots (see _coupled_items)."""
+    """Write the candidate racks of the coupled slots (see _coupled_items)."""
     _coupled_items(*args)
 
 
@@ -294,18 +471,18 @@ def _coupled_items(
     meter_kw,  # [Q] per rack
     fee_factor,  # 1 - pool fee
     step_hours,
-    fill,  # False: count the items per scenario into `count`; True: write them ([S, I] outputs)
-    count,  # [S] int
+    count,  # [S] int: the items of each scenario (_chunk_pass's item_count)
     no_slot,  # the padding of item_slot past a scenario's items (the other fields are padded with 0)
-    item_slot,  # out [S, I] int32, uninitialised
-    item_group,  # out [S, I] int32, uninitialised
-    item_revenue,  # out [S, I], uninitialised
-    item_cost,  # out [S, I], uninitialised
+    item_slot,  # out [S, I + 1] int32, uninitialised: one spare column (the caller hands out [:, :I])
+    item_group,  # out [S, I + 1] int32, uninitialised
+    item_revenue,  # out [S, I + 1], uninitialised
+    item_cost,  # out [S, I + 1], uninitialised
 ):
     """Every profile of the point's site with a positive margin there (key < theta), in (scenario, slot, profile)
     order: hash revenue and power cost of one rack running through the step, as optimizer.economics computes them;
-    when filling, each scenario's row padded past its items (one write per cell: the outputs need no fill before)."""
-    count[:] = 0
+    each scenario's row padded past its items (one write per cell: the outputs need no fill before). The count
+    per scenario comes from the pass that found the points, so the points are walked once."""
+    filled = np.zeros(count.shape[0], np.int64)
     for c in range(point_scen.shape[0]):
         s, t, n = point_scen[c], point_step[c], point_site[c]
         h = hashprice_ph_day[s, t] / TH_PER_PH / HOURS_PER_DAY
@@ -316,23 +493,24 @@ def _coupled_items(
             key = -np.inf
         else:
             key = np.inf
+        k = filled[s]
         for i in range(site_first_member[n], site_first_member[n + 1]):
+            # branch-free: every candidate is written at k, which moves on only if it runs (a branch on key < theta
+            # mispredicts about as often as not); the spare column takes the last write of a full row
             q = members[i]
-            if not key < theta[q]:
-                continue
-            if fill:
-                k = count[s]
-                item_slot[s, k] = point_slot[c]
-                item_group[s, k] = q
-                item_revenue[s, k] = hashrate_ths[q] * h * fee_factor * step_hours
-                item_cost[s, k] = meter_kw[q] / KW_PER_MW * step_hours * price
-            count[s] += 1
-    if fill:
-        for s in range(count.shape[0]):
-            item_slot[s, count[s] :] = no_slot
-            item_group[s, count[s] :] = 0
-            item_revenue[s, count[s] :] = 0.0
-            item_cost[s, count[s] :] = 0.0
+            item_slot[s, k] = point_slot[c]
+            item_group[s, k] = q
+            item_revenue[s, k] = hashrate_ths[q] * h * fee_factor * step_hours
+            item_cost[s, k] = meter_kw[q] / KW_PER_MW * step_hours * price
+            k += key < theta[q]
+        filled[s] = k
+    for s in range(count.shape[0]):
+        if filled[s] != count[s]:
+            raise ValueError("coupled items: the pass's count per scenario and the items written differ")
+        item_slot[s, count[s] :] = no_slot
+        item_group[s, count[s] :] = 0
+        item_revenue[s, count[s] :] = 0.0
+        item_cost[s, count[s] :] = 0.0
 
 
 def profile_outputs(*args) -> None:
@@ -366,23 +544,49 @@ def _profile_outputs(
     write per value, with the operations of the numpy path's _threshold_sums and _profile_sums in their order
     (the cost is the offset times the steps plus, where the price follows spot, the spot sums), instead of
     transposes, a concatenation, a gather and a scaling pass per field."""
-    n_scen, n_q, n_p = sums.shape[0], profile_site.shape[0], sums.shape[3]
+    rows = _threshold_rows(sums, runs, site_offset, site_follows_spot, step_hours, n_steps)
+    n_q, n_p = profile_site.shape[0], sums.shape[3]
     for q in range(n_q):
         n, u = profile_site[q], profile_threshold[q]
-        offset, follows = site_offset[n], site_follows_spot[n]
+        rs, ms = rev_scale[q], mwh_scale[q]
         for p in range(n_p):
-            for s in range(n_scen):
-                w = sums[s, n, u, p]
-                c = offset * w[W_COUNT] + (w[W_SPOT] if follows else 0.0)
-                c_pv = offset * w[W_DISCOUNT] + (w[W_SPOT_PV] if follows else 0.0)
-                r_pv = w[W_HASHPRICE_PV] * step_hours * rev_scale[q]
-                cost_pv_q = c_pv * mwh_scale[q]
-                revenue[q, p, s] = w[W_HASHPRICE] * step_hours * rev_scale[q]
+            row, opex = rows[n, u, p], opex_pv[q, p]
+            for s in range(row.shape[1]):  # contiguous rows in, contiguous rows out: a vectorised loop
+                r_pv = row[_ROW_REVENUE_PV, s] * rs
+                cost_pv_q = row[_ROW_COST_PV, s] * ms
+                revenue[q, p, s] = row[_ROW_REVENUE, s] * rs
                 revenue_pv[q, p, s] = r_pv
-                btc[q, p, s] = w[W_BTC] * rev_scale[q]
-                cost[q, p, s] = c * mwh_scale[q]
+                btc[q, p, s] = row[_ROW_BTC, s] * rs
+                cost[q, p, s] = row[_ROW_COST, s] * ms
                 cost_pv[q, p, s] = cost_pv_q
-                energy[q, p, s] = w[W_COUNT] * mwh_scale[q]
-                mine_value[q, p, s] = r_pv - cost_pv_q - opex_pv[q, p]
-        for s in range(n_scen):
-            run_fraction[q, s] = runs[s, n, u] / n_steps
+                energy[q, p, s] = row[_ROW_COUNT, s] * ms
+                mine_value[q, p, s] = r_pv - cost_pv_q - opex
+        run_fraction[q, :] = rows[n, u, 0, _ROW_RUN_FRACTION]
+
+
+# rows per (site, threshold, period) of _threshold_rows, scenarios last: what every profile of the threshold scales
+_ROW_REVENUE, _ROW_REVENUE_PV, _ROW_BTC, _ROW_COST, _ROW_COST_PV, _ROW_COUNT, _ROW_RUN_FRACTION = range(7)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _threshold_rows(sums, runs, site_offset, site_follows_spot, step_hours, n_steps):
+    """[N, U, P, 7, S]: per threshold and period, its sums before a profile's per-rack scale, scenarios contiguous
+    (the sums are [S, ...]: read in place, a profile's loop over scenarios would stride). The operations are the
+    numpy path's, in its order: hashprice sums times the step hours, the cost the offset times the steps plus,
+    where the price follows spot, the spot sums."""
+    n_scen, n_sites, n_u, n_p = sums.shape[0], sums.shape[1], sums.shape[2], sums.shape[3]
+    rows = np.empty((n_sites, n_u, n_p, 7, n_scen))
+    for n in range(n_sites):
+        offset, follows = site_offset[n], site_follows_spot[n]
+        for u in range(n_u):
+            for p in range(n_p):
+                for s in range(n_scen):
+                    w = sums[s, n, u, p]
+                    rows[n, u, p, _ROW_REVENUE, s] = w[W_HASHPRICE] * step_hours
+                    rows[n, u, p, _ROW_REVENUE_PV, s] = w[W_HASHPRICE_PV] * step_hours
+                    rows[n, u, p, _ROW_BTC, s] = w[W_BTC]
+                    rows[n, u, p, _ROW_COST, s] = offset * w[W_COUNT] + (w[W_SPOT] if follows else 0.0)
+                    rows[n, u, p, _ROW_COST_PV, s] = offset * w[W_DISCOUNT] + (w[W_SPOT_PV] if follows else 0.0)
+                    rows[n, u, p, _ROW_COUNT, s] = w[W_COUNT]
+                    rows[n, u, p, _ROW_RUN_FRACTION, s] = runs[s, n, u] / n_steps
+    return rows

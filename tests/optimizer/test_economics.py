@@ -49,6 +49,24 @@ def test_batches_rejoin_in_index_order():
     np.testing.assert_allclose(joined.mine_value_usd, whole.mine_value_usd)
 
 
+def test_batches_in_order_join_without_reordering_and_one_part_is_kept():
+    """Streamed chunks arrive in index order: joined as they are (no second copy), equal to the whole; a single part
+    in order is returned itself."""
+    fleet = parse_fleet(small_fleet_data(days=1))
+    hashprice = np.linspace(30, 40, 3 * 24).reshape(3, 24)
+    spot = np.linspace(20, 60, 3 * 24).reshape(3, 24)
+    whole = group_economics(fleet, hand_scenarios(hashprice, spot))
+    early = group_economics(fleet, hand_scenarios(hashprice[:2], spot[:2], indices=[0, 1]))
+    late = group_economics(fleet, hand_scenarios(hashprice[2:], spot[2:], indices=[2]))
+    joined = concat_economics([early, late])
+    np.testing.assert_array_equal(joined.indices, [0, 1, 2])
+    np.testing.assert_allclose(joined.mine_value_usd, whole.mine_value_usd)
+    np.testing.assert_allclose(joined.power_cost_usd, whole.power_cost_usd)
+    assert concat_economics([early]) is early
+    reversed_pair = group_economics(fleet, hand_scenarios(hashprice[:2][::-1], spot[:2][::-1], indices=[1, 0]))
+    np.testing.assert_allclose(concat_economics([reversed_pair]).mine_value_usd, early.mine_value_usd)
+
+
 def test_breakeven_by_hand():
     # S21 at 17.5 J/TH, hashprice 35 $/PH/day: 35/1000/24 $/TH-h over 17.5e-6 MWh/TH-h = 83.33 $/MWh.
     assert breakeven_power_price_usd_per_mwh(35.0, 17.5) == pytest.approx(35 / 1000 / 24 / 17.5e-6)
@@ -96,6 +114,28 @@ def test_kernel_equals_the_numpy_economics_field_by_field(seed):
             np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0.005, err_msg=name)
     assert (hashprice == 0).any() and (power < 0).any()
     assert numpy_path.n_coupled > 0 or not fleet.markets[0].curtailment_events
+
+
+def test_kernel_equals_numpy_when_most_steps_couple():
+    """An event over every step at a tenth of capacity: far more coupled points than a scenario row has steps, so
+    the kernel's point arrays grow during the pass; the same slots, items and sums as the numpy path."""
+    import dataclasses
+
+    from tests.fleets import random_fleet_data, scenarios_for
+
+    fleet = parse_fleet(random_fleet_data(1, scenarios=3))
+    scenarios = scenarios_for(fleet)
+    shape = scenarios.power_price_usd_per_mwh.shape
+    scenarios = dataclasses.replace(scenarios, available_power_fraction=np.full(shape, 0.1))
+    numpy_path = group_economics(fleet, scenarios, kernel=False)
+    kernel = group_economics(fleet, scenarios, kernel=True)
+    assert kernel.n_coupled > scenarios.n_steps  # beyond the arrays' first size
+    for name in _economics_fields():
+        expected, got = getattr(numpy_path, name), getattr(kernel, name)
+        if name.startswith(("coupled_", "item_")) or got.dtype.kind in "ib" or name == "run_fraction":
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+        else:
+            np.testing.assert_allclose(got, expected, rtol=1e-12, atol=0.005, err_msg=name)
 
 
 def test_the_kernel_is_chosen_by_the_fleet_alone():
