@@ -31,7 +31,7 @@ dispatch column per candidate rack and slot. Its size grows with the scenarios. 
   tolerance, or at the deadline with the best plan and its certified gap.
 
 Scenario work runs in Ray tasks over batches of `scenarios.batch_size` scenarios, one task per
-task slot (a group of consecutive batches of one node), so a round costs a few task round trips, not
+task slot (a group of one node's batches), so a round costs a few task round trips, not
 one per batch: the economics go to the object store once (`ray.put`), each batch's prepared data
 (per-scenario coefficients, coupled slots) stays in the object store as one value yielded by its
 group's preparation task (a streaming generator, so the batches are stored one by one), and later
