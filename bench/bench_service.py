@@ -277,16 +277,11 @@ def _tree_pids(pid: int) -> list[int]:
 
 
 def tree_memory_bytes(pid: int) -> int:
-    """Proportional set size (PSS) of the process tree: shared pages (Ray's object store, libraries)
-    counted once across the processes that map them, where summing RSS would count them per process."""
-    total = 0
-    for p in _tree_pids(pid):
-        try:
-            with open(f"/proc/{p}/smaps_rollup") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
-        except (OSError, StopIteration, ValueError):
-            continue
-    return total
+    """Proportional set size (PSS) of the process tree (bench/common.py, tree_memory): shared pages (Ray's
+    object store, libraries) counted once across the processes that map them."""
+    from common import tree_memory  # here, not at the top: the spawned client processes skip its imports
+
+    return sum(pss for _, pss, _ in tree_memory(pid))
 
 
 def busy_ray_workers(pid: int) -> list[str]:

@@ -341,6 +341,7 @@ class _ProfileArrays:
         profiles = grid.profiles
         hashrate = np.array([p.hashrate_ths for p in profiles], dtype=float)
         meter_kw = np.array([p.meter_kw for p in profiles], dtype=float)
+        period_discounted_days = grid.timeline.period_discounted_days()
         return _ProfileArrays(
             site=np.array([p.site for p in profiles], dtype=np.int64),
             hashrate_ths=hashrate,
@@ -350,9 +351,8 @@ class _ProfileArrays:
             site_ai_kw=np.array([max_ai_load_kw(fleet, s) for s in fleet.sites], dtype=float),
             site_ai_step=np.array([earliest_ai_step(grid, s) for s in fleet.sites], dtype=np.int64),
             step_discount=grid.timeline.step_discount(),
-            period_discounted_days=grid.timeline.period_discounted_days(),
-            opex_pv=np.array([p.opex_usd_per_rack_day for p in profiles])[:, None]
-            * grid.timeline.period_discounted_days(),
+            period_discounted_days=period_discounted_days,
+            opex_pv=np.array([p.opex_usd_per_rack_day for p in profiles])[:, None] * period_discounted_days,
         )
 
 
