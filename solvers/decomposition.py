@@ -633,8 +633,6 @@ class _Pool:
             self.batches = list(_prepare_group.fn(fleet, layout, economics_refs, starts))
             return
         self.placements = spread_over_nodes(len(economics_refs))
-        import ray
-
         groups = self.groups()
         generators = [
             _prepare_group.options(scheduling_strategy=placement).remote(
@@ -642,12 +640,8 @@ class _Pool:
             )
             for placement, idx in groups
         ]
-        refs: list = [None] * len(economics_refs)
-        for (_, idx), generator in zip(groups, generators, strict=True):
-            for i, ref in zip(idx, generator, strict=True):  # a node's batches need not be contiguous
-                refs[i] = ref
-        ray.wait(refs, num_returns=len(refs), fetch_local=False)
-        self.batches = refs
+        # iterating a generator waits for each batch in turn: every batch is in the object store after this
+        self.batches = _in_batch_order(groups, generators, len(economics_refs))
 
     def run(self, fn: Callable, per_batch: list[tuple], shared: tuple = ()) -> list:
         """fn(batch, *per_batch[i], *shared) for every prepared batch, results in batch order. On Ray, one
@@ -663,11 +657,7 @@ class _Pool:
             self.workers,
             placements=[placement for placement, _ in groups],
         )
-        out: list = [None] * len(self.batches)
-        for (_, idx), part in zip(groups, results, strict=True):
-            for i, value in zip(idx, part, strict=True):
-                out[i] = value
-        return out
+        return _in_batch_order(groups, results, len(self.batches))
 
     def groups(self) -> list[tuple[object, list[int]]]:
         """(placement, batch indices): each node's batches in as many contiguous groups as it gets task slots
@@ -685,6 +675,16 @@ class _Pool:
             for placement, indices in by_node.values()
             for chunk in np.array_split(np.asarray(indices), min(per_node, len(indices)))
         ]
+
+
+def _in_batch_order(groups: list[tuple[object, list[int]]], per_group: list, n_batches: int) -> list:
+    """Per-group results (each in its group's batch order) back in batch order: a node's batches need not be
+    contiguous (spread_over_nodes alternates the nodes)."""
+    out: list = [None] * n_batches
+    for (_, idx), part in zip(groups, per_group, strict=True):
+        for i, value in zip(idx, part, strict=True):
+            out[i] = value
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
