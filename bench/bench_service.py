@@ -11,7 +11,7 @@ database; bearer-token auth on, as in production), plans examples/tiny.yaml, the
    bench/loadgen.py (needs `apt-get install -y g++ pkg-config libgrpc++-dev`; without it the bench
    falls back to python with a note); `python` is threads spread over `--processes` processes (so they
    are not all behind one GIL). The clients share the machine's 2 cores with the server they measure:
-   the Python ones spend ~0.3 ms of CPU per call, the compiled one about a third of that, and every
+   the Python ones spend 0.3-0.45 ms of CPU per call, the compiled one under half that, and every
    row prints its generator's CPU per call. Any call that does not return OK fails the bench. Two modes:
    - closed loop: each client sends its next call when the last returns. The rate is the saturation
      throughput; its latency is mostly queueing (Little's law: p50 ~ clients / rate).
@@ -20,7 +20,7 @@ database; bearer-token auth on, as in production), plans examples/tiny.yaml, the
      it delays (no coordinated omission, as wrk2 and ghz --rps measure). This is the row the latency
      targets are read from: a given load, and how long callers wait under it.
    Both on the idle server, on a bare grpc.aio server that returns a fixed reply (what gRPC, the
-   Python clients and the machine allow at that moment), while a plan job of examples/fleet.yaml
+   clients and the machine allow at that moment), while a plan job of examples/fleet.yaml
    runs, and on the bare server while such a job runs (what the job's load on the machine alone does
    to the clients). Every row carries the load average at its end;
 2. stop latency: seconds from a CancelPlanJob of a running fleet.yaml job, from the deadline of an
