@@ -68,6 +68,9 @@ def binary() -> Path:
     if built.returncode != 0:
         raise Unavailable(f"building {SOURCE.name} failed ({INSTALL}?):\n{built.stderr[-2000:]}")
     partial.replace(path)
+    for stale in BUILD_DIR.glob("dispatch_load-*"):  # builds of earlier sources: never run again
+        if stale != path and not stale.name.endswith(".partial"):
+            stale.unlink(missing_ok=True)
     return path
 
 

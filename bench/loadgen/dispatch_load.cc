@@ -200,7 +200,11 @@ class StartLine {
 class Client {
  public:
   Client(const Options& o, int index, const std::vector<grpc::ByteBuffer>& requests)
-      : options_(o), index_(index), requests_(requests), next_(index * CLIENT_MESSAGE_STRIDE % requests.size()) {
+      : options_(o),
+        index_(index),
+        requests_(requests),
+        first_(index * CLIENT_MESSAGE_STRIDE % requests.size()),
+        next_(first_) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);  // its own connection, not a shared subchannel
     channel_ = grpc::CreateCustomChannel(o.target, grpc::InsecureChannelCredentials(), args);
@@ -213,6 +217,7 @@ class Client {
       die("client " + std::to_string(index_) + " could not connect to " + options_.target + ": code " +
           std::to_string(first.error_code()) + " " + first.error_message());
     }
+    next_ = first_;  // the measured calls start from the message the connecting call sent, as in Python
     line.connected();
     double start_s = line.wait_for_start();
     if (options_.rate > 0) open_loop(start_s);
@@ -272,6 +277,7 @@ class Client {
   const Options& options_;
   const int index_;
   const std::vector<grpc::ByteBuffer>& requests_;
+  const size_t first_;
   size_t next_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
