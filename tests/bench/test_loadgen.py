@@ -115,3 +115,10 @@ def test_a_client_that_cannot_connect_fails_the_run_naming_the_target(built):
             loadgen.run(target, METHOD, MESSAGES, (), 2, 0.5)
     finally:
         server.stop(None)
+
+
+def test_without_grpcs_cpp_library_the_build_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("PKG_CONFIG_LIBDIR", str(tmp_path))  # pkg-config finds no grpc++ there
+    monkeypatch.setenv("PKG_CONFIG_PATH", str(tmp_path))
+    with pytest.raises(loadgen.Unavailable, match=r"apt-get install -y g\+\+ pkg-config libgrpc\+\+-dev"):
+        loadgen.binary()
