@@ -1,14 +1,16 @@
 """The compiled Dispatch load generator (bench/loadgen/dispatch_load.cc): built on first use, run, measured.
 
 bench_service.py's Dispatch rows share the machine's 2 cores with the server they measure. Its Python
-clients spend ~0.36 ms of CPU per call (~0.85 of a core at 2,300 calls/s), so they slow the server and
-their own timing; the C++ generator sends the same calls with the same closed- and open-loop semantics
-for a fraction of that, and reports its CPU so each row can print the client's cost per call.
+clients spend 0.32-0.45 ms of CPU per call (~0.75 of a core at 2,000 calls/s), so they slow the server
+and their own timing; the C++ generator sends the same calls with the same closed- and open-loop
+semantics for 0.15-0.20 ms per call (gRPC C-core's own work is ~0.09 ms of it), and reports its CPU so
+each row can print the client's cost per call (docs/service.md, "Dispatch under load").
 
 The binary is compiled with g++ -O2 against Debian's gRPC C++ library (grpc 1.51) into build/loadgen/
 (gitignored), named by the hash of the source and the compiler flags, so an edit or another gRPC version
 builds anew and an unchanged one is reused. Without the library, `binary()` raises `Unavailable` with the
-install command. Only the bench needs it: neither the tests nor CI do.
+install command. Only the bench needs it: its tests (tests/bench/test_loadgen.py) skip without it, and
+CI does not install it.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def run(
         # Generous: an open loop the server cannot keep up with runs on past `seconds` to its last call.
         done = subprocess.run(command, capture_output=True, text=True, timeout=120 + 20 * seconds)
         if done.returncode not in (EXIT_OK, EXIT_FAILED_CALLS):
-            raise RuntimeError(f"the Dispatch load generator failed (exit {done.returncode}): {done.stderr.strip()}")
+            said = done.stderr.strip()[-2000:]
+            raise RuntimeError(f"the Dispatch load generator failed (exit {done.returncode}): {said}")
         summary = _summary(done.stdout)
         if done.returncode == EXIT_FAILED_CALLS:
             ok = f"{summary['calls']:,.0f} returned OK"
