@@ -279,17 +279,14 @@ def load_average() -> str:
 
 
 def _tree_pids(pid: int) -> list[int]:
-    """A process and all its descendants (the supervisor, the server, its Ray and workers), from /proc."""
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        found.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                frontier += [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-    return found
+    """A process and all its descendants (the supervisor, the server, its fronts, Ray and its workers); by
+    parent pid (psutil), since /proc/PID/task/TID/children lists only what thread TID started."""
+    import psutil
+
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [pid]
 
 
 def tree_memory_bytes(pid: int) -> int:
