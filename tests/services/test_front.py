@@ -16,9 +16,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from protos.hashpivot.v1 import jobs_pb2
+from protos.hashpivot.v1 import jobs_pb2, planner_service_pb2_grpc
 from protos.hashpivot.v1 import planner_service_pb2 as pb
-from protos.hashpivot.v1 import planner_service_pb2_grpc
 from services.auth import Role, parse_token_lines, token_line
 from services.client import PlannerClient, PlannerError
 from services.front import RECHECK_S, method_kinds
