@@ -138,37 +138,32 @@ class Forwarder(grpc.GenericRpcHandler):
         return self._handlers.get(handler_call_details.method)
 
 
+# (client streaming, server streaming) -> the channel's multi-callable and the server's handler of that kind
+_KINDS = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
 def _forwarding_handler(channel: grpc.aio.Channel, method: str, client_streaming: bool, server_streaming: bool):
-    """A handler of raw bytes (no (de)serializers on either side) that relays one call upstream."""
-    if client_streaming and server_streaming:
-        upstream = channel.stream_stream(method)
-
-        async def bidi(request_iterator, context):
-            async for response in _relay_stream(upstream(request_iterator, **_call_options(context)), context):
-                yield response
-
-        return grpc.stream_stream_rpc_method_handler(bidi)
+    """A handler of raw bytes (no (de)serializers on either side) that relays one call upstream; the request
+    is a message or, for client streaming, the iterator of them, handed on as it is."""
+    callable_name, make_handler = _KINDS[(client_streaming, server_streaming)]
+    upstream = getattr(channel, callable_name)(method)
     if server_streaming:
-        upstream = channel.unary_stream(method)
 
         async def stream(request, context):
             async for response in _relay_stream(upstream(request, **_call_options(context)), context):
                 yield response
 
-        return grpc.unary_stream_rpc_method_handler(stream)
-    if client_streaming:
-        upstream = channel.stream_unary(method)
-
-        async def upload(request_iterator, context):
-            return await _relay_unary(upstream(request_iterator, **_call_options(context)), context)
-
-        return grpc.stream_unary_rpc_method_handler(upload)
-    upstream = channel.unary_unary(method)
+        return make_handler(stream)
 
     async def unary(request, context):
         return await _relay_unary(upstream(request, **_call_options(context)), context)
 
-    return grpc.unary_unary_rpc_method_handler(unary)
+    return make_handler(unary)
 
 
 def _call_options(context: grpc.aio.ServicerContext) -> dict:
