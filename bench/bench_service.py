@@ -36,6 +36,7 @@ moves them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -73,13 +74,28 @@ START_LEAD_S = 0.3
 IDLE_TITLES = ("ray::IDLE", "ray::ProgressRelay", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
-def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+def start_server(db: Path, fronts: int = 0) -> tuple[subprocess.Popen, str]:
     from common import start_server as start  # here, not at the top: the spawned client processes skip its imports
 
     from services.auth import Role, token_line
 
     env = {**os.environ, "HASHPIVOT_TOKENS": token_line(TOKEN, "bench", Role.ADMIN)}
-    return start(["--db", str(db), "--max-jobs", "1"], env=env, start_new_session=True)
+    args = ["--db", str(db), "--max-jobs", "1", "--dispatch-fronts", str(fronts)]
+    return start(args, env=env, start_new_session=True)
+
+
+@contextlib.contextmanager
+def serving(db: Path, fronts: int = 0):
+    """A `hashpivot serve` process tree with examples/tiny.yaml planned: (process, client, target, plan_id)."""
+    from services.client import PlannerClient
+
+    process, target = start_server(db, fronts)
+    try:
+        with PlannerClient(target, timeout_s=600, token=TOKEN) as client:
+            yield process, client, target, client.optimize(ROOT / "examples" / "tiny.yaml").plan_id
+    finally:
+        process.terminate()
+        process.wait(60)
 
 
 def server_pid(supervisor: int) -> int:
@@ -291,17 +307,14 @@ def load_average() -> str:
 
 
 def _tree_pids(pid: int) -> list[int]:
-    """A process and all its descendants (the supervisor, the server, its Ray and workers), from /proc."""
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        found.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                frontier += [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-    return found
+    """A process and all its descendants (the supervisor, the server, its fronts, Ray and its workers); by
+    parent pid (psutil), since /proc/PID/task/TID/children lists only what thread TID started."""
+    import psutil
+
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [pid]
 
 
 def tree_memory_bytes(pid: int) -> int:
@@ -448,8 +461,9 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, load average {load_average()}"
 
 
-def dispatch_rows(rows: Rows, client, target: str, plan_id: str) -> None:
+def dispatch_rows(rows: Rows, client, target: str, plan_id: str, fronts: int) -> None:
     """hashpivot idle, the bare server, hashpivot while a fleet.yaml job runs, the bare server under that job."""
+    print(f"hashpivot serve --dispatch-fronts {fronts}: " + (f"{fronts} front processes" if fronts else "one process"))
     rate = rows.measure("idle server", target, plan_id)
     bare_rate = rows.measure_bare("bare grpc.aio server (fixed reply)")
     print(f"  hashpivot's idle closed-loop rate / the bare server's: {rate / bare_rate:.2f}", flush=True)
@@ -495,6 +509,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=2000.0, help="the open loop's total calls/s")
     parser.add_argument("--dispatch-only", action="store_true", help="only the Dispatch rows")
+    parser.add_argument(
+        "--dispatch-fronts", type=int, nargs="+", default=[0, 2], help="the Dispatch rows for each (serve's flag)"
+    )
     parser.add_argument("--no-max-request", action="store_true", help="skip the largest admitted request (minutes)")
     parser.add_argument(
         "--loadgen",
@@ -503,27 +520,20 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from services.client import PlannerClient
-
     rows = Rows(args.clients, args.processes, args.seconds, args.rate, choose_loadgen(parser, args.loadgen))
+    print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        process, target = start_server(Path(tmp) / "bench.sqlite")
-        server = server_pid(process.pid)
-        try:
-            with PlannerClient(target, timeout_s=600, token=TOKEN) as client:
-                plan_id = client.optimize(ROOT / "examples" / "tiny.yaml").plan_id
-                print(f"machine: {machine()}", flush=True)
-                dispatch_rows(rows, client, target, plan_id)
-                if args.dispatch_only:
-                    return
-                print(f"stop latency (target 2 s); machine: {machine()}", flush=True)
-                stop_latencies(client, process.pid, server)
-                if not args.no_max_request:
-                    max_admitted_request(client, process.pid)
-                print(f"machine at the end: {machine()}")
-        finally:
-            process.terminate()
-            process.wait(60)
+        for fronts in args.dispatch_fronts:
+            with serving(Path(tmp) / f"dispatch-{fronts}.sqlite", fronts) as (_, client, target, plan_id):
+                dispatch_rows(rows, client, target, plan_id, fronts)
+        if args.dispatch_only:
+            return
+        with serving(Path(tmp) / "bench.sqlite") as (process, client, _, _):
+            print(f"stop latency (target 2 s); machine: {machine()}", flush=True)
+            stop_latencies(client, process.pid, server_pid(process.pid))
+            if not args.no_max_request:
+                max_admitted_request(client, process.pid)
+            print(f"machine at the end: {machine()}")
 
 
 if __name__ == "__main__":
