@@ -51,8 +51,10 @@ import numpy as np
 
 from optimizer.constants import HOURS_PER_DAY, KW_PER_MW, TH_PER_PH
 
-# weight sums per (scenario, site, threshold, period): what the steps a profile of the threshold runs in add
-W_HASHPRICE, W_HASHPRICE_PV, W_BTC, W_COUNT, W_DISCOUNT, W_SPOT, W_SPOT_PV = range(7)
+# weight sums per (scenario, site, threshold, period): what the steps a profile of the threshold runs in add. A site
+# whose price follows spot sums its price and discounted price (its cost); a fixed-price site's cost is its price
+# times the count and the discount sum, so it sums those instead: six weights or five, never seven
+W_HASHPRICE, W_HASHPRICE_PV, W_BTC, W_COUNT, W_DISCOUNT, W_PRICE, W_PRICE_PV = range(7)
 N_WEIGHTS = 7
 # accumulator rows per (scenario, site, period) of take-or-pay resale over every step
 R_RESALE, R_RESALE_PV = range(2)
@@ -63,109 +65,72 @@ def chunk_pass(*args) -> tuple[np.ndarray, ...]:
     return _chunk_pass(*args)
 
 
-# the masked sums may be reassociated (vectorised): the order of a float sum, nothing else
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _masked_sums(keys, theta, row_h, row_h_pv, row_btc, discount, spot, out):
-    """out[:] = the weights summed over the steps t with keys[t] < theta (a branch-free reduction).
+# The masked sums: per step, each weight added where the step's key is below the threshold, as a select of the sum
+# (`s + w if run else s`), which LLVM compiles to one masked vector add per weight (AVX-512 merge masking): ~0.24 ns
+# per step and threshold of six weights, where the product with a 0/1 mask took ~0.36 (a multiply, then an add: the
+# mask's product keeps 0 x inf = nan and -0, so LLVM may not drop it). Thresholds in pairs: their masks share the
+# step's loads (four at once spill registers and are no faster). The sums may be reassociated (vectorised): the
+# order of a float sum, nothing else. The loops run from a literal 0 over equal-length slices: with a variable start,
+# numba's negative-index wraparound keeps LLVM from vectorising them (~8x slower, measured).
+_SUMS = {"cache": True, "nogil": True, "error_model": "numpy", "fastmath": {"reassoc"}}
 
-    The loop runs from a literal 0 over equal-length slices: with a variable start, numba's negative-index
-    wraparound keeps LLVM from vectorising it (~8x slower, measured)."""
-    s_h = s_h_pv = s_btc = s_count = s_d = s_spot = s_spot_pv = 0.0
+
+@numba.njit(**_SUMS)
+def _price_sums_pair(keys, theta0, theta1, row_h, row_h_pv, row_btc, discount, spot, offset, out0, out1):
+    """out0 (out1)[:] = the weights summed over the steps t with keys[t] < theta0 (theta1), for a site whose price is
+    spot + offset: hashprice, discounted hashprice, BTC, the count, the price and the discounted price."""
+    a_h = a_h_pv = a_btc = a_count = a_p = a_p_pv = 0.0
+    b_h = b_h_pv = b_btc = b_count = b_p = b_p_pv = 0.0
     for t in range(keys.shape[0]):
-        r = 1.0 if keys[t] < theta else 0.0
-        d = discount[t]
-        s_h += r * row_h[t]
-        s_h_pv += r * row_h_pv[t]
-        s_btc += r * row_btc[t]
-        s_count += r
-        s_d += r * d
-        s_spot += r * spot[t]
-        s_spot_pv += r * spot[t] * d
-    out[W_HASHPRICE] = s_h
-    out[W_HASHPRICE_PV] = s_h_pv
-    out[W_BTC] = s_btc
-    out[W_COUNT] = s_count
-    out[W_DISCOUNT] = s_d
-    out[W_SPOT] = s_spot
-    out[W_SPOT_PV] = s_spot_pv
+        k, h, h_pv, btc = keys[t], row_h[t], row_h_pv[t], row_btc[t]
+        p = spot[t] + offset
+        p_pv = p * discount[t]
+        run = k < theta0
+        a_h = a_h + h if run else a_h
+        a_h_pv = a_h_pv + h_pv if run else a_h_pv
+        a_btc = a_btc + btc if run else a_btc
+        a_count = a_count + 1.0 if run else a_count
+        a_p = a_p + p if run else a_p
+        a_p_pv = a_p_pv + p_pv if run else a_p_pv
+        run = k < theta1
+        b_h = b_h + h if run else b_h
+        b_h_pv = b_h_pv + h_pv if run else b_h_pv
+        b_btc = b_btc + btc if run else b_btc
+        b_count = b_count + 1.0 if run else b_count
+        b_p = b_p + p if run else b_p
+        b_p_pv = b_p_pv + p_pv if run else b_p_pv
+    _store(out0, a_h, a_h_pv, a_btc, a_count)
+    _store(out1, b_h, b_h_pv, b_btc, b_count)
+    out0[W_PRICE], out0[W_PRICE_PV], out1[W_PRICE], out1[W_PRICE_PV] = a_p, a_p_pv, b_p, b_p_pv
 
 
-# the same for a site whose price does not follow spot: its cost is the offset times the count, the spot sums unused
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _masked_sums_fixed(keys, theta, row_h, row_h_pv, row_btc, discount, out):
-    """As _masked_sums without the two spot weights (left at zero): five multiply-adds per step, not seven."""
-    s_h = s_h_pv = s_btc = s_count = s_d = 0.0
-    for t in range(keys.shape[0]):
-        r = 1.0 if keys[t] < theta else 0.0
-        s_h += r * row_h[t]
-        s_h_pv += r * row_h_pv[t]
-        s_btc += r * row_btc[t]
-        s_count += r
-        s_d += r * discount[t]
-    out[W_HASHPRICE] = s_h
-    out[W_HASHPRICE_PV] = s_h_pv
-    out[W_BTC] = s_btc
-    out[W_COUNT] = s_count
-    out[W_DISCOUNT] = s_d
-
-
-# two thresholds per loop: their masks share the step's loads, ~0.30 ns per step and threshold instead of ~0.44
-# (measured; four at once spill registers and are no faster)
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _masked_sums_pair(keys, theta0, theta1, row_h, row_h_pv, row_btc, discount, spot, out0, out1):
-    """_masked_sums for two thresholds at once (out0 for theta0, out1 for theta1)."""
-    a_h = a_h_pv = a_btc = a_count = a_d = a_spot = a_spot_pv = 0.0
-    b_h = b_h_pv = b_btc = b_count = b_d = b_spot = b_spot_pv = 0.0
-    for t in range(keys.shape[0]):
-        k, d, h, h_pv, btc, sp = keys[t], discount[t], row_h[t], row_h_pv[t], row_btc[t], spot[t]
-        sp_pv = sp * d
-        r = 1.0 if k < theta0 else 0.0
-        a_h += r * h
-        a_h_pv += r * h_pv
-        a_btc += r * btc
-        a_count += r
-        a_d += r * d
-        a_spot += r * sp
-        a_spot_pv += r * sp_pv
-        r = 1.0 if k < theta1 else 0.0
-        b_h += r * h
-        b_h_pv += r * h_pv
-        b_btc += r * btc
-        b_count += r
-        b_d += r * d
-        b_spot += r * sp
-        b_spot_pv += r * sp_pv
-    _store(out0, a_h, a_h_pv, a_btc, a_count, a_d)
-    _store(out1, b_h, b_h_pv, b_btc, b_count, b_d)
-    out0[W_SPOT], out0[W_SPOT_PV], out1[W_SPOT], out1[W_SPOT_PV] = a_spot, a_spot_pv, b_spot, b_spot_pv
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-def _masked_sums_pair_fixed(keys, theta0, theta1, row_h, row_h_pv, row_btc, discount, out0, out1):
-    """_masked_sums_fixed for two thresholds at once."""
+@numba.njit(**_SUMS)
+def _fixed_sums_pair(keys, theta0, theta1, row_h, row_h_pv, row_btc, discount, out0, out1):
+    """As _price_sums_pair for a site at a fixed price: the discount factor summed instead of the price's two."""
     a_h = a_h_pv = a_btc = a_count = a_d = 0.0
     b_h = b_h_pv = b_btc = b_count = b_d = 0.0
     for t in range(keys.shape[0]):
-        k, d, h, h_pv, btc = keys[t], discount[t], row_h[t], row_h_pv[t], row_btc[t]
-        r = 1.0 if k < theta0 else 0.0
-        a_h += r * h
-        a_h_pv += r * h_pv
-        a_btc += r * btc
-        a_count += r
-        a_d += r * d
-        r = 1.0 if k < theta1 else 0.0
-        b_h += r * h
-        b_h_pv += r * h_pv
-        b_btc += r * btc
-        b_count += r
-        b_d += r * d
-    _store(out0, a_h, a_h_pv, a_btc, a_count, a_d)
-    _store(out1, b_h, b_h_pv, b_btc, b_count, b_d)
+        k, h, h_pv, btc, d = keys[t], row_h[t], row_h_pv[t], row_btc[t], discount[t]
+        run = k < theta0
+        a_h = a_h + h if run else a_h
+        a_h_pv = a_h_pv + h_pv if run else a_h_pv
+        a_btc = a_btc + btc if run else a_btc
+        a_count = a_count + 1.0 if run else a_count
+        a_d = a_d + d if run else a_d
+        run = k < theta1
+        b_h = b_h + h if run else b_h
+        b_h_pv = b_h_pv + h_pv if run else b_h_pv
+        b_btc = b_btc + btc if run else b_btc
+        b_count = b_count + 1.0 if run else b_count
+        b_d = b_d + d if run else b_d
+    _store(out0, a_h, a_h_pv, a_btc, a_count)
+    _store(out1, b_h, b_h_pv, b_btc, b_count)
+    out0[W_DISCOUNT], out1[W_DISCOUNT] = a_d, b_d
 
 
 @numba.njit(cache=True, nogil=True)
-def _store(out, s_h, s_h_pv, s_btc, s_count, s_d):
-    out[W_HASHPRICE], out[W_HASHPRICE_PV], out[W_BTC], out[W_COUNT], out[W_DISCOUNT] = s_h, s_h_pv, s_btc, s_count, s_d
+def _store(out, s_h, s_h_pv, s_btc, s_count):
+    out[W_HASHPRICE], out[W_HASHPRICE_PV], out[W_BTC], out[W_COUNT] = s_h, s_h_pv, s_btc, s_count
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -259,6 +224,7 @@ def _chunk_pass(
                     site_thresholds[n],
                     n_u,
                     follows,
+                    site_offset[n],
                     row_h[a:b],
                     row_h_pv[a:b],
                     row_btc[a:b],
@@ -277,24 +243,18 @@ def _chunk_pass(
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _site_sums(keys, thresholds, n_u, follows, row_h, row_h_pv, row_btc, discount, spot, out, runs):
-    """A site's weight sums per threshold over a period's steps (out [U, N_WEIGHTS]), thresholds in pairs, the spot
-    weights only where the price follows spot; their run steps added to runs [U]."""
-    for u in range(0, n_u - 1, 2):
+def _site_sums(keys, thresholds, n_u, follows, offset, row_h, row_h_pv, row_btc, discount, spot, out, runs):
+    """A site's weight sums per threshold over a period's steps (out [U, N_WEIGHTS]), thresholds in pairs (an odd
+    last one paired with itself: its second sums are dropped), the price's where it follows spot; their run steps
+    added to runs [U]."""
+    for u in range(0, n_u, 2):
+        v = min(u + 1, n_u - 1)
         if follows:
-            _masked_sums_pair(
-                keys, thresholds[u], thresholds[u + 1], row_h, row_h_pv, row_btc, discount, spot, out[u], out[u + 1]
+            _price_sums_pair(
+                keys, thresholds[u], thresholds[v], row_h, row_h_pv, row_btc, discount, spot, offset, out[u], out[v]
             )
         else:
-            _masked_sums_pair_fixed(
-                keys, thresholds[u], thresholds[u + 1], row_h, row_h_pv, row_btc, discount, out[u], out[u + 1]
-            )
-    if n_u % 2:
-        u = n_u - 1
-        if follows:
-            _masked_sums(keys, thresholds[u], row_h, row_h_pv, row_btc, discount, spot, out[u])
-        else:
-            _masked_sums_fixed(keys, thresholds[u], row_h, row_h_pv, row_btc, discount, out[u])
+            _fixed_sums_pair(keys, thresholds[u], thresholds[v], row_h, row_h_pv, row_btc, discount, out[u], out[v])
     for u in range(n_u):
         runs[u] += out[u, W_COUNT]
 
@@ -437,7 +397,7 @@ def _find_coupled(
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _flagged(fraction, calls, has_fraction, has_calls):
     """How many steps are in an event or a call (a branch-free count; the loops start at a literal 0 over the
-    slices, see _masked_sums)."""
+    slices, see _SUMS)."""
     count = 0
     if has_fraction:
         for t in range(fraction.shape[0]):
@@ -585,8 +545,8 @@ def _threshold_rows(sums, runs, site_offset, site_follows_spot, step_hours, n_st
                     rows[n, u, p, _ROW_REVENUE, s] = w[W_HASHPRICE] * step_hours
                     rows[n, u, p, _ROW_REVENUE_PV, s] = w[W_HASHPRICE_PV] * step_hours
                     rows[n, u, p, _ROW_BTC, s] = w[W_BTC]
-                    rows[n, u, p, _ROW_COST, s] = offset * w[W_COUNT] + (w[W_SPOT] if follows else 0.0)
-                    rows[n, u, p, _ROW_COST_PV, s] = offset * w[W_DISCOUNT] + (w[W_SPOT_PV] if follows else 0.0)
+                    rows[n, u, p, _ROW_COST, s] = w[W_PRICE] if follows else offset * w[W_COUNT]
+                    rows[n, u, p, _ROW_COST_PV, s] = w[W_PRICE_PV] if follows else offset * w[W_DISCOUNT]
                     rows[n, u, p, _ROW_COUNT, s] = w[W_COUNT]
                     rows[n, u, p, _ROW_RUN_FRACTION, s] = runs[s, n, u] / n_steps
     return rows
