@@ -425,45 +425,65 @@ def _flagged(fraction, calls, has_fraction, has_calls):
     return count
 
 
-def coupled_items(*args) -> None:
-    """Write the candidate racks of the coupled slots (see _coupled_items)."""
-    _coupled_items(*args)
+def coupled_tables(*args) -> None:
+    """Write the coupled slots and their candidate racks (see _coupled_tables)."""
+    _coupled_tables(*args)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _coupled_items(
-    point_scen,  # [C] coupled points in (scenario, site, step) order
+def _coupled_tables(
+    point_scen,  # [C] coupled points in (scenario, site, step) order, from _chunk_pass
     point_step,  # [C]
     point_site,  # [C]
-    point_slot,  # [C] the point's slot in its scenario's column
+    point_cap_kw,  # [C]
+    point_call,  # [C] bool
     hashprice_ph_day,  # [S, T]
+    btc_price,  # [S, T]
     power,  # [M, S, T]
+    discount,  # [T]
     site_market,  # [N]
     site_follows_spot,  # [N] bool
     site_offset,  # [N]
+    site_resells,  # [N] bool
+    site_resale_fee,  # [N]
     site_first_member,  # [N + 1] the site's profiles are members[first[n]:first[n + 1]], ascending
     members,  # [Q]
     theta,  # [Q] run threshold per profile
     hashrate_ths,  # [Q] per rack
-    meter_kw,  # [Q] per rack
+    mwh_per_step,  # [Q] MWh one rack draws in a step (meter kW / 1000 x step hours)
     fee_factor,  # 1 - pool fee
     step_hours,
     count,  # [S] int: the items of each scenario (_chunk_pass's item_count)
-    no_slot,  # the padding of item_slot past a scenario's items (the other fields are padded with 0)
-    item_slot,  # out [S, I + 1] int32, uninitialised: one spare column (the caller hands out [:, :I])
-    item_group,  # out [S, I + 1] int32, uninitialised
-    item_revenue,  # out [S, I + 1], uninitialised
-    item_cost,  # out [S, I + 1], uninitialised
+    slot_site,  # out [S, K] int32, uninitialised (as the other outputs)
+    slot_step,  # out [S, K] int32
+    slot_cap_kw,  # out [S, K]
+    slot_call,  # out [S, K] bool
+    slot_resale,  # out [S, K] take-or-pay: spot - fee; else 0
+    slot_discount,  # out [S, K]
+    slot_btc_price,  # out [S, K]
+    item_slot,  # out [S, I + 1] int32: one spare column (the caller hands out [:, :I])
+    item_group,  # out [S, I + 1] int32
+    item_revenue,  # out [S, I + 1]
+    item_cost,  # out [S, I + 1]
+    *padding,  # the fill past a scenario's slots and items, one per output in their order
 ):
-    """Every profile of the point's site with a positive margin there (key < theta), in (scenario, slot, profile)
-    order: hash revenue and power cost of one rack running through the step, as optimizer.economics computes them;
-    each scenario's row padded past its items (one write per cell: the outputs need no fill before). The count
-    per scenario comes from the pass that found the points, so the points are walked once."""
-    filled = np.zeros(count.shape[0], np.int64)
+    """Each point's slot (its rank among its scenario's points) and every profile of its site with a positive margin
+    there (key < theta), in (scenario, slot, profile) order: hash revenue and power cost of one rack running through
+    the step, with the operations of the numpy path's _coupled_slots and _numpy_items in their order, so the same
+    bits. Each scenario's row padded past its slots and items: one write per cell, the outputs need no fill before.
+    The item count per scenario comes from the pass that found the points, so the points are walked once."""
+    n_scen = count.shape[0]
+    slots, filled = np.zeros(n_scen, np.int64), np.zeros(n_scen, np.int64)
     for c in range(point_scen.shape[0]):
         s, t, n = point_scen[c], point_step[c], point_site[c]
+        j = slots[s]
+        spot = power[site_market[n], s, t]
+        slot_site[s, j], slot_step[s, j], slot_cap_kw[s, j], slot_call[s, j] = n, t, point_cap_kw[c], point_call[c]
+        slot_resale[s, j] = spot - site_resale_fee[n] if site_resells[n] else 0.0
+        slot_discount[s, j], slot_btc_price[s, j] = discount[t], btc_price[s, t]
+        slots[s] = j + 1
         h = hashprice_ph_day[s, t] / TH_PER_PH / HOURS_PER_DAY
-        price = power[site_market[n], s, t] + site_offset[n] if site_follows_spot[n] else site_offset[n]
+        price = spot + site_offset[n] if site_follows_spot[n] else site_offset[n]
         if h > 0:
             key = price / h
         elif price < 0:
@@ -475,19 +495,34 @@ def _coupled_items(
             # branch-free: every candidate is written at k, which moves on only if it runs (a branch on key < theta
             # mispredicts about as often as not); the spare column takes the last write of a full row
             q = members[i]
-            item_slot[s, k] = point_slot[c]
+            item_slot[s, k] = j
             item_group[s, k] = q
             item_revenue[s, k] = hashrate_ths[q] * h * fee_factor * step_hours
-            item_cost[s, k] = meter_kw[q] / KW_PER_MW * step_hours * price
+            item_cost[s, k] = mwh_per_step[q] * price
             k += key < theta[q]
         filled[s] = k
-    for s in range(count.shape[0]):
+    for s in range(n_scen):
         if filled[s] != count[s]:
             raise ValueError("coupled items: the pass's count per scenario and the items written differ")
-        item_slot[s, count[s] :] = no_slot
-        item_group[s, count[s] :] = 0
-        item_revenue[s, count[s] :] = 0.0
-        item_cost[s, count[s] :] = 0.0
+    slot_fields = (slot_site, slot_step, slot_cap_kw, slot_call, slot_resale, slot_discount, slot_btc_price)
+    _pad(slots, slot_fields[0], padding[0])
+    _pad(slots, slot_fields[1], padding[1])
+    _pad(slots, slot_fields[2], padding[2])
+    _pad(slots, slot_fields[3], padding[3])
+    _pad(slots, slot_fields[4], padding[4])
+    _pad(slots, slot_fields[5], padding[5])
+    _pad(slots, slot_fields[6], padding[6])
+    _pad(count, item_slot, padding[7])
+    _pad(count, item_group, padding[8])
+    _pad(count, item_revenue, padding[9])
+    _pad(count, item_cost, padding[10])
+
+
+@numba.njit(cache=True, nogil=True)
+def _pad(filled, table, value):
+    """The table's row s past filled[s] set to the padding value."""
+    for s in range(filled.shape[0]):
+        table[s, filled[s] :] = value
 
 
 def profile_outputs(*args) -> None:
