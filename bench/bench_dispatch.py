@@ -32,7 +32,7 @@ from common import start_server  # noqa: E402
 
 from optimizer.fleet import Fleet, FleetError, load_fleet  # noqa: E402
 from services.client import PlannerClient, fleet_message  # noqa: E402
-from services.servicer import SERVER_TIME_METADATA  # noqa: E402
+from services.dispatcher import SERVER_TIME_METADATA  # noqa: E402
 
 
 def percentiles_us(samples_s: list[float]) -> str:

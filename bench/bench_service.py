@@ -1,13 +1,18 @@
 """The service's measured figures in one run: Dispatch under load, stop latency, peak memory.
 
     .venv/bin/python bench/bench_service.py [--clients 30] [--processes 6] [--seconds 10] [--rate 2000]
-        [--dispatch-only] [--no-max-request]
+        [--dispatch-only] [--no-max-request] [--loadgen {cpp,python}]
 
 Starts `hashpivot serve` as its own process tree (supervisor, server, embedded Ray; temporary
 database; bearer-token auth on, as in production), plans examples/tiny.yaml, then prints:
-1. Dispatch: `--clients` clients (threads spread over `--processes` processes, so the clients are
-   not all behind one GIL), each with its own channel and token, connected before the clock starts,
-   for `--seconds` per row, in two modes:
+1. Dispatch: `--clients` clients, each with its own channel and connection and the token, connected
+   before the clock starts, for `--seconds` per row. They are sent by `--loadgen`: `cpp` (the default
+   where it builds) is bench/loadgen/dispatch_load.cc, a compiled gRPC client built on first use by
+   bench/loadgen.py (needs `apt-get install -y g++ pkg-config libgrpc++-dev`; without it the bench
+   falls back to python with a note); `python` is threads spread over `--processes` processes (so they
+   are not all behind one GIL). The clients share the machine's 2 cores with the server they measure:
+   the Python ones spend 0.3-0.45 ms of CPU per call, the compiled one under half that, and every
+   row prints its generator's CPU per call. Any call that does not return OK fails the bench. Two modes:
    - closed loop: each client sends its next call when the last returns. The rate is the saturation
      throughput; its latency is mostly queueing (Little's law: p50 ~ clients / rate).
    - open loop: the clients together send `--rate` calls/s, each on its own fixed schedule, and each
@@ -15,7 +20,7 @@ database; bearer-token auth on, as in production), plans examples/tiny.yaml, the
      it delays (no coordinated omission, as wrk2 and ghz --rps measure). This is the row the latency
      targets are read from: a given load, and how long callers wait under it.
    Both on the idle server, on a bare grpc.aio server that returns a fixed reply (what gRPC, the
-   Python clients and the machine allow at that moment), while a plan job of examples/fleet.yaml
+   clients and the machine allow at that moment), while a plan job of examples/fleet.yaml
    runs, and on the bare server while such a job runs (what the job's load on the machine alone does
    to the clients). Every row carries the load average at its end;
 2. stop latency: seconds from a CancelPlanJob of a running fleet.yaml job, from the deadline of an
@@ -31,6 +36,7 @@ moves them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import multiprocessing as mp
 import os
@@ -44,11 +50,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import loadgen
+from loadgen import Measured
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TOKEN = "bench-service-token"
 METADATA = (("authorization", f"Bearer {TOKEN}"),)
+PRICES = 90  # the Dispatch calls' distinct power prices, 30-119 USD/MWh
+DISPATCH_METHOD = "/hashpivot.v1.PlannerService/Dispatch"  # protos/hashpivot/v1/planner_service.proto
 RUNNING, FINAL_STATES = 2, 3  # PlanJobState numbers (protos/hashpivot/v1/jobs.proto): RUNNING; SUCCEEDED and above end
 QUIET_WINDOW_S = 0.25
 QUIET_CORES = 0.3  # the server's own upkeep (health, Ray probes) stays well below this
@@ -63,13 +74,28 @@ START_LEAD_S = 0.3
 IDLE_TITLES = ("ray::IDLE", "ray::ProgressRelay", "ray::DashboardAgent", "ray::RuntimeEnvAgent")
 
 
-def start_server(db: Path) -> tuple[subprocess.Popen, str]:
+def start_server(db: Path, fronts: int = 0) -> tuple[subprocess.Popen, str]:
     from common import start_server as start  # here, not at the top: the spawned client processes skip its imports
 
     from services.auth import Role, token_line
 
     env = {**os.environ, "HASHPIVOT_TOKENS": token_line(TOKEN, "bench", Role.ADMIN)}
-    return start(["--db", str(db), "--max-jobs", "1"], env=env, start_new_session=True)
+    args = ["--db", str(db), "--max-jobs", "1", "--dispatch-fronts", str(fronts)]
+    return start(args, env=env, start_new_session=True)
+
+
+@contextlib.contextmanager
+def serving(db: Path, fronts: int = 0):
+    """A `hashpivot serve` process tree with examples/tiny.yaml planned: (process, client, target, plan_id)."""
+    from services.client import PlannerClient
+
+    process, target = start_server(db, fronts)
+    try:
+        with PlannerClient(target, timeout_s=600, token=TOKEN) as client:
+            yield process, client, target, client.optimize(ROOT / "examples" / "tiny.yaml").plan_id
+    finally:
+        process.terminate()
+        process.wait(60)
 
 
 def server_pid(supervisor: int) -> int:
@@ -83,10 +109,16 @@ def server_pid(supervisor: int) -> int:
     raise RuntimeError("the supervisor has no server process")
 
 
-def _requests(plan_id: str, seed: int) -> list:
+def _request_bytes(plan_id: str) -> list[bytes]:
+    """The C++ generator's requests: every price the Python clients send, serialized (each of its clients
+    starts at a different one, as the seeds spread the Python clients)."""
+    return [request.SerializeToString() for request in _requests(plan_id, 0, PRICES)]
+
+
+def _requests(plan_id: str, seed: int, count: int = 64) -> list:
     from protos.hashpivot.v1 import planner_service_pb2 as pb
 
-    prices = [30.0 + (seed * 7 + k) % 90 for k in range(64)]
+    prices = [30.0 + (seed * 7 + k) % PRICES for k in range(count)]
     return [
         pb.DispatchRequest(plan_id=plan_id, power_price_usd_per_mwh_by_site={"texas": p}, hashprice_usd_per_ph_day=35)
         for p in prices
@@ -101,7 +133,9 @@ def _client_thread(target: str, plan_id: str, ready, go, load: Load, out: list[f
     from protos.hashpivot.v1 import planner_service_pb2_grpc
 
     requests = _requests(plan_id, seed)
-    with grpc.insecure_channel(target) as channel:
+    # Its own connection: by default channels with the same target and options share one (gRPC's global
+    # subchannel pool), so a process's threads would be one connection to the server, not five.
+    with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         stub = planner_service_pb2_grpc.PlannerServiceStub(channel)
         stub.Dispatch(requests[0], metadata=METADATA, timeout=30)  # connect before the clock starts
         ready.put(seed)
@@ -135,6 +169,7 @@ def _open_loop(stub, requests: list, load: Load, seed: int, out: list[float]) ->
 
 
 def _client_process(target: str, plan_id: str, threads: int, ready, go, load: Load, first: int, results_queue):
+    """`threads` clients; -> (their latencies and end marks, this process's CPU seconds from the start signal)."""
     results: list[list[float]] = [[] for _ in range(threads)]
     workers = [
         threading.Thread(target=_client_thread, args=(target, plan_id, ready, go, load, results[i], first + i))
@@ -142,9 +177,11 @@ def _client_process(target: str, plan_id: str, threads: int, ready, go, load: Lo
     ]
     for w in workers:
         w.start()
+    go.wait()  # the clients connected before it: what follows is the measured calls' CPU
+    cpu_at_go = time.process_time()
     for w in workers:
         w.join()
-    results_queue.put([x for r in results for x in r])
+    results_queue.put(([x for r in results for x in r], time.process_time() - cpu_at_go))
 
 
 @dataclass
@@ -154,12 +191,6 @@ class Load:
     seconds: float
     rate_per_client: float | None = None
     start: Any = None  # a shared double: time.monotonic() (system-wide on Linux) when every client starts
-
-
-@dataclass
-class Measured:
-    rate: float  # calls completed per second
-    latencies_s: list[float]
 
 
 def dispatch_load(
@@ -182,13 +213,17 @@ def dispatch_load(
         ready.get(timeout=120)
     load.start.value = time.monotonic() + START_LEAD_S
     go.set()
-    values = [x for _ in procs for x in results_queue.get()]
+    values, cpu_s = [], 0.0
+    for _ in procs:
+        process_values, process_cpu_s = results_queue.get()
+        values += process_values
+        cpu_s += process_cpu_s
     for p in procs:
         p.join()
     latencies = [x for x in values if x >= 0]
     ends = [-x for x in values if x < 0]
     span_s = max(ends) - load.start.value if ends else seconds  # open loop: until the last call returned
-    return Measured(len(latencies) / span_s, latencies)
+    return Measured(len(latencies) / span_s, latencies, cpu_s, "Python")
 
 
 def _bare_server(port_queue) -> None:
@@ -221,17 +256,25 @@ class Rows:
     """The Dispatch load one server state gets: closed loop and open loop, the same clients."""
 
     clients: int
-    processes: int
+    processes: int  # the Python clients' processes
     seconds: float
     rate: float  # the open loop's total calls/s
+    loadgen: str = "python"  # who sends the calls: "cpp" (bench/loadgen.py) or "python" (dispatch_load)
 
     def measure(self, label: str, target: str, plan_id: str) -> float:
         """Print both rows; -> the closed loop's rate (saturation throughput)."""
-        closed = dispatch_load(target, plan_id, self.clients, self.processes, self.seconds)
+        closed = self.load(target, plan_id)
         report(f"{label}, closed loop ({self.clients} clients back to back)", closed)
-        opened = dispatch_load(target, plan_id, self.clients, self.processes, self.seconds, self.rate)
+        opened = self.load(target, plan_id, self.rate)
         report(f"{label}, open loop ({self.clients} clients, {self.rate:,.0f} calls/s in all)", opened)
         return closed.rate
+
+    def load(self, target: str, plan_id: str, total_rate: float | None = None) -> Measured:
+        """One row's calls from the chosen generator: closed loop (`total_rate` None) or open loop."""
+        if self.loadgen == "cpp":
+            requests = _request_bytes(plan_id)
+            return loadgen.run(target, DISPATCH_METHOD, requests, METADATA, self.clients, self.seconds, total_rate)
+        return dispatch_load(target, plan_id, self.clients, self.processes, self.seconds, total_rate)
 
     def measure_bare(self, label: str) -> float:
         """The same rows against the bare server: what gRPC, the clients and the machine allow now."""
@@ -252,7 +295,8 @@ def report(label: str, measured: Measured) -> None:
     ms = np.asarray(measured.latencies_s) * 1e3
     print(
         f"Dispatch, {label}: {measured.rate:,.0f} calls/s; client-side p50 {np.percentile(ms, 50):.1f} ms, "
-        f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms ({len(ms):,} calls); load {load_average()}",
+        f"p99 {np.percentile(ms, 99):.1f} ms, max {ms.max():.1f} ms ({len(ms):,} calls); {measured.generator} "
+        f"clients' CPU {measured.client_cpu_s / len(ms) * 1e3:.3f} ms/call; load {load_average()}",
         flush=True,
     )
 
@@ -263,17 +307,14 @@ def load_average() -> str:
 
 
 def _tree_pids(pid: int) -> list[int]:
-    """A process and all its descendants (the supervisor, the server, its Ray and workers), from /proc."""
-    found, frontier = [], [pid]
-    while frontier:
-        p = frontier.pop()
-        found.append(p)
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                frontier += [int(c) for c in f.read().split()]
-        except OSError:
-            continue
-    return found
+    """A process and all its descendants (the supervisor, the server, its fronts, Ray and its workers); by
+    parent pid (psutil), since /proc/PID/task/TID/children lists only what thread TID started."""
+    import psutil
+
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return [pid]
 
 
 def tree_memory_bytes(pid: int) -> int:
@@ -420,8 +461,9 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {mem_gib:.0f} GiB, load average {load_average()}"
 
 
-def dispatch_rows(rows: Rows, client, target: str, plan_id: str) -> None:
+def dispatch_rows(rows: Rows, client, target: str, plan_id: str, fronts: int) -> None:
     """hashpivot idle, the bare server, hashpivot while a fleet.yaml job runs, the bare server under that job."""
+    print(f"hashpivot serve --dispatch-fronts {fronts}: " + (f"{fronts} front processes" if fronts else "one process"))
     rate = rows.measure("idle server", target, plan_id)
     bare_rate = rows.measure_bare("bare grpc.aio server (fixed reply)")
     print(f"  hashpivot's idle closed-loop rate / the bare server's: {rate / bare_rate:.2f}", flush=True)
@@ -446,37 +488,52 @@ def busy_job(client):
     return job
 
 
+def choose_loadgen(parser: argparse.ArgumentParser, asked: str | None) -> str:
+    """--loadgen, or cpp where the generator builds (now, before any row is timed) and python where not."""
+    if asked == "python":
+        return asked
+    try:
+        print(f"Dispatch load generator: {loadgen.binary()}", flush=True)
+        return "cpp"
+    except loadgen.Unavailable as exc:
+        if asked == "cpp":
+            parser.error(f"--loadgen cpp: {exc}")
+        print(f"note: Python clients send the Dispatch calls ({exc})", flush=True)
+        return "python"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=30)
-    parser.add_argument("--processes", type=int, default=6)
+    parser.add_argument("--processes", type=int, default=6, help="the Python clients' processes")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=2000.0, help="the open loop's total calls/s")
     parser.add_argument("--dispatch-only", action="store_true", help="only the Dispatch rows")
+    parser.add_argument(
+        "--dispatch-fronts", type=int, nargs="+", default=[0, 2], help="the Dispatch rows for each (serve's flag)"
+    )
     parser.add_argument("--no-max-request", action="store_true", help="skip the largest admitted request (minutes)")
+    parser.add_argument(
+        "--loadgen",
+        choices=("cpp", "python"),
+        help="who sends the Dispatch calls: the compiled generator (the default where it builds) or Python clients",
+    )
     args = parser.parse_args()
 
-    from services.client import PlannerClient
-
-    rows = Rows(args.clients, args.processes, args.seconds, args.rate)
+    rows = Rows(args.clients, args.processes, args.seconds, args.rate, choose_loadgen(parser, args.loadgen))
+    print(f"machine: {machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        process, target = start_server(Path(tmp) / "bench.sqlite")
-        server = server_pid(process.pid)
-        try:
-            with PlannerClient(target, timeout_s=600, token=TOKEN) as client:
-                plan_id = client.optimize(ROOT / "examples" / "tiny.yaml").plan_id
-                print(f"machine: {machine()}", flush=True)
-                dispatch_rows(rows, client, target, plan_id)
-                if args.dispatch_only:
-                    return
-                print(f"stop latency (target 2 s); machine: {machine()}", flush=True)
-                stop_latencies(client, process.pid, server)
-                if not args.no_max_request:
-                    max_admitted_request(client, process.pid)
-                print(f"machine at the end: {machine()}")
-        finally:
-            process.terminate()
-            process.wait(60)
+        for fronts in args.dispatch_fronts:
+            with serving(Path(tmp) / f"dispatch-{fronts}.sqlite", fronts) as (_, client, target, plan_id):
+                dispatch_rows(rows, client, target, plan_id, fronts)
+        if args.dispatch_only:
+            return
+        with serving(Path(tmp) / "bench.sqlite") as (process, client, _, _):
+            print(f"stop latency (target 2 s); machine: {machine()}", flush=True)
+            stop_latencies(client, process.pid, server_pid(process.pid))
+            if not args.no_max_request:
+                max_admitted_request(client, process.pid)
+            print(f"machine at the end: {machine()}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from optimizer.constants import HOURS_PER_DAY, KW_PER_MW, TH_PER_PH, block_subsi
 from optimizer.economics import GroupEconomics, breakeven_power_price_usd_per_mwh
 from optimizer.fleet import ContractType, Fleet
 from optimizer.lifecycles import plan_grid
+from optimizer.rack_ranges import RackRange
 from optimizer.scenarios import hashprice_usd_per_ph_day
 
 # Racks the LP dispatch runs are a float (racks x margin / margin); this much below a whole rack still counts as it.
@@ -62,7 +63,7 @@ class DispatchTable:
     efficiency_j_per_th: np.ndarray  # [G]
     pool_fee_fraction: float
     default_price_usd_per_mwh: np.ndarray  # [sites] fixed-contract price; nan where the caller must give one
-    rack_ids: tuple[tuple[str, ...], ...]  # [G] ids of the mining racks
+    rack_ranges: tuple[tuple[RackRange, ...], ...]  # [G] ids of the mining racks, in id order, as blocks
     fees_btc_per_block: float  # defaults for a hashprice derived from network figures
     block_height: int
     site_price_offset_usd_per_mwh: np.ndarray  # [sites] added to a given site price: -resale fee (take-or-pay)
@@ -120,7 +121,7 @@ class DispatchDecision:
 def build_dispatch_table(
     fleet: Fleet,
     racks_mine: Mapping[str, int],
-    rack_ids_mine: Mapping[str, Sequence[str]] | None = None,
+    rack_ranges_mine: Mapping[str, Sequence[RackRange]] | None = None,
     allocation: Allocation | None = None,
 ) -> DispatchTable:
     """Lay out a plan's mining racks once; `racks_mine` maps group id -> racks the plan mines.
@@ -159,7 +160,7 @@ def build_dispatch_table(
         efficiency_j_per_th=efficiency_j_per_th,
         pool_fee_fraction=fleet.pool_fee_fraction,
         default_price_usd_per_mwh=np.array(default_price, dtype=float),
-        rack_ids=tuple(tuple(rack_ids_mine[g.id]) if rack_ids_mine else () for g in groups),
+        rack_ranges=tuple(tuple(rack_ranges_mine[g.id]) if rack_ranges_mine else () for g in groups),
         fees_btc_per_block=fleet.bitcoin.fees_btc_per_block,
         block_height=fleet.bitcoin.start_block_height,
         site_price_offset_usd_per_mwh=np.array([-_resale_fee(s) for s in fleet.sites], dtype=float),

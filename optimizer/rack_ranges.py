@@ -52,3 +52,17 @@ def expand(ranges: Iterable[RackRange]) -> list[str]:
 def label(ranges: Iterable[RackRange]) -> str:
     """The ranges in words, "g-00000..g-00099, g-00200..g-00249"; "" when there are none."""
     return ", ".join(text for text in (block.label() for block in ranges) if text)
+
+
+def split(ranges: Iterable[RackRange], count: int) -> tuple[list[RackRange], list[RackRange]]:
+    """The first `count` ids of the ranges, and the rest, still as ranges (a partial run's two parts)."""
+    head: list[RackRange] = []
+    tail: list[RackRange] = []
+    for block in ranges:
+        take = max(0, min(block.count, count))
+        count -= take
+        if take:
+            head.append(block.model_copy(update={"count": take}))
+        if take < block.count:
+            tail.append(block.model_copy(update={"first": block.first + take, "count": block.count - take}))
+    return head, tail

@@ -35,6 +35,7 @@ from optimizer.allocation import MODES, Allocation, Mode
 from optimizer.fleet import Fleet, FleetError, parse_fleet
 from optimizer.lifecycles import plan_grid
 from optimizer.plan_result import PlanResult
+from optimizer.rack_ranges import RackRange
 from optimizer.robustness import RobustnessSettings, allocation_from_plan
 from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, plan_pb2, planner_service_pb2
 from solvers.diagnose import Commitments
@@ -526,6 +527,15 @@ _ACTIONS = (  # index 0: every rack of the group runs, 1: none, 2: some (a limit
 )
 
 
+def _rack_range(block: RackRange) -> plan_pb2.RackRange:
+    return plan_pb2.RackRange(prefix=block.prefix, first=block.first, count=block.count, digits=block.digits)
+
+
+def rack_ranges_from_message(blocks) -> list[RackRange]:
+    """RackRange messages (a Dispatch reply's) -> optimizer.rack_ranges.RackRange, whose ids() lists them."""
+    return [RackRange(prefix=b.prefix, first=b.first, count=b.count, digits=b.digits) for b in blocks]
+
+
 def dispatch_response(plan_id: str, table, decision, include_rack_ids: bool) -> planner_service_pb2.DispatchResponse:
     """optimizer.dispatch's table and decision -> DispatchResponse (plain floats: one conversion per array)."""
     racks, racks_run, mw = table.racks.tolist(), decision.racks_run.tolist(), table.meter_mw.tolist()
@@ -538,7 +548,7 @@ def dispatch_response(plan_id: str, table, decision, include_rack_ids: bool) -> 
         decision.power_price_usd_per_mwh.tolist(),
         decision.breakeven_power_price_usd_per_mwh.tolist(),
         decision.margin_usd_per_rack_hour.tolist(),
-        table.rack_ids,
+        table.rack_ranges,
         racks_run,
         run_mw,
         strict=True,
@@ -553,11 +563,11 @@ def dispatch_response(plan_id: str, table, decision, include_rack_ids: bool) -> 
             power_price_usd_per_mwh=price,
             breakeven_power_price_usd_per_mwh=breakeven,
             margin_usd_per_rack_hour=margin,
-            rack_ids=ids if include_rack_ids else (),
+            rack_ranges=[_rack_range(r) for r in ranges] if include_rack_ids else (),
             racks_run=n_run,
             run_mw=group_run_mw,
         )
-        for group, site, n, group_mw, price, breakeven, margin, ids, n_run, group_run_mw in columns
+        for group, site, n, group_mw, price, breakeven, margin, ranges, n_run, group_run_mw in columns
     ]
     response = planner_service_pb2.DispatchResponse(
         plan_id=plan_id,

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
 import os
+import shutil
 import signal
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,11 @@ from services import metrics
 from services.admission import Limits
 from services.auth import Authenticator, AuthInterceptor, Caller
 from services.errors import StoreWriteError
+from services.front import Fronts, front_config
 from services.metrics import MetricsInterceptor
 from services.runner import JobRunner
 from services.servicer import SERVICE_NAME, PlannerServicer
+from services.serving import MESSAGE_OPTIONS, ServerConfigError, TlsFiles, freeze_heap
 from services.store import JobStore, default_db_path
 from services.sweep_servicer import SERVICE_NAME as SWEEP_SERVICE_NAME
 from services.sweep_servicer import SweepServicer
@@ -56,7 +59,6 @@ log = logging.getLogger(__name__)
 PORT_ENV = "HASHPIVOT_PORT"
 DEFAULT_PORT = 50051
 DEFAULT_GRACE_S = 10.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # plans of large fleets list every rack id
 DEFAULT_HOST = "127.0.0.1"  # reachable from this machine only; a network bind is a deliberate --host
 HEALTH_POLL_S = 2.0  # how often an unwritable store is probed (and health updated)
 RETENTION_EVERY_S = 3600.0
@@ -65,33 +67,10 @@ RAY_PROBE_TIMEOUT_S = 10.0
 RAY_PROBE_FAILURES = 3  # consecutive failed probes before Ray counts as lost (a busy machine is slow, not dead)
 RAY_LOST_EXIT_CODE = 75  # EX_TEMPFAIL: the supervisor (services/supervisor.py) starts a new server and Ray
 RUN_THREADS = 32  # runs wait on Ray in threads: enough that Optimize calls do not queue behind jobs
-# Python's young generation is collected every GC_GEN0_THRESHOLD net allocations (CPython's default is
-# 700: a collection every ~10 Dispatch calls under load). Each costs tens of microseconds at this
-# size, so a larger one only spends the same work in fewer, still short, pauses.
-GC_GEN0_THRESHOLD = 7_000
 
 
 def default_port() -> int:
     return int(os.environ.get(PORT_ENV, DEFAULT_PORT))
-
-
-class ServerConfigError(ValueError):
-    """A setting the server cannot start with (no tokens, unreadable certificate); one line, no traceback."""
-
-
-@dataclass
-class TlsFiles:
-    cert: Path
-    key: Path
-    client_ca: Path | None = None  # set: mTLS, clients must present a certificate it signed
-
-    def credentials(self) -> grpc.ServerCredentials:
-        try:
-            pair = (self.key.read_bytes(), self.cert.read_bytes())
-            root = self.client_ca.read_bytes() if self.client_ca else None
-        except OSError as exc:
-            raise ServerConfigError(f"TLS file {exc.filename}: {exc.strerror}") from None
-        return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
 
 
 @dataclass
@@ -119,6 +98,8 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     retention: Retention = field(default_factory=Retention)
     metrics_port: int | None = None
+    dispatch_fronts: int = 0  # > 0: Dispatch served by this many processes on the port (services/front.py)
+    log_format: str = "text"  # the fronts' logs, as the server's
     max_crashes: int = 3
     crash_backoff_s: float = 5.0
     exit_on_ray_loss: bool = True  # False (tests in one process): health NOT_SERVING and a log line only
@@ -146,20 +127,6 @@ def _is_loopback(host: str) -> bool:
     with contextlib.suppress(ValueError):
         return ipaddress.ip_address(host).is_loopback
     return False
-
-
-def freeze_heap() -> None:
-    """Move every object alive after start-up out of the collector's sight.
-
-    Why: the server process holds ~170k long-lived objects (Ray, Pyomo, pydantic, grpc modules and
-    their caches). A full collection scans them all, 110-130 ms on 2 cores, and every call in flight
-    waits for it: it was the max (136 ms) and much of the p99 of 30 Dispatch clients. Frozen objects are
-    never scanned again, so a full collection only looks at what was made since; the frozen ones are
-    never freed either, which costs nothing since they live as long as the process.
-    """
-    gc.collect()  # garbage of the start-up is freed, not frozen for good
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
 
 
 class PlannerServer:
@@ -193,10 +160,7 @@ class PlannerServer:
         self.runner.on_plan = self.servicer.remember_plan
         self.server = grpc.aio.server(
             interceptors=[MetricsInterceptor(), AuthInterceptor(authenticator)],  # metrics count refusals too
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
+            options=MESSAGE_OPTIONS,
         )
         planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(self.servicer, self.server)
         sweep_service_pb2_grpc.add_SweepServiceServicer_to_server(SweepServicer(), self.server)  # issue 11
@@ -205,6 +169,40 @@ class PlannerServer:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         services = (SERVICE_NAME, SWEEP_SERVICE_NAME, health_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(services, self.server)
+        self._bind(credentials)
+        if config.metrics_port is not None:
+            metrics.serve_metrics(config.metrics_port)
+        await self.server.start()
+        if self.fronts is not None:
+            self.port = await asyncio.to_thread(self.fronts.start)
+        await self.runner.start()
+        await self._set_health(True)
+        self._maintenance = asyncio.create_task(self._maintain())
+        freeze_heap()
+        log.info(
+            "serving on %s:%d (%s%s, database %s)",
+            config.host,
+            self.port,
+            "TLS" if credentials else "plain TCP",
+            f", Dispatch also from {config.dispatch_fronts} front processes" if self.fronts else "",
+            config.db_path,
+        )
+        return self.port
+
+    def _bind(self, credentials: grpc.ServerCredentials | None) -> None:
+        """The public address; with fronts, a private Unix socket only the fronts call (services/front.py)."""
+        config = self.config
+        self.fronts = None
+        if config.dispatch_fronts:
+            self._private_dir = tempfile.mkdtemp(prefix="hashpivot-")  # mode 0700: this user only
+            upstream = self.private_address = f"unix:{self._private_dir}/server.sock"
+            if not self.server.add_insecure_port(upstream):
+                raise OSError(f"cannot bind {upstream}")
+            tokens = None if config.insecure else config.tokens
+            rest = {"metrics_port": config.metrics_port, "grace_s": config.grace_s, "log_format": config.log_format}
+            settings = front_config(config.host, config.port, config.db_path, upstream, tokens, config.tls, **rest)
+            self.fronts = Fronts(settings, config.dispatch_fronts)
+            return
         address = f"{config.host}:{config.port}"
         if credentials is not None:
             self.port = self.server.add_secure_port(address, credentials)
@@ -212,21 +210,6 @@ class PlannerServer:
             self.port = self.server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot bind {address}")
-        if config.metrics_port is not None:
-            metrics.serve_metrics(config.metrics_port)
-        await self.server.start()
-        await self.runner.start()
-        await self._set_health(True)
-        self._maintenance = asyncio.create_task(self._maintain())
-        freeze_heap()
-        log.info(
-            "serving on %s:%d (%s, database %s)",
-            config.host,
-            self.port,
-            "TLS" if credentials else "plain TCP",
-            config.db_path,
-        )
-        return self.port
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -242,6 +225,8 @@ class PlannerServer:
             await asyncio.sleep(HEALTH_POLL_S)
             since_sweep += HEALTH_POLL_S
             since_probe += HEALTH_POLL_S
+            if self.fronts is not None:
+                await asyncio.to_thread(self.fronts.revive)
             if since_probe >= RAY_PROBE_EVERY_S:
                 since_probe = 0.0
                 ray_failures = 0 if await asyncio.to_thread(self._ray_answers) else ray_failures + 1
@@ -293,6 +278,9 @@ class PlannerServer:
         self._maintenance.cancel()
         await self.health.enter_graceful_shutdown()
         jobs_stopped = asyncio.create_task(self.runner.shutdown(grace_s))
+        if self.fronts is not None:  # first: the calls they forward in their grace period need this server
+            await asyncio.to_thread(self.fronts.stop, grace_s)
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         await self.server.stop(grace_s)
         await jobs_stopped
         self.store.close()

@@ -32,6 +32,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ray-address", help="existing Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     p.add_argument("--max-jobs", type=int, default=1, help="plan jobs run at once (default 1)")
     p.add_argument("--grace", type=float, help="seconds in-flight calls get to finish on SIGTERM (default 10)")
+    p.add_argument(
+        "--dispatch-fronts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="answer Dispatch from N extra processes on the same port, the rest forwarded (default 0; docs/service.md)",
+    )
     security = p.add_argument_group("identity and transport (docs/operations.md, SECURITY.md)")
     security.add_argument("--tokens-file", type=Path, help="token hashes and roles (default $HASHPIVOT_TOKENS_FILE)")
     security.add_argument("--tls-cert", type=Path, help="server certificate chain (PEM): serve TLS")
@@ -87,7 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.auth import TokenFileError
     from services.errors import StoreError
     from services.logs import configure_logging
-    from services.server import ServerConfigError, serve
+    from services.server import serve
+    from services.serving import ServerConfigError
     from services.store import JobStore
     from solvers.ray_pool import ensure_ray
 
@@ -117,7 +125,9 @@ def serve_config(args: argparse.Namespace):
 
     from services.admission import Limits
     from services.auth import load_tokens
-    from services.server import Retention, ServerConfig, ServerConfigError, TlsFiles
+    from services.front import MAX_FRONTS
+    from services.server import Retention, ServerConfig
+    from services.serving import ServerConfigError, TlsFiles
 
     config = ServerConfig(
         host=args.host,
@@ -126,11 +136,15 @@ def serve_config(args: argparse.Namespace):
         insecure=args.insecure,
         metrics_port=args.metrics_port,
         max_crashes=args.max_crashes,
+        dispatch_fronts=args.dispatch_fronts,
+        log_format=args.log_format,
         retention=Retention(args.retain_days, args.retain_plans, args.retain_jobs),
     )
     for name in ("grace", "port", "db"):
         if getattr(args, name) is not None:
             setattr(config, {"grace": "grace_s", "db": "db_path"}.get(name, name), getattr(args, name))
+    if not 0 <= args.dispatch_fronts <= MAX_FRONTS:
+        raise ServerConfigError(f"--dispatch-fronts must be between 0 and {MAX_FRONTS} (got {args.dispatch_fronts})")
     if not args.insecure:
         config.tokens = load_tokens(args.tokens_file)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -275,7 +289,7 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--hashprice", type=float, help="current hashprice, USD per PH/s per day")
     c.add_argument("--btc-price", type=float, help="BTC price, USD (with --network-hashrate, instead of --hashprice)")
     c.add_argument("--network-hashrate", type=float, help="network hashrate, EH/s")
-    c.add_argument("--rack-ids", action="store_true", help="list the rack ids of each group")
+    c.add_argument("--rack-ids", action="store_true", help="the rack ids to run and to curtail, as ranges")
     c.add_argument("--json", action="store_true", help="print the response as JSON")
     c.set_defaults(func=cmd_dispatch)
     c = calls.add_parser("health", help="standard gRPC health check; exit 0 when SERVING")
@@ -614,6 +628,8 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*row)
     output_console().print(table)
+    if args.rack_ids:
+        _print_rack_ids(response)
     for site in response.sites:
         limit = f"{site.available_mw:.2f} MW available" if site.HasField("available_mw") else "no event"
         call = f", DR call ({site.dr_commitment_mw:.2f} MW committed)" if site.dr_call else ""
@@ -624,6 +640,16 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         f"({response.curtailed_mw:.2f} MW)"
     )
     return 0
+
+
+def _print_rack_ids(response) -> None:
+    from optimizer.rack_ranges import label, split
+    from services.convert import rack_ranges_from_message
+
+    for g in response.groups:
+        run, curtail = split(rack_ranges_from_message(g.rack_ranges), g.racks_run)
+        parts = [f"{verb} {label(blocks)}" for verb, blocks in (("run", run), ("curtail", curtail)) if blocks]
+        print(f"{g.group}: {'; '.join(parts)}")
 
 
 def _pairs(items: list[str], flag: str, form: str) -> dict[str, float]:

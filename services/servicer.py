@@ -11,97 +11,42 @@ codes with rich details (services/errors.py).
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
-import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import grpc
 
-from optimizer.allocation import Mode, check_feasible
-from optimizer.dispatch import (
-    DispatchTable,
-    build_dispatch_table,
-    decide,
-    network_hashprice_usd_per_ph_day,
-    site_conditions,
-    site_prices_usd_per_mwh,
-)
+from optimizer.allocation import check_feasible
 from optimizer.fleet import Fleet, FleetError, with_overrides
 from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings
 from optimizer.scenarios import ScenarioSet
 from protos.hashpivot.v1 import planner_service_pb2, planner_service_pb2_grpc
 from services import admission, convert, metrics, paging, scenario_sets
-from services.auth import Caller, current_caller
+from services.auth import current_caller
+from services.dispatcher import PlanDispatcher
 from services.errors import (
     QuotaViolation,
     ServiceError,
-    abort,
     allocation_error,
     invalid_argument,
     not_found,
     resource_exhausted,
-    to_service_error,
 )
+from services.handlers import abort_with, handle_errors, handle_stream_errors
 from services.runner import JobRunner
 from services.store import JobState, JobStore
-from services.validation import request_violations
 from solvers.planner import ScenarioSpec
 from solvers.runs import STOP_CANCELLED, RunControl, RunStopped, run_evaluation, run_plan
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = planner_service_pb2.DESCRIPTOR.services_by_name["PlannerService"].full_name
-SERVER_TIME_METADATA = "hashpivot-server-time-us"  # Dispatch trailing metadata: handler time, microseconds
 CANCEL_WAIT_S = 30.0  # CancelPlanJob waits this long (or the call deadline) for the work to stop
-DISPATCH_CACHE_PLANS = 1024
 
 _PROTO_TO_STATE = {convert.job_state_number(state): state for state in JobState}
-
-
-def _handle_errors(method: Callable) -> Callable:
-    """Check the request's bounds, then turn domain and solver errors into a status with details."""
-
-    @functools.wraps(method)
-    async def unary(self, request, context):
-        try:
-            _check_bounds(request)
-            return await method(self, request, context)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
-            await _abort(context, exc)
-
-    return unary
-
-
-def _handle_stream_errors(method: Callable) -> Callable:
-    @functools.wraps(method)
-    async def stream(self, request, context):
-        try:
-            _check_bounds(request)
-            async for response in method(self, request, context):
-                yield response
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await _abort(context, exc)
-
-    return stream
-
-
-def _check_bounds(request) -> None:
-    violations = request_violations(request)
-    if violations:
-        raise invalid_argument(violations)
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
-    await abort(context, to_service_error(exc))
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -153,24 +98,17 @@ def _admit(
     )
 
 
-@dataclass(frozen=True)
-class _DispatchEntry:
-    plan_id: str
-    owner: str
-    table: DispatchTable
-
-
 class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
     def __init__(self, store: JobStore, runner: JobRunner, relay=None, limits: admission.Limits | None = None):
         self._store = store
         self._runner = runner
         self._relay = relay
         self._limits = limits or admission.Limits()
-        self._dispatch: collections.OrderedDict[str, _DispatchEntry] = collections.OrderedDict()
+        self.dispatcher = PlanDispatcher(store.get_plan)
 
     # plans
 
-    @_handle_errors
+    @handle_errors
     async def Optimize(self, request, context):
         caller = current_caller()
         fleet = _parse_fleet(request)
@@ -193,7 +131,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         created = dt.datetime.fromtimestamp(created_at, tz=dt.UTC)
         return planner_service_pb2.OptimizeResponse(plan=convert.plan_to_message(plan, plan_id, created))
 
-    @_handle_errors
+    @handle_errors
     async def GetPlan(self, request, context):
         record = self._store.get_plan(request.plan_id, current_caller().sees)
         if record is None:
@@ -202,7 +140,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             plan=convert.plan_to_message(record.plan, record.plan_id, record.created)
         )
 
-    @_handle_errors
+    @handle_errors
     async def ListPlans(self, request, context):
         caller = current_caller()
         page = paging.page_request(request.page_size, request.page_token, "ListPlans", caller.sees)
@@ -215,17 +153,17 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             response.next_page_token = paging.encode_token((last.created_at, last.plan_id), page.filter_digest)
         return response
 
-    @_handle_errors
+    @handle_errors
     async def DeletePlan(self, request, context):
         if self._store.get_plan(request.plan_id, current_caller().sees) is None:
             raise not_found("plan", request.plan_id)
         self._store.delete_plan(request.plan_id)
-        self._dispatch.pop(request.plan_id, None)
+        self.dispatcher.forget(request.plan_id)
         return planner_service_pb2.DeletePlanResponse()
 
     # jobs
 
-    @_handle_errors
+    @handle_errors
     async def SubmitPlanJob(self, request, context):
         caller = current_caller()
         fleet = _parse_fleet(request)
@@ -238,7 +176,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         )
         return planner_service_pb2.SubmitPlanJobResponse(job=convert.job_to_message(job))
 
-    @_handle_errors
+    @handle_errors
     async def GetPlanJob(self, request, context):
         sees = current_caller().sees
         job = self._runner.view(request.job_id, owner=sees)
@@ -250,7 +188,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             response.plan.CopyFrom(convert.plan_to_message(record.plan, record.plan_id, record.created))
         return response
 
-    @_handle_errors
+    @handle_errors
     async def ListPlanJobs(self, request, context):
         caller = current_caller()
         state = _PROTO_TO_STATE.get(request.state) if request.state else None
@@ -264,19 +202,19 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             response.next_page_token = paging.encode_token((last.created_at, last.job_id), page.filter_digest)
         return response
 
-    @_handle_errors
+    @handle_errors
     async def CancelPlanJob(self, request, context):
         remaining = context.time_remaining()
         wait_s = CANCEL_WAIT_S if remaining is None else max(0.0, min(CANCEL_WAIT_S, remaining - 0.2))
         job = await self._runner.cancel(request.job_id, wait_s, current_caller().sees)
         return planner_service_pb2.CancelPlanJobResponse(job=convert.job_to_message(job))
 
-    @_handle_errors
+    @handle_errors
     async def DeletePlanJob(self, request, context):
         await self._runner.delete(request.job_id, current_caller().sees)
         return planner_service_pb2.DeletePlanJobResponse()
 
-    @_handle_stream_errors
+    @handle_stream_errors
     async def WatchPlanJob(self, request, context):
         async for job in self._runner.watch(request.job_id, current_caller().sees):
             yield planner_service_pb2.WatchPlanJobResponse(job=convert.job_to_message(job))
@@ -289,10 +227,10 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every error becomes a status
-            await _abort(context, exc)
+            await abort_with(context, exc)
         return planner_service_pb2.UploadScenariosResponse(scenario_set=convert.scenario_set_to_message(info))
 
-    @_handle_errors
+    @handle_errors
     async def DeleteScenarioSet(self, request, context):
         if self._store.get_scenario_set(request.scenario_set_id, current_caller().sees) is None:
             raise not_found("scenario set", request.scenario_set_id)
@@ -307,7 +245,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
 
     # what-if and dispatch
 
-    @_handle_errors
+    @handle_errors
     async def Evaluate(self, request, context):
         record = None
         if request.plan_id:
@@ -357,59 +295,11 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
             response.scenario_profits_usd.extend(result.profits_usd.tolist())
         return response
 
-    @_handle_errors
     async def Dispatch(self, request, context):
-        started = time.perf_counter()
-        entry = self._dispatch_entry(request.plan_id, current_caller())
-        table = entry.table
-        prices = site_prices_usd_per_mwh(
-            table, request.power_price_usd_per_mwh_by_site, request.spot_price_usd_per_mwh_by_market
-        )
-        conditions = site_conditions(table, request.available_mw_by_site, request.dr_call_sites)
-        decision = decide(table, prices, _hashprice(table, request), conditions)
-        response = convert.dispatch_response(entry.plan_id, table, decision, request.include_rack_ids)
-        context.set_trailing_metadata(((SERVER_TIME_METADATA, str(round((time.perf_counter() - started) * 1e6))),))
-        return response
-
-    # plan cache for Dispatch
+        return await self.dispatcher.Dispatch(request, context)
 
     def remember_plan(self, plan_id: str, fleet: Fleet, plan: PlanResult, owner: str = "") -> None:
-        """Lay out a plan's dispatch table once, when the plan is made or first dispatched."""
-        racks = {g.group: g.racks_mine for g in plan.allocation}
-        ids = {g.group: g.rack_ids(Mode.MINE) for g in plan.allocation}
-        table = build_dispatch_table(fleet, racks, ids, allocation=convert.plan_allocation(plan))
-        self._dispatch[plan_id] = _DispatchEntry(plan_id, owner, table)
-        self._dispatch.move_to_end(plan_id)
-        while len(self._dispatch) > DISPATCH_CACHE_PLANS:
-            self._dispatch.popitem(last=False)
-
-    def _dispatch_entry(self, plan_id: str, caller: Caller) -> _DispatchEntry:
-        entry = self._dispatch.get(plan_id)
-        if entry is None:
-            record = self._store.get_plan(plan_id, caller.sees)
-            if record is None:
-                raise not_found("plan", plan_id)
-            self.remember_plan(plan_id, record.fleet(), record.plan, record.owner)
-            entry = self._dispatch[plan_id]
-        if caller.sees is not None and entry.owner != caller.sees:
-            raise not_found("plan", plan_id)
-        return entry
-
-
-def _hashprice(table: DispatchTable, request) -> float:
-    source = request.WhichOneof("hashprice_source")
-    if source == "hashprice_usd_per_ph_day":
-        return request.hashprice_usd_per_ph_day
-    if source == "network":
-        network = request.network
-        return network_hashprice_usd_per_ph_day(
-            table,
-            network.btc_price_usd,
-            network.network_hashrate_ehs,
-            network.fees_btc_per_block if network.HasField("fees_btc_per_block") else None,
-            network.block_height if network.HasField("block_height") else None,
-        )
-    raise invalid_argument([("hashprice_source", "give hashprice_usd_per_ph_day or network")])
+        self.dispatcher.remember(plan_id, fleet, plan, owner)
 
 
 def _scenario_selection(fleet: Fleet, selection: planner_service_pb2.ScenarioSelection) -> tuple[Fleet, ScenarioSpec]:

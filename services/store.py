@@ -224,6 +224,57 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__}")
 
 
+def _plan_record(db: sqlite3.Connection, plan_id: str, owner: str | None) -> PlanRecord | None:
+    where, args = _visible(owner)
+    row = db.execute(f"SELECT * FROM plans WHERE plan_id = ? AND {where}", (plan_id, *args)).fetchone()
+    if row is None:
+        return None
+    return PlanRecord(
+        plan_id=row["plan_id"],
+        job_id=row["job_id"] or "",
+        created_at=row["created_at"],
+        fleet_json=row["fleet_json"],
+        plan=PlanResult.model_validate(json.loads(row["plan_json"])),
+        owner=row["owner"],
+    )
+
+
+class PlanReader:
+    """Stored plans, read only: what a Dispatch front (services/front.py) needs of the database.
+
+    The main server owns the file (checks, migrations, writes); a reader only opens it read-only
+    after the server has, and notices others' commits by `data_version` (SQLite bumps it for a
+    connection when another connection commits), which is how a front learns of deleted plans."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("SELECT 1 FROM plans LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"database {self.path} cannot be read: {exc}") from None
+
+    def get_plan(self, plan_id: str, owner: str | None = None) -> PlanRecord | None:
+        return _plan_record(self._db, plan_id, owner)
+
+    def data_version(self) -> int:
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def existing(self, plan_ids: list[str]) -> set[str]:
+        """Those of `plan_ids` still stored."""
+        found: set[str] = set()
+        for start in range(0, len(plan_ids), 500):  # below SQLite's limit of bound parameters
+            batch = plan_ids[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            found |= {r[0] for r in self._db.execute(f"SELECT plan_id FROM plans WHERE plan_id IN ({marks})", batch)}
+        return found
+
+    def close(self) -> None:
+        self._db.close()
+
+
 def _visible(owner: str | None, alias: str = "") -> tuple[str, list]:
     """SQL condition for rows the owner may see (None: an admin, everything)."""
     if owner is None:
@@ -536,18 +587,7 @@ class JobStore:
 
     def get_plan(self, plan_id: str, owner: str | None = None) -> PlanRecord | None:
         """The plan, if it exists and `owner` may see it (None: any owner)."""
-        where, args = _visible(owner)
-        row = self._db.execute(f"SELECT * FROM plans WHERE plan_id = ? AND {where}", (plan_id, *args)).fetchone()
-        if row is None:
-            return None
-        return PlanRecord(
-            plan_id=row["plan_id"],
-            job_id=row["job_id"] or "",
-            created_at=row["created_at"],
-            fleet_json=row["fleet_json"],
-            plan=PlanResult.model_validate(json.loads(row["plan_json"])),
-            owner=row["owner"],
-        )
+        return _plan_record(self._db, plan_id, owner)
 
     def list_plans(self, owner: str | None, limit: int, after: tuple[float, str] | None = None) -> list[PlanSummary]:
         """Newest first, keyset-paged as list_jobs; summaries only (no plan bodies)."""

@@ -29,7 +29,7 @@ MAX_BACKOFF_S = 30.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child: a SIGKILLed supervisor takes the server with it (no orphan holding the port)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -53,7 +53,7 @@ def supervise(serve_argv: Sequence[str], command: Sequence[str] | None = None) -
     restarts: list[float] = []
     while True:
         argv = list(command) if command else [sys.executable, "-m", "services.cli", *serve_argv, CHILD_FLAG]
-        child = subprocess.Popen(argv, preexec_fn=_die_with_parent)
+        child = subprocess.Popen(argv, preexec_fn=die_with_parent)
         code = child.wait()
         if stopping or code in (0, 2):  # a requested stop, or a refused start (its line is printed)
             return code

@@ -17,7 +17,8 @@ from optimizer.sweep import SweepInputError, Vary, tornado
 from protos.hashpivot.v1 import sweep_service_pb2 as pb
 from protos.hashpivot.v1 import sweep_service_pb2_grpc
 from services.errors import invalid_argument, not_found
-from services.servicer import _handle_errors, _handle_stream_errors, _parse_fleet
+from services.handlers import handle_errors, handle_stream_errors
+from services.servicer import _parse_fleet
 from services.sweep import METRICS, check_points, run_sweep
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SweepService"].full_name
@@ -80,7 +81,7 @@ class SweepServicer(sweep_service_pb2_grpc.SweepServiceServicer):
     def __init__(self) -> None:
         self._sweeps: OrderedDict[str, _Sweep] = OrderedDict()
 
-    @_handle_errors
+    @handle_errors
     async def SubmitSweep(self, request, context):
         fleet = _parse_fleet(request)
         metric = request.metric or "mean"
@@ -131,11 +132,11 @@ class SweepServicer(sweep_service_pb2_grpc.SweepServiceServicer):
             raise not_found("sweep", sweep_id)
         return sweep
 
-    @_handle_errors
+    @handle_errors
     async def GetSweep(self, request, context):
         return pb.GetSweepResponse(sweep=self._get(request.sweep_id).message())
 
-    @_handle_stream_errors
+    @handle_stream_errors
     async def WatchSweep(self, request, context):
         sweep = self._get(request.sweep_id)
         last = None

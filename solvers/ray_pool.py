@@ -150,8 +150,18 @@ SERVING_WORKER_NICENESS = 10
 
 def lower_worker_priority() -> None:
     """Ray's worker_process_setup_hook for a serving process's embedded Ray: every thread of the worker
-    (Linux niceness is per thread; threads started later inherit it) at SERVING_WORKER_NICENESS."""
+    (Linux niceness and policy are per thread; threads started later inherit them) at
+    SERVING_WORKER_NICENESS and in the SCHED_IDLE class.
+
+    Why SCHED_IDLE as well: a niced task still holds ~10 % of a core against each busy serving thread
+    and is preempted only at the scheduler's next tick, which is what a Dispatch call then waits; a
+    SCHED_IDLE task runs only on a core nothing else wants and is preempted at once, so a plan job uses
+    the machine's spare time and the serving processes keep theirs. Only the workers: the GCS and
+    raylet (Ray's own control plane) stay niced, so that a serving load cannot starve Ray's health
+    checks. A job therefore takes longer while Dispatch load fills the cores (docs/service.md).
+    """
     _lower_threads("self")
+    _idle_threads("self")
 
 
 def _lower_threads(pid: int | str) -> None:
@@ -159,6 +169,13 @@ def _lower_threads(pid: int | str) -> None:
     for tid in os.listdir(tasks) if os.path.isdir(tasks) else [str(os.getpid() if pid == "self" else pid)]:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, int(tid), SERVING_WORKER_NICENESS)
+
+
+def _idle_threads(pid: int | str) -> None:
+    tasks = f"/proc/{pid}/task"
+    for tid in os.listdir(tasks) if os.path.isdir(tasks) and hasattr(os, "SCHED_IDLE") else ():
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(int(tid), os.SCHED_IDLE, os.sched_param(0))
 
 
 def lower_embedded_ray_priority() -> None:

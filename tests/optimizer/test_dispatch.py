@@ -16,6 +16,7 @@ from optimizer.dispatch import (
 )
 from optimizer.economics import group_economics, rack_margin_usd, rack_meter_kw, site_power_price_usd_per_mwh
 from optimizer.fleet import parse_fleet
+from optimizer.rack_ranges import expand, group_range
 from optimizer.scenarios import generate_scenarios
 from tests.fleets import hand_scenarios, small_fleet_data
 
@@ -34,7 +35,7 @@ def one_group_fleet(contract: dict) -> dict:
 
 def test_hand_arithmetic_run_and_curtail():
     fleet = parse_fleet(one_group_fleet({"type": "index", "adder_usd_per_mwh": 0}))
-    table = build_dispatch_table(fleet, {"g": 5}, {"g": [f"g-{k:05d}" for k in range(5)]})
+    table = build_dispatch_table(fleet, {"g": 5}, {"g": [group_range("g", 0, 5)]})
     # revenue/h = 1000 TH/s x 40 $/PH/day / 1000 / 24 x 0.98 = 1.633333; cost/h = 20 kW x 1.05 / 1000 x price
     # breakeven = 1.633333 / 0.021 = 77.7778 $/MWh
     run = decide(table, np.array([50.0]), 40.0)
@@ -45,7 +46,7 @@ def test_hand_arithmetic_run_and_curtail():
     assert curtail.run.tolist() == [False]
     assert curtail.margin_usd_per_rack_hour[0] == pytest.approx(1.633333333 - 0.021 * 80)
     assert table.meter_mw[0] == pytest.approx(5 * 20 * 1.05 / 1000)  # 5 mining racks, not all 7
-    assert table.rack_ids[0][-1] == "g-00004"
+    assert expand(table.rack_ranges[0])[-1] == "g-00004"
 
 
 def test_network_hashprice_by_hand():

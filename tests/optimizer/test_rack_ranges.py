@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from optimizer.allocation import Allocation, Mode, rack_ranges
 from optimizer.fleet import RackGroup
 from optimizer.modes import MODES
-from optimizer.rack_ranges import RackRange, expand, group_range, label
+from optimizer.rack_ranges import RackRange, expand, group_range, label, split
 
 
 def test_a_range_lists_its_ids_zero_padded():
@@ -41,3 +41,12 @@ def test_modes_take_consecutive_blocks_that_cover_the_group_once():
     assert ranges[Mode.IDLE] == [group_range("site-a", 4, 6)]
     # the ids the plan listed before ranges: "<group>-<k:05d>" for k in id order, mode after mode
     assert [i for m in MODES for i in expand(ranges[m])] == [f"site-a-{k:05d}" for k in range(10)]
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 4, 5, 9, 12, 50])
+def test_split_takes_the_first_ids_in_order_and_leaves_the_rest(count):
+    blocks = [group_range("g", 0, 4), group_range("g", 10, 5), group_range("h", 7, 3)]
+    head, tail = split(blocks, count)
+    assert expand(head) == expand(blocks)[:count]
+    assert expand(tail) == expand(blocks)[count:]
+    assert all(block.count > 0 for block in head + tail)

@@ -7,18 +7,22 @@ still lacks (extend protos/hashpivot/v1/*.proto, run scripts/gen_protos.sh).
 import dataclasses
 import functools
 
+import numpy as np
 import pytest
 
 from optimizer.allocation import Allocation, Mode
+from optimizer.dispatch import decide
 from optimizer.economics import group_economics
 from optimizer.fleet import Fleet, FleetError, load_fleet, parse_fleet
 from optimizer.market import ALL_MONTHS
 from optimizer.plan_result import PlanResult
+from optimizer.rack_ranges import expand
 from optimizer.risk import ProfitStats
 from optimizer.robustness import RobustnessSettings
 from optimizer.scenarios import generate_scenarios
 from protos.hashpivot.v1 import fleet_pb2, plan_pb2, planner_service_pb2
 from services import convert
+from services.dispatcher import plan_dispatch_table
 from services.store import plan_json
 from solvers.planner import ScenarioSpec, assemble_plan, plan_fleet, solve_allocation
 from solvers.robustness import assess_plan
@@ -98,6 +102,13 @@ def test_a_million_rack_plan_is_a_few_kb_and_round_trips_to_the_same_allocation(
     assert len(mining) == group.racks_mine and mining[0] == "f-old-00000"
     assert mining[-1] == f"f-old-{group.racks_mine - 1:05d}"
     assert back.allocation[0].rack_ids(Mode.IDLE)[-1] == "f-old-999999"
+    table = plan_dispatch_table(fleet, back)
+    decision = decide(table, np.array([1.0]), 35.0)  # cheap power: every mining rack runs
+    reply = convert.dispatch_response("plan-big", table, decision, include_rack_ids=True)
+    assert reply.ByteSize() < 1024  # with every id listed it was ~13 MB
+    (group_reply,) = reply.groups
+    assert expand(convert.rack_ranges_from_message(group_reply.rack_ranges)) == mining
+    assert group_reply.racks_run == len(mining)
 
 
 def test_plan_with_unbounded_gap_round_trips():

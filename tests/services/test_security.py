@@ -14,7 +14,8 @@ from protos.hashpivot.v1 import jobs_pb2, planner_service_pb2_grpc
 from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services.auth import Role, TokenFileError, hash_token, load_tokens, parse_token_lines, token_line
 from services.client import PlannerClient, PlannerError, TlsConfig
-from services.server import ServerConfig, ServerConfigError, TlsFiles
+from services.server import ServerConfig
+from services.serving import ServerConfigError, TlsFiles
 from tests.conftest import small_fleet_data
 from tests.services.grpc_harness import ServerThread, fleet_message
 
@@ -28,9 +29,9 @@ TOKENS = {  # token -> (caller, role, tenant)
 FINAL = {jobs_pb2.PLAN_JOB_STATE_SUCCEEDED, jobs_pb2.PLAN_JOB_STATE_FAILED, jobs_pb2.PLAN_JOB_STATE_CANCELLED}
 
 
-def token_config() -> ServerConfig:
+def token_config(dispatch_fronts: int = 0) -> ServerConfig:
     lines = [token_line(token, *entry) for token, entry in TOKENS.items()]
-    return ServerConfig(tokens=parse_token_lines(lines, "test"))
+    return ServerConfig(tokens=parse_token_lines(lines, "test"), dispatch_fronts=dispatch_fronts)
 
 
 def auth(token: str) -> tuple[tuple[str, str]]:
@@ -43,9 +44,11 @@ def rpc_code(fn, *args, **kwargs) -> grpc.StatusCode:
     return err.value.code()
 
 
-@pytest.fixture(scope="module")
-def server(ray_session, tmp_path_factory):
-    with ServerThread(tmp_path_factory.mktemp("auth") / "db.sqlite", config=token_config()) as srv:
+# Every test of identity runs against the server alone and through a Dispatch front (services/front.py):
+# a front answers Dispatch itself and forwards the rest, and neither may let anything more through.
+@pytest.fixture(scope="module", params=[0, 1], ids=["one process", "through a Dispatch front"])
+def server(ray_session, tmp_path_factory, request):
+    with ServerThread(tmp_path_factory.mktemp("auth") / "db.sqlite", config=token_config(request.param)) as srv:
         yield srv
 
 
@@ -188,8 +191,9 @@ def pki(tmp_path_factory) -> Path:
     return d
 
 
-def test_tls_refuses_plain_tcp_and_mtls_refuses_clients_without_a_certificate(ray_session, pki, tmp_path):
-    config = token_config()
+@pytest.mark.parametrize("fronts", [0, 1], ids=["one process", "through a Dispatch front"])
+def test_tls_refuses_plain_tcp_and_mtls_refuses_clients_without_a_certificate(ray_session, pki, tmp_path, fronts):
+    config = token_config(fronts)
     config.tls = TlsFiles(pki / "server.pem", pki / "server.key", client_ca=pki / "ca.pem")
     with ServerThread(tmp_path / "db.sqlite", config=config) as server:
         with grpc.insecure_channel(server.target) as plain:

@@ -14,12 +14,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from optimizer.allocation import Mode
 from optimizer.dispatch import build_dispatch_table, decide, site_conditions, site_prices_usd_per_mwh
 from optimizer.fleet import parse_fleet
+from optimizer.rack_ranges import expand
 from optimizer.robustness import RobustnessSettings
 from protos.hashpivot.v1 import jobs_pb2, plan_pb2
 from protos.hashpivot.v1 import planner_service_pb2 as pb
 from services import convert
 from services.client import PlannerError
-from services.servicer import SERVER_TIME_METADATA, SERVICE_NAME
+from services.dispatcher import SERVER_TIME_METADATA
+from services.servicer import SERVICE_NAME
 from solvers.planner import plan_fleet
 from tests.conftest import wait_for_free_cpus
 from tests.fleets import EXAMPLES, events_fleet_data, small_fleet_data
@@ -493,7 +495,7 @@ def test_dispatch_from_network_figures_and_rack_ids(stub, tiny_plan):
     response = stub.Dispatch(request, timeout=10)
     assert response.hashprice_usd_per_ph_day == pytest.approx(144 * (3.125 + 0.025) * 67_800 / 900_000)
     ids = {g.group: g.rack_ids(Mode.MINE) for g in convert.plan_from_message(plan).allocation}
-    assert all(list(g.rack_ids) == ids[g.group] for g in response.groups)
+    assert all(expand(convert.rack_ranges_from_message(g.rack_ranges)) == ids[g.group] for g in response.groups)
 
 
 def test_dispatch_errors(stub, tiny_plan):
@@ -727,7 +729,7 @@ def test_a_started_server_has_frozen_its_heap_out_of_the_gc(server):
     """A full collection then scans only what was made since start-up, not Ray's and Pyomo's objects."""
     import gc
 
-    from services.server import GC_GEN0_THRESHOLD
+    from services.serving import GC_GEN0_THRESHOLD
 
     assert gc.get_freeze_count() > 10_000  # the modules and objects of Ray, Pyomo, grpc at least
     assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD

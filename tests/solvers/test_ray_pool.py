@@ -56,20 +56,24 @@ ensure_ray(num_cpus=1, yield_to_serving=True)
 
 @ray.remote(num_cpus=1)
 def niceness():
-    threading.Thread(target=lambda: None).start()  # threads a task starts inherit it
-    return sorted({os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")})
+    started = threading.Thread(target=threading.Event().wait, args=(5,), daemon=True)
+    started.start()  # threads a task starts inherit it
+    tids = [int(tid) for tid in os.listdir("/proc/self/task")]
+    return sorted({os.getpriority(os.PRIO_PROCESS, t) for t in tids}), sorted({os.sched_getscheduler(t) for t in tids})
 
-def ray_processes():  # the GCS, raylet, agents and workers this process started
-    return sorted({os.getpriority(os.PRIO_PROCESS, int(tid)) for pid in _descendants(os.getpid())
-                   for tid in os.listdir(f"/proc/{pid}/task")})
+def control_plane():  # the GCS, raylet and agents this process started: not the workers
+    pids = [p for p in _descendants(os.getpid()) if "ray::" not in open(f"/proc/{p}/cmdline").read()]
+    tids = [int(tid) for pid in pids for tid in os.listdir(f"/proc/{pid}/task")]
+    return sorted({os.getpriority(os.PRIO_PROCESS, t) for t in tids}), sorted({os.sched_getscheduler(t) for t in tids})
 
-print(ray.get(niceness.remote()), os.getpriority(os.PRIO_PROCESS, 0), ray_processes())
+print(ray.get(niceness.remote()), os.getpriority(os.PRIO_PROCESS, 0), control_plane())
 """
 
 
 def test_a_serving_process_embedded_ray_runs_its_workers_at_a_lower_priority(tmp_path):
-    """Every thread of a worker at SERVING_WORKER_NICENESS, and of the GCS and raylet (whose forks, the
-    workers, are then low from their start); the serving process itself keeps its priority."""
+    """Every thread of a worker at SERVING_WORKER_NICENESS and SCHED_IDLE; the GCS and raylet (whose forks,
+    the workers, are then low from their start) niced but in the normal class; the serving process itself
+    keeps its priority."""
     own = os.getpriority(os.PRIO_PROCESS, 0)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
@@ -78,4 +82,5 @@ def test_a_serving_process_embedded_ray_runs_its_workers_at_a_lower_priority(tmp
     )
     assert done.returncode == 0, done.stderr[-2000:]
     low = own + SERVING_WORKER_NICENESS
-    assert done.stdout.split("\n")[-2] == f"[{low}] {own} [{low}]"
+    line = done.stdout.split("\n")[-2]
+    assert line == f"([{low}], [{os.SCHED_IDLE}]) {own} ([{low}], [{os.SCHED_OTHER}])", line

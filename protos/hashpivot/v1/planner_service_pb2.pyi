@@ -974,7 +974,7 @@ class DispatchRequest(_message.Message):
     hashprice_usd_per_ph_day: _builtins.float
     """Hashprice, USD per PH/s per day."""
     include_rack_ids: _builtins.bool
-    """Whether to list the rack ids of each group."""
+    """Whether to give the rack ids of each group (as ranges: GroupDispatch.rack_ranges)."""
     @_builtins.property
     def power_price_usd_per_mwh_by_site(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Current power price per site, keyed by site id, USD/MWh: for an index contract the price the
@@ -1045,9 +1045,9 @@ class GroupDispatch(_message.Message):
     POWER_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     BREAKEVEN_POWER_PRICE_USD_PER_MWH_FIELD_NUMBER: _builtins.int
     MARGIN_USD_PER_RACK_HOUR_FIELD_NUMBER: _builtins.int
-    RACK_IDS_FIELD_NUMBER: _builtins.int
     RACKS_RUN_FIELD_NUMBER: _builtins.int
     RUN_MW_FIELD_NUMBER: _builtins.int
+    RACK_RANGES_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     """Rack group id."""
     site: _builtins.str
@@ -1071,8 +1071,10 @@ class GroupDispatch(_message.Message):
     run_mw: _builtins.float
     """Load of the racks to run at the meter, PUE included, MW."""
     @_builtins.property
-    def rack_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Ids of the racks (when asked for)."""
+    def rack_ranges(self) -> _containers.RepeatedCompositeFieldContainer[_plan_pb2.RackRange]:
+        """Ids of the group's mining racks in id order, as ranges (when include_rack_ids): a partial run
+        runs the first racks_run of them. Ranges, so that a reply does not grow with the rack count.
+        """
 
     def __init__(
         self,
@@ -1085,13 +1087,13 @@ class GroupDispatch(_message.Message):
         power_price_usd_per_mwh: _builtins.float = ...,
         breakeven_power_price_usd_per_mwh: _builtins.float = ...,
         margin_usd_per_rack_hour: _builtins.float = ...,
-        rack_ids: _abc.Iterable[_builtins.str] | None = ...,
         racks_run: _builtins.int = ...,
         run_mw: _builtins.float = ...,
+        rack_ranges: _abc.Iterable[_plan_pb2.RackRange] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "group", b"group", "margin_usd_per_rack_hour", b"margin_usd_per_rack_hour", "mw", b"mw", "power_price_usd_per_mwh", b"power_price_usd_per_mwh", "rack_ids", b"rack_ids", "racks", b"racks", "racks_run", b"racks_run", "run_mw", b"run_mw", "site", b"site"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "breakeven_power_price_usd_per_mwh", b"breakeven_power_price_usd_per_mwh", "group", b"group", "margin_usd_per_rack_hour", b"margin_usd_per_rack_hour", "mw", b"mw", "power_price_usd_per_mwh", b"power_price_usd_per_mwh", "rack_ranges", b"rack_ranges", "racks", b"racks", "racks_run", b"racks_run", "run_mw", b"run_mw", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
