@@ -38,7 +38,7 @@ On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled s
 ([I, S_batch], I = the most coupled steps x candidate profiles in one scenario), and the worker's
 interpreter with numpy, pydantic and Ray (~150-200 MiB), plus ~160 MiB for numba and LLVM where the
 kernel runs. Measured by bench/bench_pipeline.py (peak RSS of the worker process, 1 December 2026, load
-~4.7): 239 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 50), 225 MiB for 300 groups x 200
+~2.9): 226 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 25), 220 MiB for 300 groups x 200
 scenarios at 15 minutes (both on the numpy path); the bound to hold is 512 MiB.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):

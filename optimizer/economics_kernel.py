@@ -5,38 +5,52 @@ matrix product per period, a dozen passes over [S, T] arrays per site. Here each
 once: its hashprice and BTC price give the weights every site shares (hashprice per TH-hour, the same
 discounted, BTC per TH/s-step); then per site, the step keys (price / hashprice per TH-hour) and, per
 distinct run threshold theta_u and period, the weights summed over the steps with key < theta_u, in one
-branch-free loop that LLVM vectorises (masked sums). No array of size profiles x steps, no [S, T]
-temporaries: per chunk, four rows of T floats of scratch.
+branch-free loop that LLVM vectorises (masked sums: one masked vector add per weight and threshold). A site
+that follows spot sums its price and discounted price (its cost), a fixed-price site the count and the
+discount factor (its cost is the price times those): six weights or five. A row without an event or a call
+step computes its keys inside the sums, four thresholds per loop; a row with one writes its keys first (the
+coupled-step scan reads them and sets the coupled steps' to inf), then sums in pairs. No array of size
+profiles x steps, no [S, T] temporaries: per chunk, four rows of T floats of scratch.
 
 The same pass finds the coupled steps (an event's cap or a demand-response call can bind: the load of
 every profile that runs at the key, plus the largest AI load once a hall could be live, exceeds what the
 site may draw), counts them as run steps and their candidate racks per scenario, and leaves them out of the
 sums; it sums the take-or-pay resale (spot - fee) per period and over the last year, the hashprice per
-scenario, and finds the halving step. Events and calls are rare: a branch-free count per row and per block
-of 64 steps skips the rows and blocks without one, and the points go to arrays that double when full (their
-number is known only after the pass). A second loop writes the candidate racks (items) of the coupled steps
-in one walk (the pass counted them), each scenario's row padded; a third writes every profile's [Q, P, S]
-fields from per-threshold rows with the scenarios contiguous (one write per value).
+scenario, and finds the halving step (a branch-free count per block of 64 steps). Events and calls are rare:
+a branch-free count per row and per block of 64 steps skips the rows and blocks without one, and the points
+go to arrays that double when full (their number is known only after the pass). A second loop writes the
+coupled slots and their candidate racks (items) in one walk over the points, which the pass leaves in
+(scenario, site, step) order and whose items it counted, each scenario's row padded; a third writes every
+profile's [Q, P, S] fields from per-threshold rows with the scenarios contiguous (one write per value).
 
-Where the time goes (1 December 2026, this 2-core machine at load ~3.5-5, warmed numba, CPU time of the
-chunks of bench/bench_pipeline.py section 2, 1,000 groups x 1,000 scenarios hourly with events: nine chunks
-of 114 x 2,184 steps, four sites on four markets, four thresholds each, 760 coupled points and 161,855 items a
-chunk; one read of the arrays 8-10 ms):
-- the pass, ~27 ms: masked sums ~10.5 ms (thresholds in pairs, ~0.30 ns per step and threshold, down from
-  ~0.44 one at a time; five weights at the two sites off spot instead of seven); the event and call scan ~7 ms,
-  nearly all of it reading the four markets' fraction and call arrays, which the read reads too; the keys
-  (one division per site and step) ~4.5 ms; the shared weights, hashprice sum and halving ~5 ms (three
-  divisions per step, kept as divisions so every key is bit for bit the numpy path's and the same steps run);
-- the items ~11-16 ms: the [S, I] tables are 114 x 4,375 per chunk, two thirds padding, 12 MB written per chunk
-  (zero-filling them alone takes ~5 ms of the nine chunks); the profile outputs ~5-6 ms (7 x 1,000 x 114 per
-  chunk, 6.4 MB); the Python around the compiled calls ~3-5 ms.
-So the arithmetic of the sums and divisions alone is ~2.5x the read, and the outputs, which the read does not
-write, ~2x again: 3x is out of reach for this layout of the outputs (measured ~7x after, ~12x before, same
-bench and load; figures in docs/pipeline.md). Written into fresh pages (a process that keeps every chunk's
-outputs), the outputs cost far more: ~2.5 us per 4 KiB page fault on this VM, ~100 ms for the nine chunks'
-165 MB. Tried and not kept: per-step scatter into per-bucket accumulators instead of masked sums (2.5x slower
-in numba: not vectorised), four thresholds per loop (spills registers, no faster than pairs), tiling the steps
-so a tile stays in L1 across thresholds (slower: L2 was not the bound).
+Where the time goes (1 December 2026, this 2-core machine at load ~2.7, warmed numba, CPU time of the chunks
+of bench/bench_pipeline.py section 2, best of five; one read of the same arrays in brackets):
+- 1,000 groups x 1,000 scenarios hourly with events (nine chunks of 114 x 2,184 steps, four sites on four
+  markets, four thresholds each, ~760 coupled points and ~162,000 items a chunk): 43 ms (read 7.7): the pass
+  22 ms, the coupled slots and items 12 ms (their [S, I] tables are 114 x 4,376 a chunk, two thirds padding,
+  12 MB written a chunk), the profile outputs 5 ms (7 x 1,000 x 114 values a chunk, 6.4 MB), the Python and
+  numba's dispatch around the three compiled calls 4 ms;
+- the same without events: 22 ms (read 4.4): the pass 14, the profile outputs 5, the rest 3;
+- 300 groups x 200 scenarios at 15 minutes with events (eight chunks of 28 x 8,736 steps): 22 ms (read 6.2):
+  the pass 15, the items 3, the rest 3; without events 14 ms (read 3.9): the pass 11, the rest 3.
+The pass is the floor: its masked sums run ~0.9 ns per site and step for four thresholds of six weights (the
+masked adds issue ~1.25 vector ops per cycle), ~1.4x the read on their own; the divisions (three per step for
+the shared weights and one per site and step for the keys, kept as divisions so every key is bit for bit the
+numpy path's) ~0.3x; and the pass streams the same bytes the read does, without overlapping that with the
+sums. So the pass alone is ~2.8-2.9x the read, and the outputs, which the read does not write, ~2x more at
+1,000 groups (figures and ratios in docs/pipeline.md). Written into fresh pages (a process that keeps every
+chunk's outputs), the outputs cost far more: ~2.5 us per 4 KiB page fault on this VM.
+What this round cut (same bench, same load): the masked sums as a select of the sum, which LLVM compiles to
+one AVX-512 merge-masked add per weight (~0.24 ns per step, threshold and six weights; the product with a 0/1
+mask took ~0.36: a multiply and an add, as 0 x inf = nan keeps LLVM from dropping it); the price summed
+instead of spot and discount at spot sites; the keys inside the sums of rows that couple nowhere, four
+thresholds per loop (~10-15% of the pass); the halving by block counts (a scalar loop with an exit test per
+step took ~2 ms of the first row); and in optimizer.economics the per-site tables once per grid and the slots
+built from the pass's ordered points in the compiled item loop (no split per site, lexsort and numpy fills).
+Tried and not kept: per-step scatter into per-bucket accumulators instead of masked sums (2.5x slower in
+numba: not vectorised); tiling the steps so a tile stays in L1 across thresholds (slower); software prefetch
+of the next scenario's rows during the sums (llvm.prefetch: no faster, slower at 15-minute rows, whose next
+rows and working set together overflow L2); the weights and every site's keys in one blocked loop (slower).
 
 Compiled once per machine: numba caches the machine code next to this file (`cache=True`), so a later
 process only loads it. Divisions follow numpy's error model (x / 0 is inf or nan, no exception), as the
