@@ -16,7 +16,7 @@ Prints, side by side in one run, each figure with the machine's load when it was
    over the tree, so the shared object store counts once, sampled every 50 ms; bench/common.py) planning
    examples/fleet.yaml at 1,000 scenarios, in-process and on an embedded Ray.
 
-    .venv/bin/python bench/bench_pipeline.py [--quick] [--repeats 5] [--scenarios 200 1000]
+    .venv/bin/python bench/bench_pipeline.py [--quick] [--repeats 5] [--scenarios 200 1000] [--sections 2]
 """
 
 from __future__ import annotations
@@ -435,15 +435,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scenarios", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--memory-scenarios", type=int, default=1000)
+    parser.add_argument(
+        "--sections", type=int, nargs="+", choices=(1, 2, 3, 4), default=[1, 2, 3, 4], help="which sections to run"
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.scenarios = 3, [200]
     print(f"hashpivot pipeline bench: {machine()}")
     out_dir = "/tmp/hashpivot-bench-pipeline"
-    startup(args.repeats, out_dir, with_ray=not args.quick)
-    economics_section(args.quick)
-    handoff(args.scenarios, old_interface=True)
-    if not args.quick:
+    if 1 in args.sections:
+        startup(args.repeats, out_dir, with_ray=not args.quick)
+    if 2 in args.sections:
+        economics_section(args.quick)
+    if 3 in args.sections:
+        handoff(args.scenarios, old_interface=True)
+    if 4 in args.sections and not args.quick:
         memory(args.memory_scenarios)
     print(f"\ndone ({load()})")
 

@@ -38,7 +38,7 @@ On top: the batch's outputs, [Q, P, S_batch] x 9 fields x 8 B plus the coupled s
 ([I, S_batch], I = the most coupled steps x candidate profiles in one scenario), and the worker's
 interpreter with numpy, pydantic and Ray (~150-200 MiB), plus ~160 MiB for numba and LLVM where the
 kernel runs. Measured by bench/bench_pipeline.py (peak RSS of the worker process, 1 December 2026, load
-~4.7): 239 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 50), 225 MiB for 300 groups x 200
+~2.9): 226 MiB for 1,000 groups x 1,000 scenarios hourly (batches of 25), 220 MiB for 300 groups x 200
 scenarios at 15 minutes (both on the numpy path); the bound to hold is 512 MiB.
 
 Two things couple the racks of a site inside a step and break that separation (docs/formulation.md):
@@ -235,17 +235,22 @@ def price_keys(price: np.ndarray, hashprice_th_hour: np.ndarray) -> np.ndarray:
     return np.where(hashprice_th_hour > 0, keys, np.where(price < 0, -np.inf, np.inf))
 
 
+def _price_terms(site: Site) -> tuple[float, float]:
+    """(spot weight, offset USD/MWh) of the site's marginal price: fixed, index (spot + adder) or take-or-pay (the
+    resale forgone, spot - fee)."""
+    contract = site.contract
+    if contract.type is ContractType.FIXED:
+        return 0.0, contract.price_usd_per_mwh
+    if contract.type is ContractType.TAKE_OR_PAY:
+        return 1.0, -contract.resale_fee_usd_per_mwh
+    return 1.0, contract.adder_usd_per_mwh
+
+
 class _SitePrice:
     """The marginal price of a site as spot x `spot_weight` + `offset` (USD/MWh): fixed, index or resale."""
 
     def __init__(self, site: Site, scenarios: ScenarioSet) -> None:
-        contract = site.contract
-        if contract.type is ContractType.FIXED:
-            self.spot_weight, self.offset = 0.0, contract.price_usd_per_mwh
-        elif contract.type is ContractType.TAKE_OR_PAY:
-            self.spot_weight, self.offset = 1.0, -contract.resale_fee_usd_per_mwh
-        else:
-            self.spot_weight, self.offset = 1.0, contract.adder_usd_per_mwh
+        self.spot_weight, self.offset = _price_terms(site)
         self.market = site.market
         self._scenarios = scenarios
 
@@ -324,6 +329,11 @@ class _ProfileArrays:
         for t in self.site_thresholds:
             out[t.members] = t.of_member
         return out
+
+    @functools.cached_property
+    def kernel_tables(self) -> dict:
+        """_KernelTables.of's cache: one entry, the last markets and sites it was asked for."""
+        return {}
 
     @staticmethod
     def of(fleet: Fleet, grid: PlanGrid) -> _ProfileArrays:
@@ -474,7 +484,7 @@ def uses_kernel(fleet: Fleet) -> bool:
 
 @dataclass(frozen=True)
 class _ChunkSums:
-    """What a pass over a chunk yields, per site: threshold sums, coupled steps, take-or-pay resale."""
+    """What the numpy pass over a chunk yields, per site: threshold sums, coupled steps, take-or-pay resale."""
 
     per_threshold: list[dict[str, np.ndarray]]  # per site with profiles: [U, P, S] per _PROFILE_SUMS, runs [U, S]
     threshold_of: np.ndarray  # int [Q] position of each profile's threshold among all sites' thresholds
@@ -482,10 +492,6 @@ class _ChunkSums:
     resale: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]  # take-or-pay site -> [P, S] sum, PV, tail mean [S]
     halving_step: np.ndarray  # [S]
     mean_hashprice_usd_per_ph_day: np.ndarray  # [S]
-    # the kernel's: weight sums [S, N, U, P, W], runs [S, N, U], site price offset [N] and whether it follows spot
-    # [N] (per_threshold is empty then)
-    kernel_sums: tuple | None = None
-    item_count: np.ndarray | None = None  # the kernel's: [S] candidate racks of each scenario's coupled steps
 
 
 def group_economics(
@@ -504,18 +510,27 @@ def group_economics(
         )
     profiles = _ProfileArrays.of(fleet, grid)
     kernel = uses_kernel(fleet) if kernel is None else kernel
-    chunk = (_kernel_pass if kernel else _numpy_pass)(fleet, grid, scenarios, profiles)
-    fields = (_kernel_profile_fields if kernel else _numpy_profile_fields)(fleet, grid, profiles, chunk)
+    fields = (_kernel_fields if kernel else _numpy_fields)(fleet, grid, scenarios, profiles)
     return GroupEconomics(
         indices=np.asarray(scenarios.indices),
         steps=np.full(scenarios.n_scenarios, scenarios.n_steps),
-        **fields,
-        mean_hashprice_usd_per_ph_day=chunk.mean_hashprice_usd_per_ph_day,
-        halving_step=chunk.halving_step,
         hashprice_ratio=_hashprice_ratio(scenarios, timeline.bounds),
-        **_contract_terms(fleet, grid, scenarios.n_scenarios, chunk.resale, profiles.step_discount),
-        **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles, chunk.item_count),
+        **fields,
     )
+
+
+def _numpy_fields(
+    fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: _ProfileArrays
+) -> dict[str, np.ndarray]:
+    """Every GroupEconomics field but the indices, steps and hashprice ratio, by the numpy path."""
+    chunk = _numpy_pass(fleet, grid, scenarios, profiles)
+    return {
+        **_numpy_profile_fields(fleet, grid, profiles, chunk),
+        "mean_hashprice_usd_per_ph_day": chunk.mean_hashprice_usd_per_ph_day,
+        "halving_step": chunk.halving_step,
+        **_contract_terms(fleet, grid, scenarios.n_scenarios, chunk.resale, profiles.step_discount),
+        **_coupled_slots(fleet, grid, scenarios, chunk.site_steps, profiles),
+    }
 
 
 def _numpy_profile_fields(
@@ -533,36 +548,6 @@ def _numpy_profile_fields(
         "btc_mined": sums["btc"],
         "run_fraction": runs / grid.timeline.n_steps,
     }
-
-
-def _kernel_profile_fields(
-    fleet: Fleet, grid: PlanGrid, profiles: _ProfileArrays, chunk: _ChunkSums
-) -> dict[str, np.ndarray]:
-    """The same fields written by the compiled loop (optimizer.economics_kernel.profile_outputs) from the kernel's
-    weight sums [S, N, U, P, W]: each value written once, no per-field gather and scaling passes."""
-    from optimizer import economics_kernel as kern
-
-    sums, runs, site_offset, site_follows_spot = chunk.kernel_sums
-    timeline = grid.timeline
-    n_q, n_p, n_scen = len(grid.profiles), timeline.n_periods, sums.shape[0]
-    out = {name: np.empty((n_q, n_p, n_scen)) for name in _KERNEL_FIELDS}
-    out["run_fraction"] = np.empty((n_q, n_scen))
-    kern.profile_outputs(
-        sums,
-        runs,
-        profiles.site,
-        profiles.threshold_in_site,
-        profiles.hashrate_ths * (1 - fleet.pool_fee_fraction),  # per TH-hour of hashprice, as _profile_sums
-        profiles.meter_kw / KW_PER_MW * timeline.step_hours,  # MWh one rack draws in a step
-        profiles.opex_pv,
-        site_offset,
-        site_follows_spot,
-        float(timeline.step_hours),
-        timeline.n_steps,
-        *(out[name] for name in _KERNEL_FIELDS),
-        out["run_fraction"],
-    )
-    return out
 
 
 # the [Q, P, S] fields in economics_kernel._profile_outputs's argument order
@@ -631,36 +616,39 @@ def _numpy_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: 
     )
 
 
-def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: _ProfileArrays) -> _ChunkSums:
-    """One compiled pass over the chunk (optimizer.economics_kernel): per site and threshold, the weight sums."""
+def _kernel_fields(
+    fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles: _ProfileArrays
+) -> dict[str, np.ndarray]:
+    """The same fields by the compiled kernel (optimizer.economics_kernel): one pass over the chunk for the weight
+    sums per site and threshold and the coupled points, one loop writing every profile's [Q, P, S] fields, one
+    writing the coupled slots and their items. The per-site and per-profile arrays it reads are built once per grid
+    (_KernelTables)."""
     from optimizer import economics_kernel as kern
 
-    timeline, sites = grid.timeline, fleet.sites
-    n_scen, n_steps, n_sites, n_p = scenarios.n_scenarios, scenarios.n_steps, len(sites), timeline.n_periods
-    thresholds = profiles.site_thresholds
-    n_u = max((len(t.values) for t in thresholds), default=0)
-    table = _kernel_sites(fleet, profiles, scenarios, thresholds, n_u)
-    has_fraction, has_calls = scenarios.available_power_fraction is not None, scenarios.dr_call is not None
-    sums = np.zeros((n_scen, n_sites, n_u, n_p, kern.N_WEIGHTS))
-    runs = np.zeros((n_scen, n_sites, n_u))
-    resale = np.zeros((n_scen, n_sites, n_p, 2))
-    resale_tail, hashprice_sum = np.zeros((n_scen, n_sites)), np.zeros(n_scen)
-    halving, item_count = np.empty(n_scen, dtype=np.int64), np.zeros(n_scen, dtype=np.int64)
-    empty = np.zeros((1, 1, 1))
-    scen, step, site, coupled_cap, coupled_call = kern.chunk_pass(
-        np.ascontiguousarray(scenarios.hashprice_usd_per_ph_day, dtype=np.float64),
-        np.ascontiguousarray(scenarios.btc_price_usd, dtype=np.float64),
-        np.ascontiguousarray(scenarios.subsidy_btc, dtype=np.float64),
-        np.ascontiguousarray(profiles.step_discount),
-        np.ascontiguousarray(scenarios.power_price_usd_per_mwh, dtype=np.float64),
-        np.ascontiguousarray(scenarios.available_power_fraction) if has_fraction else empty,
-        np.ascontiguousarray(scenarios.dr_call) if has_calls else empty.astype(bool),
-        has_fraction,
-        has_calls,
+    timeline, tables = grid.timeline, _KernelTables.of(fleet, profiles, scenarios.markets, grid.timeline.step_hours)
+    n_scen, n_steps, n_sites, n_p = scenarios.n_scenarios, scenarios.n_steps, len(fleet.sites), timeline.n_periods
+    sums = np.zeros((n_scen, n_sites, tables.n_thresholds, n_p, kern.N_WEIGHTS))
+    runs = np.zeros((n_scen, n_sites, tables.n_thresholds))
+    resale, resale_tail = np.zeros((n_scen, n_sites, n_p, 2)), np.zeros((n_scen, n_sites))
+    hashprice_sum, halving = np.zeros(n_scen), np.empty(n_scen, dtype=np.int64)
+    item_count = np.zeros(n_scen, dtype=np.int64)
+    hashprice, power = _float_array(scenarios.hashprice_usd_per_ph_day), _float_array(scenarios.power_price_usd_per_mwh)
+    btc = _float_array(scenarios.btc_price_usd)
+    fraction, calls = scenarios.available_power_fraction, scenarios.dr_call
+    points = kern.chunk_pass(
+        hashprice,
+        btc,
+        _float_array(scenarios.subsidy_btc),
+        profiles.step_discount,
+        power,
+        _float_array(fraction) if fraction is not None else _NO_FRACTION,
+        np.ascontiguousarray(calls) if calls is not None else _NO_CALLS,
+        fraction is not None,
+        calls is not None,
         np.asarray(timeline.bounds, dtype=np.int64),
         float(timeline.step_hours),
         max(0, n_steps - _last_year_steps(timeline.step_hours)),
-        *table,
+        *tables.sites,
         sums,
         runs,
         resale,
@@ -669,25 +657,172 @@ def _kernel_pass(fleet: Fleet, grid: PlanGrid, scenarios: ScenarioSet, profiles:
         halving,
         item_count,
     )
-    site_steps = [
-        _SiteSteps(scen[here], step[here], coupled_cap[here], coupled_call[here])
-        for here in (site == n for n in range(n_sites))
-    ]
+    out = _kernel_profile_fields(grid, profiles, tables, sums, runs)
+    out |= _kernel_coupled(profiles, tables, hashprice, btc, power, points, item_count)
     tail_steps = min(n_steps, _last_year_steps(timeline.step_hours))
-    return _ChunkSums(
-        per_threshold=[],
-        threshold_of=np.zeros(0, dtype=np.int64),  # the numpy path's (kernel_sums replace per_threshold)
-        site_steps=site_steps,
-        resale={
-            n: (resale[:, n, :, kern.R_RESALE].T, resale[:, n, :, kern.R_RESALE_PV].T, resale_tail[:, n] / tail_steps)
-            for n, s in enumerate(sites)
-            if s.contract.resells
-        },
-        halving_step=halving,
-        mean_hashprice_usd_per_ph_day=hashprice_sum / n_steps,
-        kernel_sums=(sums, runs, table[2], table[1]),
-        item_count=item_count,
+    resale_sums = {
+        n: (resale[:, n, :, kern.R_RESALE].T, resale[:, n, :, kern.R_RESALE_PV].T, resale_tail[:, n] / tail_steps)
+        for n, s in enumerate(fleet.sites)
+        if s.contract.resells
+    }
+    out |= _contract_terms(fleet, grid, n_scen, resale_sums, profiles.step_discount)
+    out["mean_hashprice_usd_per_ph_day"], out["halving_step"] = hashprice_sum / n_steps, halving
+    return out
+
+
+_NO_FRACTION, _NO_CALLS = np.zeros((1, 1, 1)), np.zeros((1, 1, 1), dtype=bool)  # placeholders the kernel skips
+
+
+def _float_array(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values, dtype=np.float64)
+
+
+def _kernel_profile_fields(grid: PlanGrid, profiles: _ProfileArrays, tables: _KernelTables, sums, runs) -> dict:
+    """GroupEconomics' [Q, P, S] fields and run_fraction [Q, S], written by the compiled loop
+    (optimizer.economics_kernel.profile_outputs) from the pass's weight sums [S, N, U, P, W]: each value written
+    once, no per-field gather and scaling passes."""
+    from optimizer import economics_kernel as kern
+
+    timeline = grid.timeline
+    n_q, n_p, n_scen = len(grid.profiles), timeline.n_periods, sums.shape[0]
+    out = {name: np.empty((n_q, n_p, n_scen)) for name in _KERNEL_FIELDS}
+    out["run_fraction"] = np.empty((n_q, n_scen))
+    site_offset, site_follows_spot = tables.sites[2], tables.sites[1]
+    kern.profile_outputs(
+        sums,
+        runs,
+        profiles.site,
+        profiles.threshold_in_site,
+        tables.rev_scale,
+        tables.mwh_scale,
+        profiles.opex_pv,
+        site_offset,
+        site_follows_spot,
+        float(timeline.step_hours),
+        timeline.n_steps,
+        *(out[name] for name in _KERNEL_FIELDS),
+        out["run_fraction"],
     )
+    return out
+
+
+def _kernel_coupled(profiles, tables, hashprice, btc, power, points, item_count) -> dict[str, np.ndarray]:
+    """The padded [K, S] coupled slots and [I, S] items from the pass's points (already in (scenario, site, step)
+    order), written by one compiled loop (optimizer.economics_kernel.coupled_tables): scenario by scenario, each
+    scenario's slots and items contiguous, then its padding; handed out as [K, S] and [I, S] views."""
+    from optimizer import economics_kernel as kern
+
+    scen = points[0]
+    n_scen = len(item_count)
+    n_slots = int(np.bincount(scen, minlength=n_scen).max()) if len(scen) else 0
+    n_items = int(item_count.max()) if n_scen else 0
+    slots = {name: np.empty((n_scen, n_slots), dtype=_dtype(name)) for name in _SLOTS}
+    # one spare column: the compiled fill writes every candidate at the next free cell, which moves on only if it runs
+    items = {name: np.empty((n_scen, n_items + 1), dtype=_dtype(name)) for name in _ITEMS}
+    members, first = profiles.site_members
+    kern.coupled_tables(
+        *points,
+        hashprice,
+        btc,
+        power,
+        profiles.step_discount,
+        *tables.coupled,
+        first,
+        members,
+        profiles.theta,
+        profiles.hashrate_ths,
+        tables.mwh_scale,
+        tables.fee_factor,
+        tables.step_hours,
+        item_count,
+        *(slots[name] for name in _SLOTS),
+        *(items[name] for name in _ITEMS),
+        *(_PADDING[name] for name in _SLOTS + _ITEMS),
+    )
+    return {name: values.T for name, values in slots.items()} | {
+        name: values[:, :n_items].T for name, values in items.items()
+    }
+
+
+# the coupled slots' fields in economics_kernel._coupled_tables's argument order
+_SLOTS = (
+    "coupled_site",
+    "coupled_step",
+    "coupled_cap_kw",
+    "coupled_dr_call",
+    "coupled_resale_usd_per_mwh",
+    "coupled_discount",
+    "coupled_btc_price_usd",
+)
+
+
+@dataclass(frozen=True)
+class _KernelTables:
+    """The per-site and per-profile arrays the kernel reads, built once per (grid, markets) rather than per chunk
+    (~0.1-0.3 ms a chunk of numpy calls and Python loops): `sites` in _chunk_pass's argument order, `coupled` in
+    _coupled_tables's."""
+
+    sites: tuple
+    coupled: tuple
+    n_thresholds: int  # U: the most distinct thresholds at one site
+    rev_scale: np.ndarray  # [Q] TH/s after pool fee: per TH-hour of hashprice, as _profile_sums
+    mwh_scale: np.ndarray  # [Q] MWh one rack draws in a step, as _profile_sums and the items' cost
+    fee_factor: float  # 1 - pool fee
+    step_hours: float
+
+    @staticmethod
+    def of(fleet: Fleet, profiles: _ProfileArrays, markets: tuple, step_hours: float) -> _KernelTables:
+        """Cached on the profile arrays (per grid and pool fee), keyed by what else the tables read: the markets'
+        order and every site's market, contract, capacity and demand response."""
+        sites = tuple((s.market, s.contract, s.capacity_mw, s.demand_response is not None) for s in fleet.sites)
+        key = (tuple(markets), float(step_hours), sites)
+        cache = profiles.kernel_tables
+        if key not in cache:
+            cache.clear()
+            cache[key] = _KernelTables._build(fleet, profiles, markets, step_hours)
+        return cache[key]
+
+    @staticmethod
+    def _build(fleet: Fleet, profiles: _ProfileArrays, markets: tuple, step_hours: float) -> _KernelTables:
+        sites, thresholds = fleet.sites, profiles.site_thresholds
+        n_u = max((len(t.values) for t in thresholds), default=0)
+        padded = np.full((len(sites), max(n_u, 1)), np.inf)
+        suffix = np.zeros((len(sites), n_u + 1))
+        suffix_members = np.zeros((len(sites), n_u + 1), dtype=np.int64)
+        for n, t in enumerate(thresholds):
+            padded[n, : len(t.values)] = t.values
+            # every profile with theta_u, u >= j, running; and how many profiles those are (a coupled step's candidates)
+            suffix[n, : len(t.values)] = np.cumsum(t.load_kw[::-1])[::-1]
+            members = np.bincount(t.of_member, minlength=len(t.values))
+            suffix_members[n, : len(t.values)] = np.cumsum(members[::-1])[::-1]
+        market = np.array([list(markets).index(s.market) for s in sites], dtype=np.int64)
+        follows = np.array([_price_terms(s)[0] != 0.0 for s in sites])
+        offset = np.array([_price_terms(s)[1] for s in sites], dtype=np.float64)
+        resells = np.array([bool(s.contract.resells) for s in sites])
+        fee = np.array([s.contract.resale_fee_usd_per_mwh if s.contract.resells else 0.0 for s in sites])
+        return _KernelTables(
+            sites=(
+                market,
+                follows,
+                offset,
+                fee,
+                resells,
+                np.array([len(t.values) for t in thresholds], dtype=np.int64),
+                padded,
+                suffix,
+                suffix_members,
+                np.array([s.capacity_mw for s in sites], dtype=np.float64),
+                np.array([s.demand_response is not None for s in sites]),
+                profiles.site_ai_kw,
+                profiles.site_ai_step,
+            ),
+            coupled=(market, follows, offset, resells, fee),
+            n_thresholds=n_u,
+            rev_scale=profiles.hashrate_ths * (1 - fleet.pool_fee_fraction),
+            mwh_scale=profiles.meter_kw / KW_PER_MW * step_hours,
+            fee_factor=1.0 - fleet.pool_fee_fraction,
+            step_hours=float(step_hours),
+        )
 
 
 def _threshold_of(thresholds: list[_Thresholds], n_profiles: int) -> np.ndarray:
@@ -697,37 +832,6 @@ def _threshold_of(thresholds: list[_Thresholds], n_profiles: int) -> np.ndarray:
         out[t.members] = before + t.of_member
         before += len(t.values)
     return out
-
-
-def _kernel_sites(
-    fleet: Fleet, profiles: _ProfileArrays, scenarios: ScenarioSet, thresholds: list[_Thresholds], n_u: int
-):
-    """The per-site arrays the kernel reads, in its argument order (optimizer.economics_kernel._chunk_pass)."""
-    sites = fleet.sites
-    prices = [_SitePrice(s, scenarios) for s in sites]
-    padded = np.full((len(sites), max(n_u, 1)), np.inf)
-    suffix = np.zeros((len(sites), n_u + 1))
-    suffix_members = np.zeros((len(sites), n_u + 1), dtype=np.int64)
-    for n, t in enumerate(thresholds):
-        padded[n, : len(t.values)] = t.values
-        suffix[n, : len(t.values)] = np.cumsum(t.load_kw[::-1])[::-1]  # every profile with theta_u, u >= j, running
-        members = np.bincount(t.of_member, minlength=len(t.values))
-        suffix_members[n, : len(t.values)] = np.cumsum(members[::-1])[::-1]  # the profiles with theta_u, u >= j
-    return (
-        np.array([scenarios.markets.index(s.market) for s in sites], dtype=np.int64),
-        np.array([p.follows_spot for p in prices]),
-        np.array([p.offset for p in prices], dtype=np.float64),
-        np.array([s.contract.resale_fee_usd_per_mwh if s.contract.resells else 0.0 for s in sites]),
-        np.array([bool(s.contract.resells) for s in sites]),
-        np.array([len(t.values) for t in thresholds], dtype=np.int64),
-        padded,
-        suffix,
-        suffix_members,
-        np.array([s.capacity_mw for s in sites], dtype=np.float64),
-        np.array([s.demand_response is not None for s in sites]),
-        profiles.site_ai_kw,
-        profiles.site_ai_step,
-    )
 
 
 _PROFILE_SUMS = ("revenue", "cost", "revenue_pv", "cost_pv", "energy", "btc")
@@ -883,11 +987,8 @@ def _coupled_slots(
     scenarios: ScenarioSet,
     site_steps: list[_SiteSteps],
     profiles: _ProfileArrays,
-    item_count: np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    """Padded [K, S] slots and [I, S] items of the coupled steps, in (site, step) order per scenario.
-
-    `item_count`: the kernel's items per scenario (its compiled loop writes them); None on the numpy path."""
+    """Padded [K, S] slots and [I, S] items of the coupled steps, in (site, step) order per scenario (numpy path)."""
     n_scen = scenarios.n_scenarios
     parts = [(st.scen, np.full(len(st.scen), n), st.step) for n, st in enumerate(site_steps)]
     scen, site, step = (np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.int64) for i in range(3))
@@ -912,11 +1013,7 @@ def _coupled_slots(
             resale[here] = scenarios.power_price(s.market)[scen[here], step[here]] - s.contract.resale_fee_usd_per_mwh
     out["coupled_resale_usd_per_mwh"][slot, scen] = resale
 
-    if item_count is None:
-        out |= _numpy_items(fleet, scenarios, profiles, scen, site, step, slot)
-    else:
-        out |= _kernel_items(fleet, scenarios, profiles, scen, site, step, slot, item_count)
-    return out
+    return out | _numpy_items(fleet, scenarios, profiles, scen, site, step, slot)
 
 
 _ITEMS = ("item_slot", "item_group", "item_hash_revenue_usd", "item_power_cost_usd")
@@ -955,46 +1052,16 @@ def _numpy_items(fleet, scenarios, profiles, scen, site, step, slot) -> dict[str
     return out
 
 
-def _kernel_items(fleet, scenarios, profiles, scen, site, step, slot, count) -> dict[str, np.ndarray]:
-    """The same items by the compiled loop (optimizer.economics_kernel.coupled_items), `count` per scenario."""
-    from optimizer import economics_kernel as kern
-
-    n_scen = scenarios.n_scenarios
-    prices = [_SitePrice(s, scenarios) for s in fleet.sites]
-    members, first = profiles.site_members
-    args = (
-        scen,
-        step,
-        site,
-        slot.astype(np.int64),
-        np.ascontiguousarray(scenarios.hashprice_usd_per_ph_day, dtype=np.float64),
-        np.ascontiguousarray(scenarios.power_price_usd_per_mwh, dtype=np.float64),
-        np.array([scenarios.markets.index(s.market) for s in fleet.sites], dtype=np.int64),
-        np.array([p.follows_spot for p in prices]),
-        np.array([p.offset for p in prices], dtype=np.float64),
-        first,
-        members,
-        profiles.theta,
-        profiles.hashrate_ths,
-        profiles.meter_kw,
-        1.0 - fleet.pool_fee_fraction,
-        float(scenarios.step_hours),
-    )
-    # written scenario by scenario ([S, I + 1], each scenario's items contiguous, then its padding; the spare column
-    # lets the compiled fill write every candidate), handed out as [I, S] views
-    n_items = int(count.max()) if n_scen else 0
-    shape = (n_scen, n_items + 1)
-    by_scenario = [np.empty(shape, dtype=np.int32 if name in _INDEX_FIELDS else np.float64) for name in _ITEMS]
-    kern.coupled_items(*args, count, NO_SITE, *by_scenario)
-    return {name: values[:, :n_items].T for name, values in zip(_ITEMS, by_scenario, strict=True)}
-
-
 # Index fields fit 32 bits (steps, slots, profiles): half the memory of the padded [K, S] / [I, S] tables.
 _INDEX_FIELDS = frozenset({"coupled_site", "coupled_step", "item_slot", "item_group"})
 
 
+def _dtype(name: str):
+    return np.int32 if name in _INDEX_FIELDS else np.asarray(_PADDING[name]).dtype
+
+
 def _padded(shape: tuple[int, int], name: str) -> np.ndarray:
-    return np.full(shape, _PADDING[name], dtype=np.int32 if name in _INDEX_FIELDS else None)
+    return np.full(shape, _PADDING[name], dtype=_dtype(name))
 
 
 def _positions_within(sorted_columns: np.ndarray, n_columns: int) -> np.ndarray:

@@ -150,3 +150,47 @@ def test_the_kernel_is_chosen_by_the_fleet_alone():
     assert not uses_kernel(with_overrides(example, {"scenarios": {"count": below}}))
     assert uses_kernel(with_overrides(example, {"scenarios": {"count": below + 1}}))
     assert not uses_kernel(load_fleet(EXAMPLES / "tiny.yaml"))
+
+
+@pytest.mark.parametrize("n_thresholds", [1, 3, 4, 5, 8])
+@pytest.mark.parametrize("follows_spot", [True, False], ids=["spot", "fixed"])
+def test_kernel_sums_with_keys_inside_equal_the_stored_keys_path(n_thresholds, follows_spot):
+    """A row that couples nowhere sums with its keys computed inside the loop, four thresholds at a time (a group of
+    one to three repeats its last): the same run counts exactly and the same sums as the pairs over a stored row of
+    keys, for any number of thresholds, with keys on both sides of each and some exactly at one."""
+    from optimizer import economics_kernel as kern
+
+    rng = np.random.default_rng(n_thresholds)
+    n_steps, offset = 997, 7.5 if follows_spot else 41.0
+    row_h = rng.uniform(1e-3, 3e-3, n_steps)
+    row_h_pv, row_btc, discount = row_h * 0.97, row_h * 1e-5, rng.uniform(0.9, 1.0, n_steps)
+    spot = rng.normal(45.0, 30.0, n_steps)
+    keys = np.empty(n_steps)
+    kern._keys(spot, offset, follows_spot, row_h, True, keys)
+    thresholds = np.sort(rng.choice(keys, n_thresholds, replace=False))  # ties: a key equal to theta does not run
+    stored, inline = (np.zeros((n_thresholds, kern.N_WEIGHTS)) for _ in range(2))
+    runs_stored, runs_inline = np.zeros(n_thresholds), np.zeros(n_thresholds)
+    args = (thresholds, n_thresholds, follows_spot, offset, row_h, row_h_pv, row_btc, discount, spot)
+    kern._site_sums(keys, *args, stored, runs_stored)
+    kern._site_sums_inline(*args, inline, runs_inline)
+    expected_runs = (keys[None, :] < thresholds[:, None]).sum(axis=1)
+    np.testing.assert_array_equal(runs_inline, expected_runs)
+    np.testing.assert_array_equal(runs_stored, expected_runs)
+    np.testing.assert_allclose(inline, stored, rtol=1e-12, atol=0)
+    runs_h = np.where(keys[None, :] < thresholds[:, None], row_h[None, :], 0.0).sum(axis=1)
+    np.testing.assert_allclose(inline[:, kern.W_HASHPRICE], runs_h, rtol=1e-12)
+
+
+@pytest.mark.parametrize("halving", [0, 1, 63, 64, 65, 200, None])
+def test_kernel_halving_step_is_the_first_lower_subsidy(halving):
+    """The kernel finds the halving by a count per block of 64 steps, then the steps of the first block with one:
+    the first step with a lower subsidy than the first's at a block's start, end or inside, and the step count if
+    none (a rise later on does not count)."""
+    from optimizer import economics_kernel as kern
+
+    subsidy = np.full(256, 3.125)
+    subsidy[-10:] = 6.25  # above the first's: never the halving
+    if halving is not None:
+        subsidy[halving + 1 if halving == 0 else halving : 246] = 1.5625
+    expected = 256 if halving is None else max(halving, 1)
+    assert kern._first_lower(subsidy) == expected
