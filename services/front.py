@@ -259,7 +259,9 @@ async def _follow_deletions(reader: PlanReader, dispatcher: PlanDispatcher) -> N
 
 def main() -> int:
     config = FrontConfig(**json.loads(sys.stdin.read()))
-    die_with_parent()  # here, not as the spawn's preexec_fn: a fork of the threaded server upsets gRPC
+    # Here, not as the spawn's preexec_fn (a fork of the threaded server upsets gRPC). The signal comes when
+    # the thread that spawned us ends: the server's executor threads, which live until the server stops.
+    die_with_parent()
     if os.getppid() != config.parent_pid:  # the server ended before the line above took effect
         return 1
     configure_logging(config.log_format)

@@ -184,7 +184,7 @@ class PlannerServer:
             config.host,
             self.port,
             "TLS" if credentials else "plain TCP",
-            f", Dispatch also from {config.dispatch_fronts} front processes" if self.fronts else "",
+            f", through {config.dispatch_fronts} Dispatch front processes" if self.fronts else "",
             config.db_path,
         )
         return self.port
