@@ -244,8 +244,9 @@ def _bare_server(port_queue) -> None:
     async def serve() -> None:
         server = grpc.aio.server()
         planner_service_pb2_grpc.add_PlannerServiceServicer_to_server(Bare(), server)
-        port_queue.put(server.add_insecure_port("127.0.0.1:0"))
+        port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
+        port_queue.put(port)  # once listening: a client that connects sooner is refused
         await server.wait_for_termination()
 
     asyncio.run(serve())

@@ -234,7 +234,7 @@ async def serve_front(config: FrontConfig, on_bound: Callable[[int], None]) -> N
     if config.metrics_port is not None:
         metrics.serve_metrics(config.metrics_port)
     await server.start()
-    recheck = asyncio.create_task(_follow_deletions(reader, dispatcher))
+    recheck = asyncio.create_task(_follow_deletions(PlanReader(config.db_path), dispatcher))
     freeze_heap()
     on_bound(port)
     stop = asyncio.Event()
@@ -248,13 +248,16 @@ async def serve_front(config: FrontConfig, on_bound: Callable[[int], None]) -> N
 
 
 async def _follow_deletions(reader: PlanReader, dispatcher: PlanDispatcher) -> None:
-    seen = reader.data_version()
+    """Its own connection, read off the event loop: a read that waits on the main server's writes (a
+    checkpoint, a busy lock: up to the busy timeout) must not hold up the Dispatch calls meanwhile."""
+    seen = await asyncio.to_thread(reader.data_version)
     while True:
         await asyncio.sleep(RECHECK_S)
-        version = reader.data_version()
+        version = await asyncio.to_thread(reader.data_version)
         if version != seen:
             seen = version
-            dispatcher.keep_only(reader.existing(dispatcher.cached_ids()))
+            stored = await asyncio.to_thread(reader.existing, dispatcher.cached_ids())
+            dispatcher.keep_only(stored)
 
 
 def main() -> int:
