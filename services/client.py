@@ -43,13 +43,13 @@ from optimizer.scenario_io import save_scenarios
 from optimizer.scenarios import ScenarioSet
 from protos.hashpivot.v1 import fleet_pb2, jobs_pb2, plan_pb2, planner_service_pb2, planner_service_pb2_grpc
 from services import convert
+from services.serving import MESSAGE_OPTIONS
 from services.validation import MAX_CHUNK_BYTES
 from solvers.diagnose import Commitments
 
 TARGET_ENV = "HASHPIVOT_TARGET"
 TOKEN_ENV = "HASHPIVOT_TOKEN"
 TLS_CA_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV = "HASHPIVOT_TLS_CA", "HASHPIVOT_CLIENT_CERT", "HASHPIVOT_CLIENT_KEY"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 FleetLike = Fleet | str | Path | Mapping[str, Any] | fleet_pb2.Fleet
 # Robustness settings as the domain model, a mapping of the fields to set (the server validates them and
@@ -413,10 +413,6 @@ class PlannerClient:
 
 
 def _channel(target: str, tls: TlsConfig | None) -> grpc.Channel:
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
     if tls is None:
-        return grpc.insecure_channel(target, options=options)
-    return grpc.secure_channel(target, tls.credentials(), options=options)
+        return grpc.insecure_channel(target, options=MESSAGE_OPTIONS)
+    return grpc.secure_channel(target, tls.credentials(), options=MESSAGE_OPTIONS)

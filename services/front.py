@@ -40,6 +40,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -89,8 +90,6 @@ class FrontConfig:
     def credentials(self) -> grpc.ServerCredentials | None:
         if self.tls is None:
             return None
-        from pathlib import Path
-
         cert, key, client_ca = self.tls
         return TlsFiles(Path(cert), Path(key), Path(client_ca) if client_ca else None).credentials()
 

@@ -157,7 +157,7 @@ class PlannerServer:
             crash_backoff_s=config.crash_backoff_s,
         )
         self.servicer = PlannerServicer(self.store, self.runner, self.relay, config.limits)
-        self.runner.on_plan = self.servicer.remember_plan
+        self.runner.on_plan = self.servicer.dispatcher.remember
         self.server = grpc.aio.server(
             interceptors=[MetricsInterceptor(), AuthInterceptor(authenticator)],  # metrics count refusals too
             options=MESSAGE_OPTIONS,

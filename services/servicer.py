@@ -20,7 +20,6 @@ import grpc
 
 from optimizer.allocation import check_feasible
 from optimizer.fleet import Fleet, FleetError, with_overrides
-from optimizer.plan_result import PlanResult
 from optimizer.robustness import RobustnessSettings
 from optimizer.scenarios import ScenarioSet
 from protos.hashpivot.v1 import planner_service_pb2, planner_service_pb2_grpc
@@ -127,7 +126,7 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
         metrics.SOLVE_SECONDS.observe(plan.solver.wall_s)
         created_at = time.time()
         plan_id = self._store.save_plan(fleet, plan, created_at=created_at, owner=caller.owner)
-        self.remember_plan(plan_id, fleet, plan, caller.owner)
+        self.dispatcher.remember(plan_id, fleet, plan, caller.owner)
         created = dt.datetime.fromtimestamp(created_at, tz=dt.UTC)
         return planner_service_pb2.OptimizeResponse(plan=convert.plan_to_message(plan, plan_id, created))
 
@@ -297,9 +296,6 @@ class PlannerServicer(planner_service_pb2_grpc.PlannerServiceServicer):
 
     async def Dispatch(self, request, context):
         return await self.dispatcher.Dispatch(request, context)
-
-    def remember_plan(self, plan_id: str, fleet: Fleet, plan: PlanResult, owner: str = "") -> None:
-        self.dispatcher.remember(plan_id, fleet, plan, owner)
 
 
 def _scenario_selection(fleet: Fleet, selection: planner_service_pb2.ScenarioSelection) -> tuple[Fleet, ScenarioSpec]:

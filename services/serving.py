@@ -1,5 +1,6 @@
 """What every serving process of hashpivot shares: the main server (services/server.py) and its Dispatch
-fronts (services/front.py) take the same TLS files, message limits and garbage-collector settings."""
+fronts (services/front.py) take the same TLS files, message limits and garbage-collector settings (the
+client, services/client.py, the same message limits)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # plans of large fleets list every rack id
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # the largest message either side accepts: a large fleet's plan and its tables
 # Python's young generation is collected every GC_GEN0_THRESHOLD net allocations (CPython's default is
 # 700: a collection every ~10 Dispatch calls under load). Each costs tens of microseconds at this
 # size, so a larger one only spends the same work in fewer, still short, pauses.

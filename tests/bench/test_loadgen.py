@@ -29,7 +29,7 @@ def built():
     try:
         return loadgen.binary()
     except loadgen.Unavailable as exc:
-        pytest.skip(str(exc))
+        pytest.skip(f"the C++ load generator cannot be built on this machine (bench only, not CI): {exc}")
 
 
 class Recorder:
